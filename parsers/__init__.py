@@ -1,0 +1,51 @@
+"""Input formats, one module each. Installed as `profkit.parsers`.
+
+Every parser module exposes:
+
+- `FORMAT`: the name stored in `traces.format`;
+- `detect(path: Path) -> bool`: whether the file or directory is this format, judged
+  from its content (never raises; reads only a little);
+- `parse(path: Path, sink: profkit.ingest.Sink) -> None`: opens one trace per input unit
+  with `sink.trace(...)` and fills it; raises `profkit.errors.TraceError` for input it
+  cannot use at all, and counts every record it skips with `writer.issue(...)`.
+
+A parser knows nothing of analyses. Order matters: more specific formats come first
+(a rocprof v1 `results.json` is also Chrome-trace JSON).
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+
+PARSER_MODULES = (
+    "nsys",
+    "rocpd",
+    "rocprof_v1",
+    "rocprofv3_csv",
+    "rocprofv3_json",
+    "kineto",
+)
+
+
+def parser_modules() -> list[ModuleType]:
+    modules = []
+    for name in PARSER_MODULES:
+        try:
+            modules.append(import_module(f"{__name__}.{name}"))
+        except ModuleNotFoundError as exc:
+            # A parser still being written is simply absent; anything else is a bug.
+            if exc.name != f"{__name__}.{name}":
+                raise
+    return modules
+
+
+def detect(path: Path) -> ModuleType | None:
+    """The parser module that claims `path`, or None."""
+    for module in parser_modules():
+        try:
+            if module.detect(path):
+                return module
+        except (OSError, ValueError):
+            continue
+    return None

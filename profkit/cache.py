@@ -1,0 +1,131 @@
+"""`load(path)`: a store for a trace, a directory of traces, or a `.duckdb` file.
+
+A trace is parsed once; the store is kept beside it as `NAME.profkit.duckdb` (or, where
+that directory is not writable, in the cache directory: `$PROFKIT_CACHE_DIR`, else
+`$XDG_CACHE_HOME/profkit`, else `~/.cache/profkit`) and reused while the input's size
+and modification time, the schema version and the profkit version are unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import duckdb
+
+from . import __version__, schema
+from .errors import TraceError
+from .ingest import ProgressCallback, ingest, input_signature
+from .store import Store
+
+CACHE_SUFFIX = ".profkit.duckdb"
+
+
+def is_store_file(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    return head[8:12] == b"DUCK"
+
+
+def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None = None) -> Store:
+    """Open the store for `path`, parsing the input only if no valid cache exists."""
+    path = Path(path)
+    if is_store_file(path):
+        return _open_existing(path)
+    if not cache:
+        store = Store.open(None)
+        ingest([path], store, progress)
+        return store
+    signature = _signature(path)
+    for candidate in cache_candidates(path):
+        if candidate.exists() and _cache_valid(candidate, signature):
+            return Store.open(candidate, read_only=True)
+    target = _writable_candidate(path)
+    _build(path, target, signature, progress)
+    return Store.open(target, read_only=True)
+
+
+def _open_existing(path: Path) -> Store:
+    try:
+        store = Store.open(path, read_only=True)
+    except duckdb.Error as exc:
+        raise TraceError(path, f"cannot open DuckDB store: {str(exc).splitlines()[0]}") from None
+    version = store.schema_version()
+    if version is None:
+        store.close()
+        raise TraceError(path, "DuckDB file is not a profkit store (no meta table)")
+    if version != schema.SCHEMA_VERSION:
+        store.close()
+        raise TraceError(path, f"store has schema version {version}, this profkit reads "
+                               f"{schema.SCHEMA_VERSION}: re-ingest the trace")
+    return store
+
+
+def _signature(path: Path) -> dict:
+    if not path.exists():
+        raise TraceError(path, "no such file or directory")
+    size, mtime = input_signature(path)
+    return {"path": str(path.resolve()), "bytes": size, "mtime_ns": mtime,
+            "schema_version": schema.SCHEMA_VERSION, "profkit_version": __version__}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("PROFKIT_CACHE_DIR"):
+        return Path(os.environ["PROFKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "profkit"
+
+
+def cache_candidates(path: Path) -> list[Path]:
+    resolved = path.resolve()
+    beside = resolved.parent / (resolved.name + CACHE_SUFFIX)
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:16]
+    return [beside, cache_dir() / f"{resolved.name}-{digest}{CACHE_SUFFIX}"]
+
+
+def _writable_candidate(path: Path) -> Path:
+    beside, fallback = cache_candidates(path)
+    if os.access(beside.parent, os.W_OK) and not os.environ.get("PROFKIT_CACHE_DIR"):
+        return beside
+    fallback.parent.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def _cache_valid(candidate: Path, signature: dict) -> bool:
+    try:
+        con = duckdb.connect(str(candidate), read_only=True)
+    except duckdb.Error:
+        return False
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'input'").fetchone()
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+    return bool(row) and json.loads(row[0]) == signature
+
+
+def _build(path: Path, target: Path, signature: dict, progress: ProgressCallback | None) -> None:
+    """Ingest into a temporary file beside the target, then move it into place atomically,
+    so a concurrent reader never sees half a store."""
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    os.unlink(tmp)  # DuckDB must create the file itself
+    try:
+        store = Store.open(tmp)
+        try:
+            ingest([path], store, progress)
+            store.con.execute("INSERT INTO meta VALUES ('input', ?), ('profkit_version', ?)",
+                              [json.dumps(signature), __version__])
+            store.con.execute("CHECKPOINT")
+        finally:
+            store.close()
+        os.replace(tmp, target)
+    finally:
+        for leftover in (tmp, tmp + ".wal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)

@@ -1,0 +1,68 @@
+"""The one shared classifier: device work -> category, communication kernel -> collective op.
+
+The rules are data (`profkit/data/categories.csv`, `collective_ops.csv`): the first rule
+whose kinds include the event's kind and whose pattern (a case-insensitive regular
+expression, searched anywhere in the name) matches wins. A new vendor's kernel names are
+one row away. Names are classified once per distinct (kind, name), not once per event.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from .schema import CATEGORIES
+
+DEFAULT_CATEGORY = "other"
+
+
+@dataclass(frozen=True)
+class Rule:
+    category: str
+    kinds: frozenset[str]
+    pattern: re.Pattern[str]
+
+
+def _read_csv(name: str) -> list[dict[str, str]]:
+    text = resources.files("profkit.data").joinpath(name).read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines()))
+
+
+@lru_cache(maxsize=1)
+def category_rules() -> tuple[Rule, ...]:
+    rules = []
+    for row in _read_csv("categories.csv"):
+        if row["category"] not in CATEGORIES:
+            raise ValueError(f"categories.csv: unknown category {row['category']!r}")
+        rules.append(Rule(row["category"], frozenset(row["kinds"].split("|")),
+                          re.compile(row["pattern"], re.IGNORECASE)))
+    return tuple(rules)
+
+
+@lru_cache(maxsize=1)
+def collective_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((row["op"], re.compile(row["pattern"], re.IGNORECASE))
+                 for row in _read_csv("collective_ops.csv"))
+
+
+def category(kind: str, name: str | None) -> str | None:
+    """Category of a device event; None for host kinds."""
+    if kind not in ("kernel", "memcpy", "memset"):
+        return None
+    text = name or ""
+    for rule in category_rules():
+        if kind in rule.kinds and rule.pattern.search(text):
+            return rule.category
+    return DEFAULT_CATEGORY
+
+
+def collective_op(name: str | None) -> str:
+    """Normalised collective op from a kernel name or a framework's collective name."""
+    text = (name or "").replace("-", "_")
+    # NCCL kernel names carry the op after the prefix: ncclDevKernel_AllGather_RING_LL.
+    for op, pattern in collective_rules():
+        if pattern.search(text):
+            return op
+    return "other"

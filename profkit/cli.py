@@ -1,0 +1,160 @@
+"""The `profkit` command: a thin face over the library."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__, schema
+from .errors import ProfkitError
+
+
+def _progress_bar():
+    """A rich progress bar on a terminal; nothing when output is piped (CI logs)."""
+    if not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                        TimeRemainingColumn(), transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(path: str, done: int, total: int) -> None:
+        if path not in tasks:
+            tasks[path] = progress.add_task(Path(path).name, total=total)
+        progress.update(tasks[path], completed=done, total=total)
+
+    return progress, update
+
+
+def _load(path: str):
+    from .cache import load
+
+    progress, update = _progress_bar()
+    if progress is None:
+        return load(path)
+    with progress:
+        return load(path, progress=update)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="profkit")
+def cli() -> None:
+    """Why is this GPU workload slow? profkit reads PyTorch profiler (Kineto) JSON,
+    Nsight Systems SQLite exports and rocprof output into one DuckDB schema."""
+
+
+@cli.command()
+@click.argument("traces", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="DuckDB file to write (traces are added to it if it exists).")
+def ingest(traces: tuple[str, ...], output: str) -> None:
+    """Parse TRACES (files or directories) into the DuckDB store OUTPUT."""
+    from .ingest import ingest as run_ingest
+    from .store import Store
+
+    store = Store.open(output)
+    try:
+        progress, update = _progress_bar()
+        if progress is None:
+            ids = run_ingest(list(traces), store)
+        else:
+            with progress:
+                ids = run_ingest(list(traces), store, update)
+        store.con.execute("CHECKPOINT")
+        ids_sql = ",".join(map(str, ids)) or "NULL"
+        events, issues = store.con.execute(
+            f"SELECT coalesce(sum(event_count), 0), coalesce(sum(issue_count), 0) FROM traces "
+            f"WHERE trace_id IN ({ids_sql})").fetchone()
+    finally:
+        store.close()
+    click.echo(f"{output}: {len(ids)} trace(s), {events} events, {issues} input records "
+               f"not stored (see `profkit info {output}`)")
+
+
+@cli.command()
+@click.argument("trace", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def info(trace: str, fmt: str) -> None:
+    """What TRACE (a trace, directory or .duckdb store) holds: format, ranks, devices,
+    span, events by kind, and every input record that was not stored."""
+    from . import info as info_mod
+    from . import render
+
+    store = _load(trace)
+    try:
+        data = info_mod.summary(store)
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(render.to_json(data))
+    else:
+        render.info_tables(data)
+
+
+@cli.command()
+@click.argument("trace", type=click.Path())
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="json is an array of row objects keyed by column name (pipes into jq).")
+def sql(trace: str, query: str, fmt: str) -> None:
+    """Run QUERY against the store for TRACE (see `profkit schema` for the tables)."""
+    import duckdb
+
+    from . import render
+
+    store = _load(trace)
+    try:
+        try:
+            cur = store.con.execute(query)
+        except duckdb.Error as exc:
+            raise ProfkitError(f"SQL error: {str(exc).splitlines()[0]}") from None
+        if cur.description is None:
+            return
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+    finally:
+        store.close()
+    render.rows(names, rows, fmt)
+
+
+@cli.command(name="schema")
+@click.option("--markdown", is_flag=True, help="Print docs/schema.md exactly.")
+def schema_cmd(markdown: bool) -> None:
+    """Print the store's tables, columns, units and views."""
+    text = schema.markdown()
+    if markdown or not sys.stdout.isatty():
+        click.echo(text)
+    else:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(text))
+
+
+def main() -> None:
+    """Entry point: every error a user can cause is one line on stderr and exit code 2."""
+    try:
+        cli.main(standalone_mode=False, prog_name="profkit")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("profkit: aborted", err=True)
+        sys.exit(130)
+    except ProfkitError as exc:
+        click.echo(f"profkit: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("PROFKIT_DEBUG"):
+            raise
+        click.echo(f"profkit: internal error: {type(exc).__name__}: {exc} "
+                   f"(set PROFKIT_DEBUG=1 for the traceback, and please report it)", err=True)
+        sys.exit(70)

@@ -1,0 +1,205 @@
+"""Derivations every parser gets for free, run once per trace after it is parsed.
+
+A parser stores what the input says; this module adds what follows from it, the same
+way for every vendor: categories, launch links by correlation, collectives for
+communication kernels the input gave no metadata for, host nesting, steps and the step
+of every event.
+"""
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from . import classify
+from .store import Store
+
+# Annotation names that define steps, tried in order; the first that matches any
+# annotation in the trace wins. The group captures the step number.
+STEP_PATTERNS = (
+    ("profiler_step", re.compile(r"^ProfilerStep#(\d+)$")),
+)
+
+
+def derive_trace(store: Store, trace_id: int) -> None:
+    categorise(store, trace_id)
+    link_launches(store, trace_id)
+    add_collectives(store, trace_id)
+    nest(store, trace_id)
+    find_steps(store, trace_id)
+    assign_steps(store, trace_id)
+
+
+def categorise(store: Store, trace_id: int) -> None:
+    con = store.con
+    pairs = con.execute("""
+        SELECT DISTINCT kind, name FROM events
+        WHERE trace_id = ? AND kind IN ('kernel', 'memcpy', 'memset') AND category IS NULL
+    """, [trace_id]).fetchall()
+    if not pairs:
+        return
+    table = pa.table({
+        "kind": [k for k, _ in pairs],
+        "name": [n for _, n in pairs],
+        "category": [classify.category(k, n) for k, n in pairs],
+    })
+    con.register("_profkit_cat", table)
+    try:
+        con.execute("""
+            UPDATE events SET category = c.category FROM _profkit_cat c
+            WHERE events.trace_id = ? AND events.category IS NULL
+              AND events.kind = c.kind AND events.name IS NOT DISTINCT FROM c.name
+        """, [trace_id])
+        # A kernel the parser recorded collective metadata for is communication,
+        # whatever its name says.
+        con.execute("""
+            UPDATE events SET category = 'communication'
+            WHERE trace_id = ? AND event_id IN (SELECT event_id FROM collectives)
+        """, [trace_id])
+    finally:
+        con.unregister("_profkit_cat")
+
+
+def link_launches(store: Store, trace_id: int) -> None:
+    """Runtime call -> device activity with the same correlation id in the same process.
+
+    Correlation ids are unique only within a process, so the process is part of the key;
+    device events whose launching process the input does not name match any process.
+    Parsers that record links themselves are left as they are.
+    """
+    con = store.con
+    if con.execute("SELECT count(*) FROM links WHERE trace_id = ? AND kind = 'launch'",
+                   [trace_id]).fetchone()[0]:
+        return
+    con.execute("""
+        INSERT INTO links (trace_id, src_event, dst_event, kind, correlation)
+        SELECT ?, r.event_id, d.event_id,
+               CASE WHEN d.kind = 'sync' THEN 'sync' ELSE 'launch' END, d.correlation
+        FROM events d
+        JOIN events r
+          ON r.trace_id = d.trace_id AND r.correlation = d.correlation
+         AND (d.pid IS NULL OR r.pid IS NULL OR d.pid = r.pid)
+        WHERE d.trace_id = ? AND r.trace_id = ?
+          AND d.kind IN ('kernel', 'memcpy', 'memset', 'sync') AND d.tid IS NULL
+          AND r.kind = 'runtime' AND d.correlation IS NOT NULL
+    """, [trace_id, trace_id, trace_id])
+
+
+def add_collectives(store: Store, trace_id: int) -> None:
+    """A row in `collectives` for every communication kernel, op from its name."""
+    con = store.con
+    names = con.execute("""
+        SELECT DISTINCT name FROM events e
+        WHERE trace_id = ? AND kind = 'kernel' AND category = 'communication'
+          AND NOT EXISTS (SELECT 1 FROM collectives c WHERE c.event_id = e.event_id)
+    """, [trace_id]).fetchall()
+    if not names:
+        return
+    table = pa.table({"name": [n for (n,) in names],
+                      "op": [classify.collective_op(n) for (n,) in names]})
+    con.register("_profkit_ops", table)
+    try:
+        con.execute("""
+            INSERT INTO collectives (event_id, op)
+            SELECT e.event_id, o.op FROM events e JOIN _profkit_ops o ON e.name = o.name
+            WHERE e.trace_id = ? AND e.kind = 'kernel' AND e.category = 'communication'
+              AND NOT EXISTS (SELECT 1 FROM collectives c WHERE c.event_id = e.event_id)
+        """, [trace_id])
+    finally:
+        con.unregister("_profkit_ops")
+
+
+def nest(store: Store, trace_id: int) -> None:
+    """parent_id and depth: the innermost enclosing event on the same thread or stream."""
+    con = store.con
+    table = store.arrow("""
+        SELECT event_id, start_ns, end_ns,
+               dense_rank() OVER (ORDER BY kind IN ('kernel','memcpy','memset','gpu_annotation','sync') AND tid IS NULL,
+                                           pid, tid, device, stream) AS lane
+        FROM events WHERE trace_id = ? AND parent_id IS NULL
+        ORDER BY lane, start_ns, end_ns DESC, event_id
+    """, [trace_id])
+    if table.num_rows == 0:
+        return
+    ids = table.column("event_id").to_numpy()
+    ends = table.column("end_ns").to_numpy()
+    lanes = table.column("lane").to_numpy()
+    parents, depths = _nest_sorted(ids.tolist(), ends.tolist(), lanes.tolist())
+    result = pa.table({"event_id": ids, "parent": pa.array(parents, pa.int64()),
+                       "depth": pa.array(depths, pa.int32())})
+    con.register("_profkit_nest", result)
+    try:
+        con.execute("""
+            UPDATE events SET parent_id = n.parent, depth = n.depth
+            FROM _profkit_nest n WHERE events.event_id = n.event_id
+        """)
+    finally:
+        con.unregister("_profkit_nest")
+
+
+def _nest_sorted(ids, ends, lanes):
+    """Stack walk over events sorted by (lane, start, end desc): O(n)."""
+    parents = [None] * len(ids)
+    depths = [0] * len(ids)
+    stack_ids: list[int] = []
+    stack_ends: list[int] = []
+    current_lane = None
+    for i in range(len(ids)):
+        lane = lanes[i]
+        if lane != current_lane:
+            stack_ids.clear()
+            stack_ends.clear()
+            current_lane = lane
+        end = ends[i]
+        # Sorted by start, so the top began no later than this event: it encloses this
+        # event exactly when it ends no earlier. Partial overlaps are not nesting.
+        while stack_ends and stack_ends[-1] < end:
+            stack_ids.pop()
+            stack_ends.pop()
+        if stack_ids:
+            parents[i] = stack_ids[-1]
+            depths[i] = len(stack_ids)
+        stack_ids.append(ids[i])
+        stack_ends.append(end)
+    return parents, depths
+
+
+def find_steps(store: Store, trace_id: int) -> None:
+    """Steps from annotations named like `ProfilerStep#N`, unless the parser gave steps."""
+    con = store.con
+    if con.execute("SELECT count(*) FROM steps WHERE trace_id = ?", [trace_id]).fetchone()[0]:
+        return
+    for source, pattern in STEP_PATTERNS:
+        rows = con.execute("""
+            SELECT event_id, name, start_ns, end_ns FROM events
+            WHERE trace_id = ? AND kind = 'annotation' AND regexp_matches(name, ?)
+            ORDER BY start_ns
+        """, [trace_id, pattern.pattern]).fetchall()
+        if rows:
+            con.executemany(
+                "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [[trace_id, int(pattern.match(name).group(1)), name, start, end, source, event_id]
+                 for event_id, name, start, end in rows],
+            )
+            return
+
+
+def assign_steps(store: Store, trace_id: int) -> None:
+    """events.step: host events by the step window they start in; device events by the
+    step of the call that launched them, else by the window they start in."""
+    con = store.con
+    if not con.execute("SELECT count(*) FROM steps WHERE trace_id = ?", [trace_id]).fetchone()[0]:
+        return
+    con.execute("""
+        UPDATE events SET step = w.step FROM (
+            SELECT e.event_id, s.step
+            FROM events e ASOF JOIN steps s
+              ON s.trace_id = e.trace_id AND e.start_ns >= s.start_ns
+            WHERE e.trace_id = ? AND e.start_ns < s.end_ns
+        ) w WHERE events.event_id = w.event_id
+    """, [trace_id])
+    con.execute("""
+        UPDATE events SET step = r.step FROM links l JOIN events r ON r.event_id = l.src_event
+        WHERE events.event_id = l.dst_event AND l.trace_id = ? AND l.kind = 'launch'
+          AND r.step IS NOT NULL
+    """, [trace_id])

@@ -1,0 +1,144 @@
+"""From input paths to traces in a store: find the inputs, pick their parser, run it,
+derive what every format gets, and fill in the rank where the input did not say."""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import derive
+from .errors import TraceError
+from .store import Store, TraceWriter
+
+# Files a directory walk never treats as inputs (profkit's own caches, notes).
+_IGNORED_SUFFIXES = (".duckdb", ".duckdb.wal", ".md", ".txt.lock", ".py")
+_RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def rank_from_filename(path: str | Path) -> int | None:
+    """`..._rank3...`, `rank-3`, `rank_3` in a file name -> 3."""
+    match = _RANK_IN_NAME.search(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+class Sink:
+    """What a parser writes into: it opens one trace per input unit."""
+
+    def __init__(self, store: Store, progress: ProgressCallback | None = None):
+        self.store = store
+        self.progress = progress
+        self.trace_ids: list[int] = []
+
+    @contextmanager
+    def trace(self, path: str | Path, format: str, stat_path: str | Path | None = None) -> Iterator[TraceWriter]:
+        """Open a trace for `path`; on success it is finished and derived, on error removed."""
+        trace_id = self.store.next_trace_id()
+        writer = TraceWriter(self.store, trace_id, str(Path(path).resolve()))
+        writer.set_trace(format=format)
+        con = self.store.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield writer
+            size, mtime = input_signature(Path(stat_path or path))
+            writer.finish(size, mtime)
+            if writer.events_written == 0 and not writer.issues:
+                raise TraceError(path, "no events in the input")
+            derive.derive_trace(self.store, trace_id)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self.trace_ids.append(trace_id)
+
+    def report(self, path: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(path, done, total)
+
+
+def input_signature(path: Path) -> tuple[int, int]:
+    """(bytes, newest mtime in ns) of a file, or summed over a directory's files."""
+    if path.is_file():
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    size, mtime = 0, 0
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p)):
+        st = file.stat()
+        size += st.st_size
+        mtime = max(mtime, st.st_mtime_ns)
+    return size, mtime
+
+
+def _ignored(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.endswith(_IGNORED_SUFFIXES)
+
+
+def find_inputs(path: Path) -> list[tuple[Path, object]]:
+    """The (input, parser module) pairs under `path`."""
+    from profkit import parsers
+
+    if not path.exists():
+        raise TraceError(path, "no such file or directory")
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise TraceError(path, "empty file")
+        module = parsers.detect(path)
+        if module is None:
+            raise TraceError(path, "not a trace profkit can read (expected PyTorch profiler JSON, "
+                                   "an Nsight Systems SQLite export, or rocprof output)")
+        return [(path, module)]
+    module = parsers.detect(path)
+    if module is not None:
+        return [(path, module)]
+    found: list[tuple[Path, object]] = []
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p))
+    claimed_dirs: set[Path] = set()
+    for sub in sorted({p.parent for p in files}):
+        if sub != path and parsers.detect(sub) is not None:
+            claimed_dirs.add(sub)
+            found.append((sub, parsers.detect(sub)))
+    for file in files:
+        if any(d in file.parents for d in claimed_dirs) or file.stat().st_size == 0:
+            continue
+        module = parsers.detect(file)
+        if module is not None:
+            found.append((file, module))
+    if not found:
+        raise TraceError(path, f"no traces found in this directory ({len(files)} files looked at)")
+    return found
+
+
+def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | None = None) -> list[int]:
+    """Parse every input under `paths` into `store`; returns the new trace ids."""
+    sink = Sink(store, progress)
+    inputs = [pair for p in paths for pair in find_inputs(Path(p))]
+    for input_path, module in inputs:
+        module.parse(input_path, sink)
+    _fill_missing_ranks(store, sink.trace_ids)
+    return sink.trace_ids
+
+
+def _fill_missing_ranks(store: Store, trace_ids: list[int]) -> None:
+    """Rank from the input, else from the file name, else by order among the inputs."""
+    if not trace_ids:
+        return
+    rows = store.con.execute(
+        f"SELECT trace_id, path, rank FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids))}) ORDER BY trace_id"
+    ).fetchall()
+    taken = {rank for _, _, rank in rows if rank is not None}
+    for trace_id, path, rank in rows:
+        if rank is not None:
+            continue
+        from_name = rank_from_filename(path)
+        if from_name is not None and from_name not in taken:
+            rank, source = from_name, "filename"
+        else:
+            rank = 0
+            while rank in taken:
+                rank += 1
+            source = "order"
+        taken.add(rank)
+        store.con.execute("UPDATE traces SET rank = ?, rank_source = ? WHERE trace_id = ?",
+                          [rank, source, trace_id])

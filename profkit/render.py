@@ -1,0 +1,95 @@
+"""Turning results into text: JSON, CSV, rich tables. No analysis happens here."""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from typing import Any, Iterable, Sequence
+
+import msgspec
+
+
+def _default(value: Any) -> Any:
+    return str(value)
+
+
+def to_json(data: Any) -> str:
+    return msgspec.json.format(msgspec.json.encode(data, enc_hook=_default), indent=2).decode()
+
+
+def rows(names: Sequence[str], values: Iterable[Sequence[Any]], fmt: str, out=None) -> None:
+    """Query results as a table, CSV, or a JSON array of objects keyed by column name."""
+    out = out or sys.stdout
+    values = list(values)
+    if fmt == "json":
+        out.write(to_json([dict(zip(names, row)) for row in values]) + "\n")
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(values)
+        out.write(buf.getvalue())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*names, show_lines=False)
+        for row in values:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        Console(file=out).print(table)
+        out.write(f"{len(values)} row(s)\n")
+
+
+def human_ns(ns: float | int | None) -> str:
+    if ns is None:
+        return "-"
+    ns = float(ns)
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if abs(ns) >= scale:
+            return f"{ns / scale:.3g} {unit}" if abs(ns) < 100 * scale else f"{ns / scale:.1f} {unit}"
+    return f"{ns:.0f} ns"
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def info_tables(traces: list[dict[str, Any]], out=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out or sys.stdout)
+    for t in traces:
+        head = Table.grid(padding=(0, 2))
+        head.add_column(style="bold")
+        head.add_column()
+        head.add_row("trace", f"{t['path']}")
+        head.add_row("format", " ".join(str(x) for x in (t["format"], t["format_version"] or "", t["producer"] or "") if x))
+        head.add_row("rank", f"{t['rank']} (from {t['rank_source']})" + (f" of {t['world_size']}" if t["world_size"] else ""))
+        head.add_row("span", f"{human_ns(t['span_ns'])} ({human_ns(t['device_span_ns'])} with device activity on "
+                             f"{t['active_devices']} device(s))")
+        head.add_row("steps", f"{t['steps']}" + (f" (from {t['step_source']})" if t["step_source"] else ""))
+        head.add_row("events", f"{t['event_count']:,}; {t['issue_count']:,} input records not stored")
+        console.print(head)
+        kinds = Table("kind", "events", title="events by kind", title_justify="left")
+        for kind, n in t["events_by_kind"].items():
+            kinds.add_row(kind, f"{n:,}")
+        console.print(kinds)
+        if t["devices"]:
+            devs = Table("device", "vendor", "name", "arch", "SMs/CUs", "memory", title="devices", title_justify="left")
+            for d in t["devices"]:
+                devs.add_row(str(d["device"]) + (f" (node {d['node_id']})" if d["node_id"] is not None else ""),
+                             d["vendor"] or "-", d["name"] or "-", d["arch"] or "-",
+                             str(d["sm_count"] or "-"), human_bytes(d["memory_bytes"]))
+            console.print(devs)
+        if t["ingest_issues"]:
+            issues = Table("reason", "records", "example", title="input records not stored", title_justify="left")
+            for i in t["ingest_issues"]:
+                issues.add_row(i["reason"], f"{i['count']:,}", (i["example"] or "")[:80])
+            console.print(issues)
+        console.print()

@@ -1,0 +1,246 @@
+"""The DuckDB store: opening it, and the writer every parser fills.
+
+A parser sees only `TraceWriter`: it appends columns (lists, numpy arrays or Arrow
+arrays) for one trace, using *local* event ids that start at 0 in that trace; the writer
+shifts them to store-wide ids as it inserts, so parsers never coordinate ids.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import duckdb
+import pyarrow as pa
+
+from . import schema
+
+# Columns that hold event ids and are shifted from local to store-wide ids on insert.
+_ID_COLUMNS = {
+    "events": ("event_id", "parent_id"),
+    "kernel_info": ("event_id",),
+    "copies": ("event_id",),
+    "collectives": ("event_id",),
+    "links": ("src_event", "dst_event"),
+    "steps": ("event_id",),
+}
+# Tables whose rows carry trace_id, filled in by the writer.
+_TRACE_COLUMN = {"events", "links", "counters", "steps", "ingest_issues", "devices", "threads"}
+
+
+class Store:
+    """A DuckDB database holding one or more traces in the profkit schema."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str | None = None):
+        self.con = con
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, read_only: bool = False) -> "Store":
+        """Open (creating if needed) a store; `None` makes an in-memory one."""
+        target = str(path) if path is not None else ":memory:"
+        con = duckdb.connect(target, read_only=read_only)
+        store = cls(con, None if path is None else str(path))
+        if not read_only:
+            store.create_schema()
+        return store
+
+    def create_schema(self) -> None:
+        for statement in schema.ddl():
+            self.con.execute(statement)
+        self.con.execute("DELETE FROM meta WHERE key = 'schema_version'")
+        self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(schema.SCHEMA_VERSION)])
+
+    def schema_version(self) -> int | None:
+        try:
+            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except duckdb.Error:
+            return None
+        return int(row[0]) if row else None
+
+    def sql(self, query: str, params: Iterable[Any] | None = None) -> duckdb.DuckDBPyRelation:
+        return self.con.sql(query, params=params) if params else self.con.sql(query)
+
+    def rows(self, query: str, params: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+        """Run a query and return its rows as dicts keyed by column name."""
+        cur = self.con.execute(query, list(params) if params else [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def arrow(self, query: str, params: Iterable[Any] | None = None) -> pa.Table:
+        """Run a query and return an Arrow table (DuckDB 1.x and 2.x name this differently)."""
+        cur = self.con.execute(query, list(params) if params else [])
+        fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table
+        return fetch()
+
+    def scalar(self, query: str, params: Iterable[Any] | None = None) -> Any:
+        row = self.con.execute(query, list(params) if params else []).fetchone()
+        return row[0] if row else None
+
+    def trace_ids(self) -> list[int]:
+        return [r[0] for r in self.con.execute("SELECT trace_id FROM traces ORDER BY trace_id").fetchall()]
+
+    def next_trace_id(self) -> int:
+        return int(self.scalar("SELECT coalesce(max(trace_id), -1) + 1 FROM traces"))
+
+    def next_event_id(self) -> int:
+        return int(self.scalar("SELECT coalesce(max(event_id), -1) + 1 FROM events"))
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _as_arrow(columns: Mapping[str, Any], types: Mapping[str, str]) -> pa.Table:
+    arrays = {}
+    length = None
+    for name, values in columns.items():
+        if name not in types:
+            raise KeyError(f"unknown column {name!r}")
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            arr = values
+        elif types[name] == "JSON":
+            arr = pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v, default=str))
+                            for v in values], pa.string())
+        else:
+            arr = pa.array(values, _ARROW_TYPES.get(types[name]))
+        if length is None:
+            length = len(arr)
+        elif len(arr) != length:
+            raise ValueError(f"column {name!r} has {len(arr)} values, expected {length}")
+        arrays[name] = arr
+    return pa.table(arrays)
+
+
+_ARROW_TYPES = {
+    "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
+    "VARCHAR": pa.string(), "JSON": pa.string(),
+}
+
+
+class TraceWriter:
+    """Appends one trace's rows to the store. Handed to a parser by the ingest."""
+
+    def __init__(self, store: Store, trace_id: int, path: str):
+        self.store = store
+        self.trace_id = trace_id
+        self.path = path
+        self.event_base = store.next_event_id()
+        self.fields: dict[str, Any] = {}
+        self.issues: Counter[str] = Counter()
+        self.issue_examples: dict[str, str] = {}
+        self.source_records = 0
+        self._events_written = 0
+        self._started = time.perf_counter()
+
+    # -- trace-level facts -------------------------------------------------
+    def set_trace(self, **fields: Any) -> None:
+        """Set columns of this trace's `traces` row (format, rank, metadata, ...)."""
+        allowed = set(schema.column_names("traces")) - {"trace_id", "path"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise KeyError(f"unknown traces columns: {sorted(unknown)}")
+        self.fields.update(fields)
+
+    def issue(self, reason: str, count: int = 1, example: Any = None) -> None:
+        """Count input records that were not stored, with a reason and one example."""
+        if count <= 0:
+            return
+        self.issues[reason] += count
+        if reason not in self.issue_examples and example is not None:
+            text = example if isinstance(example, str) else json.dumps(example, default=str)
+            self.issue_examples[reason] = text[:300]
+
+    def read(self, count: int = 1) -> None:
+        """Count records read from the input (stored, kept as metadata, or counted as issues)."""
+        self.source_records += count
+
+    # -- rows ---------------------------------------------------------------
+    def append(self, table_name: str, columns: Mapping[str, Any]) -> int:
+        """Append columns to a table; returns the number of rows appended.
+
+        Event-id columns hold local ids (0-based in this trace); they are shifted here.
+        """
+        table = schema.table(table_name)
+        types = {c.name: c.type for c in table.columns}
+        data = _as_arrow(columns, types)
+        if data.num_rows == 0:
+            return 0
+        shifted = _ID_COLUMNS.get(table_name, ())
+        select = []
+        names = list(data.column_names)
+        for name in names:
+            if name in shifted:
+                select.append(f"{name} + {self.event_base} AS {name}")
+            else:
+                select.append(f"CAST({name} AS {types[name]}) AS {name}")
+        if table_name in _TRACE_COLUMN and "trace_id" not in names:
+            names.append("trace_id")
+            select.append(f"{self.trace_id} AS trace_id")
+        if table_name == "events":
+            if "end_ns" not in names:
+                names.append("end_ns")
+                select.append("start_ns + dur_ns AS end_ns")
+            self._events_written += data.num_rows
+        con = self.store.con
+        con.register("_profkit_batch", data)
+        try:
+            con.execute(
+                f"INSERT INTO {table_name} ({', '.join(names)}) "
+                f"SELECT {', '.join(select)} FROM _profkit_batch"
+            )
+        finally:
+            con.unregister("_profkit_batch")
+        return data.num_rows
+
+    def add_events(self, columns: Mapping[str, Any]) -> int:
+        return self.append("events", columns)
+
+    def add_rows(self, table_name: str, rows: list[Mapping[str, Any]]) -> int:
+        """Append row dicts (convenient for small tables: devices, threads, steps)."""
+        if not rows:
+            return 0
+        names = sorted({k for row in rows for k in row})
+        return self.append(table_name, {n: [row.get(n) for row in rows] for n in names})
+
+    @property
+    def events_written(self) -> int:
+        return self._events_written
+
+    # -- finish -------------------------------------------------------------
+    def finish(self, file_bytes: int | None, file_mtime_ns: int | None) -> None:
+        """Write the `traces` row and the issue counts."""
+        con = self.store.con
+        for reason, count in self.issues.items():
+            con.execute("INSERT INTO ingest_issues VALUES (?, ?, ?, ?)",
+                        [self.trace_id, reason, count, self.issue_examples.get(reason)])
+        fields = dict(self.fields)
+        metadata = fields.pop("metadata", None)
+        row = {
+            "trace_id": self.trace_id, "path": self.path,
+            "clock_offset_ns": 0, "file_bytes": file_bytes, "file_mtime_ns": file_mtime_ns,
+            "source_records": self.source_records or None,
+            "issue_count": sum(self.issues.values()),
+            "metadata": None if metadata is None else json.dumps(metadata, default=str),
+            **fields,
+        }
+        names = list(row)
+        con.execute(
+            f"INSERT INTO traces ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+            [row[n] for n in names],
+        )
+        con.execute("""
+            UPDATE traces SET
+                event_count = s.n, start_ns = s.lo, end_ns = s.hi,
+                ingest_seconds = ?
+            FROM (SELECT count(*) AS n, min(start_ns) AS lo, max(end_ns) AS hi
+                  FROM events WHERE trace_id = ?) s
+            WHERE traces.trace_id = ?
+        """, [time.perf_counter() - self._started, self.trace_id, self.trace_id])
