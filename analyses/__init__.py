@@ -1,0 +1,108 @@
+"""Passes over the store, each a small module. Installed as `profkit.analyses`.
+
+Every pass module exposes `NAME` (its section in the JSON output) and
+`run(ctx: Context) -> PassResult`. A pass reads only the store (SQL first), never a file,
+and never asks which parser filled the store. Passes run in `PASSES` order; a later pass
+may read an earlier one's metrics from `ctx.results` (the steps pass goes first, so every
+other pass sees the step windows in `ctx.steps`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from profkit.findings import Finding, rank
+from profkit.store import Store
+
+PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host")
+
+ANALYSIS_SCHEMA = "profkit.analysis/1"
+
+
+@dataclass
+class Step:
+    step: int
+    start_ns: int
+    end_ns: int
+    source: str               # profiler_step, annotation, nvtx, graph_replay, kernel_pattern, whole_trace
+    phase: str | None = None  # prefill / decode for LLM serving traces, else None
+
+    @property
+    def dur_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+@dataclass
+class PassResult:
+    metrics: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    store: Store
+    trace_id: int
+    trace: dict[str, Any]                   # the traces row
+    steps: list[Step] = field(default_factory=list)
+    selected_step: int | None = None        # --step N: restrict per-step figures to it
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def steady_steps(self) -> list[Step]:
+        """Steps after the first (warm-up) when there are at least three, else all."""
+        chosen = [s for s in self.steps if self.selected_step is None or s.step == self.selected_step]
+        if self.selected_step is None and len(chosen) >= 3:
+            return chosen[1:]
+        return chosen
+
+    @property
+    def step_ns(self) -> int:
+        """Median duration of the steady-state steps (0 when there are none)."""
+        durations = sorted(s.dur_ns for s in self.steady_steps)
+        if not durations:
+            return 0
+        return durations[len(durations) // 2]
+
+    def share(self, ns_per_step: float) -> float:
+        return 100.0 * ns_per_step / self.step_ns if self.step_ns else 0.0
+
+    def base_scope(self, **extra: Any) -> dict[str, Any]:
+        return {"trace_id": self.trace_id, "rank": self.trace.get("rank"), **extra}
+
+
+def pass_module(name: str):
+    return import_module(f"{__name__}.{name}")
+
+
+def analyze_trace(store: Store, trace_id: int, selected_step: int | None = None,
+                  passes: tuple[str, ...] = PASSES) -> tuple[dict[str, Any], list[Finding]]:
+    """Run every pass on one trace: (metrics by section, findings)."""
+    trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
+    ctx = Context(store=store, trace_id=trace_id, trace=trace, selected_step=selected_step)
+    findings: list[Finding] = []
+    for name in passes:
+        result = pass_module(name).run(ctx)
+        ctx.results[name] = result.metrics
+        findings.extend(result.findings)
+    return ctx.results, findings
+
+
+def analyze(store: Store, selected_step: int | None = None, passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
+    """The whole analysis of a store, in the documented `profkit.analysis/1` shape."""
+    traces_out = []
+    all_findings: list[Finding] = []
+    for trace_id in store.trace_ids():
+        metrics, findings = analyze_trace(store, trace_id, selected_step, passes)
+        trace = store.rows("""
+            SELECT trace_id, path, format, format_version, rank, world_size, vendor FROM traces WHERE trace_id = ?
+        """, [trace_id])[0]
+        devices = store.rows("SELECT device, vendor, name, arch, sm_count, memory_bytes FROM devices "
+                             "WHERE trace_id = ? ORDER BY device", [trace_id])
+        traces_out.append({**trace, "devices": devices, **metrics})
+        all_findings.extend(findings)
+    return {
+        "schema": ANALYSIS_SCHEMA,
+        "traces": traces_out,
+        "findings": [f.to_dict() for f in rank(all_findings)],
+    }

@@ -1,0 +1,41 @@
+"""A finding: something a user can fix, how much time it costs, and how to see it.
+
+Findings are ranked by `impact_ns`: the time per step that fixing the cause would save.
+Until the dependency-graph replay exists, an impact is an estimate or an upper bound;
+`impact_basis` says which, so nobody mistakes a bound for a prediction.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+IMPACT_BASES = ("measured", "estimate", "bound", "replay")
+
+
+@dataclass
+class Finding:
+    rule: str                 # stable id, e.g. "host.launch_bound_idle"; budgets refer to it
+    title: str                # one line a person reads: "GPU 3 idles 21% of each step waiting on host launches"
+    impact_ns: int            # time per step a fix would save
+    share_pct: float          # impact as a share of the (median) step time
+    scope: dict[str, Any]     # trace_id, rank, device, stream, step(s) it applies to
+    evidence: dict[str, Any]  # numbers, example event ids, time windows
+    sql: str                  # a query for `profkit sql` that shows the evidence
+    recommendation: str       # what to do about it
+    impact_basis: str = "estimate"
+    count: int = 1            # occurrences (calls, gaps, kernels) behind the finding
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.impact_basis not in IMPACT_BASES:
+            raise ValueError(f"impact_basis must be one of {IMPACT_BASES}")
+        self.impact_ns = max(0, int(self.impact_ns))
+        self.share_pct = round(float(self.share_pct), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    """Largest impact first; ties by rule id so the order is stable."""
+    return sorted(findings, key=lambda f: (-f.impact_ns, f.rule, str(f.scope)))

@@ -1,0 +1,88 @@
+"""Interval arithmetic on sorted numpy arrays of integer nanoseconds.
+
+Time sums in profkit are interval unions, never summed durations: two overlapping
+kernels on different streams are busy time once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def union(starts, ends) -> tuple[np.ndarray, np.ndarray]:
+    """Merge intervals into disjoint, sorted ones. Empty and inverted intervals vanish."""
+    s = np.asarray(starts, dtype=np.int64)
+    e = np.asarray(ends, dtype=np.int64)
+    keep = e > s
+    s, e = s[keep], e[keep]
+    if s.size == 0:
+        return s, e
+    order = np.argsort(s, kind="stable")
+    s, e = s[order], e[order]
+    running_end = np.maximum.accumulate(e)
+    # A new merged interval begins where the start is past every earlier end.
+    new = np.empty(s.size, dtype=bool)
+    new[0] = True
+    new[1:] = s[1:] > running_end[:-1]
+    group = np.cumsum(new) - 1
+    merged_s = s[new]
+    merged_e = np.zeros(merged_s.size, dtype=np.int64)
+    np.maximum.at(merged_e, group, e)
+    return merged_s, merged_e
+
+
+def length(starts, ends) -> int:
+    """Total length of the union of the intervals."""
+    s, e = union(starts, ends)
+    return int((e - s).sum())
+
+
+def intersect(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection of two disjoint sorted interval sets (as returned by `union`)."""
+    a_s, a_e = a
+    b_s, b_e = b
+    if a_s.size == 0 or b_s.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    # Every boundary where coverage changes; coverage 2 means both sets cover it.
+    points = np.concatenate([a_s, a_e, b_s, b_e])
+    delta = np.concatenate([np.ones_like(a_s), -np.ones_like(a_e), np.ones_like(b_s), -np.ones_like(b_e)])
+    order = np.lexsort((delta, points))  # ends before starts at equal points
+    points, delta = points[order], delta[order]
+    coverage = np.cumsum(delta)
+    inside = coverage == 2
+    starts = points[:-1][inside[:-1]]
+    ends = points[1:][inside[:-1]]
+    keep = ends > starts
+    return union(starts[keep], ends[keep])
+
+
+def subtract(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Parts of interval set `a` not covered by `b` (both disjoint and sorted)."""
+    a_s, a_e = a
+    if a_s.size == 0:
+        return a
+    both = intersect(a, b)
+    # a minus (a ∩ b): walk boundaries of a and of the overlap together.
+    points = np.concatenate([a_s, a_e, both[0], both[1]])
+    delta = np.concatenate([np.ones_like(a_s), -np.ones_like(a_e), -np.ones_like(both[0]), np.ones_like(both[1])])
+    order = np.lexsort((delta, points))
+    points, delta = points[order], delta[order]
+    coverage = np.cumsum(delta)
+    inside = coverage == 1
+    starts = points[:-1][inside[:-1]]
+    ends = points[1:][inside[:-1]]
+    keep = ends > starts
+    return union(starts[keep], ends[keep])
+
+
+def total(intervals: tuple[np.ndarray, np.ndarray]) -> int:
+    return int((intervals[1] - intervals[0]).sum())
+
+
+def clip(intervals: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the intervals inside [lo, hi)."""
+    s, e = intervals
+    s = np.maximum(s, lo)
+    e = np.minimum(e, hi)
+    keep = e > s
+    return s[keep], e[keep]
