@@ -62,7 +62,7 @@ TABLES: tuple[Table, ...] = (
         C("key", "VARCHAR", "Name of the fact, e.g. `schema_version`."),
         C("value", "VARCHAR", "Its value, as text."),
     ), grain="fact"),
-    Table("traces", "One row per ingested input (usually one rank's file).", (
+    Table("traces", "Ingested inputs (usually one rank's file each).", (
         C("trace_id", "INTEGER", "Key of the trace within this store."),
         C("path", "VARCHAR", "Absolute path of the input file or directory."),
         C("format", "VARCHAR", "Input format: `kineto`, `nsys`, `rocprof_v1`, `rocprofv3_csv`, `rocprofv3_json`, `rocpd`, ..."),
@@ -85,7 +85,7 @@ TABLES: tuple[Table, ...] = (
         C("ingest_seconds", "DOUBLE", "Wall time the ingest took.", "s"),
         C("metadata", "JSON", "Top-level metadata the parser kept (never the profiled process's environment)."),
     ), grain="input"),
-    Table("devices", "One row per accelerator seen in a trace.", (
+    Table("devices", "Accelerators a trace names or uses.", (
         C("trace_id", "INTEGER", "The trace."),
         C("device", "INTEGER", "Device ordinal as used by `events.device` (GPU index; for rocprof the GPU ordinal, not the HSA node)."),
         C("node_id", "INTEGER", "Vendor node id where it differs from the ordinal (rocprof HSA agent node id)."),
@@ -270,12 +270,36 @@ def markdown() -> str:
         "",
     ]
     for t in TABLES:
-        out += [f"## `{t.name}`", "", t.doc + (f" One row per {t.grain}." if t.grain else ""), "",
+        out += [f"## `{t.name}`", "", t.doc + (f" *One row per {t.grain}.*" if t.grain else ""), "",
                 "| column | type | unit | meaning |", "|---|---|---|---|"]
         out += [f"| `{c.name}` | {c.type} | {c.unit} | {c.doc} |" for c in t.columns]
         out.append("")
-    out += ["# Views", ""]
+    out += ["# Views", "", "Views make the common joins one word.", ""]
     for v in VIEWS:
         sql = "\n".join(line.strip() for line in v.sql.strip().splitlines())
         out += [f"## `{v.name}`", "", v.doc, "", "```sql", sql, "```", ""]
+    out += [DESIGN_NOTES]
     return "\n".join(out)
+
+
+DESIGN_NOTES = """# Where this departs from the design sketch, and why
+
+- `events` keeps `start_ns`, `dur_ns` and `end_ns`. Durations come from the input's own
+  duration field, not from rounded end minus start: epoch-scale microsecond timestamps
+  lose sub-microsecond precision as doubles, durations do not.
+- Event ids are unique across the whole store (not per trace), so no join needs a
+  trace id; parsers write local ids and the writer shifts them.
+- `kernel_info` (not `kernels_info`) and `copies` hold the per-kind detail; the views
+  `kernels` and `copies_view` join them back to `events`.
+- `threads` was added: process and thread names (and device lane names) from trace
+  metadata, which reports need to say "thread 7 (dataloader)" rather than a number.
+- `events.step` and `events.source_cat` were added: the step an event belongs to (device
+  work takes its launch's step, so a kernel that runs late still counts for the step that
+  issued it) and the input's own category, so nothing the vendor said is lost.
+- `traces.source_records` counts what the parser read, so "stored + counted as issue =
+  read" can be checked for every input.
+- Launch links are derived once for every format, by (trace, process, correlation id):
+  correlation ids repeat across processes in multi-process Nsight exports.
+- Categories are assigned per distinct (kind, name) by `profkit/classify.py` from the
+  pattern tables in `profkit/data/`; the first matching row wins.
+"""

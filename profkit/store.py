@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -73,7 +74,11 @@ class Store:
         """Run a query and return an Arrow table (DuckDB 1.x and 2.x name this differently)."""
         cur = self.con.execute(query, list(params) if params else [])
         fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table
-        return fetch()
+        with warnings.catch_warnings():
+            # DuckDB 2 suggests con.sql() to save a copy, but con.sql() refuses to run while
+            # an execute() result elsewhere is unfinished; the copy is the safer trade.
+            warnings.simplefilter("ignore", UserWarning)
+            return fetch()
 
     def scalar(self, query: str, params: Iterable[Any] | None = None) -> Any:
         row = self.con.execute(query, list(params) if params else []).fetchone()

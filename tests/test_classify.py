@@ -1,0 +1,63 @@
+"""The shared classifier on kernel names from every vendor's libraries."""
+import pytest
+
+from profkit import classify
+
+CASES = [
+    ("kernel", "ampere_sgemm_128x128_tn", "gemm"),
+    ("kernel", "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1", "gemm"),
+    ("kernel", "nvjet_tst_192x8_64x8_4x1_v_bz_TNT", "gemm"),
+    ("kernel", "Cijk_Alik_Bljk_BBS_BH_Bias_HA_S_SAV_UserArgs_MT256x192x64_MI16x16x1", "gemm"),
+    ("kernel", "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_bf16_256x128_64x3_tn_align2>", "gemm"),
+    ("kernel", "igemm_fwd_gtcx2_nhwc_bf16_bx0_ex1_bt128x128x32", "gemm"),
+    ("kernel", "kernel_mul_mat_q4_0_f32", "gemm"),
+    ("kernel", "fmhaSm100aKernel_QkvE4m3OBfloat16H64PagedKvCausalP16VarSeqQ128Kv128PersistentContext", "attention"),
+    ("kernel", "kernel_unified_attention_2d", "attention"),
+    ("kernel", "void flash_fwd_splitkv_kernel<Flash_fwd_kernel_traits<128, 64, 128, 4>>", "attention"),
+    ("kernel", "ncclKernel_AllReduce_RING_LL_Sum_float(ncclDevComm*, unsigned long, ncclWork*)", "communication"),
+    ("kernel", "ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "communication"),
+    ("kernel", "void (anonymous namespace)::multimem_all_reduce_kernel<c10::BFloat16, 16>", "communication"),
+    ("kernel", "__amd_rocclr_copyBuffer.kd", "memory"),
+    ("kernel", "__amd_rocclr_fillBufferAligned.kd", "memory"),
+    ("memcpy", "Memcpy HtoD (Pageable -> Device)", "memory"),
+    ("memset", "Memset (Device)", "memory"),
+    ("kernel", "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>", "normalization"),
+    ("kernel", "_ZN5aiter24add_rmsnorm_quant_kernelIDF16bDF16bLi256E", "normalization"),
+    ("kernel", "void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, int, 128, true, 1, true>", "normalization"),
+    ("kernel", "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::ArgMaxOps<float>", "reduction"),
+    ("kernel", "void (anonymous namespace)::softmax_warp_forward<float, float, float, 1, false, false>", "reduction"),
+    ("kernel", "triton_red_fused__unsafe_view_add_mean_mul_pow_rsqrt_1", "reduction"),
+    ("kernel", "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "elementwise"),
+    ("kernel", "triton_poi_fused__unsafe_view_mul_silu_2", "elementwise"),
+    ("kernel", "void at::native::vectorized_elementwise_kernel<4, at::native::bfloat16tofloat32_copy_kernel_cuda>", "elementwise"),
+    ("kernel", "merge", "other"),
+]
+
+
+@pytest.mark.parametrize("kind,name,expected", CASES)
+def test_category(kind, name, expected):
+    assert classify.category(kind, name) == expected
+
+
+def test_host_kinds_have_no_category():
+    assert classify.category("cpu_op", "aten::mm") is None
+    assert classify.category("runtime", "cudaLaunchKernel") is None
+
+
+@pytest.mark.parametrize("name,op", [
+    ("ncclKernel_AllReduce_RING_LL_Sum_float", "all_reduce"),
+    ("ncclDevKernel_ReduceScatter_Sum_f32_RING_LL", "reduce_scatter"),
+    ("ncclDevKernel_AllGather_RING_LL", "all_gather"),
+    ("ncclKernel_SendRecv_RING_SIMPLE_Sum_int8_t", "send_recv"),
+    ("ncclKernel_Broadcast_RING_LL_Sum_int8_t", "broadcast"),
+    ("allreduce", "all_reduce"), ("_allgather_base", "all_gather"),
+    ("reduce_scatter_tensor_coalesced", "reduce_scatter"), ("all_to_all", "all_to_all"),
+    ("send", "send"), ("recv", "recv"), ("barrier", "other"),
+])
+def test_collective_op(name, op):
+    assert classify.collective_op(name) == op
+
+
+def test_every_rule_names_a_known_category_and_compiles():
+    rules = classify.category_rules()
+    assert rules and all(r.category in classify.CATEGORIES for r in rules)

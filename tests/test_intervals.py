@@ -1,0 +1,45 @@
+"""Interval unions, intersections and differences against a brute-force reference."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from profkit import intervals
+
+spans = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 60)), max_size=25)
+
+
+def covered(pairs):
+    points = set()
+    for start, dur in pairs:
+        points.update(range(start, start + dur))
+    return points
+
+
+def as_arrays(pairs):
+    return (np.array([s for s, _ in pairs], dtype=np.int64), np.array([s + d for s, d in pairs], dtype=np.int64))
+
+
+def points_of(result):
+    return {p for s, e in zip(*result) for p in range(int(s), int(e))}
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans)
+def test_union_covers_exactly_the_same_points(pairs):
+    merged = intervals.union(*as_arrays(pairs))
+    assert points_of(merged) == covered(pairs)
+    assert intervals.length(*as_arrays(pairs)) == len(covered(pairs))
+    assert np.all(merged[0][1:] > merged[1][:-1])  # disjoint and not touching
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans, spans)
+def test_intersect_and_subtract(a, b):
+    ua, ub = intervals.union(*as_arrays(a)), intervals.union(*as_arrays(b))
+    assert points_of(intervals.intersect(ua, ub)) == covered(a) & covered(b)
+    assert points_of(intervals.subtract(ua, ub)) == covered(a) - covered(b)
+
+
+def test_clip():
+    clipped = intervals.clip(intervals.union([0, 50], [20, 80]), 10, 60)
+    assert clipped[0].tolist() == [10, 50] and clipped[1].tolist() == [20, 60]
