@@ -120,6 +120,39 @@ def sql(trace: str, query: str, fmt: str) -> None:
     render.rows(names, rows, fmt)
 
 
+@cli.command()
+@click.argument("trace", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+              show_default=True, help="json follows docs/analysis-json.md (schema profkit.analysis/1).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Findings to show.")
+@click.option("--step", "step", default="all", show_default=True,
+              help="Restrict per-step figures to step N, or 'all' for the steady state.")
+def analyze(trace: str, fmt: str, top: int, step: str) -> None:
+    """Why is TRACE slow? Ranked findings with the time each could win back.
+
+    TRACE is a trace file, a directory of per-rank traces, or a .duckdb store."""
+    from . import render
+    from .analyses import analyze as run_analysis
+
+    if step != "all" and not step.lstrip("-").isdigit():
+        raise click.BadParameter("expected a step number or 'all'", param_hint="--step")
+    store = _load(trace)
+    try:
+        result = run_analysis(store, selected_step=None if step == "all" else int(step))
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(render.to_json(result))
+    elif fmt == "markdown":
+        from .report_markdown import analysis_markdown
+
+        click.echo(analysis_markdown(result, top))
+    else:
+        from .report_terminal import print_analysis
+
+        print_analysis(result, top)
+
+
 @cli.command(name="schema")
 @click.option("--markdown", is_flag=True, help="Print docs/schema.md exactly.")
 def schema_cmd(markdown: bool) -> None:

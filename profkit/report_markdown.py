@@ -1,0 +1,40 @@
+"""The analysis as Markdown (for PR comments, job summaries and reports)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .render import human_ns
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
+    out = ["# profkit analysis", "", "| rank | format | devices | steps | step p50 | idle | compute | non-compute |",
+           "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for t in result["traces"]:
+        b = t.get("breakdown") or {}
+        s = t.get("steps") or {}
+        names = ", ".join(sorted({d.get("name") or "?" for d in t.get("devices") or []})) or "-"
+        out.append(f"| {t.get('rank')} | {t.get('format')} | {_cell(names)} | {s.get('count', 0)} | "
+                   f"{human_ns(s.get('p50_ns'))} | {_pct(b.get('idle_pct'))} | {_pct(b.get('compute_pct'))} | "
+                   f"{_pct(b.get('non_compute_pct'))} |")
+    findings = result["findings"]
+    out += ["", f"## Findings (top {min(top, len(findings))} of {len(findings)}, by time per step that could be won back)", ""]
+    if not findings:
+        out.append("No findings above the noise floor.")
+        return "\n".join(out) + "\n"
+    out += ["| # | impact / step | share | finding | rule |", "|---:|---:|---:|---|---|"]
+    for i, f in enumerate(findings[:top], 1):
+        out.append(f"| {i} | {human_ns(f['impact_ns'])} ({f.get('impact_basis')}) | {_pct(f.get('share_pct'))} | "
+                   f"{_cell(f['title'])} | `{f['rule']}` |")
+    out.append("")
+    for i, f in enumerate(findings[:top], 1):
+        out += [f"### {i}. {f['title']}", "", f"**Recommendation:** {f['recommendation']}", "",
+                "```sql", f["sql"].strip(), "```", ""]
+    return "\n".join(out)

@@ -1,0 +1,96 @@
+"""The command line: version, schema, sql output formats, one-line errors."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from profkit import __version__, schema
+from profkit.cli import cli
+from profkit.ingest import Sink
+from profkit.store import Store
+
+PROFKIT = shutil.which("profkit", path=str(Path(sys.executable).parent))
+
+
+def run(*args):
+    """The installed `profkit` script, as a user runs it."""
+    return subprocess.run([PROFKIT, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture()
+def db(tmp_path):
+    source = tmp_path / "input.json"
+    source.write_text("{}")
+    path = tmp_path / "run.duckdb"
+    store = Store.open(path)
+    with Sink(store).trace(source, "test") as w:
+        w.add_events({"event_id": [0, 1], "kind": ["runtime", "kernel"], "name": ["cudaLaunchKernel", "k|1"],
+                      "start_ns": [0, 5], "dur_ns": [3, 10], "pid": [1, None], "tid": [1, None],
+                      "device": [None, 0], "stream": [None, 7], "correlation": [9, 9]})
+    store.close()
+    return path
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_schema_prints_the_generated_markdown():
+    result = CliRunner().invoke(cli, ["schema", "--markdown"])
+    assert result.exit_code == 0
+    assert result.output == schema.markdown() + "\n"
+
+
+def test_sql_json_is_an_array_of_row_objects(db):
+    result = CliRunner().invoke(cli, ["sql", str(db), "SELECT kind, dur_ns FROM events ORDER BY event_id", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"kind": "runtime", "dur_ns": 3}, {"kind": "kernel", "dur_ns": 10}]
+
+
+def test_sql_csv_and_table(db):
+    result = CliRunner().invoke(cli, ["sql", str(db), "SELECT name FROM kernels", "--format", "csv"])
+    assert result.output == "name\nk|1\n"
+    result = CliRunner().invoke(cli, ["sql", str(db), "SELECT launch_to_start_ns FROM launches"])
+    assert "5" in result.output and "1 row(s)" in result.output
+
+
+def test_bad_sql_is_one_line_exit_2(db):
+    proc = run("sql", db, "SELECT nope FROM events")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("profkit: error: SQL error:") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("make,problem", [
+    (lambda p: None, "no such file or directory"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"\x00\x01 not a trace at all"), "not a trace profkit can read"),
+])
+def test_unusable_inputs_are_one_line_errors(tmp_path, make, problem):
+    path = tmp_path / "input.bin"
+    make(path)
+    proc = run("info", path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"profkit: error: {path}: {problem}") and proc.stderr.count("\n") == 1
+
+
+def test_a_duckdb_file_that_is_not_a_store(tmp_path):
+    import duckdb
+
+    path = tmp_path / "other.duckdb"
+    duckdb.connect(str(path)).execute("CREATE TABLE x (a INT)").close()
+    proc = run("info", path)
+    assert proc.returncode == 2 and "not a profkit store" in proc.stderr
+
+
+def test_info_on_a_store(db):
+    proc = run("info", db, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info[0]["events_by_kind"] == {"kernel": 1, "runtime": 1}
+    assert info[0]["device_span_ns"] == 10
