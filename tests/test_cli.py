@@ -94,3 +94,11 @@ def test_info_on_a_store(db):
     info = json.loads(proc.stdout)
     assert info[0]["events_by_kind"] == {"kernel": 1, "runtime": 1}
     assert info[0]["device_span_ns"] == 10
+
+
+def test_docs_cli_md_is_generated_from_the_code():
+    from profkit import cli_reference
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert doc.read_text() == cli_reference.markdown() + "\n", \
+        "regenerate: python -m profkit.cli_reference > docs/cli.md"
