@@ -46,6 +46,6 @@ def detect(path: Path) -> ModuleType | None:
         try:
             if module.detect(path):
                 return module
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - a detector that trips over odd input just declines it
             continue
     return None

@@ -47,15 +47,50 @@ def collective_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
                  for row in _read_csv("collective_ops.csv"))
 
 
-def category(kind: str, name: str | None) -> str | None:
-    """Category of a device event; None for host kinds."""
-    if kind not in ("kernel", "memcpy", "memset"):
-        return None
-    text = name or ""
+def base_name(name: str) -> str:
+    """A kernel's own name, without template arguments and parameter list.
+
+    `void cub::Kernel<flashinfer::X>(int)` -> `void cub::Kernel`: words inside the
+    template arguments (a library namespace, a functor type) must not decide the category
+    when the kernel's own name can.
+    """
+    text = name.replace("(anonymous namespace)", "")
+    kept = []
+    angle = paren = 0
+    for ch in text:
+        if ch == "<":
+            angle += 1
+        elif ch == ">" and angle and not paren:
+            angle -= 1
+        elif angle:
+            if ch == "(":
+                paren += 1
+            elif ch == ")" and paren:
+                paren -= 1
+        else:
+            kept.append(ch)
+    own = "".join(kept)
+    cut = own.find("(")
+    return own[:cut] if cut > 0 else own
+
+
+def _match(kind: str, text: str) -> str | None:
     for rule in category_rules():
         if kind in rule.kinds and rule.pattern.search(text):
             return rule.category
-    return DEFAULT_CATEGORY
+    return None
+
+
+def category(kind: str, name: str | None) -> str | None:
+    """Category of a device event; None for host kinds.
+
+    The kernel's own name is matched first, the full name (template arguments and all)
+    only when the own name matches no rule.
+    """
+    if kind not in ("kernel", "memcpy", "memset"):
+        return None
+    text = name or ""
+    return _match(kind, base_name(text)) or _match(kind, text) or DEFAULT_CATEGORY
 
 
 def collective_op(name: str | None) -> str:

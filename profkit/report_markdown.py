@@ -22,7 +22,7 @@ def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
         s = t.get("steps") or {}
         names = ", ".join(sorted({d.get("name") or "?" for d in t.get("devices") or []})) or "-"
         out.append(f"| {t.get('rank')} | {t.get('format')} | {_cell(names)} | {s.get('count', 0)} | "
-                   f"{human_ns(s.get('p50_ns'))} | {_pct(b.get('idle_pct'))} | {_pct(b.get('compute_pct'))} | "
+                   f"{human_ns((s.get('duration') or {}).get('p50_ns'))} | {_pct(b.get('idle_pct'))} | {_pct(b.get('compute_pct'))} | "
                    f"{_pct(b.get('non_compute_pct'))} |")
     findings = result["findings"]
     out += ["", f"## Findings (top {min(top, len(findings))} of {len(findings)}, by time per step that could be won back)", ""]

@@ -27,7 +27,7 @@ def summary_table(traces: list[dict[str, Any]]) -> Table:
         table.add_row(
             str(t.get("rank")), t.get("format") or "-", ", ".join(names)[:40] or "-",
             f"{steps.get('count', 0)}" + (f" ({steps['source']})" if steps.get("source") else ""),
-            human_ns(steps.get("p50_ns")),
+            human_ns((steps.get("duration") or {}).get("p50_ns")),
             _pct(100.0 * busy / span if busy is not None and span else None),
             _pct(breakdown.get("idle_pct")), _pct(breakdown.get("compute_pct")),
             _pct(breakdown.get("non_compute_pct")),

@@ -1,0 +1,94 @@
+"""PyTorch profiler (Kineto) Chrome-trace JSON, plain or gzipped.
+
+Choices (documented here and in kineto_categories.csv):
+- kinds come from the category table; a category not in it is never guessed: its events
+  are counted as `unknown category X`.
+- instants (i/I) are events of duration 0 with the kind of their cat (cpu_instant_event
+  `[memory]` samples -> annotation, with the allocator numbers in args).
+- B/E pairs are matched per (pid, tid) stack into one interval.
+- ac2g launch flows are read and not stored: derive.link_launches links launches by
+  correlation (an `f` without `s` is normal). Other flows (fwdbwd, ...) become `links`
+  between the events that start where the flow's ends are.
+- M records fill `threads`; C records fill `counters` (one row per series).
+- times are exact: see kineto_read.micros_to_ns.
+"""
+from __future__ import annotations
+
+import gc
+import gzip
+import zlib
+from pathlib import Path
+
+from profkit.errors import TraceError
+
+from . import kineto_meta
+from .kineto_events import EventBuilder
+from .kineto_read import GZIP_MAGIC, Document, read_bytes
+
+FORMAT = "kineto"
+_HEAD = 1 << 16
+_TRACE_HINTS = (b'"traceEvents"', b'"ph"')
+
+
+def detect(path: Path) -> bool:
+    """A file that is gzip or JSON starting with { or [ and mentions traceEvents (or,
+    for an array, event phases) near the top. Permissive on purpose: truncated or
+    corrupt inputs get a specific error from parse()."""
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as fh:
+            head = fh.read(_HEAD)
+        gzipped = head[:2] == GZIP_MAGIC
+        if gzipped:
+            try:
+                head = _gunzip_head(path)
+            except (OSError, EOFError, zlib.error):
+                return True  # corrupt gzip: nothing else reads it; parse() says why
+        text = head.lstrip(b" \t\r\n\xef\xbb\xbf")
+        if not text and gzipped:
+            return True  # gzip of nothing: parse() says "empty file"
+        if not text[:1] in (b"{", b"["):
+            return False
+        return any(hint in head for hint in _TRACE_HINTS)
+    except (OSError, ValueError):
+        return False
+
+
+def _gunzip_head(path: Path) -> bytes:
+    with gzip.open(path, "rb") as fh:
+        return fh.read(_HEAD)
+
+
+def parse(path: Path, sink) -> None:
+    path = Path(path)
+    was_enabled = gc.isenabled()
+    gc.disable()  # millions of small objects: the collector would dominate
+    try:
+        _parse(path, sink)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _parse(path: Path, sink) -> None:
+    doc = Document(path, read_bytes(path))
+    with sink.trace(path, FORMAT) as w:
+        builder = EventBuilder(w)
+        total = doc.events_bytes
+        for records, others, done in doc.chunks():
+            builder.add_chunk(records, others)
+            sink.report(str(path), done, total)
+        builder.finish()
+        if w.source_records == 0:
+            raise TraceError(path, "traceEvents is empty")
+        if w.events_written == 0:
+            raise TraceError(path, f"no usable events ({_top_issues(w)})")
+        vendor = kineto_meta.vendor(doc.top, builder.cats_seen, builder.runtime_prefixes)
+        w.set_trace(**kineto_meta.trace_fields(doc.top, vendor))
+        w.add_rows("devices", kineto_meta.device_rows(doc.top, vendor))
+
+
+def _top_issues(w) -> str:
+    reasons = w.issues.most_common(3)
+    return "; ".join(f"{count} x {reason}" for reason, count in reasons) or "nothing readable"

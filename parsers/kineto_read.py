@@ -1,0 +1,263 @@
+"""Reading a Kineto JSON file: bytes (gzip by magic), the top level, and the
+`traceEvents` array in chunks of typed records without building a dict per event.
+
+Fast path: msgspec splits the top level into raw values (no copy), then the events
+array is cut at `},{` boundaries into ~16 MB pieces, each decoded into `Ev` structs whose
+`args` stay raw JSON bytes. Slow path (control characters in strings, which msgspec
+rejects, or array elements that are not objects): the stdlib decoder with strict=False.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterator
+
+import msgspec
+import numpy as np
+
+from profkit.errors import TraceError
+
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK_BYTES = 16 << 20
+_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_LEADING_SPACE = re.compile(rb"[\s\xef\xbb\xbf]*")
+
+
+class Ev(msgspec.Struct, gc=False):
+    """One record of traceEvents. Loosely typed on purpose: odd values are judged per
+    record by the parser, never by the decoder for the whole file."""
+    ph: Any = None
+    cat: Any = None
+    name: Any = None
+    pid: Any = None
+    tid: Any = None
+    ts: Any = None
+    dur: Any = None
+    id: Any = None
+    args: msgspec.Raw = msgspec.Raw()  # empty when absent
+
+
+_EVENTS = msgspec.json.Decoder(list[Ev])
+_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ANY = msgspec.json.Decoder()
+
+
+def read_bytes(path) -> bytes:
+    data = path.read_bytes()
+    if data[:2] != GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except EOFError:
+        raise TraceError(path, "truncated gzip (compressed data ends early)") from None
+    except (OSError, zlib.error) as exc:
+        raise TraceError(path, f"corrupt gzip ({exc})") from None
+
+
+def _decode_error(path, exc: Exception, size: int) -> TraceError:
+    text = str(exc)
+    if "truncated" in text:
+        return TraceError(path, f"truncated JSON (input ends after {size} bytes)")
+    return TraceError(path, f"malformed JSON ({text})")
+
+
+class Document:
+    """The top level of a trace: `top` maps keys to decoded values (except the events),
+    and `chunks()` yields lists of `Ev`."""
+
+    def __init__(self, path, data: bytes):
+        self.path = path
+        self.data = data
+        self.top: dict[str, Any] = {}
+        self._events_range: tuple[int, int] | None = None
+        self._events_list: list | None = None  # slow path: already-decoded records
+        first = _LEADING_SPACE.match(data).end()
+        if first == len(data):
+            raise TraceError(path, "empty file")
+        head = data[first:first + 1]
+        if head not in (b"{", b"["):
+            raise TraceError(path, "not JSON (expected a Chrome trace object or array)")
+        try:
+            self._fast(data, head)
+        except msgspec.DecodeError as exc:
+            if "invalid character" not in str(exc):
+                raise _decode_error(path, exc, len(data)) from None
+            self._slow(data)  # control characters inside strings
+        if self._events_range is None and self._events_list is None:
+            keys = ", ".join(sorted(self.top)[:5]) or "none"
+            raise TraceError(path, f"JSON but not a Chrome trace: no traceEvents (top-level keys: {keys})")
+
+    def _fast(self, data: bytes, head: bytes) -> None:
+        if head == b"[":
+            _TOP_ARRAY.decode(data)  # validates the whole array
+            start = data.index(b"[")
+            self._events_range = (start, data.rindex(b"]") + 1)
+            return
+        top = _TOP.decode(data)
+        if not isinstance(top, dict):
+            raise TraceError(self.path, "JSON but not a Chrome trace object")
+        raw_events = top.pop("traceEvents", None)
+        self.top = {k: _ANY.decode(v) for k, v in top.items()}
+        if raw_events is None:
+            return
+        base = np.frombuffer(data, np.uint8).ctypes.data
+        view = np.frombuffer(raw_events, np.uint8)
+        start = view.ctypes.data - base
+        if not 0 <= start < len(data) or data[start:start + 1] != b"[":
+            # Not a view into the input (or not an array): decode it by itself.
+            value = _ANY.decode(raw_events)
+            if not isinstance(value, list):
+                raise TraceError(self.path, "traceEvents is not a JSON array")
+            self._events_list = value
+            return
+        self._events_range = (start, start + len(view))
+
+    def _slow(self, data: bytes) -> None:
+        try:
+            value = json.loads(data, strict=False)
+        except json.JSONDecodeError as exc:
+            raise TraceError(self.path, f"malformed JSON ({exc})") from None
+        if isinstance(value, list):
+            self._events_list = value
+            return
+        if not isinstance(value, dict):
+            raise TraceError(self.path, "JSON but not a Chrome trace object")
+        events = value.pop("traceEvents", None)
+        self.top = value
+        if events is not None:
+            if not isinstance(events, list):
+                raise TraceError(self.path, "traceEvents is not a JSON array")
+            self._events_list = events
+
+    @property
+    def events_bytes(self) -> int:
+        if self._events_range:
+            return self._events_range[1] - self._events_range[0]
+        return len(self.data)
+
+    def chunks(self) -> Iterator[tuple[list[Ev], list[Any], int]]:
+        """Yield (records, non-object elements, bytes done)."""
+        if self._events_list is not None:
+            items = self._events_list
+            for i in range(0, len(items), 50_000):
+                yield _from_python(items[i:i + 50_000]) + (len(self.data),)
+            return
+        data = self.data
+        lo, hi = self._events_range
+        pos = data.index(b"[", lo) + 1
+        end = data.rindex(b"]", lo, hi)
+        while True:
+            target = pos + CHUNK_BYTES
+            emitted = False
+            while target < end:
+                m = _BOUNDARY.search(data, target, end)
+                if m is None:
+                    break
+                try:
+                    records, others = _decode_piece(b"[" + data[pos:m.start() + 1] + b"]")
+                except msgspec.DecodeError:
+                    target = m.end()  # the match was inside a string: try the next one
+                    continue
+                yield records, others, m.start() - lo
+                pos = m.end() - 1
+                emitted = True
+                break
+            if not emitted:
+                try:
+                    records, others = _decode_piece(b"[" + data[pos:end] + b"]")
+                except msgspec.DecodeError as exc:
+                    raise _decode_error(self.path, exc, len(data)) from None
+                yield records, others, hi - lo
+                return
+
+
+def _decode_piece(piece: bytes) -> tuple[list[Ev], list[Any]]:
+    try:
+        return _EVENTS.decode(piece), []
+    except msgspec.ValidationError:
+        return _from_python(_ANY.decode(piece))
+
+
+_TOP_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+_FIELDS = Ev.__struct_fields__
+
+
+def _from_python(items: list[Any]) -> tuple[list[Ev], list[Any]]:
+    """Records decoded by a generic decoder -> Ev (args re-encoded as JSON)."""
+    records, others = [], []
+    for item in items:
+        if not isinstance(item, dict):
+            others.append(item)
+            continue
+        values = {k: item.get(k) for k in _FIELDS if k != "args"}
+        args = item.get("args")
+        values["args"] = msgspec.Raw() if args is None else msgspec.Raw(json.dumps(args, default=str).encode())
+        records.append(Ev(**values))
+    return records, others
+
+
+# -- numbers -----------------------------------------------------------------------
+
+EXACT_FLOAT_LIMIT = float(2 ** 43)  # below it a double keeps 3 decimals of a microsecond
+
+
+def micros_to_ns(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Microsecond values (int, float, numeric string) -> (int64 ns, valid mask).
+
+    Exact: ints multiply exactly; a float below 2**43 us is the nearest double to a
+    decimal with at most 3 fractional digits, so floor + round(frac * 1000) recovers that
+    decimal's nanoseconds exactly (float64 `round(ts * 1000)` can be off by one ns for
+    16-digit timestamps). Strings go through Decimal. Non-finite and non-numbers are
+    invalid."""
+    n = len(values)
+    types = set(map(type, values))
+    if types <= {int, float} and n:
+        if types == {int}:
+            arr = np.array(values, dtype=object if _big_ints(values) else np.int64)
+            if arr.dtype == np.int64:
+                return arr * 1000, np.ones(n, bool)
+        else:
+            f = np.array(values, dtype=np.float64)
+            if np.all(np.abs(f) < EXACT_FLOAT_LIMIT):
+                ip = np.floor(f)
+                ns = ip.astype(np.int64) * 1000 + np.rint((f - ip) * 1000).astype(np.int64)
+                return ns, np.ones(n, bool)
+    out = np.zeros(n, np.int64)
+    ok = np.zeros(n, bool)
+    for i, v in enumerate(values):
+        ns = one_micros_to_ns(v)
+        if ns is not None:
+            out[i] = ns
+            ok[i] = True
+    return out, ok
+
+
+def _big_ints(values: list[int]) -> bool:
+    return max(values) >= 2 ** 53 or min(values) <= -(2 ** 53)
+
+
+def one_micros_to_ns(v: Any) -> int | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int):
+        return v * 1000
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return None
+        if abs(v) < EXACT_FLOAT_LIMIT:
+            ip = int(v // 1)
+            return ip * 1000 + round((v - ip) * 1000)
+        # The decimal text is lost; repr gives the shortest decimal that reads back.
+        return int(round(Decimal(repr(v)) * 1000))
+    if isinstance(v, str):
+        try:
+            d = Decimal(v.strip())
+        except InvalidOperation:
+            return None
+        if not d.is_finite():
+            return None
+        return int(round(d * 1000))
+    return None
