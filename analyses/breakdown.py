@@ -1,0 +1,250 @@
+"""Where device time goes: idle, compute, communication, memory, and their overlaps.
+
+Two views of the same trace, side by side (docs/analysis/breakdown.md, docs/hta-differences.md):
+
+- The top level of the section reproduces Holistic Trace Analysis's
+  `get_temporal_breakdown` (HTA / `traceinsight` 0.6.1) so the numbers agree with HTA within
+  0.1 percentage points: per rank (every device of the trace merged), over HTA's window
+  (the last ProfilerStep's kernels left out when there are two or more steps), kernels
+  classified by HTA's name patterns, event edges rounded inward to whole microseconds.
+- `all_devices` and `devices` are profkit's own figures: the full span of device activity
+  (first kernel/copy/fill start to last end), exact nanoseconds, the shared classifier's
+  categories, per device and for all devices merged.
+
+Sums of time are interval unions (profkit.intervals), never summed durations.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from profkit import intervals as iv
+
+from . import Context, PassResult
+
+NAME = "breakdown"
+
+DEVICE_KINDS = ("kernel", "memcpy", "memset")
+# Categories of the shared classifier that are not compute.
+COMMUNICATION = "communication"
+MEMORY = "memory"
+
+# --- HTA's definitions, copied from hta/common/types.py and hta/utils/utils.py --------
+# get_kernel_type: COMMUNICATION, else MEMORY, else COMPUTATION (inverse match), else OTHER.
+# re.match semantics: anchored at the start of the name.
+HTA_COMMUNICATION = re.compile(r"(^nccl.*)|(^hip)|(^hccl)|(.*ncclKernel.*)")
+HTA_MEMORY = re.compile(r"(^(hip)?Memcpy)|(^(hip)?Memset)|(^dma)")
+HTA_NOT_COMPUTE = re.compile(
+    r"(^nccl)|(.*Memcpy)|(.*Memset)|(.*dma)|(^.*Sync)|(^Stream Wait Event)|(cuda.*LaunchKernel)"
+    r"|(^runFunction)|(^hip)|(^job_exe)|(^packet)|(^pe_exe)|(^cpum_exe_subgraph)|(^hccl)"
+    r"|(^collective_subgraph_execution)"
+)
+HTA_PROFILER_STEP = r"^ProfilerStep#\d+"
+# Device-level sync records HTA counts as GPU work even without a stream (trace_filter.py).
+HTA_DEVICE_SYNC_NAMES = ("Event Sync", "Context Sync")
+# HTA rounds Kineto's float microsecond timestamps inward (ts up, ts+dur down) to whole
+# microseconds (trace_parser.round_down_time_stamps). On integer-microsecond traces this is
+# a no-op; on nanosecond-resolution traces it shortens every event by up to 1 us, which is
+# what HTA reports. Set False to keep exact nanoseconds in the HTA-compatible view.
+HTA_ROUND_TO_US = True
+# HTA's test for "GPU kernel or device sync" (trace_filter._filter_gpu_kernels_with_cuda_sync);
+# everything else (host ops, runtime calls, annotations) is on its host side.
+_HTA_GPU_LIKE = ("(coalesce(stream >= 0 AND correlation >= 0, false) "
+                 f"OR coalesce(name, '') IN {HTA_DEVICE_SYNC_NAMES})")
+US = 1000
+
+
+def run(ctx: Context) -> PassResult:
+    store, trace_id = ctx.store, ctx.trace_id
+    events = store.arrow(f"""
+        SELECT device, start_ns, end_ns, category
+        FROM events
+        WHERE trace_id = ? AND kind IN {DEVICE_KINDS}
+    """, [trace_id])
+    starts = events.column("start_ns").to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = events.column("end_ns").to_numpy(zero_copy_only=False).astype(np.int64)
+    devices = np.asarray(events.column("device").fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    categories = np.asarray(events.column("category").fill_null("other").to_numpy(zero_copy_only=False), dtype=object)
+
+    metrics: dict[str, Any] = hta_breakdown(ctx)
+    metrics["all_devices"] = profile(starts, ends, categories)
+    metrics["devices"] = [
+        {"device": None if d < 0 else int(d),
+         **profile(starts[devices == d], ends[devices == d], categories[devices == d])}
+        for d in sorted(set(devices.tolist()))
+    ]
+    return PassResult(metrics=metrics)
+
+
+# --- profkit's own view ------------------------------------------------------------------
+
+def profile(starts: np.ndarray, ends: np.ndarray, categories: np.ndarray) -> dict[str, Any]:
+    """Busy, idle and per-category time over the span of the given device events."""
+    if starts.size == 0:
+        return {"events": 0, "start_ns": None, "end_ns": None, **{k: 0 for k in _NS_KEYS},
+                **{k: 0.0 for k in _PCT_KEYS}}
+    lo, hi = int(starts.min()), int(ends.max())
+    span = hi - lo
+    is_comm = categories == COMMUNICATION
+    is_mem = categories == MEMORY
+    is_compute = ~(is_comm | is_mem)
+    busy = iv.union(starts, ends)
+    compute = iv.union(starts[is_compute], ends[is_compute])
+    comm = iv.union(starts[is_comm], ends[is_comm])
+    mem = iv.union(starts[is_mem], ends[is_mem])
+    out = {
+        "events": int(starts.size),
+        "start_ns": lo,
+        "end_ns": hi,
+        "span_ns": span,
+        "busy_ns": iv.total(busy),
+        "idle_ns": span - iv.total(busy),
+        "compute_ns": iv.total(compute),
+        "communication_ns": iv.total(comm),
+        "memory_ns": iv.total(mem),
+        "compute_communication_overlap_ns": iv.total(iv.intersect(compute, comm)),
+        "compute_memory_overlap_ns": iv.total(iv.intersect(compute, mem)),
+        # Communication not hidden behind compute: what a rank waits on collectives for.
+        "exposed_communication_ns": iv.total(iv.subtract(comm, compute)),
+    }
+    for key in _PCT_KEYS:
+        out[key] = _pct(out[key.replace("_pct", "_ns")], span)
+    return out
+
+
+_NS_KEYS = ("span_ns", "busy_ns", "idle_ns", "compute_ns", "communication_ns", "memory_ns",
+            "compute_communication_overlap_ns", "compute_memory_overlap_ns", "exposed_communication_ns")
+_PCT_KEYS = ("busy_pct", "idle_pct", "compute_pct", "communication_pct", "memory_pct",
+             "compute_communication_overlap_pct", "exposed_communication_pct")
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 3) if whole else 0.0
+
+
+# --- HTA's view --------------------------------------------------------------------------
+
+def hta_breakdown(ctx: Context) -> dict[str, Any]:
+    """HTA's temporal breakdown of one rank: idle / compute / non-compute over its window."""
+    store, trace_id = ctx.store, ctx.trace_id
+    # The events HTA reads as GPU work: anything with a stream (kernels, copies, fills and
+    # the sync records Kineto draws on stream lanes), plus device-wide syncs by name.
+    table = store.arrow(f"""
+        SELECT kind, name, start_ns, end_ns, stream, coalesce(correlation, -1) AS correlation,
+               (stream >= 0 AND coalesce(correlation, -1) >= 0)
+                   OR coalesce(name, '') IN {HTA_DEVICE_SYNC_NAMES} AS gpu_like
+        FROM events
+        WHERE trace_id = ? AND (kind IN {DEVICE_KINDS} OR (kind = 'sync' AND tid IS NULL))
+          AND stream IS NOT NULL AND stream <> -1
+    """, [trace_id])
+    window = _hta_window(ctx)
+    kinds = table.column("kind").to_pylist()
+    names = table.column("name").to_pylist()
+    starts = table.column("start_ns").to_numpy().astype(np.int64)
+    ends = table.column("end_ns").to_numpy().astype(np.int64)
+    if HTA_ROUND_TO_US:
+        starts, ends = -(-starts // US) * US, (ends // US) * US
+    if window["last_step_excluded"]:
+        keep = _hta_kept(ctx, table, window["last_step_start_ns"])
+        starts, ends = starts[keep], ends[keep]
+        kinds = [k for k, m in zip(kinds, keep) if m]
+        names = [n for n, m in zip(names, keep) if m]
+    busy = iv.union(starts, ends)
+    types = _hta_types(kinds, names)
+    compute = iv.union(starts[types == "compute"], ends[types == "compute"])
+    span = int(busy[1][-1] - busy[0][0]) if busy[0].size else 0
+    busy_ns, compute_ns = iv.total(busy), iv.total(compute)
+    out = {
+        "span_ns": span,
+        "busy_ns": busy_ns,
+        "idle_ns": span - busy_ns,
+        "compute_ns": compute_ns,
+        "non_compute_ns": busy_ns - compute_ns,
+        "idle_pct": _pct(span - busy_ns, span),
+        "compute_pct": _pct(compute_ns, span),
+        "non_compute_pct": _pct(busy_ns - compute_ns, span),
+    }
+    by_type = {t: iv.total(iv.union(starts[types == t], ends[types == t]))
+               for t in ("communication", "memory", "other")}
+    out["hta"] = {
+        "definition": "HTA get_temporal_breakdown (traceinsight 0.6.1), per rank, all devices merged",
+        "start_ns": int(busy[0][0]) if busy[0].size else None,
+        "end_ns": int(busy[1][-1]) if busy[0].size else None,
+        "events": int(starts.size),
+        "rounded_to_us": HTA_ROUND_TO_US,
+        **window,
+        "communication_ns": by_type["communication"],
+        "memory_ns": by_type["memory"],
+        "other_ns": by_type["other"],
+    }
+    return out
+
+
+def _hta_window(ctx: Context) -> dict[str, Any]:
+    """HTA drops the last ProfilerStep's device work when the trace names two or more steps
+    (Trace._filter_irrelevant_gpu_kernels, include_last_profiler_step=False)."""
+    store, trace_id = ctx.store, ctx.trace_id
+    step_names = store.scalar("""
+        SELECT count(DISTINCT name) FROM events
+        WHERE trace_id = ? AND regexp_matches(name, ?)
+    """, [trace_id, HTA_PROFILER_STEP])
+    last_start = store.scalar(f"""
+        SELECT max(start_ns) FROM events
+        WHERE trace_id = ? AND regexp_matches(name, ?)
+          AND NOT {_HTA_GPU_LIKE}
+    """, [trace_id, HTA_PROFILER_STEP])
+    excluded = bool(step_names >= 2 and last_start is not None)
+    return {"profiler_step_names": int(step_names), "last_step_excluded": excluded,
+            "last_step_start_ns": int(last_start) if excluded else None}
+
+
+def _hta_kept(ctx: Context, table, last_step_start: int) -> np.ndarray:
+    """Which of HTA's GPU events survive its filter: those launched (same correlation id,
+    any process) by a host event that starts before the last step, and stream events with
+    no correlation that themselves start before it (HTA files those with host events)."""
+    cut = -(-last_step_start // US) * US if HTA_ROUND_TO_US else last_step_start
+    start_expr = f"-((-start_ns) // {US}) * {US}" if HTA_ROUND_TO_US else "start_ns"
+    kept_correlations = {r[0] for r in ctx.store.con.execute(f"""
+        SELECT DISTINCT coalesce(correlation, -1) FROM events
+        WHERE trace_id = ? AND {start_expr} < ?
+          AND NOT {_HTA_GPU_LIKE}
+    """, [ctx.trace_id, cut]).fetchall()}
+    gpu_like = table.column("gpu_like").to_numpy(zero_copy_only=False)
+    correlation = table.column("correlation").to_numpy()
+    starts = table.column("start_ns").to_numpy()
+    if HTA_ROUND_TO_US:
+        starts = -(-starts // US) * US
+    launched_before = np.isin(correlation, np.fromiter(kept_correlations, np.int64, len(kept_correlations)))
+    return np.where(gpu_like, launched_before, starts < cut)
+
+
+def _hta_types(kinds: list[str], names: list[str | None]) -> np.ndarray:
+    """HTA's get_kernel_type per event; copies and fills are memory whatever their name
+    (a no-op on Kineto, where they are named Memcpy/Memset, and sane on other inputs), and
+    sync records are never compute."""
+    cache: dict[tuple[str, str | None], str] = {}
+    out = np.empty(len(names), dtype=object)
+    for i, key in enumerate(zip(kinds, names)):
+        kind = cache.get(key)
+        if kind is None:
+            kind = cache[key] = _hta_type(*key)
+        out[i] = kind
+    return out
+
+
+def _hta_type(kind: str, name: str | None) -> str:
+    if kind == "sync":
+        # A wait drawn on a stream is not compute. HTA decides by name, and its names miss
+        # MTIA's event_wait / event_record and Nsight's "Event sync" (lower case), which it
+        # would count as compute (docs/hta-differences.md).
+        return "other"
+    text = name or ""
+    if HTA_COMMUNICATION.match(text):
+        return "communication"
+    if kind in ("memcpy", "memset") or HTA_MEMORY.match(text):
+        return "memory"
+    if not HTA_NOT_COMPUTE.match(text):
+        return "compute"
+    return "other"

@@ -1,0 +1,468 @@
+"""Host overheads in the steady state: synchronisation, pageable copies, allocator calls,
+CPU time between launches, and the time from a step's start to its first device work.
+
+The steady state is `ctx.steady_steps`; a trace with a single step is analysed whole.
+API names of every vendor are matched through `API_RULES`, one table, never per vendor.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+
+from profkit import intervals
+from profkit.findings import Finding
+
+from . import Context, PassResult
+from .step_inference import load_device_events
+
+NAME = "host"
+
+# (role, pattern, exclude): a runtime call has the first role whose pattern matches its name
+# (searched from the start; Nsight's version suffixes such as `_v3020` are allowed) and whose
+# exclude pattern does not.
+API_RULES = (
+    ("sync", re.compile(r"^(cuda|hip|cu|hsa|ze|mtia|xpu|acl(rt)?)\w*?(Synchroni[sz]e|_signal_wait)", re.I), None),
+    ("blocking_copy", re.compile(r"^(cuda|hip|cu)Memcpy", re.I), re.compile(r"Async", re.I)),
+    ("allocator", re.compile(
+        r"^(cuda|hip|cu)(Malloc|Free|HostAlloc|HostMalloc|HostFree|MallocHost|FreeHost|MallocManaged|"
+        r"MallocPitch|Malloc3D|MallocArray|FreeArray|ExtMallocWithFlags|MemAlloc|MemFree|MemHostAlloc|"
+        r"MemFreeHost|MemCreate|MemRelease)", re.I), re.compile(r"Async", re.I)),
+)
+# Framework operators that block the host on a device value (`.item()`, `.tolist()`, ...).
+SYNC_OPS = ("aten::item", "aten::_local_scalar_dense")
+
+MIN_IMPACT_NS = 5_000             # no finding below 5 us per step ...
+MIN_SHARE_PCT = 0.5               # ... or below 0.5% of the median step
+PAGEABLE_SAVING = 0.5             # pinned copies take about half the time of pageable ones
+STEP_START_GAP_MIN_NS = 20_000    # host.step_start_gap only above 20 us of GPU idle per step ...
+STEP_START_GAP_MIN_SHARE = 2.0    # ... and 2% of the median step
+MAX_EXAMPLES = 5
+
+
+def api_role(name: str | None) -> str | None:
+    if not name:
+        return None
+    for role, pattern, exclude in API_RULES:
+        if pattern.search(name) and not (exclude and exclude.search(name)):
+            return role
+    return None
+
+
+def run(ctx: Context) -> PassResult:
+    windows, steps = _windows(ctx)
+    n_steps = max(1, len(windows))
+    host_side = ctx.results.get("steps", {}).get("source") not in ("kernel_pattern", "whole_trace")
+    dev = load_device_events(ctx.store, ctx.trace_id)
+    busy = intervals.union(dev.start, dev.end)
+    calls = _runtime_calls(ctx)
+    roles = np.array([api_role(n) for n in calls["name"]], dtype=object)
+    step_of_call = _window_index(calls["start"], windows)
+
+    metrics: dict = {"scope": "whole_trace" if steps is None else "steady_steps",
+                     "steps_analysed": len(windows)}
+    findings: list[Finding] = []
+
+    sync = _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps)
+    metrics["sync"] = sync.pop("metrics")
+    findings += sync["findings"]
+
+    pageable = _pageable(ctx, dev, windows, host_side, n_steps)
+    metrics["pageable_copies"] = pageable.pop("metrics")
+    findings += pageable["findings"]
+
+    alloc = _allocator(ctx, calls, roles)
+    metrics["allocator"] = alloc.pop("metrics")
+    findings += alloc["findings"]
+
+    metrics["launches"] = _launch_gaps(ctx, calls, step_of_call, dev)
+    start_gap = _step_start_gap(ctx, busy, sync["idle"])
+    metrics["step_start_gap"] = start_gap.pop("metrics")
+    findings += start_gap["findings"]
+    return PassResult(metrics=metrics, findings=findings)
+
+
+# -- windows and data ------------------------------------------------------------------------
+
+def _windows(ctx: Context):
+    """[(start, end)] analysed, and the steps they are (None for the whole trace)."""
+    steady = ctx.steady_steps
+    if len(ctx.steps) <= 1 and ctx.selected_step is None or not steady:
+        lo, hi = ctx.trace.get("start_ns"), ctx.trace.get("end_ns")
+        return ([(int(lo), int(hi))] if lo is not None else []), None
+    return [(s.start_ns, s.end_ns) for s in steady], steady
+
+
+def _window_index(times: np.ndarray, windows) -> np.ndarray:
+    if not windows or times.size == 0:
+        return np.full(times.size, -1, dtype=np.int64)
+    starts = np.array([w[0] for w in windows], dtype=np.int64)
+    ends = np.array([w[1] for w in windows], dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    idx = np.searchsorted(starts, times, side="right") - 1
+    ok = (idx >= 0) & (times < ends[np.clip(idx, 0, None)])
+    return np.where(ok, order[np.clip(idx, 0, None)], -1)
+
+
+def _runtime_calls(ctx: Context) -> dict:
+    table = ctx.store.arrow("""
+        SELECT event_id, name, start_ns, end_ns, coalesce(pid, -1) AS pid, coalesce(tid, -1) AS tid
+        FROM events WHERE trace_id = ? AND kind = 'runtime' ORDER BY start_ns, event_id
+    """, [ctx.trace_id])
+    return {
+        "event_id": table.column("event_id").to_numpy().astype(np.int64),
+        "name": table.column("name").to_pylist(),
+        "start": table.column("start_ns").to_numpy().astype(np.int64),
+        "end": table.column("end_ns").to_numpy().astype(np.int64),
+        "pid": table.column("pid").to_numpy().astype(np.int64),
+        "tid": table.column("tid").to_numpy().astype(np.int64),
+    }
+
+
+def _per_step(value: float, n_steps: int) -> int:
+    return int(round(value / n_steps)) if n_steps else 0
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.3f} ms" if ns >= 1e5 else f"{ns / 1e3:.1f} us"
+
+
+def _worth_reporting(ctx: Context, impact: float) -> bool:
+    return impact >= MIN_IMPACT_NS and (not ctx.step_ns or ctx.share(impact) >= MIN_SHARE_PCT)
+
+
+def _step_numbers(ctx: Context, idx: np.ndarray) -> list[int]:
+    steady = ctx.steady_steps
+    if len(ctx.steps) <= 1 and ctx.selected_step is None:
+        return [s.step for s in ctx.steps]
+    return sorted({steady[i].step for i in np.unique(idx[idx >= 0]).tolist()})
+
+
+def _in_list(names) -> str:
+    return ", ".join("'" + n.replace("'", "''") + "'" for n in sorted(set(names)))
+
+
+# -- (i) synchronisation --------------------------------------------------------------------------
+
+def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
+    is_sync = ((roles == "sync") | (roles == "blocking_copy")) & (step_of_call >= 0)
+    sel = np.flatnonzero(is_sync)
+    origin = _sync_origins(ctx, calls, sel)
+    after_dtoh = _after_dtoh(ctx, calls, sel)
+    idle_windows = []
+    idle_each = []
+    measured_windows = set()
+    for i in sel:
+        lo, hi, measurable = _idle_after_sync(int(calls["start"][i]), int(calls["end"][i]), dev)
+        idle_windows.append((lo, hi))
+        idle_each.append(max(0, hi - lo - intervals.total(intervals.clip(busy, lo, hi))) if hi > lo else 0)
+        if measurable:
+            measured_windows.add(int(step_of_call[i]))
+    if idle_windows:
+        lo_a = np.array([w[0] for w in idle_windows]); hi_a = np.array([w[1] for w in idle_windows])
+        idle_union = intervals.subtract(intervals.union(lo_a, hi_a), busy)
+        idle_total = intervals.total(idle_union)
+    else:
+        idle_union = (np.empty(0, np.int64), np.empty(0, np.int64))
+        idle_total = 0
+    # A step whose syncs are followed by no device work at all (the trace's last step)
+    # cannot show the idle they cause: average over the steps that can.
+    unmeasured = len(set(step_of_call[sel].tolist()) - measured_windows)
+    n_measured = max(1, n_steps - unmeasured)
+    blocked_total = intervals.length(calls["start"][sel], calls["end"][sel]) if sel.size else 0
+    by_name = Counter(calls["name"][i] for i in sel)
+    by_origin = Counter(o for o in origin if o)
+    metrics = {
+        "calls": int(sel.size),
+        "calls_per_step": round(sel.size / n_steps, 3),
+        "by_name": dict(by_name.most_common()),
+        "by_origin_op": dict(by_origin.most_common()),
+        "after_dtoh_copy": int(sum(after_dtoh)),
+        "blocked_ns_per_step": _per_step(blocked_total, n_steps),
+        "gpu_idle_caused_ns_per_step": _per_step(idle_total, n_measured),
+        "steps_without_measurable_idle": unmeasured,
+    }
+    findings = []
+    impact = idle_total / n_measured
+    if sel.size and _worth_reporting(ctx, impact):
+        order = np.argsort(-np.array(idle_each)) if idle_each else []
+        examples = [{"event_id": int(calls["event_id"][sel[k]]), "name": calls["name"][sel[k]],
+                     "start_ns": int(calls["start"][sel[k]]), "blocked_ns": int(calls["end"][sel[k]] - calls["start"][sel[k]]),
+                     "gpu_idle_ns": int(idle_each[k]), "origin_op": origin[k],
+                     "idle_window": list(map(int, idle_windows[k]))} for k in list(order)[:MAX_EXAMPLES]]
+        names = ", ".join(f"{n} x{c}" for n, c in by_name.most_common(3))
+        origin_text = f", from {', '.join(f'{n} x{c}' for n, c in by_origin.most_common(2))}" if by_origin else ""
+        lo = int(calls["start"][sel].min()); hi = int(calls["end"][sel].max())
+        device, stream = _waited_lane(dev, calls, sel)
+        findings.append(Finding(
+            rule="host.sync_in_steady_state",
+            title=(f"{sel.size / n_steps:.1f} host synchronisations per step ({names}{origin_text}) "
+                   f"leave the GPU idle {_ms(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
+            impact_ns=int(impact), share_pct=ctx.share(impact),
+            scope=ctx.base_scope(device=device, stream=stream, steps=_step_numbers(ctx, step_of_call[sel])),
+            evidence={"calls": int(sel.size), "calls_per_step": round(sel.size / n_steps, 3),
+                      "by_name": dict(by_name), "by_origin_op": dict(by_origin),
+                      "after_dtoh_copy": int(sum(after_dtoh)),
+                      "blocked_ns_per_step": metrics["blocked_ns_per_step"],
+                      "bound_ns_per_step": metrics["blocked_ns_per_step"],
+                      "gpu_idle_caused_ns_per_step": int(impact), "examples": examples},
+            sql=(f"SELECT event_id, kind, name, start_ns, dur_ns, tid FROM events WHERE trace_id = {ctx.trace_id} "
+                 f"AND ((kind = 'runtime' AND name IN ({_in_list(by_name)})) "
+                 f"OR (kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)}))) "
+                 f"AND start_ns >= {lo} AND start_ns <= {hi} ORDER BY start_ns"),
+            recommendation=("Remove host synchronisation from the loop: keep values on the device instead of "
+                            "calling .item()/.cpu()/.tolist() every step, copy results with non_blocking=True "
+                            "into pinned memory and wait on an event only when the value is needed, and drop "
+                            "explicit torch.cuda.synchronize() outside timing code."),
+            impact_basis="estimate", count=int(sel.size),
+        ))
+    return {"metrics": metrics, "findings": findings, "idle": idle_union}
+
+
+def _idle_after_sync(start: int, end: int, dev) -> tuple[int, int]:
+    """The window a sync leaves the GPU idle: from the end of the work it waited for (device
+    activity launched before it, including its own copy) to the first device activity
+    launched after it returned; and whether anything follows it to measure that by."""
+    if not len(dev):
+        return start, start, False
+    before = dev.launch_start <= start
+    waited_end = int(dev.end[before].max()) if before.any() else start
+    after = dev.launch_start >= end
+    if not after.any():
+        return start, start, False
+    if waited_end <= start:
+        # Nothing was pending when it was called: the sync returned at once and the GPU,
+        # idle already, was not kept idle by it.
+        return start, start, True
+    next_start = int(dev.start[after].min())
+    return waited_end, max(waited_end, next_start), True
+
+
+def _waited_lane(dev, calls, sel) -> tuple[int | None, int | None]:
+    """Device and stream whose work the syncs most often waited for (the last activity
+    launched before each sync), else the busiest device."""
+    lanes = Counter()
+    for i in sel:
+        before = np.flatnonzero(dev.launch_start <= calls["start"][i]) if len(dev) else []
+        if len(before):
+            last = before[np.argmax(dev.end[before])]
+            lanes[(int(dev.device[last]), int(dev.stream[last]))] += 1
+    if lanes:
+        device, stream = lanes.most_common(1)[0][0]
+        return (device if device >= 0 else None), (stream if stream >= 0 else None)
+    return _waited_device(dev), None
+
+
+def _waited_device(dev, *_unused) -> int | None:
+    if not len(dev):
+        return None
+    devices = dev.device[dev.device >= 0]
+    return int(Counter(devices.tolist()).most_common(1)[0][0]) if devices.size else None
+
+
+def _sync_origins(ctx, calls, sel) -> list[str | None]:
+    """The framework op (`aten::item`, ...) enclosing each sync call on its thread."""
+    ops = ctx.store.con.execute(f"""
+        SELECT name, start_ns, end_ns, coalesce(pid, -1), coalesce(tid, -1) FROM events
+        WHERE trace_id = ? AND kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)})
+    """, [ctx.trace_id]).fetchall()
+    out = []
+    for i in sel:
+        s, e, pid, tid = calls["start"][i], calls["end"][i], calls["pid"][i], calls["tid"][i]
+        found = [n for n, os, oe, op, ot in ops if os <= s and e <= oe and ot == tid and op == pid]
+        out.append(found[0] if found else None)
+    return out
+
+
+def _after_dtoh(ctx, calls, sel) -> list[bool]:
+    """Whether the copy launched just before each sync on its thread moved data to the host."""
+    rows = ctx.store.con.execute("""
+        SELECT r.start_ns, coalesce(r.tid, -1) FROM links l
+        JOIN events r ON r.event_id = l.src_event JOIN copies c ON c.event_id = l.dst_event
+        WHERE l.trace_id = ? AND l.kind = 'launch' AND c.direction = 'DtoH'
+    """, [ctx.trace_id]).fetchall()
+    by_tid: dict = {}
+    for start, tid in rows:
+        by_tid.setdefault(tid, []).append(start)
+    out = []
+    launch_times = {}
+    for i in sel:
+        tid = int(calls["tid"][i])
+        dtoh = sorted(by_tid.get(tid, []))
+        if not dtoh:
+            out.append(False)
+            continue
+        if tid not in launch_times:
+            launch_times[tid] = np.sort(calls["start"][calls["tid"] == tid])
+        times = launch_times[tid]
+        k = np.searchsorted(dtoh, calls["start"][i], side="right") - 1
+        if k < 0:
+            out.append(False)
+            continue
+        # Nothing else launched on the thread between the DtoH copy call and this sync.
+        between = np.searchsorted(times, calls["start"][i]) - np.searchsorted(times, dtoh[k], side="right")
+        out.append(bool(between <= 1))
+    return out
+
+
+# -- (ii) pageable copies ---------------------------------------------------------------------------
+
+def _pageable(ctx, dev, windows, host_side, n_steps) -> dict:
+    rows = ctx.store.rows("""
+        SELECT c.event_id, c.bytes, c.direction, c.src_memory, c.dst_memory
+        FROM copies c JOIN events e USING (event_id)
+        WHERE e.trace_id = ? AND (c.src_memory = 'pageable' OR c.dst_memory = 'pageable')
+    """, [ctx.trace_id])
+    info = {r["event_id"]: r for r in rows}
+    mask = np.array([int(e) in info for e in dev.event_id], dtype=bool) if info else np.zeros(len(dev), bool)
+    where = _window_index(dev.anchor(host_side)[mask], windows)
+    ids = dev.event_id[mask][where >= 0]
+    starts, ends = dev.start[mask][where >= 0], dev.end[mask][where >= 0]
+    total_ns = intervals.length(starts, ends)
+    total_bytes = sum(int(info[int(e)]["bytes"] or 0) for e in ids)
+    directions = Counter(info[int(e)]["direction"] for e in ids)
+    metrics = {"copies": int(ids.size), "copies_per_step": round(ids.size / n_steps, 3),
+               "bytes_per_step": _per_step(total_bytes, n_steps), "device_ns_per_step": _per_step(total_ns, n_steps),
+               "by_direction": dict(directions), "in_trace": len(info)}
+    findings = []
+    impact = PAGEABLE_SAVING * total_ns / n_steps
+    if ids.size and _worth_reporting(ctx, impact):
+        sql_ids = ", ".join(str(int(e)) for e in ids[:50])
+        findings.append(Finding(
+            rule="host.pageable_memcpy",
+            title=(f"{ids.size / n_steps:.1f} copies per step use pageable host memory "
+                   f"({total_bytes / n_steps / 1e6:.2f} MB, {_ms(total_ns / n_steps)} of copy time per step)"),
+            impact_ns=int(impact), share_pct=ctx.share(impact),
+            scope=ctx.base_scope(device=_waited_device(dev)),
+            evidence={"copies": int(ids.size), "bytes_per_step": metrics["bytes_per_step"],
+                      "device_ns_per_step": metrics["device_ns_per_step"], "by_direction": dict(directions),
+                      "examples": [int(e) for e in ids[:MAX_EXAMPLES]]},
+            sql=(f"SELECT event_id, name, start_ns, dur_ns, bytes, direction, src_memory, dst_memory, bytes_per_s "
+                 f"FROM copies_view WHERE event_id IN ({sql_ids}) ORDER BY start_ns"),
+            recommendation=("Allocate host buffers in pinned (page-locked) memory (pin_memory=True in the "
+                            "DataLoader, tensor.pin_memory(), cudaHostAlloc/hipHostMalloc) so copies run at full "
+                            "bandwidth and stay asynchronous with respect to the host."),
+            impact_basis="estimate", count=int(ids.size),
+        ))
+    return {"metrics": metrics, "findings": findings}
+
+
+# -- (iii) allocator calls after the first step ----------------------------------------------------
+
+def _allocator(ctx, calls, roles) -> dict:
+    is_alloc = roles == "allocator"
+    metrics = {"calls_in_trace": int(is_alloc.sum())}
+    later = [s for s in ctx.steps[1:] if ctx.selected_step is None or s.step == ctx.selected_step]
+    if len(ctx.steps) < 2 or not later:
+        metrics.update(calls_after_first_step=None, note="one step: no steady state to judge")
+        return {"metrics": metrics, "findings": []}
+    idx = _window_index(calls["start"], [(s.start_ns, s.end_ns) for s in later])
+    sel = np.flatnonzero(is_alloc & (idx >= 0))
+    host_ns = intervals.length(calls["start"][sel], calls["end"][sel]) if sel.size else 0
+    by_name = Counter(calls["name"][i] for i in sel)
+    steps_hit = sorted({later[i].step for i in idx[sel].tolist()})
+    metrics.update(calls_after_first_step=int(sel.size), calls_per_step=round(sel.size / len(later), 3),
+                   host_ns_per_step=_per_step(host_ns, len(later)), by_name=dict(by_name), steps=len(steps_hit))
+    findings = []
+    impact = host_ns / len(later)
+    if sel.size and _worth_reporting(ctx, impact):
+        findings.append(Finding(
+            rule="host.allocator_in_steady_state",
+            title=(f"{sel.size} device allocator calls after the first step ({', '.join(f'{n} x{c}' for n, c in by_name.most_common(3))}) "
+                   f"take {_ms(impact)} of host time per step"),
+            impact_ns=int(impact), share_pct=ctx.share(impact),
+            scope=ctx.base_scope(steps=steps_hit),
+            evidence={"calls": int(sel.size), "by_name": dict(by_name), "host_ns_per_step": int(impact),
+                      "examples": [int(calls["event_id"][i]) for i in sel[:MAX_EXAMPLES]]},
+            sql=(f"SELECT event_id, name, start_ns, dur_ns, tid FROM events WHERE trace_id = {ctx.trace_id} "
+                 f"AND kind = 'runtime' AND name IN ({_in_list(by_name)}) AND start_ns >= {later[0].start_ns} "
+                 f"ORDER BY start_ns"),
+            recommendation=("Let the caching allocator keep memory across steps: avoid emptying the cache "
+                            "(torch.cuda.empty_cache) in the loop, keep tensor shapes stable or preallocate, "
+                            "and use stream-ordered allocation (cudaMallocAsync) where raw allocations are needed; "
+                            "cudaFree/hipFree also synchronise the device."),
+            impact_basis="bound", count=int(sel.size),
+        ))
+    return {"metrics": metrics, "findings": findings}
+
+
+# -- (iv) CPU time between launches ------------------------------------------------------------------
+
+def _launch_gaps(ctx, calls, step_of_call, dev) -> dict:
+    launchers = set(dev.launch_id[dev.launch_id >= 0].tolist())
+    is_launch = np.array([int(e) in launchers for e in calls["event_id"]], dtype=bool) & (step_of_call >= 0)
+    sel = np.flatnonzero(is_launch)
+    if not sel.size:
+        return {"launch_calls": 0}
+    gaps = []
+    for key in set(zip(calls["pid"][sel].tolist(), calls["tid"][sel].tolist(), step_of_call[sel].tolist())):
+        pid, tid, step = key
+        m = sel[(calls["pid"][sel] == pid) & (calls["tid"][sel] == tid) & (step_of_call[sel] == step)]
+        if m.size > 1:
+            gaps.append(np.maximum(calls["start"][m][1:] - calls["end"][m][:-1], 0))
+    gaps = np.concatenate(gaps) if gaps else np.empty(0, dtype=np.int64)
+    durations = calls["end"][sel] - calls["start"][sel]
+    n_steps = max(1, len(set(step_of_call[sel].tolist())))
+    return {"launch_calls": int(sel.size), "launch_calls_per_step": round(sel.size / n_steps, 3),
+            "call_ns": _dist(durations), "gap_between_launches_ns": _dist(gaps),
+            "by_name": dict(Counter(calls["name"][i] for i in sel).most_common(8))}
+
+
+def _dist(a: np.ndarray) -> dict:
+    if not a.size:
+        return {"n": 0}
+    return {"n": int(a.size), "mean": int(round(float(a.mean()))), "p50": int(np.median(a)),
+            "p95": int(np.percentile(a, 95)), "max": int(a.max()), "total": int(a.sum())}
+
+
+# -- (v) time before a step's first device work ------------------------------------------------------
+
+def _step_start_gap(ctx, busy, sync_idle) -> dict:
+    """GPU idle from a step's start to its first device work, less the idle a sync in
+    the previous step already accounts for (host.sync_in_steady_state)."""
+    steps_metrics = ctx.results.get("steps", {})
+    source = steps_metrics.get("source")
+    facts = {f["step"]: f for f in steps_metrics.get("steps", [])}
+    if source in ("kernel_pattern", "whole_trace") or not facts:
+        return {"metrics": {"applicable": False}, "findings": []}
+    rows = []
+    for s in ctx.steady_steps:
+        f = facts.get(s.step)
+        if not f or f["device_start_ns"] is None:
+            continue
+        lo, hi = s.start_ns, max(s.start_ns, f["device_start_ns"])
+        idle = hi - lo - intervals.total(intervals.clip(busy, lo, hi))
+        idle -= intervals.total(intervals.clip(sync_idle, lo, hi))
+        rows.append((s.step, hi - lo, max(0, idle), lo, hi))
+    if not rows:
+        return {"metrics": {"applicable": False}, "findings": []}
+    gap = np.array([r[1] for r in rows]); idle = np.array([r[2] for r in rows])
+    metrics = {"applicable": True, "steps": len(rows), "gap_ns": _dist(gap),
+               "gpu_idle_ns": _dist(idle), "note": "gpu_idle_ns excludes idle caused by syncs"}
+    impact = float(idle.sum()) / len(ctx.steady_steps)
+    findings = []
+    # With one step the gap is the program's start-up, not a per-step cost.
+    if (len(ctx.steady_steps) >= 2 and impact >= STEP_START_GAP_MIN_NS
+            and ctx.share(impact) >= STEP_START_GAP_MIN_SHARE):
+        worst = max(rows, key=lambda r: r[2])
+        values = ", ".join(f"({r[0]}, {r[3]}, {r[4]})" for r in rows[:20])
+        findings.append(Finding(
+            rule="host.step_start_gap",
+            title=(f"Each step waits {_ms(np.median(gap))} (median) before its first device work; the GPU "
+                   f"is idle {_ms(impact)} of it per step ({ctx.share(impact):.1f}%)"),
+            impact_ns=int(impact), share_pct=ctx.share(impact),
+            scope=ctx.base_scope(steps=[r[0] for r in rows if r[2] > 0]),
+            evidence={"gap_ns": metrics["gap_ns"], "gpu_idle_ns": metrics["gpu_idle_ns"],
+                      "worst": {"step": worst[0], "gap_ns": int(worst[1]), "gpu_idle_ns": int(worst[2])}},
+            sql=(f"SELECT w.step, w.step_start_ns, w.first_device_ns, w.first_device_ns - w.step_start_ns AS gap_ns, "
+                 f"count(h.event_id) AS host_events_in_gap FROM (VALUES {values}) w(step, step_start_ns, first_device_ns) "
+                 f"LEFT JOIN events h ON h.trace_id = {ctx.trace_id} AND h.kind IN ('cpu_op', 'python', 'annotation', 'runtime') "
+                 f"AND h.start_ns >= w.step_start_ns AND h.start_ns < w.first_device_ns GROUP BY ALL ORDER BY w.step"),
+            recommendation=("Prepare the next step's inputs while the current one runs: DataLoader workers "
+                            "with pin_memory and prefetching, non_blocking host-to-device copies, and a "
+                            "scheduler that builds the next batch ahead of time."),
+            impact_basis="measured", count=len(rows),
+        ))
+    return {"metrics": metrics, "findings": findings}

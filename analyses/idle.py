@@ -1,0 +1,465 @@
+"""Idle attribution: why is each device stream idle between two activities?
+
+Every gap between consecutive activities on a device stream (and on the device as a
+whole: idle when no stream is busy) gets exactly one cause, so the causes of a stream or
+device add up to its idle time to the nanosecond. The rules, in order of precedence
+(docs/analysis/idle.md has the long version):
+
+1. `outside_step`: less than half of the gap lies inside a step window.
+2. The next activity has a known launch call (a `launch` link). The gap splits into a
+   host part (from the gap's start to the launch call's start) and a device part (from
+   the launch call's start, or the gap's start if the call came earlier, to the activity's
+   start). The larger part decides; a tie goes to the host.
+   - host part larger: `sync` if the launching thread sat in a blocking synchronisation
+     call that overlapped the gap and returned before the launch began, else `host_bound`.
+   - device part larger: `dependency` if there is evidence the activity waited on other
+     work (a recorded event-wait/sync link to it, a stream-wait call or record between
+     the previous launch and this one, an activity on another stream of the device that
+     ended at most DEPENDENCY_WINDOW_NS before it started, or it is a communication
+     kernel), else `launch_latency`.
+3. No known launch (a fallback, counted per reason in the metrics): `dependency` on the
+   launch-free evidence above; `launch_latency` for graph-launched kernels or when the
+   trace is a graph replay (gaps inside a replay are device-side); `sync` if any host
+   thread's blocking synchronisation ended inside the gap; else `host_bound` (reason
+   `host_launch_in_gap` when some host thread issued a launch during the gap, otherwise
+   `no_host_record`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from profkit import intervals
+from profkit.findings import Finding
+
+from . import Context, PassResult
+
+NAME = "idle"
+
+CAUSES = ("host_bound", "launch_latency", "sync", "dependency", "outside_step")
+HOST, LATENCY, SYNC, DEPENDENCY, OUTSIDE = range(len(CAUSES))
+
+# Host runtime calls that block the calling thread until device work finishes: explicit
+# synchronisation and synchronous (non-Async) copies. Names may carry Nsight's version
+# suffix (`cudaStreamSynchronize_v3020`), hence prefix matches.
+SYNC_CALL_PATTERNS = (
+    r"^(cuda|hip)(Stream|Device|Event|Thread|Ctx)Synchronize",
+    r"^cu(Stream|Ctx|Event)Synchronize",
+    r"^(cuda|hip)Memcpy(2D|3D|Peer|ToSymbol|FromSymbol|DtoH|HtoD|DtoD)?(_v\d+)?$",
+    r"^hipMemcpyWithStream",
+    r"^cuMemcpy(DtoH|HtoD|DtoD|2D|3D|Peer)?(_v\d+)?$",
+)
+# Calls and device records by which a stream waits on another stream's event.
+WAIT_CALL_PATTERN = r"StreamWaitEvent|StreamWaitValue|WaitExternalSemaphores"
+WAIT_RECORD_PATTERN = r"(?i)wait"
+# A next activity starting this soon after another stream's activity ended is taken to
+# have waited on it (when the device side of the gap dominates).
+DEPENDENCY_WINDOW_NS = 10_000
+# Findings: a cause must cost at least this share of a step and this much time per step.
+FINDING_MIN_PCT = 2.0
+FINDING_MIN_NS = 10_000
+EXAMPLE_GAPS = 5
+
+FALLBACK_REASONS = ("dependency", "graph_replay", "sync", "host_launch_in_gap", "no_host_record")
+
+
+@dataclass
+class Gaps:
+    """Idle gaps of one lane set (streams or devices), with their cause."""
+    device: np.ndarray
+    stream: np.ndarray     # -1 for device-level gaps
+    next_stream: np.ndarray  # stream of the activity that ends the gap
+    start: np.ndarray
+    end: np.ndarray
+    next_event: np.ndarray
+    launch_event: np.ndarray  # -1 when the next activity has no known launch
+    cause: np.ndarray
+    fallback: np.ndarray   # 0 = rules applied to a known launch; else 1 + FALLBACK_REASONS index
+
+    @property
+    def dur(self) -> np.ndarray:
+        return self.end - self.start
+
+
+# ---------------------------------------------------------------- loading ----------
+def _load_activities(store, trace_id):
+    """Device activities with their launch (one per activity) and evidence flags."""
+    table = store.arrow("""
+        WITH l AS (
+            SELECT l.dst_event, r.event_id AS launch_event, r.start_ns AS launch_start,
+                   r.pid AS launch_pid, r.tid AS launch_tid, r.name AS launch_name
+            FROM links l JOIN events r ON r.event_id = l.src_event
+            JOIN events d ON d.event_id = l.dst_event
+            WHERE l.trace_id = ? AND l.kind = 'launch'
+            QUALIFY row_number() OVER (PARTITION BY l.dst_event
+                                       ORDER BY (r.start_ns <= d.start_ns) DESC, r.start_ns DESC) = 1
+        ), dep AS (
+            SELECT DISTINCT dst_event FROM links
+            WHERE trace_id = ? AND kind IN ('event_wait', 'sync')
+        )
+        SELECT d.event_id, coalesce(d.device, -1) AS device, coalesce(d.stream, -1) AS stream,
+               d.start_ns, d.end_ns, coalesce(d.category = 'communication', false) AS comm,
+               coalesce(ki.graph_id IS NOT NULL OR ki.graph_node_id IS NOT NULL, false) AS in_graph,
+               coalesce(l.launch_event, -1) AS launch_event, l.launch_start, l.launch_pid, l.launch_tid,
+               l.launch_name, dep.dst_event IS NOT NULL AS dep_link
+        FROM device_events d
+        LEFT JOIN (SELECT DISTINCT ON (event_id) * FROM kernel_info) ki ON ki.event_id = d.event_id
+        LEFT JOIN l ON l.dst_event = d.event_id
+        LEFT JOIN dep ON dep.dst_event = d.event_id
+        WHERE d.trace_id = ?
+        ORDER BY device, stream, d.start_ns, d.end_ns, d.event_id
+    """, [trace_id, trace_id, trace_id])
+    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in
+            ("event_id", "device", "stream", "start_ns", "end_ns", "comm", "in_graph", "launch_event", "dep_link")}
+    acts = {k: np.asarray(v) for k, v in cols.items()}
+    has_launch = acts["launch_event"] >= 0
+    acts["has_launch"] = has_launch
+    acts["launch_start"] = np.where(has_launch, table.column("launch_start").fill_null(0).to_numpy(), 0).astype(np.int64)
+    threads: dict[tuple, int] = {}
+    pids = table.column("launch_pid").to_pylist()
+    tids = table.column("launch_tid").to_pylist()
+    acts["thread"] = np.array([threads.setdefault((p, t), len(threads)) if h else -1
+                               for p, t, h in zip(pids, tids, has_launch)], dtype=np.int64)
+    return acts, threads
+
+
+def _load_host(store, trace_id, threads):
+    """Per host thread: launch starts, blocking sync calls, stream-wait calls."""
+    sync_re = "|".join(f"({p})" for p in SYNC_CALL_PATTERNS)
+    rows = store.arrow("""
+        WITH launch AS (SELECT DISTINCT src_event FROM links WHERE trace_id = ? AND kind = 'launch'),
+        host AS (
+            SELECT e.pid, e.tid, e.start_ns, e.end_ns,
+                   launch.src_event IS NOT NULL AS is_launch,
+                   e.kind = 'sync' OR regexp_matches(e.name, ?) AS is_sync,
+                   e.kind = 'runtime' AND regexp_matches(e.name, ?) AS is_wait
+            FROM events e LEFT JOIN launch ON launch.src_event = e.event_id
+            WHERE e.trace_id = ? AND e.tid IS NOT NULL AND e.kind IN ('runtime', 'sync')
+        )
+        SELECT * FROM host WHERE is_launch OR is_sync OR is_wait ORDER BY pid, tid, start_ns
+    """, [trace_id, sync_re, WAIT_CALL_PATTERN, trace_id])
+    pids, tids = table_list(rows, "pid"), table_list(rows, "tid")
+    code = np.array([threads.setdefault((p, t), len(threads)) for p, t in zip(pids, tids)], dtype=np.int64)
+    start = rows.column("start_ns").to_numpy()
+    end = rows.column("end_ns").to_numpy()
+    is_launch = rows.column("is_launch").to_numpy(zero_copy_only=False)
+    is_sync = rows.column("is_sync").to_numpy(zero_copy_only=False)
+    is_wait = rows.column("is_wait").to_numpy(zero_copy_only=False)
+    host = {}
+    for t in np.unique(code):
+        m = code == t
+        s, e = start[m], end[m]
+        sync = is_sync[m]
+        order = np.argsort(e[sync], kind="stable")
+        host[int(t)] = {
+            "launch": np.sort(s[is_launch[m]]),
+            "sync_start": s[sync][order], "sync_end": e[sync][order],
+            "wait": np.sort(s[is_wait[m]]),
+        }
+    everything = {
+        "launch": np.sort(start[is_launch]),
+        "sync_end": np.sort(end[is_sync]),
+    }
+    return host, everything
+
+
+def table_list(table, name):
+    return table.column(name).to_pylist()
+
+
+def _load_wait_records(store, trace_id):
+    """Device-side wait records (e.g. Kineto `Stream Wait Event`), by (device, stream)."""
+    rows = store.rows("""
+        SELECT coalesce(device, -1) AS device, coalesce(stream, -1) AS stream, list(start_ns ORDER BY start_ns) AS starts
+        FROM events WHERE trace_id = ? AND kind = 'sync' AND tid IS NULL AND regexp_matches(name, ?)
+        GROUP BY ALL
+    """, [trace_id, WAIT_RECORD_PATTERN])
+    return {(r["device"], r["stream"]): np.array(r["starts"], dtype=np.int64) for r in rows}
+
+
+# ---------------------------------------------------------------- gaps -------------
+def _lane_gaps(lane_keys, start, end):
+    """Gaps within each lane of activities sorted by (lane, start): (index of next, gap start)."""
+    idx, g0 = [], []
+    boundaries = np.flatnonzero(np.r_[True, np.any(lane_keys[1:] != lane_keys[:-1], axis=1), True])
+    for a, b in zip(boundaries[:-1], boundaries[1:]):
+        running = np.maximum.accumulate(end[a:b])
+        inside = np.flatnonzero(start[a + 1:b] > running[:-1])
+        idx.append(a + 1 + inside)
+        g0.append(running[inside])
+    if not idx:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(idx).astype(np.int64), np.concatenate(g0).astype(np.int64)
+
+
+def _covered(union_s, union_e, t):
+    """Length of the step-window union before time t (vectorised)."""
+    if union_s.size == 0:
+        return np.zeros_like(t)
+    cum = np.r_[0, np.cumsum(union_e - union_s)]
+    i = np.searchsorted(union_s, t, side="right") - 1
+    ii = np.clip(i, 0, None)
+    part = np.clip(t - union_s[ii], 0, union_e[ii] - union_s[ii])
+    return np.where(i >= 0, cum[ii] + part, 0)
+
+
+def _count_in(sorted_values, lo, hi):
+    """How many values lie in [lo, hi], per query."""
+    return np.searchsorted(sorted_values, hi, side="right") - np.searchsorted(sorted_values, lo, side="left")
+
+
+def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, device_level):
+    """Find and attribute the gaps on every stream (or, with device_level, every device)."""
+    order = np.lexsort((acts["end_ns"], acts["start_ns"], acts["device"])) if device_level \
+        else np.arange(acts["start_ns"].size)
+    a = {k: v[order] for k, v in acts.items()}
+    keys = a["device"][:, None] if device_level else np.stack([a["device"], a["stream"]], axis=1)
+    n, g0 = _lane_gaps(keys, a["start_ns"], a["end_ns"])
+    g1 = a["start_ns"][n]
+    dur = g1 - g0
+    has = a["has_launch"][n]
+    ls = a["launch_start"][n]
+    thread = a["thread"][n]
+    dev, stm = a["device"][n], a["stream"][n]
+
+    # Evidence that the next activity waited on other work, needing no launch.
+    other_stream = np.zeros(n.size, bool)
+    lo = np.maximum(g0, g1 - DEPENDENCY_WINDOW_NS)
+    for d in np.unique(dev):
+        on_dev = acts["device"] == d
+        dev_ends = np.sort(acts["end_ns"][on_dev])
+        for s in np.unique(stm[dev == d]):
+            q = (dev == d) & (stm == s)
+            same = np.sort(acts["end_ns"][on_dev & (acts["stream"] == s)])
+            other_stream[q] = (_count_in(dev_ends, lo[q], g1[q]) - _count_in(same, lo[q], g1[q])) > 0
+    dep_free = a["dep_link"][n] | a["comm"][n] | other_stream
+
+    # Evidence needing the launching thread: previous launch on it, waits, syncs.
+    wait_ev = np.zeros(n.size, bool)
+    sync_ev = np.zeros(n.size, bool)
+    prev_launch = np.full(n.size, np.iinfo(np.int64).min)
+    for t in np.unique(thread[has]):
+        q = has & (thread == t)
+        h = host.get(int(t))
+        if h is None:
+            continue
+        i = np.searchsorted(h["launch"], ls[q], side="left") - 1
+        prev_launch[q] = np.where(i >= 0, h["launch"][np.clip(i, 0, None)], np.iinfo(np.int64).min)
+        wait_ev[q] = _count_in(h["wait"], prev_launch[q] + 1, ls[q] - 1) > 0 if h["wait"].size else False
+        if h["sync_end"].size:
+            j = np.searchsorted(h["sync_end"], ls[q], side="right") - 1
+            jj = np.clip(j, 0, None)
+            sync_ev[q] = (j >= 0) & (h["sync_end"][jj] > g0[q]) & (h["sync_start"][jj] < ls[q])
+    for (d, s), starts in wait_records.items():
+        q = (dev == d) & (stm == s)
+        if q.any():
+            since = np.where(has[q] & (prev_launch[q] > np.iinfo(np.int64).min), prev_launch[q], g0[q])
+            wait_ev[q] |= _count_in(starts, since, g1[q]) > 0
+
+    host_part = np.clip(ls - g0, 0, dur)
+    host_wins = host_part * 2 >= dur
+    dependency = dep_free | (wait_ev & has)
+    cause = np.where(host_wins, np.where(sync_ev, SYNC, HOST), np.where(dependency, DEPENDENCY, LATENCY))
+    fallback = np.zeros(n.size, np.int8)
+
+    # No known launch: best evidence, recorded as a fallback.
+    un = ~has
+    if un.any():
+        graph = a["in_graph"][n] | graph_replay
+        any_sync = _count_in(everything["sync_end"], g0 + 1, g1) > 0 if everything["sync_end"].size else np.zeros(n.size, bool)
+        any_launch = _count_in(everything["launch"], g0, g1 - 1) > 0 if everything["launch"].size else np.zeros(n.size, bool)
+        reason = np.select([dep_free, graph, any_sync, any_launch], [1, 2, 3, 4], default=5)
+        fb_cause = np.choose(reason - 1, [DEPENDENCY, LATENCY, SYNC, HOST, HOST])
+        cause = np.where(un, fb_cause, cause)
+        fallback = np.where(un, reason, 0).astype(np.int8)
+
+    if steps:
+        s, e = intervals.union([st.start_ns for st in steps], [st.end_ns for st in steps])
+        inside = _covered(s, e, g1) - _covered(s, e, g0)
+        outside = inside * 2 < dur
+        cause = np.where(outside, OUTSIDE, cause)
+        fallback = np.where(outside, 0, fallback).astype(np.int8)
+
+    return Gaps(device=dev, stream=np.full(n.size, -1) if device_level else stm, next_stream=stm, start=g0, end=g1,
+                next_event=a["event_id"][n], launch_event=a["launch_event"][n],
+                cause=cause.astype(np.int8), fallback=fallback)
+
+
+def attribute(store, trace_id, steps, graph_replay=False):
+    """(activities, stream-level gaps, device-level gaps) of one trace."""
+    acts, threads = _load_activities(store, trace_id)
+    host, everything = _load_host(store, trace_id, threads)
+    waits = _load_wait_records(store, trace_id)
+    per_stream = classify_gaps(acts, host, everything, waits, steps, graph_replay, device_level=False)
+    per_device = classify_gaps(acts, host, everything, waits, steps, graph_replay, device_level=True)
+    return acts, per_stream, per_device
+
+
+# ---------------------------------------------------------------- metrics ----------
+def _summary(gaps: Gaps, mask, span_ns, busy_ns, windows):
+    dur = gaps.dur[mask]
+    cause = gaps.cause[mask]
+    by_ns = {c: int(dur[cause == i].sum()) for i, c in enumerate(CAUSES)}
+    idle = int(dur.sum())
+    fb = gaps.fallback[mask]
+    out = {
+        "span_ns": int(span_ns), "busy_ns": int(busy_ns), "idle_ns": idle,
+        "idle_pct": _pct(idle, span_ns),
+        "by_cause_ns": by_ns,
+        "by_cause_pct": {c: _pct(v, span_ns) for c, v in by_ns.items()},
+        "gaps": int(mask.sum()),
+        "gaps_by_cause": {c: int((cause == i).sum()) for i, c in enumerate(CAUSES)},
+        "fallback_gaps": int((fb > 0).sum()),
+        "fallback_by_reason": {r: int((fb == i + 1).sum()) for i, r in enumerate(FALLBACK_REASONS)},
+    }
+    per_step = []
+    s0, s1 = gaps.start[mask], gaps.end[mask]
+    for w in windows:
+        overlap = np.clip(np.minimum(s1, w.end_ns) - np.maximum(s0, w.start_ns), 0, None)
+        per_step.append({"step": w.step, "idle_ns": int(overlap.sum()),
+                         "by_cause_ns": {c: int(overlap[cause == i].sum()) for i, c in enumerate(CAUSES)}})
+    out["per_step"] = per_step
+    # Mean and median over the steady steps; findings use the median (robust to an
+    # outlier step, and comparable with ctx.step_ns, itself a median).
+    for stat, fn in (("mean", np.mean), ("median", np.median)):
+        out[f"steady_step_{stat}_ns"] = {
+            c: int(round(fn([p["by_cause_ns"][c] for p in per_step]))) if per_step else 0 for c in CAUSES}
+        out[f"steady_step_{stat}_idle_ns"] = int(round(fn([p["idle_ns"] for p in per_step]))) if per_step else 0
+    return out
+
+
+def _pct(part, whole) -> float:
+    return round(100.0 * part / whole, 3) if whole else 0.0
+
+
+def _span_busy(acts, mask):
+    s, e = intervals.union(acts["start_ns"][mask], acts["end_ns"][mask])
+    if s.size == 0:
+        return 0, 0
+    return int(e[-1] - s[0]), intervals.total((s, e))
+
+
+def run(ctx: Context) -> PassResult:
+    graph_replay = bool((ctx.results.get("steps") or {}).get("graph_replay", False))
+    acts, per_stream, per_device = attribute(ctx.store, ctx.trace_id, ctx.steps, graph_replay)
+    windows = ctx.steady_steps
+    devices_out = []
+    findings: list[Finding] = []
+    for d in np.unique(acts["device"]):
+        on_dev = acts["device"] == d
+        span, busy = _span_busy(acts, on_dev)
+        dev_windows = windows or [_WholeSpan(int(acts["start_ns"][on_dev].min()), int(acts["end_ns"][on_dev].max()))]
+        summary = _summary(per_device, per_device.device == d, span, busy, dev_windows)
+        streams = []
+        for s in np.unique(acts["stream"][on_dev]):
+            on_stream = on_dev & (acts["stream"] == s)
+            s_span, s_busy = _span_busy(acts, on_stream)
+            mask = (per_stream.device == d) & (per_stream.stream == s)
+            streams.append({"stream": int(s), **_summary(per_stream, mask, s_span, s_busy, dev_windows)})
+        devices_out.append({"device": int(d), **summary, "streams": streams})
+        findings += _findings(ctx, int(d), summary, streams, per_device, per_stream, dev_windows, bool(windows))
+    metrics = {
+        "causes": list(CAUSES),
+        "graph_replay": graph_replay,
+        "steady_steps": [w.step for w in windows],
+        "thresholds": {"dependency_window_ns": DEPENDENCY_WINDOW_NS, "finding_min_pct": FINDING_MIN_PCT,
+                       "finding_min_ns": FINDING_MIN_NS},
+        "devices": devices_out,
+    }
+    return PassResult(metrics=metrics, findings=findings)
+
+
+@dataclass
+class _WholeSpan:
+    """The device-activity span, standing in for a step when the trace has none."""
+    start_ns: int
+    end_ns: int
+    step: int | None = None
+
+    @property
+    def dur_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+# ---------------------------------------------------------------- findings ---------
+_TITLES = {
+    "host_bound": "GPU {d} idles {pct:.1f}% of each step waiting on host launches",
+    "launch_latency": "GPU {d} idles {pct:.1f}% of each step in launch latency (kernels launched in time start late)",
+    "sync": "GPU {d} idles {pct:.1f}% of each step while the host is blocked by synchronisation",
+    "dependency": "GPU {d} idles {pct:.1f}% of each step waiting on other streams or ranks",
+}
+_RECOMMENDATIONS = {
+    "host_bound": "The GPU runs out of queued work because the host launches too slowly: capture the step "
+                  "with CUDA/HIP graphs (torch.compile mode='reduce-overhead', CUDA graph capture), fuse small "
+                  "kernels, and move Python and data preparation off the launching thread.",
+    "launch_latency": "Kernels were enqueued in time but started late: the runtime's per-launch latency adds up "
+                      "over many short kernels. Fewer, larger kernels (fusion) or graph replay remove it.",
+    "sync": "The host blocks in synchronisation (stream/device/event synchronize, blocking copies, .item(), "
+            ".cpu()) and the GPU starves until it launches again: drop the syncs from the step loop, use "
+            "non_blocking copies from pinned memory and events instead.",
+    "dependency": "The device waits on another stream's or rank's work: start the producer earlier, overlap "
+                  "independent work on other streams, and check cross-stream event waits and collectives "
+                  "(the communication pass shows rank skew).",
+}
+
+
+def _findings(ctx, device, summary, streams, per_device, per_stream, windows, have_steps):
+    out = []
+    step_ref = ctx.step_ns if have_steps and ctx.step_ns else int(np.median([w.dur_ns for w in windows]))
+    for cause in ("host_bound", "launch_latency", "sync", "dependency"):
+        per_step = summary["steady_step_median_ns"][cause]
+        pct = _pct(per_step, step_ref)
+        if per_step < FINDING_MIN_NS or pct < FINDING_MIN_PCT:
+            continue
+        ci = CAUSES.index(cause)
+        mask = (per_device.device == device) & (per_device.cause == ci)
+        top = np.argsort(-per_device.dur[mask])[:EXAMPLE_GAPS]
+        examples = [{"gap_start_ns": int(per_device.start[mask][i]), "gap_end_ns": int(per_device.end[mask][i]),
+                     "gap_ns": int(per_device.dur[mask][i]), "next_event": int(per_device.next_event[mask][i]),
+                     "launch_event": int(per_device.launch_event[mask][i])} for i in top]
+        # The stream whose activity ended most of these gaps (>= half their time) is the scope.
+        by_stream: dict[int, int] = {}
+        for st, du in zip(per_device.next_stream[mask].tolist(), per_device.dur[mask].tolist()):
+            by_stream[st] = by_stream.get(st, 0) + du
+        total = sum(by_stream.values())
+        best = max(by_stream, key=by_stream.get) if by_stream else None
+        main_stream = best if best is not None and by_stream[best] * 2 >= total else None
+        steps = [w.step for w in windows if w.step is not None]
+        # Say so in the title when most of this time was attributed without launch records.
+        fallback_ns = int(per_device.dur[mask][per_device.fallback[mask] > 0].sum())
+        guessed = fallback_ns * 2 > int(per_device.dur[mask].sum())
+        out.append(Finding(
+            rule=f"idle.{cause}",
+            title=_TITLES[cause].format(d=device, pct=pct) + (" (inferred: most gaps lack launch records)"
+                                                              if guessed else ""),
+            impact_ns=per_step,
+            share_pct=ctx.share(per_step) if ctx.step_ns else pct,
+            scope=ctx.base_scope(device=device, stream=main_stream, steps=steps),
+            evidence={
+                "idle_ns_per_step": summary["steady_step_median_idle_ns"], f"{cause}_ns_per_step": per_step,
+                "step_ns": step_ref, "gaps": summary["gaps_by_cause"][cause],
+                "fallback_gaps": int((per_device.fallback[mask] > 0).sum()), "fallback_ns": fallback_ns,
+                "by_next_stream_ns": {str(k): int(v) for k, v in sorted(by_stream.items(), key=lambda kv: -kv[1])},
+                "example_gaps": examples,
+            },
+            sql=_gap_sql(ctx.trace_id, device),
+            recommendation=_RECOMMENDATIONS[cause],
+            impact_basis="bound",
+            count=summary["gaps_by_cause"][cause],
+        ))
+    return out
+
+
+def _gap_sql(trace_id: int, device: int) -> str:
+    """Device-level idle gaps, largest first, with the next activity's launch call."""
+    return (
+        "WITH a AS (SELECT event_id, stream, name, start_ns, max(end_ns) OVER (PARTITION BY device "
+        "ORDER BY start_ns, end_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS gap_start_ns "
+        f"FROM device_events WHERE trace_id = {trace_id} AND coalesce(device, -1) = {device}) "
+        "SELECT a.gap_start_ns, a.start_ns AS gap_end_ns, a.start_ns - a.gap_start_ns AS gap_ns, "
+        "a.event_id AS next_event, a.stream, a.name AS next_name, l.runtime_name, l.launch_start_ns, "
+        "l.launch_start_ns - a.gap_start_ns AS launch_after_gap_start_ns "
+        "FROM a LEFT JOIN launches l ON l.device_event = a.event_id "
+        "WHERE a.start_ns > a.gap_start_ns ORDER BY gap_ns DESC LIMIT 20"
+    )

@@ -1,0 +1,465 @@
+"""Kernels: where device time goes (by category, by kernel name, by the CPU operator
+that launched it), storms of tiny kernels, launch-to-start latency, hotspots and grids
+too small for the device. docs/analysis/kernels.md documents every metric and rule.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from profkit import intervals
+from profkit.findings import Finding
+from profkit.schema import CATEGORIES
+
+from . import Context, PassResult
+
+NAME = "kernels"
+
+TOP_N = 20                       # kernel names and operators listed
+TOP_SHAPES = 3                   # input-shape variants listed per operator
+TINY_KERNEL_NS = 10_000          # a kernel shorter than this is "tiny"
+STORM_MIN_PER_STEP = 50          # tiny kernels per step before they are a storm
+GRAPH_LAUNCH_PATTERN = "GraphLaunch"
+LAUNCH_LATENCY_HIGH_NS = 20_000  # p50 launch-to-start on an idle stream above this is high
+LAUNCH_LATENCY_TYPICAL_NS = 5_000  # what a launch to an idle stream usually costs
+HOTSPOT_SHARE_PCT = 30.0         # one kernel name above this share of busy time
+HOTSPOT_SPEEDUP = 2.0            # the what-if behind a hotspot's impact
+LONG_KERNEL_NS = 20_000          # grids/occupancy judged only for kernels this long
+LOW_OCCUPANCY_PCT = 25.0
+SMALL_GRID_MAX_FINDINGS = 3
+FINDING_MIN_PCT = 1.0            # noise floor: share of a step ...
+FINDING_MIN_NS = 10_000          # ... and time per step
+
+
+def _pct(part, whole) -> float:
+    return round(100.0 * part / whole, 3) if whole else 0.0
+
+
+def _windows(ctx: Context, lo: int, hi: int):
+    """Steady step windows, or the whole device span as one window when there are none."""
+    steady = ctx.steady_steps
+    if steady:
+        return [(w.step, w.start_ns, w.end_ns) for w in steady], True
+    return [(None, lo, hi)], False
+
+
+def _device_activity(store, trace_id):
+    t = store.arrow("""
+        SELECT d.event_id, coalesce(d.device, -1) AS device, d.kind, d.start_ns, d.end_ns, d.dur_ns,
+               coalesce(d.category, 'other') AS category
+        FROM device_events d WHERE d.trace_id = ? ORDER BY device, start_ns
+    """, [trace_id])
+    return {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
+
+
+# ---------------------------------------------------------------- time by category ---
+def by_category(acts) -> tuple[list[dict], dict]:
+    devices = []
+    totals = {c: {"count": 0, "sum_ns": 0, "union_ns": 0} for c in CATEGORIES}
+    busy_total = 0
+    for d in np.unique(acts["device"]):
+        m = acts["device"] == d
+        busy = intervals.length(acts["start_ns"][m], acts["end_ns"][m])
+        busy_total += busy
+        cats = {}
+        for c in CATEGORIES:
+            mc = m & (acts["category"] == c)
+            if not mc.any():
+                continue
+            union = intervals.length(acts["start_ns"][mc], acts["end_ns"][mc])
+            total = int(acts["dur_ns"][mc].sum())
+            cats[c] = {"count": int(mc.sum()), "sum_ns": total, "union_ns": union,
+                       "union_pct_of_busy": _pct(union, busy)}
+            for k in ("count", "sum_ns", "union_ns"):
+                totals[c][k] += cats[c][k]
+        devices.append({"device": int(d), "busy_ns": busy, "sum_ns": int(acts["dur_ns"][m].sum()),
+                        "activities": int(m.sum()), "by_category": cats})
+    trace = {c: {**v, "union_pct_of_busy": _pct(v["union_ns"], busy_total)} for c, v in totals.items() if v["count"]}
+    return devices, {"busy_ns": busy_total, "by_category": trace}
+
+
+# ---------------------------------------------------------------- by kernel name -----
+def top_kernels(store, trace_id, busy_ns):
+    rows = store.rows(f"""
+        SELECT name, any_value(category) AS category, count(*) AS count, sum(dur_ns) AS total_ns,
+               avg(dur_ns) AS mean_ns, quantile_cont(dur_ns, 0.5) AS p50_ns,
+               quantile_cont(dur_ns, 0.95) AS p95_ns, max(dur_ns) AS max_ns,
+               list(DISTINCT coalesce(device, -1) ORDER BY coalesce(device, -1)) AS devices
+        FROM events WHERE trace_id = ? AND kind = 'kernel'
+        GROUP BY name ORDER BY total_ns DESC, name LIMIT {TOP_N}
+    """, [trace_id])
+    for r in rows:
+        for k in ("total_ns", "mean_ns", "p50_ns", "p95_ns", "max_ns"):
+            r[k] = int(round(r[k]))
+        r["share_of_busy_pct"] = _pct(r["total_ns"], busy_ns)
+    return rows
+
+
+# ---------------------------------------------------------------- by CPU operator ----
+OP_ATTRIBUTION_SQL = """
+    WITH RECURSIVE up(kernel, node, hops) AS (
+        SELECT l.dst_event, r.parent_id, 0
+        FROM links l JOIN events r ON r.event_id = l.src_event
+        JOIN events k ON k.event_id = l.dst_event
+        WHERE l.trace_id = {trace_id} AND l.kind = 'launch' AND k.kind = 'kernel' AND r.parent_id IS NOT NULL
+        UNION ALL
+        SELECT up.kernel, e.parent_id, up.hops + 1
+        FROM up JOIN events e ON e.event_id = up.node
+        WHERE e.kind <> 'cpu_op' AND e.parent_id IS NOT NULL AND up.hops < 200
+    )
+    SELECT DISTINCT ON (up.kernel) up.kernel AS kernel_event, e.event_id AS op_event, e.name AS op_name,
+           CAST(json_extract(e.args, '$."Input Dims"') AS VARCHAR) AS input_dims
+    FROM up JOIN events e ON e.event_id = up.node
+    WHERE e.kind = 'cpu_op'
+    ORDER BY up.kernel, up.hops
+"""
+
+
+def kernel_ops_sql(trace_id: int) -> str:
+    """Each kernel's innermost enclosing CPU operator (kernel -> launch call -> parent chain)."""
+    return OP_ATTRIBUTION_SQL.format(trace_id=int(trace_id))
+
+
+def by_op(store, trace_id, kernel_sum_ns):
+    store.con.execute(f"CREATE OR REPLACE TEMP TABLE _kernel_ops AS {kernel_ops_sql(trace_id)}")
+    try:
+        ops = store.rows(f"""
+            SELECT o.op_name, count(*) AS kernels, count(DISTINCT o.op_event) AS op_calls,
+                   sum(k.dur_ns) AS kernel_ns
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+            GROUP BY o.op_name ORDER BY kernel_ns DESC, o.op_name LIMIT {TOP_N}
+        """)
+        names = [o["op_name"] for o in ops]
+        details = store.rows("""
+            SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(k.dur_ns) AS kernel_ns
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC
+        """, [names]) if names else []
+        top_names = store.rows("""
+            SELECT o.op_name, k.name, sum(k.dur_ns) AS kernel_ns
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC
+        """, [names]) if names else []
+        attributed = int(store.scalar("""
+            SELECT coalesce(sum(k.dur_ns), 0) FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+        """))
+    finally:
+        store.con.execute("DROP TABLE IF EXISTS _kernel_ops")
+    for o in ops:
+        o["kernel_ns"] = int(o["kernel_ns"])
+        o["share_of_kernel_time_pct"] = _pct(o["kernel_ns"], kernel_sum_ns)
+        o["shapes"] = [{"input_dims": d["input_dims"], "kernels": d["kernels"], "kernel_ns": int(d["kernel_ns"])}
+                       for d in details if d["op_name"] == o["op_name"] and d["input_dims"]][:TOP_SHAPES]
+        o["top_kernels"] = [t["name"] for t in top_names if t["op_name"] == o["op_name"]][:3]
+    return {"ops": ops, "attributed_ns": attributed, "unattributed_ns": int(kernel_sum_ns - attributed)}
+
+
+# ---------------------------------------------------------------- launches -----------
+def launch_table(store, trace_id):
+    """Per launched device activity: latencies, and whether its stream was idle at launch.
+
+    Graph launches (one call enqueuing many activities) are left out: the time from the
+    call to each node's start includes the nodes before it."""
+    t = store.arrow(f"""
+        WITH a AS (
+            SELECT event_id, max(end_ns) OVER (PARTITION BY device, stream ORDER BY start_ns, end_ns
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+            FROM device_events WHERE trace_id = ?
+        ), fan AS (
+            SELECT runtime_event, count(*) AS n FROM launches WHERE trace_id = ? GROUP BY ALL
+        )
+        SELECT coalesce(l.device, -1) AS device, l.device_event, l.device_start_ns, l.launch_start_ns,
+               l.launch_end_ns, l.device_start_ns - l.launch_start_ns AS from_launch_start_ns,
+               l.device_start_ns - l.launch_end_ns AS from_launch_end_ns,
+               l.launch_end_ns - l.launch_start_ns AS call_ns,
+               coalesce(a.prev_end <= l.launch_start_ns, true) AS idle_stream,
+               l.device_kind = 'kernel' AND d.dur_ns < {TINY_KERNEL_NS} AS tiny
+        FROM launches l JOIN a ON a.event_id = l.device_event JOIN fan USING (runtime_event)
+        JOIN events d ON d.event_id = l.device_event
+        LEFT JOIN kernel_info ki ON ki.event_id = l.device_event
+        WHERE l.trace_id = ? AND fan.n = 1 AND NOT regexp_matches(l.runtime_name, '{GRAPH_LAUNCH_PATTERN}')
+          AND ki.graph_id IS NULL AND ki.graph_node_id IS NULL
+    """, [trace_id, trace_id, trace_id])
+    return {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
+
+
+def _dist(values) -> dict:
+    if len(values) == 0:
+        return {"count": 0, "p50_ns": None, "p95_ns": None, "max_ns": None}
+    v = np.asarray(values, dtype=np.float64)
+    return {"count": int(v.size), "p50_ns": int(round(np.percentile(v, 50))),
+            "p95_ns": int(round(np.percentile(v, 95))), "max_ns": int(v.max())}
+
+
+def launch_latency(launches):
+    out = []
+    for d in np.unique(launches["device"]):
+        m = launches["device"] == d
+        idle = m & launches["idle_stream"]
+        out.append({
+            "device": int(d),
+            "start_minus_launch_start": _dist(launches["from_launch_start_ns"][m]),
+            "start_minus_launch_end": _dist(launches["from_launch_end_ns"][m]),
+            "idle_stream_start_minus_launch_start": _dist(launches["from_launch_start_ns"][idle]),
+            "launch_call": _dist(launches["call_ns"][m]),
+        })
+    return out
+
+
+# ---------------------------------------------------------------- tiny kernels -------
+def tiny_kernels(acts, launches, windows, device):
+    m = (acts["device"] == device) & (acts["kind"] == "kernel")
+    tiny = m & (acts["dur_ns"] < TINY_KERNEL_NS)
+    lm = (launches["device"] == device) & launches["tiny"]
+    per_step = []
+    for step, lo, hi in windows:
+        inside = tiny & (acts["start_ns"] >= lo) & (acts["start_ns"] < hi)
+        one_by_one = lm & (launches["device_start_ns"] >= lo) & (launches["device_start_ns"] < hi)
+        per_step.append({"step": step, "count": int(inside.sum()), "total_ns": int(acts["dur_ns"][inside].sum()),
+                         "launched_one_by_one": int(one_by_one.sum()),
+                         "kernels": int((m & (acts["start_ns"] >= lo) & (acts["start_ns"] < hi)).sum())})
+    call = launches["call_ns"][lm]
+    return {
+        "device": int(device), "threshold_ns": TINY_KERNEL_NS, "count": int(tiny.sum()),
+        "total_ns": int(acts["dur_ns"][tiny].sum()),
+        "per_launch_overhead_ns": int(np.median(call)) if call.size else 0,
+        "median_per_step": {k: int(np.median([p[k] for p in per_step])) for k in
+                            ("count", "total_ns", "launched_one_by_one", "kernels")},
+        "per_step": per_step,
+    }
+
+
+# ---------------------------------------------------------------- grids --------------
+def grids(store, trace_id, windows):
+    """Long kernels whose grid has fewer blocks than the device has SMs, by name.
+
+    `idle_sm_ns` = sum of dur x (1 - blocks / SMs): the SM-time left empty, as time on
+    the whole device; `idle_sm_ns_per_step` is its median over the step windows."""
+    t = store.arrow(f"""
+        SELECT k.event_id, k.name, coalesce(k.device, -1) AS device, v.sm_count, k.start_ns, k.dur_ns,
+               k.grid_x * coalesce(k.grid_y, 1) * coalesce(k.grid_z, 1) AS blocks
+        FROM kernels k JOIN devices v ON v.trace_id = k.trace_id AND v.device = k.device
+        WHERE k.trace_id = ? AND k.dur_ns >= {LONG_KERNEL_NS} AND v.sm_count > 0 AND k.grid_x IS NOT NULL
+          AND coalesce(k.category, '') <> 'communication'
+          AND k.grid_x * coalesce(k.grid_y, 1) * coalesce(k.grid_z, 1) < v.sm_count
+        ORDER BY k.dur_ns DESC
+    """, [trace_id])
+    k = {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
+    rows = []
+    names = k["name"]
+    for key in sorted({(n, int(d)) for n, d in zip(names.tolist(), k["device"].tolist())}):
+        m = (names == key[0]) & (k["device"] == key[1])
+        empty = k["dur_ns"][m] * (1 - k["blocks"][m] / k["sm_count"][m])
+        starts = k["start_ns"][m]
+        per_step = [float(empty[(starts >= lo) & (starts < hi)].sum()) for _, lo, hi in windows]
+        rows.append({"name": key[0], "device": key[1], "sm_count": int(k["sm_count"][m][0]), "count": int(m.sum()),
+                     "total_ns": int(k["dur_ns"][m].sum()), "max_blocks": int(k["blocks"][m].max()),
+                     "idle_sm_ns": int(empty.sum()), "idle_sm_ns_per_step": int(np.median(per_step)),
+                     "examples": [int(e) for e in k["event_id"][m][:3]]})
+    rows.sort(key=lambda r: -r["idle_sm_ns"])
+    occupancy = store.rows(f"""
+        SELECT name, coalesce(device, -1) AS device, count(*) AS count, sum(dur_ns) AS total_ns,
+               min(occupancy_pct) AS min_occupancy_pct, avg(occupancy_pct) AS mean_occupancy_pct
+        FROM kernels WHERE trace_id = ? AND dur_ns >= {LONG_KERNEL_NS} AND occupancy_pct > 0 AND occupancy_pct < {LOW_OCCUPANCY_PCT}
+        GROUP BY ALL ORDER BY total_ns DESC LIMIT {TOP_N}
+    """, [trace_id])
+    return rows, occupancy
+
+
+# ---------------------------------------------------------------- the pass -----------
+def run(ctx: Context) -> PassResult:
+    store, tid = ctx.store, ctx.trace_id
+    acts = _device_activity(store, tid)
+    if acts["event_id"].size == 0:
+        return PassResult(metrics={"devices": [], "note": "no device activity in this trace"})
+    devices, trace_cats = by_category(acts)
+    kernel_sum = int(acts["dur_ns"][acts["kind"] == "kernel"].sum())
+    top = top_kernels(store, tid, trace_cats["busy_ns"])
+    ops = by_op(store, tid, kernel_sum)
+    launches = launch_table(store, tid)
+    latency = launch_latency(launches)
+    windows, have_steps = _windows(ctx, int(acts["start_ns"].min()), int(acts["end_ns"].max()))
+    tiny = [tiny_kernels(acts, launches, windows, d) for d in np.unique(acts["device"])]
+    small_grids, low_occ = grids(store, tid, windows)
+    hot = hotspots(store, tid, devices)
+    metrics = {
+        "busy_ns": trace_cats["busy_ns"], "kernel_sum_ns": kernel_sum,
+        "by_category": trace_cats["by_category"], "devices": devices,
+        "top_kernels": top, "by_op": ops, "launch_latency": latency, "tiny_kernels": tiny,
+        "hotspots": hot, "small_grids": small_grids[:TOP_N], "low_occupancy": low_occ,
+        "steady_steps": [w[0] for w in windows if w[0] is not None],
+    }
+    step_ref = ctx.step_ns if have_steps and ctx.step_ns else int(np.median([hi - lo for _, lo, hi in windows]))
+    findings = []
+    findings += _storm_findings(ctx, tiny, step_ref, windows)
+    findings += _latency_findings(ctx, latency, launches, windows, step_ref)
+    findings += _hotspot_findings(ctx, acts, hot, windows, step_ref)
+    findings += _grid_findings(ctx, small_grids, acts, windows, step_ref)
+    return PassResult(metrics=metrics, findings=findings)
+
+
+def _keep(impact, step_ref) -> bool:
+    return impact >= FINDING_MIN_NS and _pct(impact, step_ref) >= FINDING_MIN_PCT
+
+
+def _share(ctx, impact, step_ref):
+    return ctx.share(impact) if ctx.step_ns else _pct(impact, step_ref)
+
+
+def _steps(windows):
+    return [w[0] for w in windows if w[0] is not None]
+
+
+def _device_idle(ctx, device, cause):
+    """Median per-step idle of a cause on a device, from the idle pass (None if absent)."""
+    for d in (ctx.results.get("idle") or {}).get("devices", []):
+        if d["device"] == device:
+            return d["steady_step_median_ns"][cause] if cause else d["steady_step_median_idle_ns"]
+    return None
+
+
+def _storm_findings(ctx, tiny, step_ref, windows):
+    out = []
+    for t in tiny:
+        med = t["median_per_step"]
+        if med["count"] < STORM_MIN_PER_STEP:
+            continue
+        overhead = med["launched_one_by_one"] * t["per_launch_overhead_ns"]
+        host_idle = _device_idle(ctx, t["device"], "host_bound")
+        impact = overhead if host_idle is None else min(overhead, host_idle)
+        if not _keep(impact, step_ref):
+            continue
+        out.append(Finding(
+            rule="kernels.tiny_kernel_storm",
+            title=(f"GPU {t['device']} runs {med['count']} kernels shorter than {TINY_KERNEL_NS // 1000} us "
+                   f"per step ({med['launched_one_by_one']} launched one by one)"),
+            impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
+            scope=ctx.base_scope(device=t["device"], steps=_steps(windows)),
+            evidence={"tiny_kernels_per_step": med["count"], "tiny_kernel_ns_per_step": med["total_ns"],
+                      "kernels_per_step": med["kernels"], "launched_one_by_one_per_step": med["launched_one_by_one"],
+                      "per_launch_overhead_ns": t["per_launch_overhead_ns"], "launch_overhead_ns_per_step": overhead,
+                      "host_bound_idle_ns_per_step": host_idle,
+                      "basis": "one-by-one launches x median launch call time, capped by the host-bound idle "
+                               "the idle pass measured on this device"},
+            sql=(f"SELECT name, count(*) AS n, sum(dur_ns) AS total_ns, median(dur_ns) AS p50_ns FROM kernels "
+                 f"WHERE trace_id = {ctx.trace_id} AND coalesce(device, -1) = {t['device']} AND dur_ns < {TINY_KERNEL_NS} "
+                 f"GROUP BY name ORDER BY n DESC LIMIT 20"),
+            recommendation="Capture the step with CUDA/HIP graphs (torch.compile mode='reduce-overhead' or "
+                           "torch.cuda.graphs) so one launch replaces hundreds, and fuse chains of small "
+                           "elementwise kernels (torch.compile, fused optimizers, fused norms).",
+            impact_basis="estimate", count=med["count"]))
+    return out
+
+
+def _latency_findings(ctx, latency, launches, windows, step_ref):
+    out = []
+    for lat in latency:
+        idle = lat["idle_stream_start_minus_launch_start"]
+        if not idle["count"] or idle["p50_ns"] <= LAUNCH_LATENCY_HIGH_NS:
+            continue
+        d = lat["device"]
+        m = (launches["device"] == d) & launches["idle_stream"]
+        counts = [int((m & (launches["device_start_ns"] >= lo) & (launches["device_start_ns"] < hi)).sum())
+                  for _, lo, hi in windows]
+        per_step = float(np.median(counts))
+        impact = int((idle["p50_ns"] - LAUNCH_LATENCY_TYPICAL_NS) * per_step)
+        cap = _device_idle(ctx, d, None)
+        if cap is not None:
+            impact = min(impact, cap)
+        if not _keep(impact, step_ref):
+            continue
+        out.append(Finding(
+            rule="kernels.launch_latency",
+            title=f"GPU {d}: kernels launched to an idle stream start {idle['p50_ns'] / 1000:.0f} us after the call (p50)",
+            impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
+            scope=ctx.base_scope(device=d, steps=_steps(windows)),
+            evidence={**lat, "idle_stream_launches_per_step": per_step, "typical_ns": LAUNCH_LATENCY_TYPICAL_NS},
+            sql=(f"SELECT runtime_name, device_name, launch_start_ns, device_start_ns, launch_to_start_ns FROM launches "
+                 f"WHERE trace_id = {ctx.trace_id} AND coalesce(device, -1) = {d} ORDER BY launch_to_start_ns DESC LIMIT 20"),
+            recommendation="Launches to an idle GPU take long to start: check for a launch queue throttled by "
+                           "the driver, lazy module loading (CUDA_MODULE_LOADING), or per-launch argument setup; "
+                           "graph replay or fewer, fused kernels avoid the per-launch cost.",
+            impact_basis="estimate", count=idle["count"]))
+    return out
+
+
+def _per_step_time(acts, mask, windows):
+    return float(np.median([acts["dur_ns"][mask & (acts["start_ns"] >= lo) & (acts["start_ns"] < hi)].sum()
+                            for _, lo, hi in windows]))
+
+
+def hotspots(store, trace_id, devices):
+    """Per device, kernel names above HOTSPOT_SHARE_PCT of that device's busy time.
+
+    Communication kernels are left to the communication pass: their time includes the
+    wait for other ranks, which a faster kernel would not remove."""
+    busy = {d["device"]: d["busy_ns"] for d in devices}
+    rows = store.rows("""
+        SELECT coalesce(device, -1) AS device, name, any_value(category) AS category, count(*) AS count,
+               sum(dur_ns) AS total_ns, quantile_cont(dur_ns, 0.5) AS p50_ns, max(dur_ns) AS max_ns
+        FROM events WHERE trace_id = ? AND kind = 'kernel' AND coalesce(category, '') <> 'communication'
+        GROUP BY ALL ORDER BY total_ns DESC
+    """, [trace_id])
+    out = []
+    for r in rows:
+        share = _pct(r["total_ns"], busy.get(r["device"], 0))
+        if share > HOTSPOT_SHARE_PCT:
+            out.append({**r, "total_ns": int(r["total_ns"]), "p50_ns": int(round(r["p50_ns"])),
+                        "share_of_device_busy_pct": share})
+    return out
+
+
+def _hotspot_findings(ctx, acts, hot, windows, step_ref):
+    out = []
+    for k in hot:
+        ids = ctx.store.arrow("SELECT event_id FROM events WHERE trace_id = ? AND kind = 'kernel' AND name = ? "
+                              "AND coalesce(device, -1) = ?", [ctx.trace_id, k["name"], k["device"]]
+                              ).column("event_id").to_numpy()
+        per_step = _per_step_time(acts, np.isin(acts["event_id"], ids), windows)
+        impact = int(per_step * (1 - 1 / HOTSPOT_SPEEDUP))
+        if not _keep(impact, step_ref):
+            continue
+        short = k["name"] if len(k["name"]) <= 80 else k["name"][:77] + "..."
+        out.append(Finding(
+            rule="kernels.hotspot",
+            title=f"GPU {k['device']}: one kernel takes {k['share_of_device_busy_pct']:.0f}% of busy time: {short}",
+            impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
+            scope=ctx.base_scope(device=k["device"], steps=_steps(windows)),
+            evidence={**{x: k[x] for x in ("count", "total_ns", "p50_ns", "max_ns", "share_of_device_busy_pct",
+                                          "category")},
+                      "ns_per_step": int(per_step), "what_if": f"{HOTSPOT_SPEEDUP:g}x faster"},
+            sql=(f"SELECT event_id, start_ns, dur_ns, device, stream, grid_x, grid_y, grid_z, block_x FROM kernels "
+                 f"WHERE trace_id = {ctx.trace_id} AND coalesce(device, -1) = {k['device']} "
+                 f"AND name = '{_sql_str(k['name'])}' ORDER BY dur_ns DESC LIMIT 20"),
+            recommendation="This kernel dominates GPU time: check it is the right implementation for the shapes "
+                           "(tuned GEMM/attention library, dtype, tensor-core friendly sizes) and whether its "
+                           "work can be reduced; the impact is what a 2x faster kernel would save.",
+            impact_basis="estimate", count=k["count"]))
+    return out
+
+
+def _grid_findings(ctx, small_grids, acts, windows, step_ref):
+    out = []
+    for g in small_grids[:SMALL_GRID_MAX_FINDINGS]:
+        impact = g["idle_sm_ns_per_step"]
+        if not _keep(impact, step_ref):
+            continue
+        short = g["name"] if len(g["name"]) <= 80 else g["name"][:77] + "..."
+        out.append(Finding(
+            rule="kernels.small_grid",
+            title=f"GPU {g['device']}: {short} runs at most {g['max_blocks']} blocks on {g['sm_count']} SMs",
+            impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
+            scope=ctx.base_scope(device=g["device"], steps=_steps(windows)),
+            evidence={k: g[k] for k in ("count", "total_ns", "max_blocks", "sm_count", "idle_sm_ns",
+                                        "idle_sm_ns_per_step", "examples")},
+            sql=(f"SELECT event_id, name, dur_ns, grid_x, grid_y, grid_z, block_x, occupancy_pct FROM kernels "
+                 f"WHERE trace_id = {ctx.trace_id} AND name = '{_sql_str(g['name'])}' AND dur_ns >= {LONG_KERNEL_NS} "
+                 f"ORDER BY dur_ns DESC LIMIT 20"),
+            recommendation="The grid leaves SMs/CUs empty for a long kernel: split the work further (split-K "
+                           "GEMM, more blocks per row, a persistent kernel sized to the device) or run "
+                           "independent work concurrently on another stream.",
+            impact_basis="bound", count=g["count"]))
+    return out
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")

@@ -1,0 +1,364 @@
+"""Steps (iterations): where they come from, how long they take, how they vary, which are
+prefill and which decode, which are graph replays, and what the GPU waits for between them.
+
+Runs first: it fills `ctx.steps`, which every later pass uses as its step windows, and
+publishes per-step facts in its metrics (`steps[i].graph_replay`, `device_start_ns`, ...).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from profkit import intervals
+from profkit.findings import Finding
+
+from . import Context, PassResult, Step
+from .step_inference import (
+    MIN_REPEATS, DeviceEvents, Window, annotation_steps, assign, graph_replay_steps, kernel_pattern_steps,
+    load_device_events, whole_trace_window,
+)
+
+NAME = "steps"
+
+MIN_STEPS_FOR_STATS = 5          # steady steps (of one phase) before variance and outliers are judged
+OUTLIER_MAD_FACTOR = 3.0         # outlier: > p50 + 3 * MAD (and at least OUTLIER_MIN_EXCESS above p50) ...
+OUTLIER_MIN_EXCESS = 0.10        # ... so identical steps (MAD 0) do not make noise outliers
+OUTLIER_MEDIAN_FACTOR = 1.5      # ... or > 1.5 x the median, whatever the spread
+VARIANCE_CV_THRESHOLD = 0.20     # steps.variance when the coefficient of variation exceeds this
+INTER_STEP_GAP_MIN_NS = 20_000   # steps.inter_step_gap only above 20 us per step ...
+INTER_STEP_GAP_MIN_SHARE = 2.0   # ... and 2% of the median step
+GRAPH_KERNELS_PER_LAUNCH = 8.0   # a step is a graph replay when graph launches enqueue most of its
+                                 # kernels and it averages this many kernels per launch call
+PREFILL_GEMM_FACTOR = 3.0        # shape rule: prefill when GEMM time > 3x the median step's ...
+PREFILL_DURATION_FACTOR = 1.5    # ... and the step lasts > 1.5x the median step
+MAX_SQL_WINDOWS = 20             # windows listed in a finding's SQL
+
+# Annotation names that say which phase of LLM serving a step is (the vLLM/TraceLens
+# `execute_N_context_P(...)_generation_D(...)` form counts prefill and decode requests).
+PHASE_PATTERNS = (
+    ("decode", re.compile(r"decode|context_0\b.*generation_[1-9]", re.IGNORECASE)),
+    ("prefill", re.compile(r"prefill|extend|context_[1-9]\d*\b.*generation_0\b", re.IGNORECASE)),
+)
+_PHASE_SQL = "prefill|decode|extend|generation_"
+
+
+def run(ctx: Context) -> PassResult:
+    store, trace_id = ctx.store, ctx.trace_id
+    dev = load_device_events(store, trace_id)
+    source, windows = find_windows(ctx, dev)
+    host_side = source not in ("kernel_pattern", "whole_trace")
+    owner = assign(dev.anchor(host_side), windows)
+    per_step = [_step_facts(w, dev, owner == i) for i, w in enumerate(windows)]
+    phases = classify_phases(ctx, windows, per_step, dev, owner)
+    numbers = [w.number for w in windows]
+    if None in numbers or len(set(numbers)) != len(numbers):
+        numbers = list(range(len(windows)))  # step numbers must identify steps
+    ctx.steps = [Step(step=int(numbers[i]), start_ns=int(w.start_ns), end_ns=int(w.end_ns),
+                      source=source, phase=phases[i])
+                 for i, w in enumerate(windows)]
+    for facts, s in zip(per_step, ctx.steps):
+        facts.update(step=s.step, start_ns=s.start_ns, end_ns=s.end_ns, dur_ns=s.dur_ns, phase=s.phase)
+    steady = {s.step for s in ctx.steady_steps}
+    steady_facts = [f for f in per_step if f["step"] in steady]
+    busy = intervals.union(dev.start, dev.end)
+    _inter_step_gaps(per_step, busy)
+    outliers = _mark_outliers(steady_facts)
+
+    metrics = {
+        "source": source,
+        "count": len(per_step),
+        "steady_count": len(steady_facts),
+        "steady_first_step": min(steady) if steady else None,
+        "step_ns": ctx.step_ns,
+        "duration": _stats([f["dur_ns"] for f in steady_facts]),
+        "device_duration": _stats([f["device_dur_ns"] for f in steady_facts if f["device_events"]]),
+        "graph_replay": bool(steady_facts) and sum(f["graph_replay"] for f in steady_facts) * 2 > len(steady_facts),
+        "graph_replay_steps": sum(f["graph_replay"] for f in per_step),
+        "phases": _phase_breakdown(per_step),
+        "outliers": [f["step"] for f in outliers],
+        "inter_step_gap": _stats([f["gap_before_ns"] for f in steady_facts if f["gap_before_ns"] is not None]),
+        "device_events_outside_steps": int((owner < 0).sum()),
+        "steps": per_step,
+    }
+    findings = []
+    findings += _outlier_findings(ctx, steady_facts, outliers)
+    findings += _variance_findings(ctx, steady_facts)
+    findings += _gap_findings(ctx, steady_facts)
+    return PassResult(metrics=metrics, findings=findings)
+
+
+# -- where the steps come from -------------------------------------------------------------
+
+def find_windows(ctx: Context, dev: DeviceEvents) -> tuple[str, list[Window]]:
+    """The steps table if the parser or derive filled it, else inference in a fixed order."""
+    rows = ctx.store.rows("""
+        SELECT step, name, start_ns, end_ns, source, event_id FROM steps
+        WHERE trace_id = ? ORDER BY start_ns, step
+    """, [ctx.trace_id])
+    if rows:
+        return rows[0]["source"], [Window(r["start_ns"], r["end_ns"], r["name"], r["event_id"], r["step"])
+                                   for r in rows]
+    for source, infer in (
+        ("annotation", lambda: annotation_steps(ctx.store, ctx.trace_id, dev)),
+        ("graph_replay", lambda: graph_replay_steps(ctx.store, ctx.trace_id, dev)),
+        # One or two top-level ranges around most of the work (a single `generate`, an
+        # `execute_model`) are the steps before a kernel pattern is, which inside one
+        # forward pass would be the layer loop.
+        ("annotation", lambda: annotation_steps(ctx.store, ctx.trace_id, dev, 1, MIN_REPEATS - 1)
+         if len(dev) else []),
+        ("kernel_pattern", lambda: kernel_pattern_steps(dev)),
+        ("whole_trace", lambda: whole_trace_window(ctx.store, ctx.trace_id, dev)),
+    ):
+        windows = infer()
+        if windows:
+            return source, windows
+    return "whole_trace", []
+
+
+# -- per step ------------------------------------------------------------------------------
+
+def _step_facts(window: Window, dev: DeviceEvents, mine: np.ndarray) -> dict:
+    n = int(mine.sum())
+    facts = {"name": window.name, "event_id": window.event_id, "device_events": n,
+             "device_start_ns": None, "device_end_ns": None, "device_dur_ns": 0, "device_busy_ns": 0,
+             "gemm_ns": 0, "kernels": 0, "launch_calls": 0, "graph_kernels": 0,
+             "kernels_per_launch": None, "graph_replay": False}
+    if not n:
+        return facts
+    starts, ends = dev.start[mine], dev.end[mine]
+    kernel = np.array([dev.kind[i] == "kernel" for i in np.flatnonzero(mine)], dtype=bool)
+    gemm = np.array([dev.category[i] == "gemm" for i in np.flatnonzero(mine)], dtype=bool)
+    launches = dev.launch_id[mine]
+    kernels = int(kernel.sum())
+    launch_calls = int(np.unique(launches[launches >= 0]).size)
+    graph_kernels = int((dev.graph[mine] & kernel).sum())
+    per_launch = kernels / launch_calls if launch_calls else None
+    facts.update(
+        device_start_ns=int(starts.min()), device_end_ns=int(ends.max()),
+        device_dur_ns=int(ends.max() - starts.min()),
+        device_busy_ns=intervals.length(starts, ends),
+        gemm_ns=intervals.length(starts[gemm], ends[gemm]),
+        kernels=kernels, launch_calls=launch_calls, graph_kernels=graph_kernels,
+        kernels_per_launch=None if per_launch is None else round(per_launch, 2),
+        graph_replay=bool(kernels and graph_kernels * 2 > kernels
+                          and per_launch is not None and per_launch >= GRAPH_KERNELS_PER_LAUNCH),
+    )
+    return facts
+
+
+def _inter_step_gaps(per_step: list[dict], busy) -> None:
+    """gap_before_ns: GPU-idle time between the previous step's last device activity and
+    this step's first (None for the first step or steps without device work)."""
+    prev_end = None
+    for f in per_step:
+        f["gap_before_ns"] = None
+        if f["device_start_ns"] is None:
+            continue
+        if prev_end is not None:
+            lo, hi = prev_end, f["device_start_ns"]
+            if hi > lo:
+                covered = intervals.total(intervals.clip(busy, lo, hi))
+                f["gap_before_ns"] = int(hi - lo - covered)
+            else:
+                f["gap_before_ns"] = 0
+        prev_end = f["device_end_ns"] if prev_end is None else max(prev_end, f["device_end_ns"])
+
+
+# -- phases -----------------------------------------------------------------------------------
+
+def classify_phases(ctx: Context, windows: list[Window], per_step: list[dict],
+                    dev: DeviceEvents, owner: np.ndarray) -> list[str | None]:
+    """prefill / decode per step: from annotation names overlapping the step, else (for
+    LLM inference traces: attention kernels and no backward pass) from the step's shape."""
+    phases: list[str | None] = [None] * len(windows)
+    named = ctx.store.con.execute("""
+        SELECT name, start_ns, end_ns FROM events
+        WHERE trace_id = ? AND kind = 'annotation' AND regexp_matches(name, ?, 'i')
+        ORDER BY start_ns
+    """, [ctx.trace_id, _PHASE_SQL]).fetchall()
+    for i, w in enumerate(windows):
+        found = set()
+        for name, start, end in named:
+            if start >= w.end_ns:
+                break
+            if end > w.start_ns:
+                found |= {phase for phase, pattern in PHASE_PATTERNS if pattern.search(name)}
+        if found:
+            phases[i] = found.pop() if len(found) == 1 else "mixed"
+    if any(phases) or len(windows) < 3 or not _looks_like_llm_inference(ctx, dev):
+        return phases
+    durations = np.array([w.end_ns - w.start_ns for w in windows], dtype=np.float64)
+    gemm = np.array([f["gemm_ns"] for f in per_step], dtype=np.float64)
+    gemm_median, dur_median = float(np.median(gemm)), float(np.median(durations))
+    prefill = (gemm > PREFILL_GEMM_FACTOR * max(gemm_median, 1.0)) & (durations > PREFILL_DURATION_FACTOR * dur_median)
+    if prefill.sum() * 2 >= len(windows):
+        return phases
+    return ["prefill" if p else "decode" for p in prefill]
+
+
+def _looks_like_llm_inference(ctx: Context, dev: DeviceEvents) -> bool:
+    if "attention" not in set(dev.category):
+        return False
+    backward = ctx.store.scalar("""
+        SELECT count(*) FROM events WHERE trace_id = ? AND name ILIKE '%backward%'
+    """, [ctx.trace_id])
+    return not backward
+
+
+def _phase_breakdown(per_step: list[dict]) -> dict:
+    out = {}
+    for phase in sorted({f["phase"] for f in per_step if f["phase"]}):
+        chosen = [f for f in per_step if f["phase"] == phase]
+        total = sum(f["dur_ns"] for f in chosen)
+        busy = sum(f["device_busy_ns"] for f in chosen)
+        out[phase] = {
+            "count": len(chosen),
+            "median_step_ns": int(np.median([f["dur_ns"] for f in chosen])),
+            "total_ns": int(total),
+            "device_busy_ns": int(busy),
+            "device_busy_pct": round(100.0 * busy / total, 3) if total else 0.0,
+        }
+    return out
+
+
+# -- statistics and findings ------------------------------------------------------------------
+
+def _stats(values: list[int]) -> dict:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    mean = float(a.mean())
+    return {
+        "n": int(a.size), "mean_ns": int(round(mean)), "p50_ns": int(round(np.median(a))),
+        "p95_ns": int(round(np.percentile(a, 95))), "max_ns": int(a.max()), "min_ns": int(a.min()),
+        "cv": round(float(a.std() / mean), 4) if mean > 0 else 0.0,
+    }
+
+
+def _groups(facts: list[dict]) -> dict:
+    """Steady steps grouped by phase: a prefill step is no outlier among decode steps."""
+    groups: dict = {}
+    for f in facts:
+        groups.setdefault(f["phase"], []).append(f)
+    return groups
+
+
+def _mark_outliers(steady: list[dict]) -> list[dict]:
+    outliers = []
+    for f in steady:
+        f["outlier"] = False
+    for group in _groups(steady).values():
+        if len(group) < MIN_STEPS_FOR_STATS:
+            continue
+        d = np.array([f["dur_ns"] for f in group], dtype=np.float64)
+        p50 = float(np.median(d))
+        mad = float(np.median(np.abs(d - p50)))
+        for f, dur in zip(group, d):
+            by_mad = dur > p50 + OUTLIER_MAD_FACTOR * mad and dur > (1 + OUTLIER_MIN_EXCESS) * p50
+            if by_mad or dur > OUTLIER_MEDIAN_FACTOR * p50:
+                f["outlier"] = True
+                f["excess_ns"] = int(dur - p50)
+                outliers.append(f)
+    return outliers
+
+
+def windows_sql(trace_id: int, facts: list[dict]) -> str:
+    """A query listing the given step windows with the device work inside each."""
+    rows = ", ".join(f"({f['step']}, {f['start_ns']}, {f['end_ns']})" for f in facts[:MAX_SQL_WINDOWS])
+    return (f"SELECT w.step, w.start_ns, w.end_ns, w.end_ns - w.start_ns AS dur_ns, "
+            f"count(e.event_id) AS device_events, min(e.start_ns) AS device_start_ns, "
+            f"max(e.end_ns) AS device_end_ns "
+            f"FROM (VALUES {rows}) w(step, start_ns, end_ns) "
+            f"LEFT JOIN device_events e ON e.trace_id = {trace_id} "
+            f"AND e.start_ns >= w.start_ns AND e.start_ns < w.end_ns "
+            f"GROUP BY ALL ORDER BY dur_ns DESC")
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.3f} ms" if ns >= 1e5 else f"{ns / 1e3:.1f} us"
+
+
+def _outlier_findings(ctx: Context, steady: list[dict], outliers: list[dict]) -> list[Finding]:
+    if not outliers or not steady:
+        return []
+    excess = sum(f["excess_ns"] for f in outliers)
+    impact = excess / len(steady)
+    worst = max(outliers, key=lambda f: f["dur_ns"])
+    p50 = ctx.step_ns
+    return [Finding(
+        rule="steps.outliers",
+        title=(f"{len(outliers)} of {len(steady)} steady steps are outliers (worst: step {worst['step']} "
+               f"{_ms(worst['dur_ns'])} vs median {_ms(p50)}), costing {_ms(impact)} per step on average"),
+        impact_ns=int(impact), share_pct=ctx.share(impact),
+        scope=ctx.base_scope(steps=[f["step"] for f in outliers]),
+        evidence={"outlier_steps": [{"step": f["step"], "dur_ns": f["dur_ns"], "excess_ns": f["excess_ns"],
+                                     "phase": f["phase"]} for f in outliers[:MAX_SQL_WINDOWS]],
+                  "median_step_ns": p50, "steady_steps": len(steady), "excess_total_ns": int(excess)},
+        sql=windows_sql(ctx.trace_id, outliers),
+        recommendation=("Look at what differs in the slow steps (garbage collection, checkpointing, "
+                        "logging, data loading, recompilation, allocator growth, a longer batch) "
+                        "and move it off the step path or make it periodic outside the timed loop."),
+        impact_basis="measured", count=len(outliers),
+    )]
+
+
+def _variance_findings(ctx: Context, steady: list[dict]) -> list[Finding]:
+    found = []
+    for phase, group in _groups(steady).items():
+        if len(group) < MIN_STEPS_FOR_STATS:
+            continue
+        d = np.array([f["dur_ns"] for f in group], dtype=np.float64)
+        mean, p50 = float(d.mean()), float(np.median(d))
+        cv = float(d.std() / mean) if mean else 0.0
+        if cv <= VARIANCE_CV_THRESHOLD:
+            continue
+        impact = float(np.clip(d - p50, 0, None).sum() / len(steady))
+        label = f"{phase} steps" if phase else "Steps"
+        found.append(Finding(
+            rule="steps.variance",
+            title=(f"{label} vary: CV {cv:.2f} over {len(group)} steps (p50 {_ms(p50)}, "
+                   f"p95 {_ms(np.percentile(d, 95))}, max {_ms(d.max())})"),
+            impact_ns=int(impact), share_pct=ctx.share(impact),
+            scope=ctx.base_scope(steps=[f["step"] for f in group], phase=phase),
+            evidence={"cv": round(cv, 4), "mean_ns": int(mean), "p50_ns": int(p50),
+                      "p95_ns": int(np.percentile(d, 95)), "max_ns": int(d.max()), "steps": len(group)},
+            sql=windows_sql(ctx.trace_id, sorted(group, key=lambda f: -f["dur_ns"])),
+            recommendation=("Make steps uniform: fix input shapes or pad/bucket them, avoid host work that "
+                            "runs only on some steps, and check for recompilation or allocator churn."),
+            impact_basis="measured", count=len(group),
+        ))
+    return found
+
+
+def _gap_findings(ctx: Context, steady: list[dict]) -> list[Finding]:
+    gaps = [f for f in steady if f["gap_before_ns"]]
+    if not gaps or not steady:
+        return []
+    total = sum(f["gap_before_ns"] for f in gaps)
+    impact = total / len(steady)
+    if impact < INTER_STEP_GAP_MIN_NS or ctx.share(impact) < INTER_STEP_GAP_MIN_SHARE:
+        return []
+    worst = max(gaps, key=lambda f: f["gap_before_ns"])
+    rows = ", ".join(f"({f['step']}, {f['device_start_ns'] - f['gap_before_ns']}, {f['device_start_ns']})"
+                     for f in gaps[:MAX_SQL_WINDOWS])
+    sql = (f"SELECT w.step, w.idle_from_ns, w.next_device_start_ns, "
+           f"w.next_device_start_ns - w.idle_from_ns AS gap_ns, count(r.event_id) AS host_calls_in_gap "
+           f"FROM (VALUES {rows}) w(step, idle_from_ns, next_device_start_ns) "
+           f"LEFT JOIN events r ON r.trace_id = {ctx.trace_id} AND r.kind IN ('runtime', 'cpu_op', 'annotation') "
+           f"AND r.start_ns >= w.idle_from_ns AND r.start_ns < w.next_device_start_ns GROUP BY ALL ORDER BY w.step")
+    return [Finding(
+        rule="steps.inter_step_gap",
+        title=(f"The GPU idles {_ms(impact)} between steps on average ({ctx.share(impact):.1f}% of a step; "
+               f"worst {_ms(worst['gap_before_ns'])} before step {worst['step']})"),
+        impact_ns=int(impact), share_pct=ctx.share(impact),
+        scope=ctx.base_scope(steps=[f["step"] for f in gaps]),
+        evidence={"mean_gap_ns": int(impact), "gaps": len(gaps), "steady_steps": len(steady),
+                  "worst": {"step": worst["step"], "gap_ns": worst["gap_before_ns"]},
+                  "examples": [{"step": f["step"], "gap_ns": f["gap_before_ns"]} for f in gaps[:5]]},
+        sql=sql,
+        recommendation=("Overlap the next step's host work (scheduling, sampling, input preparation, "
+                        "detokenisation) with the current step's GPU work: run the scheduler ahead, "
+                        "use asynchronous output processing, prefetch inputs with pinned memory."),
+        impact_basis="measured", count=len(gaps),
+    )]

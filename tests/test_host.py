@@ -1,0 +1,170 @@
+"""The host pass: synchronisation, pageable copies, allocator calls, launch gaps, checked
+against the raw inputs read here directly."""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sqlite3
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+import profkit
+from profkit.analyses import Context, host as host_pass, steps as steps_pass
+from conftest import SAMPLE_TRACES, shared_trace
+from helpers import store_with_events
+
+SYNC_NAME = re.compile(r"^(cuda|hip)(Device|Stream|Event)Synchronize$|^(cuda|hip)Memcpy(WithStream)?$")
+
+
+def run_host(store, trace_index: int = 0):
+    trace_id = store.trace_ids()[trace_index]
+    trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
+    ctx = Context(store=store, trace_id=trace_id, trace=trace)
+    ctx.results["steps"] = steps_pass.run(ctx).metrics
+    result = host_pass.run(ctx)
+    for finding in result.findings:
+        assert finding.impact_ns >= 0
+        assert store.rows(finding.sql), finding.rule
+    return ctx, result
+
+
+def raw_events(path: Path) -> list[dict]:
+    return json.loads(gzip.open(path).read(), strict=False)["traceEvents"]
+
+
+def test_api_roles_table():
+    role = host_pass.api_role
+    assert role("cudaStreamSynchronize") == role("hipEventSynchronize") == role("cuCtxSynchronize") == "sync"
+    assert role("cudaDeviceSynchronize_v3020") == "sync"
+    assert role("cudaMemcpy") == role("hipMemcpyWithStream") == role("cuMemcpyDtoH_v2") == "blocking_copy"
+    assert role("cudaMemcpyAsync") is None and role("hipMemcpyAsync") is None
+    assert role("cudaMalloc") == role("hipHostMalloc") == role("cudaFree_v3020") == "allocator"
+    assert role("cudaMallocAsync") is None and role("cudaLaunchKernel") is None
+
+
+@pytest.mark.parametrize("name", ["kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz",
+                                  "kineto/rocm/mi300x_qwen1.5_0.5b_chat.json.gz"])
+def test_sync_counts_single_step_match_raw(name):
+    path = shared_trace(name)
+    raw = [e for e in raw_events(path) if e.get("cat") == "cuda_runtime" and SYNC_NAME.match(e["name"])]
+    items = [e for e in raw_events(path) if e.get("cat") == "cpu_op" and e["name"] == "aten::item"]
+    ctx, result = run_host(profkit.load(path))
+    sync = result.metrics["sync"]
+    assert result.metrics["scope"] == "whole_trace"  # one ProfilerStep: the whole trace
+    assert sync["calls"] == len(raw) == 3
+    assert sum(sync["by_name"].values()) == len(raw)
+    assert sync["by_origin_op"].get("aten::item", 0) <= len(items)
+    blocked = sum(round(float(e["dur"]) * 1000) for e in raw)  # these calls do not overlap
+    assert abs(sync["blocked_ns_per_step"] - blocked) <= len(raw)
+    assert 0 <= sync["gpu_idle_caused_ns_per_step"]
+
+
+def test_sync_counts_in_steady_steps_match_raw():
+    path = shared_trace("kineto/cuda/a100_80gb_rank0_of16.json.gz")
+    events = raw_events(path)
+    steps = sorted(((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events
+                    if re.fullmatch(r"ProfilerStep#\d+", str(e.get("name")))))[1:]
+    raw = [e for e in events if e.get("cat") == "cuda_runtime" and SYNC_NAME.match(e["name"])
+           and any(lo <= float(e["ts"]) < hi for lo, hi in steps)]
+    ctx, result = run_host(profkit.load(path))
+    sync = result.metrics["sync"]
+    assert result.metrics["steps_analysed"] == len(steps)
+    assert sync["calls"] == len(raw) > 0
+    assert sync["calls_per_step"] == pytest.approx(len(raw) / len(steps), abs=1e-3)
+
+
+def test_allocator_after_first_step_only(tmp_path):
+    # Four ProfilerSteps of 100 us; cudaMalloc in step 0 (warm-up) and twice in step 2.
+    ann = [("ProfilerStep#%d" % i, i * 100_000, 100_000) for i in range(4)]
+    rt = [("cudaMalloc", 10_000, 5_000), ("cudaMalloc", 210_000, 20_000), ("cudaFree", 250_000, 9_000),
+          ("cudaLaunchKernel", 260_000, 2_000)]
+    rows = [("annotation", *a) for a in ann] + [("runtime", *r) for r in rt]
+    store = store_with_events({
+        "event_id": list(range(len(rows))), "kind": [r[0] for r in rows], "name": [r[1] for r in rows],
+        "start_ns": [r[2] for r in rows], "dur_ns": [r[3] for r in rows],
+        "pid": [1] * len(rows), "tid": [1] * len(rows),
+    }, tmp_path)
+    ctx, result = run_host(store)
+    alloc = result.metrics["allocator"]
+    assert alloc["calls_in_trace"] == 3
+    assert alloc["calls_after_first_step"] == 2
+    assert alloc["by_name"] == {"cudaMalloc": 1, "cudaFree": 1}
+    assert alloc["host_ns_per_step"] == round((20_000 + 9_000) / 3)
+    finding = next(f for f in result.findings if f.rule == "host.allocator_in_steady_state")
+    assert finding.scope["steps"] == [2] and finding.impact_basis == "bound"
+
+
+def _needs_nsys():
+    if find_spec("profkit.parsers.nsys") is None:
+        pytest.skip("parsers/nsys.py not written yet")
+
+
+def test_pageable_copies_on_nsys_trace():
+    _needs_nsys()
+    path = shared_trace("nsys/h100_2gpu_fastvideo_1s_window.sqlite")
+    con = sqlite3.connect(path)
+    pageable = con.execute("SELECT id FROM ENUM_CUDA_MEM_KIND WHERE name LIKE '%PAGEABLE'").fetchone()[0]
+    raw = con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_MEMCPY WHERE srcKind = ? OR dstKind = ?",
+                      [pageable, pageable]).fetchone()[0]
+    ctx, result = run_host(profkit.load(path))
+    copies = result.metrics["pageable_copies"]
+    assert copies["in_trace"] == raw == 4
+    assert 0 <= copies["copies"] <= raw
+    assert sum(copies["by_direction"].values()) == copies["copies"]
+
+
+def test_pageable_finding_on_nsys_hpc_trace():
+    _needs_nsys()
+    path = shared_trace("nsys/a100x4_cloverleaf_nsys2024.5.sqlite")
+    con = sqlite3.connect(path)
+    raw = con.execute("""SELECT count(*) FROM CUPTI_ACTIVITY_KIND_MEMCPY WHERE srcKind = 0 OR dstKind = 0""").fetchone()[0]
+    ctx, result = run_host(profkit.load(path))
+    assert result.metrics["pageable_copies"]["in_trace"] == raw
+    finding = next(f for f in result.findings if f.rule == "host.pageable_memcpy")
+    assert finding.count == result.metrics["pageable_copies"]["copies"] > 0
+
+
+def _synthetic_dir(tmp_path_factory) -> Path:
+    sample = SAMPLE_TRACES / "synthetic_llm_decode_4ranks"
+    if (sample / "manifest.json").exists():
+        return sample
+    from profkit.synthetic import generate_decode_trace
+    out = tmp_path_factory.mktemp("synthetic")
+    generate_decode_trace(out)
+    return out
+
+
+def test_synthetic_sync_found_with_scope_and_size(tmp_path_factory):
+    directory = _synthetic_dir(tmp_path_factory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    injected = next(b for b in manifest["bottlenecks"] if b["bottleneck"] == "sync")
+    assert injected["id"] == "host.sync_in_steady_state"
+    for rank in range(manifest["ranks"]):
+        path = directory / f"synthetic_llm_decode_rank{rank}.json.gz"
+        events = raw_events(path)
+        syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e["name"] == "cudaStreamSynchronize"]
+        ctx, result = run_host(profkit.load(path))
+        finding = next(f for f in result.findings if f.rule == "host.sync_in_steady_state")
+        assert finding.scope["stream"] == manifest["streams"]["compute"]
+        assert finding.scope["rank"] == rank
+        assert finding.scope["steps"] == [s.step for s in ctx.steady_steps]
+        assert finding.evidence["by_origin_op"] == {"aten::item": len(ctx.steady_steps)}
+        assert finding.count == len(ctx.steady_steps) == len(syncs) - 1
+        assert finding.impact_ns == pytest.approx(injected["size_ns_per_step"], rel=0.2)
+        # The host-side wait is reported as the bound.
+        assert finding.evidence["blocked_ns_per_step"] == pytest.approx(injected["sync_host_wait_ns_per_step"], rel=0.2)
+
+
+def test_launch_gap_distribution_invariants():
+    path = shared_trace("kineto/cuda/v100_nccl_rank1_of2.json.gz")
+    ctx, result = run_host(profkit.load(path))
+    launches = result.metrics["launches"]
+    assert launches["launch_calls"] > 0
+    gaps, calls = launches["gap_between_launches_ns"], launches["call_ns"]
+    assert 0 <= gaps["p50"] <= gaps["p95"] <= gaps["max"]
+    assert 0 <= calls["p50"] <= calls["p95"] <= calls["max"]
+    # One gap fewer than calls per (thread, step).
+    assert launches["launch_calls"] - gaps["n"] <= 4 * result.metrics["steps_analysed"]

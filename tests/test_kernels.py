@@ -1,0 +1,213 @@
+"""Kernels pass: numbers checked against the raw inputs read directly in the test."""
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_TRACES, shared_trace
+from profkit.analyses import Context, Step, idle, kernels
+from profkit.ingest import ingest
+from profkit.store import Store
+
+H100 = "kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz"
+SYNTHETIC = SAMPLE_TRACES / "synthetic_llm_decode_4ranks"
+
+
+def make_context(store: Store, trace_id: int) -> Context:
+    trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
+    ctx = Context(store=store, trace_id=trace_id, trace=trace)
+    ctx.steps = [Step(r["step"], r["start_ns"], r["end_ns"], r["source"])
+                 for r in store.rows("SELECT * FROM steps WHERE trace_id = ? ORDER BY start_ns", [trace_id])]
+    ctx.results["steps"] = {"graph_replay": False}
+    return ctx
+
+
+def run_passes(store, trace_id):
+    ctx = make_context(store, trace_id)
+    ctx.results["idle"] = idle.run(ctx).metrics
+    return ctx, kernels.run(ctx)
+
+
+_cache: dict[str, tuple] = {}
+
+
+def analysed(rel):
+    if rel not in _cache:
+        path = shared_trace(rel)
+        store = Store.open(None)
+        ingest([path], store)
+        _cache[rel] = (path, store, run_passes(store, store.trace_ids()[0]))
+    return _cache[rel]
+
+
+def raw_events(path):
+    return json.load(gzip.open(path), strict=False)["traceEvents"]
+
+
+def ns(x) -> int:
+    return round(float(x) * 1000)
+
+
+def test_top_kernels_match_raw_json():
+    path, store, (_, result) = analysed(H100)
+    durations = defaultdict(list)
+    for e in raw_events(path):
+        if e.get("cat") == "kernel" and e.get("ph") == "X":
+            durations[e["name"]].append(ns(e["dur"]))
+    top = result.metrics["top_kernels"]
+    expected = sorted(durations, key=lambda n: (-sum(durations[n]), n))[:kernels.TOP_N]
+    assert [k["name"] for k in top] == expected
+    for k in top:
+        d = np.array(durations[k["name"]])
+        assert k["count"] == d.size and k["total_ns"] == d.sum() and k["max_ns"] == d.max()
+        assert k["p50_ns"] == round(np.percentile(d, 50)) and k["p95_ns"] == round(np.percentile(d, 95))
+
+
+def test_category_totals_add_up():
+    path, store, (_, result) = analysed(H100)
+    raw = [e for e in raw_events(path) if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and e.get("ph") == "X"]
+    m = result.metrics
+    (dev,) = m["devices"]
+    cats = dev["by_category"]
+    assert sum(c["sum_ns"] for c in cats.values()) == dev["sum_ns"] == sum(ns(e["dur"]) for e in raw)
+    assert sum(c["count"] for c in cats.values()) == len(raw)
+    for c in cats.values():
+        assert 0 < c["union_ns"] <= c["sum_ns"]
+    assert dev["busy_ns"] <= sum(c["union_ns"] for c in cats.values())
+    # Busy from the raw JSON: union of [ts, ts + dur).
+    spans = sorted((ns(e["ts"]), ns(e["ts"]) + ns(e["dur"])) for e in raw)
+    busy, (s0, e0) = 0, spans[0]
+    for s, e in spans[1:]:
+        if s > e0:
+            busy, s0, e0 = busy + e0 - s0, s, e
+        else:
+            e0 = max(e0, e)
+    assert dev["busy_ns"] == busy + e0 - s0 == m["busy_ns"]
+    # Memory is every copy and fill.
+    assert cats["memory"]["count"] >= sum(e["cat"] != "kernel" for e in raw)
+
+
+def test_op_attribution_mm_launches_gemm_kernels():
+    """aten::mm's kernels by the parent chain equal those found through External id in the raw JSON."""
+    path, store, (_, result) = analysed(H100)
+    raw = raw_events(path)
+    mm_ext = {e["args"]["External id"] for e in raw if e.get("cat") == "cpu_op" and e["name"] == "aten::mm"}
+    corr = {e["args"]["correlation"] for e in raw if e.get("cat") in ("cuda_runtime", "cuda_driver")
+            and e.get("args", {}).get("External id") in mm_ext}
+    mm_kernels = [e for e in raw if e.get("cat") == "kernel" and e["args"].get("correlation") in corr]
+    ops = {o["op_name"]: o for o in result.metrics["by_op"]["ops"]}
+    mm = ops["aten::mm"]
+    assert mm["kernels"] == len(mm_kernels) > 0
+    assert mm["kernel_ns"] == sum(ns(e["dur"]) for e in mm_kernels)
+    cats = {r[0] for r in store.con.execute("""
+        SELECT DISTINCT category FROM events WHERE kind = 'kernel' AND list_contains(?, name)
+    """, [mm["top_kernels"]]).fetchall()}
+    assert cats == {"gemm"}
+    assert mm["shapes"] and mm["shapes"][0]["input_dims"].startswith("[[")
+    by_op = result.metrics["by_op"]
+    assert by_op["attributed_ns"] + by_op["unattributed_ns"] == result.metrics["kernel_sum_ns"]
+    assert by_op["attributed_ns"] >= sum(o["kernel_ns"] for o in by_op["ops"])
+
+
+def test_launch_latency_percentiles_recomputed_from_raw_json():
+    path, store, (_, result) = analysed(H100)
+    raw = raw_events(path)
+    runtime = {e["args"]["correlation"]: e for e in raw if e.get("cat") in ("cuda_runtime", "cuda_driver")
+               and "correlation" in e.get("args", {})}
+    device = defaultdict(list)
+    for e in raw:
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and e.get("ph") == "X":
+            device[e["args"]["correlation"]].append(e)
+    from_start, from_end = [], []
+    for c, acts in device.items():
+        r = runtime.get(c)
+        if r is None or len(acts) != 1 or "GraphLaunch" in r["name"]:
+            continue
+        start = ns(acts[0]["ts"])
+        from_start.append(start - ns(r["ts"]))
+        from_end.append(start - (ns(r["ts"]) + ns(r["dur"])))
+    (lat,) = result.metrics["launch_latency"]
+    for key, values in (("start_minus_launch_start", from_start), ("start_minus_launch_end", from_end)):
+        v = np.array(values)
+        assert lat[key]["count"] == v.size
+        assert lat[key]["p50_ns"] == round(np.percentile(v, 50))
+        assert lat[key]["p95_ns"] == round(np.percentile(v, 95))
+        assert lat[key]["max_ns"] == v.max()
+
+
+def test_tiny_kernel_count_matches_raw_json():
+    path, store, (_, result) = analysed(H100)
+    tiny = [e for e in raw_events(path) if e.get("cat") == "kernel" and ns(e["dur"]) < kernels.TINY_KERNEL_NS]
+    (t,) = result.metrics["tiny_kernels"]
+    assert t["count"] == len(tiny) and t["total_ns"] == sum(ns(e["dur"]) for e in tiny)
+
+
+def test_nsight_kernel_totals_match_sqlite():
+    rel = "nsys/rtx2070s_pytorch_dlprof.sqlite"
+    path, store, (_, result) = analysed(rel)
+    with sqlite3.connect(path) as db:
+        count, total = db.execute("SELECT count(*), sum(end - start) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()
+    assert result.metrics["kernel_sum_ns"] == total
+    assert sum(k["count"] for k in result.metrics["top_kernels"]) <= count
+
+
+def test_rocpd_kernel_totals_match_sqlite():
+    rel = "rocprof/rocpd_r9700_llamacpp_decode/results.db"
+    path, store, (_, result) = analysed(rel)
+    with sqlite3.connect(path) as db:
+        count, total = db.execute("SELECT count(*), sum(end - start) FROM kernels").fetchone()
+        top = db.execute("SELECT name, count(*), sum(end - start) AS t FROM kernels GROUP BY name "
+                         "ORDER BY t DESC LIMIT 3").fetchall()
+    assert result.metrics["kernel_sum_ns"] == total
+    assert [(k["name"], k["count"], k["total_ns"]) for k in result.metrics["top_kernels"][:3]] == top
+    hot = [f for f in result.findings if f.rule == "kernels.hotspot"]
+    assert hot and hot[0].evidence["total_ns"] == top[0][2]
+
+
+@pytest.mark.parametrize("rel", [H100, "kineto/rocm/mi300x_qwen1.5_0.5b_chat.json.gz",
+                                 "kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz",
+                                 "nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite",
+                                 "rocprof/rocpd_r9700_llamacpp_decode/results.db"])
+def test_findings_are_well_formed_and_their_sql_runs(rel):
+    _, store, (ctx, result) = analysed(rel)
+    json.dumps(result.metrics)
+    for f in result.findings:
+        assert f.rule in {"kernels.tiny_kernel_storm", "kernels.launch_latency", "kernels.hotspot",
+                          "kernels.small_grid"}
+        assert f.impact_ns >= kernels.FINDING_MIN_NS and f.scope["trace_id"] == ctx.trace_id
+        assert store.rows(f.sql), f.rule
+
+
+def test_small_grid_blocks_checked_against_devices():
+    _, store, (_, result) = analysed(H100)
+    sm = store.scalar("SELECT sm_count FROM devices")
+    for g in result.metrics["small_grids"]:
+        assert g["max_blocks"] < g["sm_count"] == sm
+        assert 0 < g["idle_sm_ns"] < g["total_ns"]
+
+
+def test_synthetic_tiny_kernels_and_launches():
+    if not (SYNTHETIC / "manifest.json").exists():
+        pytest.skip("synthetic sample not generated yet")
+    store = Store.open(None)
+    ingest([SYNTHETIC], store)
+    for trace_id in store.trace_ids():
+        ctx, result = run_passes(store, trace_id)
+        m = result.metrics
+        n_kernels = store.scalar("SELECT count(*) FROM events WHERE trace_id = ? AND kind = 'kernel'", [trace_id])
+        assert sum(k["count"] for k in m["top_kernels"]) <= n_kernels
+        (lat,) = m["launch_latency"]
+        # Every launch in the synthetic trace is a one-to-one launch.
+        linked = store.scalar("SELECT count(*) FROM launches WHERE trace_id = ?", [trace_id])
+        assert lat["start_minus_launch_start"]["count"] == linked
+        # The injected launch latency is what a launch to an idle stream costs (p50).
+        manifest = json.loads((SYNTHETIC / "manifest.json").read_text())
+        assert lat["idle_stream_start_minus_launch_start"]["p50_ns"] == pytest.approx(
+            manifest["model"]["launch_latency_ns"], rel=0.2)
+        for f in result.findings:
+            assert store.rows(f.sql)
