@@ -1,0 +1,75 @@
+"""Ingest benchmark for the rocprof parsers: rows/s and peak RSS on a synthetic
+1M-dispatch rocprofv3 CSV directory and JSON file (built by bench/rocprof_synthetic.py).
+
+Each input is ingested in its own subprocess so peak RSS is per input. CPU time (all
+threads) is printed too: on a shared, loaded machine wall time says little. "parse" is the
+parser writing into the store; "total" adds the derivations every format gets
+(categories, launch links, nesting).
+
+    python bench/ingest_rocprof.py [--dispatches N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def measure(path: str) -> dict:
+    from profkit import derive, ingest as ingest_mod
+    from profkit.store import Store
+
+    timings = {"derive": 0.0}
+    original = derive.derive_trace
+
+    def timed(store, trace_id):
+        t = time.perf_counter()
+        original(store, trace_id)
+        timings["derive"] += time.perf_counter() - t
+
+    ingest_mod.derive.derive_trace = timed
+    store = Store.open(None)
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    ingest_mod.ingest([path], store)
+    total = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    rows = store.scalar("SELECT count(*) FROM events")
+    dispatches = store.scalar("SELECT count(*) FROM events WHERE kind = 'kernel'")
+    links = store.scalar("SELECT count(*) FROM links")
+    return {"input": Path(path).name, "events": rows, "dispatches": dispatches, "links": links,
+            "total_s": round(total, 2), "parse_s": round(total - timings["derive"], 2),
+            "rows_per_s_parse": int(rows / max(total - timings["derive"], 1e-9)),
+            "rows_per_s_total": int(rows / total), "cpu_s": round(cpu, 2),
+            "rows_per_cpu_s": int(rows / cpu),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dispatches", type=int, default=1_000_000)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
+        return
+    import rocprof_synthetic
+
+    for path in rocprof_synthetic.build(args.dispatches):
+        out = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
+                             check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['input']}: {r['events']:,} events ({r['dispatches']:,} dispatches, {r['links']:,} links); "
+              f"parse {r['parse_s']} s = {r['rows_per_s_parse']:,} rows/s; with derivations "
+              f"{r['total_s']} s = {r['rows_per_s_total']:,} rows/s; CPU {r['cpu_s']} s "
+              f"({r['rows_per_cpu_s']:,} rows per CPU-second, all threads); peak RSS {r['peak_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main()

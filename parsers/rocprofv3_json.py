@@ -1,0 +1,392 @@
+"""rocprofv3 JSON (`--output-format json`): one object `{"rocprofiler-sdk-tool": [PROCESS, ...]}`
+where each PROCESS holds `metadata` (pid, node), `agents`, `kernel_symbols` (names by
+`kernel_id`), `strings` (names of record kinds and operations, roctx messages) and
+`buffer_records` (`kernel_dispatch`, `hip_api`, `memory_copy`, `marker_api`, `rccl_api`, ...).
+
+Decoded with msgspec into typed structs (unknown fields skipped by the decoder, not by
+Python), then turned into Arrow columns. Device records name their agent by handle;
+agents map handles to HSA node ids and GPU ordinals. A HIP call and the dispatch it
+enqueued share `correlation_id.internal`; `correlation_id.external` (a framework id,
+usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseconds.
+"""
+from __future__ import annotations
+
+import gc
+import gzip
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from profkit.errors import TraceError
+
+from . import rocm_common as rc
+
+FORMAT = "rocprofv3_json"
+TOOL_KEY = b'"rocprofiler-sdk-tool"'
+
+
+class Handle(msgspec.Struct, frozen=True, gc=False):
+    handle: int = 0
+
+
+class Corr(msgspec.Struct, frozen=True, gc=False):
+    internal: int = 0
+    external: int = 0
+
+
+class Dim3(msgspec.Struct, frozen=True, gc=False):
+    x: int = 0
+    y: int = 0
+    z: int = 0
+
+
+class DispatchInfo(msgspec.Struct, kw_only=True, gc=False):
+    agent_id: Handle
+    queue_id: Handle = Handle()
+    kernel_id: int
+    dispatch_id: int = 0
+    private_segment_size: int = 0
+    group_segment_size: int = 0
+    workgroup_size: Dim3 = Dim3()
+    grid_size: Dim3 = Dim3()
+
+
+class Dispatch(msgspec.Struct, kw_only=True, gc=False):
+    kind: int = 0
+    operation: int = 0
+    thread_id: int = 0
+    correlation_id: Corr = Corr()
+    start_timestamp: int
+    end_timestamp: int
+    dispatch_info: DispatchInfo
+    stream_id: Handle = Handle()
+
+
+class ApiCall(msgspec.Struct, kw_only=True, gc=False):
+    kind: int = 0
+    operation: int = 0
+    thread_id: int = 0
+    correlation_id: Corr = Corr()
+    start_timestamp: int
+    end_timestamp: int
+
+
+class Copy(msgspec.Struct, kw_only=True, gc=False):
+    kind: int = 0
+    operation: int = 0
+    thread_id: int = 0
+    correlation_id: Corr = Corr()
+    start_timestamp: int
+    end_timestamp: int
+    dst_agent_id: Handle = Handle()
+    src_agent_id: Handle = Handle()
+    bytes: int | None = None
+    stream_id: Handle = Handle()
+
+
+class Symbol(msgspec.Struct, kw_only=True):
+    kernel_id: int
+    kernel_name: str = ""
+    formatted_kernel_name: str = ""
+    demangled_kernel_name: str = ""
+    sgpr_count: int | None = None
+    arch_vgpr_count: int | None = None
+    accum_vgpr_count: int | None = None
+
+
+class KindNames(msgspec.Struct):
+    kind: str = ""
+    operations: list[str] = []
+
+
+class Strings(msgspec.Struct, frozen=True):
+    buffer_records: list[KindNames] = []
+    marker_api: Any = None
+
+
+class Process(msgspec.Struct):
+    metadata: dict = {}
+    agents: list[dict] = []
+    kernel_symbols: list[Symbol] = []
+    strings: Strings = Strings()
+    buffer_records: dict[str, msgspec.Raw] = {}
+
+
+class Document(msgspec.Struct):
+    processes: list[Process] = msgspec.field(name="rocprofiler-sdk-tool", default_factory=list)
+
+
+API_LISTS = ("hip_api", "hsa_api", "marker_api", "rccl_api", "rocdecode_api", "rocjpeg_api", "ompt")
+
+
+def _head(path: Path, n: int = 4096) -> bytes:
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    opener = gzip.open if magic == b"\x1f\x8b" else open
+    with opener(path, "rb") as fh:
+        return fh.read(n)
+
+
+def detect(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return TOOL_KEY in _head(path)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise TraceError(path, f"cannot read: {exc}") from None
+
+
+def parse(path: Path, sink) -> None:
+    data = _read(path)
+    try:
+        doc = msgspec.json.decode(data, type=Document)
+    except msgspec.DecodeError as exc:
+        raise TraceError(path, f"not a readable rocprofv3 JSON file: {exc}") from None
+    if not doc.processes:
+        raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
+    sink.report(str(path), len(data), len(data))
+    for i, proc in enumerate(doc.processes):
+        trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
+        with sink.trace(trace_path, FORMAT, stat_path=path) as w:
+            try:
+                _parse_process(path, proc, w)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, msgspec.DecodeError) as exc:
+                raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
+
+
+def _parse_process(path: Path, proc: Process, w) -> None:
+    meta = proc.metadata
+    pid = meta.get("pid")
+    agents = rc.Agents(rc.agent_from_sdk(a, key=(a.get("id") or {}).get("handle")) for a in proc.agents)
+    w.add_rows("devices", agents.device_rows())
+    w.read(len(proc.agents))
+    kinds = [(k.kind, k.operations) for k in proc.strings.buffer_records]
+    next_id = 0
+    records = proc.buffer_records
+    if "kernel_dispatch" in records:
+        next_id += _dispatches(path, records["kernel_dispatch"], proc, agents, pid, w, next_id)
+    if "memory_copy" in records:
+        next_id += _copies(path, records["memory_copy"], kinds, agents, pid, w, next_id)
+    markers = _marker_messages(proc.strings.marker_api)
+    for name in API_LISTS:
+        if name in records:
+            next_id += _api(path, records[name], kinds, markers, pid, w, next_id)
+    for name, raw in records.items():
+        if name in ("kernel_dispatch", "memory_copy") or name in API_LISTS:
+            continue
+        count = len(msgspec.json.decode(raw, type=list[msgspec.Raw]))
+        w.read(count)
+        w.issue(f"{name} records not stored", count, name)
+    node = meta.get("node") or {}
+    w.set_trace(
+        format_version=str(meta.get("version") or ""), producer="rocprofv3 (rocprofiler-sdk-tool)",
+        vendor=rc.VENDOR, hostname=node.get("hostname"),
+        metadata={"pid": pid, "command": meta.get("command"), "init_time": meta.get("init_time"),
+                  "fini_time": meta.get("fini_time"), "cpu_agents": agents.cpu_summary(),
+                  "kernel_symbols": len(proc.kernel_symbols)},
+    )
+
+
+def _decode(path: Path, raw: msgspec.Raw, typ):
+    # Millions of small objects: the cyclic GC would rescan them again and again.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return msgspec.json.decode(raw, type=list[typ])
+    except msgspec.ValidationError as exc:
+        raise TraceError(path, f"unexpected {typ.__name__} record: {exc}") from None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _columns(records: list, fields: tuple[str, ...]) -> dict[str, pa.Array]:
+    """Transpose records to one Arrow array per (dotted) attribute. Each level of
+    nesting is walked once (`[r.dispatch_info for r in records]`), so a field costs one
+    list comprehension over the records."""
+    levels: dict[str, list] = {"": records}
+    out = {}
+    for f in fields:
+        parent, _, leaf = f.rpartition(".")
+        if parent not in levels:
+            # Build each ancestor level once, outermost first.
+            parts = parent.split(".")
+            for i in range(len(parts)):
+                key = ".".join(parts[: i + 1])
+                if key not in levels:
+                    above = levels[".".join(parts[:i])]
+                    name = parts[i]
+                    levels[key] = list(map(attrgetter(name), above))
+        values = levels[parent]
+        out[f] = pa.array(list(map(attrgetter(leaf), values)), pa.int64())
+    return out
+
+
+DISPATCH_FIELDS = (
+    "start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal", "correlation_id.external",
+    "dispatch_info.agent_id.handle", "dispatch_info.queue_id.handle", "dispatch_info.kernel_id",
+    "dispatch_info.dispatch_id", "dispatch_info.private_segment_size", "dispatch_info.group_segment_size",
+    "dispatch_info.workgroup_size.x", "dispatch_info.workgroup_size.y", "dispatch_info.workgroup_size.z",
+    "dispatch_info.grid_size.x", "dispatch_info.grid_size.y", "dispatch_info.grid_size.z", "stream_id.handle",
+)
+
+
+def _symbol_arrays(symbols: list[Symbol]) -> dict[str, Any]:
+    ids = pa.array([s.kernel_id for s in symbols], pa.int64())
+    return {
+        "ids": ids,
+        "name": pa.array([rc.kernel_display_name(s.formatted_kernel_name or s.demangled_kernel_name
+                                                 or s.kernel_name) for s in symbols], pa.string()),
+        "vgpr": pa.array([s.arch_vgpr_count for s in symbols], pa.int64()),
+        "accum_vgpr": pa.array([s.accum_vgpr_count for s in symbols], pa.int64()),
+        "sgpr": pa.array([s.sgpr_count for s in symbols], pa.int64()),
+    }
+
+
+def _nonzero(arr: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(arr, 0), pa.scalar(None, pa.int64()), arr)
+
+
+def _dispatches(path: Path, raw, proc: Process, agents: rc.Agents, pid, w, next_id: int) -> int:
+    records = _decode(path, raw, Dispatch)
+    n = len(records)
+    w.read(n)
+    c = _columns(records, DISPATCH_FIELDS)
+    del records
+    sym = _symbol_arrays(proc.kernel_symbols)
+    idx = pc.index_in(c["dispatch_info.kernel_id"], value_set=sym["ids"])
+    names = pc.take(sym["name"], idx)
+    unknown = pc.sum(pc.is_null(idx)).as_py() or 0
+    if unknown:
+        # Still stored (times are good); the name is unknown.
+        names = pc.coalesce(names, pc.binary_join_element_wise(
+            "kernel_id ", pc.cast(c["dispatch_info.kernel_id"], pa.string()), ""))
+    handles = c["dispatch_info.agent_id.handle"]
+    device = rc.map_codes(handles, agents.ordinal_by_key)
+    args = rc.json_args({
+        "kernel_id": c["dispatch_info.kernel_id"], "dispatch_id": c["dispatch_info.dispatch_id"],
+        "agent_node": rc.map_codes(handles, agents.node_by_key), "queue_id": c["dispatch_info.queue_id.handle"],
+        "stream_id": c["stream_id.handle"], "thread_id": c["thread_id"],
+        "grid_size_x": c["dispatch_info.grid_size.x"], "grid_size_y": c["dispatch_info.grid_size.y"],
+        "grid_size_z": c["dispatch_info.grid_size.z"],
+        "scratch_size": c["dispatch_info.private_segment_size"],
+        "accum_vgpr_count": pc.take(sym["accum_vgpr"], idx), "sgpr_count": pc.take(sym["sgpr"], idx),
+    }, n)
+    # The HIP stream where the tool recorded one, else the HSA queue.
+    stream = c["stream_id.handle"] if pc.max(c["stream_id.handle"]).as_py() else c["dispatch_info.queue_id.handle"]
+    written, keep = rc.write_events(w, next_id, "kernel", {
+        "name": names, "start_ns": c["start_timestamp"], "end_ns": c["end_timestamp"],
+        "device": device, "stream": stream, "correlation": c["correlation_id.internal"],
+        "external_id": _nonzero(c["correlation_id.external"]), "pid": pid,
+        "source_cat": "kernel_dispatch", "args": args,
+    }, "kernel dispatch")
+    rc.write_kernel_info(w, next_id, {
+        "grid_items_x": c["dispatch_info.grid_size.x"], "grid_items_y": c["dispatch_info.grid_size.y"],
+        "grid_items_z": c["dispatch_info.grid_size.z"], "workgroup_x": c["dispatch_info.workgroup_size.x"],
+        "workgroup_y": c["dispatch_info.workgroup_size.y"], "workgroup_z": c["dispatch_info.workgroup_size.z"],
+        "vgpr": pc.take(sym["vgpr"], idx), "lds": c["dispatch_info.group_segment_size"],
+    }, keep, n)
+    return written
+
+
+def _op_names(kinds, kind_arr: pa.Array, op_arr: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(kind name, operation name) per record, from the `strings.buffer_records` table."""
+    pairs = pa.table({"k": kind_arr, "o": op_arr}).group_by(["k", "o"]).aggregate([]).to_pylist()
+    kind_name, op_name = {}, {}
+    for p in pairs:
+        k, o = p["k"], p["o"]
+        entry = kinds[k] if 0 <= k < len(kinds) else ("", [])
+        kind_name[(k, o)] = entry[0]
+        op_name[(k, o)] = entry[1][o] if 0 <= o < len(entry[1]) else f"operation {o}"
+    key = pc.binary_join_element_wise(pc.cast(kind_arr, pa.string()), pc.cast(op_arr, pa.string()), ":")
+    keys = pa.array([f"{k}:{o}" for k, o in kind_name], pa.string())
+    idx = pc.index_in(key, value_set=keys)
+    return (pc.take(pa.array(list(kind_name.values()), pa.string()), idx),
+            pc.take(pa.array(list(op_name.values()), pa.string()), idx))
+
+
+def _marker_messages(value: Any) -> dict[int, str]:
+    """roctx messages by correlation id: `[{"key": id, "value": msg}, ...]` or a dict."""
+    if isinstance(value, dict):
+        return {int(k): str(v) for k, v in value.items() if str(k).lstrip("-").isdigit()}
+    out = {}
+    for item in value or []:
+        if isinstance(item, dict) and "key" in item:
+            out[int(item["key"])] = str(item.get("value"))
+    return out
+
+
+API_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
+              "correlation_id.external", "kind", "operation")
+
+
+def _api(path: Path, raw, kinds, markers: dict[int, str], pid, w, next_id: int) -> int:
+    records = _decode(path, raw, ApiCall)
+    n = len(records)
+    w.read(n)
+    if not n:
+        return 0
+    c = _columns(records, API_FIELDS)
+    kind_names, op_names = _op_names(kinds, c["kind"], c["operation"])
+    event_kind = rc.map_strings(kind_names, lambda d: rc.api_domain(d)[0]).cast(pa.string())
+    source_cat = rc.map_strings(kind_names, lambda d: rc.api_domain(d)[1]).cast(pa.string())
+    names = op_names
+    is_runtime = pc.equal(event_kind, "runtime")
+    if markers:
+        ids = pa.array(list(markers.keys()), pa.int64())
+        msg = pc.take(pa.array(list(markers.values()), pa.string()),
+                      pc.index_in(c["correlation_id.internal"], value_set=ids))
+        names = pc.if_else(is_runtime, names, pc.coalesce(msg, names))
+    written, _ = rc.write_events(w, next_id, event_kind, {
+        "name": names, "start_ns": c["start_timestamp"], "end_ns": c["end_timestamp"],
+        "pid": pid, "tid": c["thread_id"],
+        "correlation": pc.if_else(is_runtime, c["correlation_id.internal"], pa.scalar(None, pa.int64())),
+        "external_id": _nonzero(c["correlation_id.external"]), "source_cat": source_cat,
+        "args": rc.json_args({"domain": kind_names, "operation": op_names,
+                              "correlation_id": c["correlation_id.internal"]}, n),
+    }, "API call")
+    return written
+
+
+COPY_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
+               "correlation_id.external", "kind", "operation", "dst_agent_id.handle",
+               "src_agent_id.handle", "stream_id.handle")
+
+
+def _copies(path: Path, raw, kinds, agents: rc.Agents, pid, w, next_id: int) -> int:
+    records = _decode(path, raw, Copy)
+    n = len(records)
+    w.read(n)
+    if not n:
+        return 0
+    sizes = pa.array([r.bytes for r in records], pa.int64())
+    c = _columns(records, COPY_FIELDS)
+    _kind, op_names = _op_names(kinds, c["kind"], c["operation"])
+    direction = rc.map_strings(op_names, rc.copy_direction).cast(pa.string())
+    src_dev = rc.map_codes(c["src_agent_id.handle"], agents.ordinal_by_key)
+    dst_dev = rc.map_codes(c["dst_agent_id.handle"], agents.ordinal_by_key)
+    device = pc.if_else(pc.equal(pc.fill_null(direction, ""), "DtoH"), src_dev, pc.coalesce(dst_dev, src_dev))
+    written, keep = rc.write_events(w, next_id, "memcpy", {
+        "name": op_names, "start_ns": c["start_timestamp"], "end_ns": c["end_timestamp"],
+        "pid": pid, "device": device, "stream": c["stream_id.handle"],
+        "correlation": c["correlation_id.internal"], "external_id": _nonzero(c["correlation_id.external"]),
+        "source_cat": "memory_copy",
+        "args": rc.json_args({"src_agent_node": rc.map_codes(c["src_agent_id.handle"], agents.node_by_key),
+                              "dst_agent_node": rc.map_codes(c["dst_agent_id.handle"], agents.node_by_key),
+                              "thread_id": c["thread_id"]}, n),
+    }, "memory copy")
+    rc.write_copies(w, next_id, sizes, direction, keep, n)
+    return written
