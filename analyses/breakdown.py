@@ -68,7 +68,14 @@ def run(ctx: Context) -> PassResult:
     devices = np.asarray(events.column("device").fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
     categories = np.asarray(events.column("category").fill_null("other").to_numpy(zero_copy_only=False), dtype=object)
 
+    if starts.size == 0:
+        # No device activity: a breakdown cannot be answered, and saying 0% idle would be
+        # a claim (budgets on it report "cannot answer", exit 3).
+        return PassResult(metrics={"device_activity": False, **{k: None for k in _NS_KEYS + _PCT_KEYS},
+                                   "non_compute_ns": None, "non_compute_pct": None,
+                                   "all_devices": None, "devices": []})
     metrics: dict[str, Any] = hta_breakdown(ctx)
+    metrics["device_activity"] = True
     metrics["all_devices"] = profile(starts, ends, categories)
     metrics["devices"] = [
         {"device": None if d < 0 else int(d),

@@ -1,0 +1,136 @@
+"""Analysis benchmark (issue 5): end-to-end `profkit analyze` against HTA's load plus
+temporal breakdown, on the same inputs.
+
+    python bench/analyze.py [--quick] [--no-hta]
+
+Each measurement runs in a fresh child: profkit `analyze(load(path, cache=False))` (parse,
+derive and every analysis pass that exists), and HTA `TraceAnalysis(...)` +
+`get_temporal_breakdown()`. Inputs: the largest shared Kineto traces and a 1M-event tile of
+v100_nccl_rank1_of2 (tiled by bench/tile_trace.py). Prints a Markdown table and writes it
+with the raw numbers to bench/out/. Target: >= 10x faster than HTA. (--quick skips nothing
+here beyond what bench/ingest.py skips: there is no 5M input; it is accepted for symmetry.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import tile_trace as tt  # noqa: E402
+
+OUT = HERE / "out"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces" / "kineto" / "cuda"
+TRACES = [
+    SHARED / "v100_nccl_rank1_of2.json.gz",
+    SHARED / "a100_80gb_rank0_of16.json.gz",
+    SHARED / "regression_pair" / "control_a100_rank3_of8.json.gz",
+]
+TILE_SOURCE = SHARED / "v100_nccl_rank1_of2.json.gz"
+TILE_EVENTS = 1_000_000
+
+
+def worker(which: str, path: str) -> None:
+    """Child process: one measurement, one JSON line on stdout."""
+    if which == "profkit":
+        import profkit
+        from profkit import analyses
+
+        passes = []
+        for name in analyses.PASSES:  # passes still being written are skipped, and named
+            try:
+                analyses.pass_module(name)
+                passes.append(name)
+            except ModuleNotFoundError:
+                pass
+        t0 = time.perf_counter()
+        store = profkit.load(path, cache=False)
+        t1 = time.perf_counter()
+        result = analyses.analyze(store, passes=tuple(passes))
+        t2 = time.perf_counter()
+        print(json.dumps({"seconds": t2 - t0, "load_s": t1 - t0, "analyze_s": t2 - t1, "passes": passes,
+                          "findings": len(result["findings"]), "vmhwm_bytes": tt.own_peak_rss()}))
+    else:
+        import logging
+        import warnings
+
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        from hta.trace_analysis import TraceAnalysis
+
+        t0 = time.perf_counter()
+        analysis = TraceAnalysis(trace_dir=path)
+        t1 = time.perf_counter()
+        analysis.get_temporal_breakdown(visualize=False)
+        t2 = time.perf_counter()
+        print(json.dumps({"seconds": t2 - t0, "load_s": t1 - t0, "analyze_s": t2 - t1,
+                          "vmhwm_bytes": tt.own_peak_rss()}))
+
+
+def child(which: str, path: Path) -> dict:
+    return tt.measure([sys.executable, __file__, "--worker", which, str(path)], timeout=900)
+
+
+def run(with_hta: bool) -> list[dict]:
+    tile = OUT / f"tile_v100_{TILE_EVENTS // 1_000_000}M.json"
+    if not tile.exists():
+        print(f"tiling {TILE_SOURCE.name} to {TILE_EVENTS:,} events -> {tile}", file=sys.stderr)
+        tt.tile(TILE_SOURCE, TILE_EVENTS, tile)
+    inputs = [(p.name.split(".json")[0], p, tt.count_events(p)) for p in TRACES]
+    inputs.append((f"v100 tile {TILE_EVENTS // 1_000_000}M", tile, TILE_EVENTS))
+    rows = []
+    for label, path, events in inputs:
+        ours = child("profkit", path)
+        row = {"trace": label, "events": events, "profkit": ours}
+        if "error" in ours:
+            row["profkit_s"] = "error: " + ours["error"]
+        else:
+            row.update(profkit_s=round(ours["seconds"], 2), profkit_cpu_s=round(ours["cpu_s"], 1),
+                       profkit_load_s=round(ours["load_s"], 2),
+                       profkit_passes_s=round(ours["analyze_s"], 2), rss_mb=round(ours["peak_rss_bytes"] / 1e6),
+                       passes=",".join(ours["passes"]))
+        if with_hta:
+            theirs = child("hta", tt.hta_dir(path, OUT / "hta_dirs"))
+            row["hta"] = theirs
+            if "error" in theirs:
+                row["hta_s"] = "error: " + theirs["error"]
+            else:
+                row.update(hta_s=round(theirs["seconds"], 2), hta_cpu_s=round(theirs["cpu_s"], 1),
+                           hta_breakdown_s=round(theirs["analyze_s"], 2),
+                           hta_rss_mb=round(theirs["peak_rss_bytes"] / 1e6))
+                if "seconds" in ours:
+                    row["ratio"] = f"{theirs['seconds'] / ours['seconds']:.1f}x"
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("profkit", "hta")}), file=sys.stderr)
+    return rows
+
+
+COLUMNS = [("trace", "trace"), ("events", "events"),
+           ("profkit_s", "profkit analyze s"), ("profkit_cpu_s", "profkit CPU s"),
+           ("profkit_load_s", "of which load s"), ("profkit_passes_s", "passes s"), ("rss_mb", "peak RSS MB"),
+           ("hta_s", "HTA load+breakdown s"), ("hta_cpu_s", "HTA CPU s"), ("hta_breakdown_s", "of which breakdown s"),
+           ("hta_rss_mb", "HTA RSS MB"), ("ratio", "HTA / profkit"), ("passes", "profkit passes run")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="profkit analyze vs HTA load + temporal breakdown")
+    parser.add_argument("--quick", action="store_true", help="accepted for symmetry with bench/ingest.py")
+    parser.add_argument("--no-hta", action="store_true", help="do not run HTA")
+    parser.add_argument("--worker", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    if a.worker:
+        worker(*a.worker)
+        return
+    OUT.mkdir(exist_ok=True)
+    rows = run(not a.no_hta)
+    text = tt.table(rows, COLUMNS) + "\n"
+    print(text)
+    (OUT / "analyze.md").write_text(text)
+    (OUT / "analyze.json").write_text(json.dumps(rows, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Shared helpers of bench/ingest.py and bench/analyze.py: tiling a real Kineto trace to N
+events, and measuring a run in a fresh child process (wall time and the child's peak RSS).
+
+    python bench/tile_trace.py SRC.json.gz N OUT.json      # tile SRC to N events
+
+Tiling repeats the trace's `traceEvents` in time: copy k is shifted by k * (span + gap),
+and the ids that join records (correlation, External id, flow ids, Python ids) and the
+ProfilerStep numbers are offset per copy so they stay unique. Metadata records (ph M)
+appear once. The result is plain JSON, written as it is produced (the copies are never all
+in memory at once).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+GAP_US = 1000
+_ARG_IDS = ("correlation", "External id", "Python id", "Python parent id", "Ev Idx", "Record function id")
+_STEP = re.compile(r"^ProfilerStep#(\d+)$")
+
+
+def read_trace(path: Path) -> dict:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return orjson.loads(data)
+
+
+def _num(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def tile(src_trace_json_gz, n_events: int, out_path) -> dict:
+    """Write a trace of exactly `n_events` records tiled from `src`; returns a summary."""
+    doc = read_trace(Path(src_trace_json_gz))
+    events = doc.pop("traceEvents")
+    meta = [e for e in events if e.get("ph") == "M"]
+    body = [e for e in events if e.get("ph") != "M"]
+    starts = [_num(e.get("ts")) for e in body]
+    ends = [s + (_num(e.get("dur")) or 0) for s, e in zip(starts, body) if s is not None]
+    lo, hi = min(s for s in starts if s is not None), max(ends)
+    shift = int(hi - lo) + GAP_US + 1
+    # Offsets: one more than the largest value each id takes, so copies never collide.
+    top_id = max((_num(e.get("id")) or 0 for e in body), default=0) + 1
+    arg_max = {k: 0 for k in _ARG_IDS}
+    step_max = 0
+    for e in body:
+        args = e.get("args")
+        if isinstance(args, dict):
+            for k in _ARG_IDS:
+                v = _num(args.get(k))
+                if v is not None and v > arg_max[k]:
+                    arg_max[k] = v
+        m = _STEP.match(str(e.get("name", "")))
+        if m:
+            step_max = max(step_max, int(m.group(1)))
+    arg_off = {k: int(v) + 1 for k, v in arg_max.items()}
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(out_path, "wb") as out:
+        head = orjson.dumps(doc)
+        out.write(head[:-1] + (b"," if len(doc) else b"") + b'"traceEvents":[')
+        first = True
+
+        def emit(record):
+            nonlocal first, written
+            out.write((b"" if first else b",\n") + orjson.dumps(record))
+            first = False
+            written += 1
+
+        for e in meta[:n_events]:
+            emit(e)
+        k = 0
+        while written < n_events:
+            for e in body:
+                if written >= n_events:
+                    break
+                emit(_shifted(e, k, shift, top_id, arg_off, step_max + 1) if k else e)
+            k += 1
+        out.write(b"]}")
+    return {"events": written, "copies": k, "source_events": len(events), "bytes": out_path.stat().st_size}
+
+
+def _shifted(e: dict, k: int, shift: int, top_id: int, arg_off: dict, step_off: int) -> dict:
+    c = dict(e)
+    ts = _num(c.get("ts"))
+    if ts is not None:
+        c["ts"] = ts + k * shift
+    if _num(c.get("id")) is not None:
+        c["id"] = c["id"] + k * top_id
+    m = _STEP.match(str(c.get("name", "")))
+    if m:
+        c["name"] = f"ProfilerStep#{int(m.group(1)) + k * step_off}"
+    args = c.get("args")
+    if isinstance(args, dict):
+        new = None
+        for key, off in arg_off.items():
+            v = _num(args.get(key))
+            if v is not None and v >= 0:
+                new = new or dict(args)
+                new[key] = v + k * off
+        if new is not None:
+            c["args"] = new
+    return c
+
+
+# --- measuring in a fresh child ------------------------------------------------------------
+
+def own_peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM of its own address space. (ru_maxrss of a
+    child also counts the parent's pages it held between fork and exec.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(argv: list[str], timeout: float | None = None) -> dict:
+    """Run `argv` (a Python worker printing one JSON line) in a fresh process: its JSON,
+    plus wall seconds and the child's peak RSS (`peak_rss_bytes`: the VmHWM the worker
+    reports, else wait4's ru_maxrss)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = None if timeout is None else t0 + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if deadline and time.perf_counter() > deadline:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            return {"error": f"timeout after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # CPU seconds of the child: less sensitive than wall time to other load on the machine.
+    result = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        result["error"] = (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]
+        return result
+    result.update(json.loads(lines[-1]))
+    result["ru_maxrss_bytes"] = result["peak_rss_bytes"]
+    result["peak_rss_bytes"] = result.pop("vmhwm_bytes", result["peak_rss_bytes"])
+    return result
+
+
+def uncompressed_bytes(path: Path) -> int:
+    if path.read_bytes()[:2] != b"\x1f\x8b":
+        return path.stat().st_size
+    total = 0
+    with gzip.open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            total += len(chunk)
+    return total
+
+
+def count_events(path: Path) -> int:
+    return len(read_trace(path)["traceEvents"])
+
+
+def hta_dir(path: Path, root: Path) -> Path:
+    """A directory holding only `path` (HTA reads every trace in a directory)."""
+    d = root / f"hta_{path.name.replace('.', '_')}"
+    d.mkdir(parents=True, exist_ok=True)
+    link = d / path.name
+    if not link.exists():
+        link.symlink_to(path.resolve())
+    return d
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table of `rows` (dicts) with (key, heading) columns."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src")
+    parser.add_argument("n_events", type=int)
+    parser.add_argument("out")
+    a = parser.parse_args()
+    print(json.dumps(tile(a.src, a.n_events, a.out)))
+    sys.exit(0)
