@@ -365,9 +365,23 @@ def run(ctx: Context) -> PassResult:
         "steady_steps": [w.step for w in windows],
         "thresholds": {"dependency_window_ns": DEPENDENCY_WINDOW_NS, "finding_min_pct": FINDING_MIN_PCT,
                        "finding_min_ns": FINDING_MIN_NS},
+        **_worst_device(devices_out),
         "devices": devices_out,
     }
     return PassResult(metrics=metrics, findings=findings)
+
+
+def _worst_device(devices: list[dict]) -> dict:
+    """Trace-level figures for budgets: the worst device's value of each (lists are not
+    addressable by a budget path)."""
+    if not devices:
+        return {}
+    return {
+        "idle_pct": max(d["idle_pct"] for d in devices),
+        "idle_ns_per_step": max(d["steady_step_median_idle_ns"] for d in devices),
+        "by_cause_pct": {c: max(d["by_cause_pct"][c] for d in devices) for c in CAUSES},
+        "by_cause_ns_per_step": {c: max(d["steady_step_median_ns"][c] for d in devices) for c in CAUSES},
+    }
 
 
 @dataclass

@@ -415,24 +415,29 @@ def _hotspot_findings(ctx, acts, hot, windows, step_ref):
                               "AND coalesce(device, -1) = ?", [ctx.trace_id, k["name"], k["device"]]
                               ).column("event_id").to_numpy()
         per_step = _per_step_time(acts, np.isin(acts["event_id"], ids), windows)
-        impact = int(per_step * (1 - 1 / HOTSPOT_SPEEDUP))
-        if not _keep(impact, step_ref):
+        potential = int(per_step * (1 - 1 / HOTSPOT_SPEEDUP))
+        if not _keep(potential, step_ref):
             continue
         short = k["name"] if len(k["name"]) <= 80 else k["name"][:77] + "..."
+        # A hotspot is where time goes, not time wasted: nothing says the kernel can be made
+        # faster, so it ranks with impact 0 and carries the 2x what-if as evidence only.
         out.append(Finding(
             rule="kernels.hotspot",
-            title=f"GPU {k['device']}: one kernel takes {k['share_of_device_busy_pct']:.0f}% of busy time: {short}",
-            impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
+            title=f"GPU {k['device']}: one kernel takes {k['share_of_device_busy_pct']:.0f}% of busy time "
+                  f"({per_step / 1e3:.0f} us per step): {short}",
+            impact_ns=0, share_pct=0.0,
             scope=ctx.base_scope(device=k["device"], steps=_steps(windows)),
             evidence={**{x: k[x] for x in ("count", "total_ns", "p50_ns", "max_ns", "share_of_device_busy_pct",
                                           "category")},
-                      "ns_per_step": int(per_step), "what_if": f"{HOTSPOT_SPEEDUP:g}x faster"},
+                      "ns_per_step": int(per_step), "what_if": f"{HOTSPOT_SPEEDUP:g}x faster",
+                      "saving_if_2x_faster_ns_per_step": potential},
             sql=(f"SELECT event_id, start_ns, dur_ns, device, stream, grid_x, grid_y, grid_z, block_x FROM kernels "
                  f"WHERE trace_id = {ctx.trace_id} AND coalesce(device, -1) = {k['device']} "
                  f"AND name = '{_sql_str(k['name'])}' ORDER BY dur_ns DESC LIMIT 20"),
             recommendation="This kernel dominates GPU time: check it is the right implementation for the shapes "
                            "(tuned GEMM/attention library, dtype, tensor-core friendly sizes) and whether its "
-                           "work can be reduced; the impact is what a 2x faster kernel would save.",
+                           "work can be reduced. It is ranked as information (impact 0): a 2x faster kernel would save "
+                           f"{potential / 1e3:.0f} us per step.",
             impact_basis="estimate", count=k["count"]))
     return out
 

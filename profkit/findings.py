@@ -14,7 +14,7 @@ IMPACT_BASES = ("measured", "estimate", "bound", "replay")
 
 @dataclass
 class Finding:
-    rule: str                 # stable id, e.g. "host.launch_bound_idle"; budgets refer to it
+    rule: str                 # stable id, e.g. "idle.host_bound"; budgets refer to it
     title: str                # one line a person reads: "GPU 3 idles 21% of each step waiting on host launches"
     impact_ns: int            # time per step a fix would save
     share_pct: float          # impact as a share of the (median) step time
@@ -39,3 +39,36 @@ class Finding:
 def rank(findings: list[Finding]) -> list[Finding]:
     """Largest impact first; ties by rule id so the order is stable."""
     return sorted(findings, key=lambda f: (-f.impact_ns, f.rule, str(f.scope)))
+
+
+_PER_RANK_SCOPE = ("trace_id", "rank", "device", "steps")
+
+
+def group_across_ranks(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For display: the same rule with the same scope on several ranks becomes one row
+    (the worst rank's finding, with the list of ranks), so four ranks do not fill the top
+    ten with copies. The JSON output keeps every finding."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for f in findings:
+        scope = f.get("scope") or {}
+        key = (f["rule"], tuple(sorted((k, str(v)) for k, v in scope.items() if k not in _PER_RANK_SCOPE)))
+        groups.setdefault(key, []).append(f)
+    out = []
+    for members in groups.values():
+        worst = max(members, key=lambda f: f["impact_ns"])
+        ranks = sorted({(m.get("scope") or {}).get("rank") for m in members} - {None})
+        if len(ranks) > 1:
+            worst = {**worst, "title": f"{worst['title']} (worst of {len(ranks)} ranks: {_ranges(ranks)})",
+                     "scope": {**worst.get("scope", {}), "ranks": ranks}}
+        out.append(worst)
+    return sorted(out, key=lambda f: (-f["impact_ns"], f["rule"]))
+
+
+def _ranges(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] -> 'ranks 0-2, 5'."""
+    parts, start = [], ranks[0]
+    for prev, cur in zip(ranks, ranks[1:] + [None]):
+        if cur != prev + 1 if cur is not None else True:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = cur
+    return "ranks " + ", ".join(parts)

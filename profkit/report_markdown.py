@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .findings import group_across_ranks
 from .render import human_ns
 
 
@@ -15,16 +16,16 @@ def _pct(value: Any) -> str:
 
 
 def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
-    out = ["# profkit analysis", "", "| rank | format | devices | steps | step p50 | idle | compute | non-compute |",
+    out = ["# profkit analysis", "", "| rank | format | devices | steps | step p50 | idle | compute | communication |",
            "|---:|---|---|---:|---:|---:|---:|---:|"]
     for t in result["traces"]:
-        b = t.get("breakdown") or {}
+        b = (t.get("breakdown") or {}).get("all_devices") or {}
         s = t.get("steps") or {}
         names = ", ".join(sorted({d.get("name") or "?" for d in t.get("devices") or []})) or "-"
         out.append(f"| {t.get('rank')} | {t.get('format')} | {_cell(names)} | {s.get('count', 0)} | "
                    f"{human_ns((s.get('duration') or {}).get('p50_ns'))} | {_pct(b.get('idle_pct'))} | {_pct(b.get('compute_pct'))} | "
-                   f"{_pct(b.get('non_compute_pct'))} |")
-    findings = result["findings"]
+                   f"{_pct(b.get('communication_pct'))} |")
+    findings = group_across_ranks(result["findings"])
     out += ["", f"## Findings (top {min(top, len(findings))} of {len(findings)}, by time per step that could be won back)", ""]
     if not findings:
         out.append("No findings above the noise floor.")

@@ -6,6 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .findings import group_across_ranks
 from .render import human_ns
 
 
@@ -13,31 +14,37 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
+def device_figures(trace: dict[str, Any]) -> dict[str, Any]:
+    """Exact figures over all devices (the top-level breakdown follows HTA's rounding)."""
+    return (trace.get("breakdown") or {}).get("all_devices") or {}
+
+
 def summary_table(traces: list[dict[str, Any]]) -> Table:
-    table = Table(title="Traces", title_justify="left")
-    for column in ("rank", "format", "device(s)", "steps", "step time (p50)", "GPU busy", "idle",
-                   "compute", "non-compute"):
+    table = Table(title="Traces (device time over the span of device activity)", title_justify="left")
+    for column in ("rank", "format", "device(s)", "steps", "step time (p50)", "busy", "idle",
+                   "compute", "comm", "memory"):
         table.add_column(column, justify="right" if column not in ("format", "device(s)") else "left")
     for t in traces:
-        breakdown = t.get("breakdown") or {}
+        figures = device_figures(t)
         steps = t.get("steps") or {}
         names = sorted({d.get("name") or "?" for d in t.get("devices") or []})
-        span = breakdown.get("span_ns") or 0
-        busy = breakdown.get("busy_ns")
         table.add_row(
             str(t.get("rank")), t.get("format") or "-", ", ".join(names)[:40] or "-",
             f"{steps.get('count', 0)}" + (f" ({steps['source']})" if steps.get("source") else ""),
             human_ns((steps.get("duration") or {}).get("p50_ns")),
-            _pct(100.0 * busy / span if busy is not None and span else None),
-            _pct(breakdown.get("idle_pct")), _pct(breakdown.get("compute_pct")),
-            _pct(breakdown.get("non_compute_pct")),
+            _pct(figures.get("busy_pct")), _pct(figures.get("idle_pct")), _pct(figures.get("compute_pct")),
+            _pct(figures.get("communication_pct")), _pct(figures.get("memory_pct")),
         )
     return table
 
 
 def _scope_text(scope: dict[str, Any]) -> str:
     parts = []
+    if scope.get("ranks"):
+        parts.append(f"{len(scope['ranks'])} ranks")
     for key in ("rank", "device", "stream", "process_group", "op"):
+        if key in ("rank", "device") and scope.get("ranks"):
+            continue
         if scope.get(key) is not None:
             parts.append(f"{key} {scope[key]}")
     return ", ".join(parts) or "trace"
@@ -59,10 +66,16 @@ def findings_table(findings: list[dict[str, Any]], top: int) -> Table:
     return table
 
 
+def make_console() -> Console:
+    """The terminal's width on a terminal; a wide page when piped (logs, CI)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def print_analysis(result: dict[str, Any], top: int = 10, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     console.print(summary_table(result["traces"]))
-    findings = result["findings"]
+    findings = group_across_ranks(result["findings"])
     if not findings:
         console.print("No findings above the noise floor.")
         return
@@ -70,5 +83,5 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
     for i, f in enumerate(findings[:min(top, 5)], 1):
         console.print(f"[bold]{i}. {f['title']}[/bold]")
         console.print(f"   [green]Do:[/green] {f['recommendation']}")
-        console.print(f"   [dim]See: profkit sql TRACE \"{' '.join(f['sql'].split())}\"[/dim]")
-    console.print("[dim]≤ marks an upper bound, ~ an estimate (see docs/analysis-json.md).[/dim]")
+    console.print("[dim]≤ marks an upper bound, ~ an estimate. `--format markdown` adds the SQL that shows each "
+                  "finding's evidence in `profkit sql`; `--format json` has every finding of every rank.[/dim]")

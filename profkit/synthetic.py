@@ -158,7 +158,7 @@ def measured_sizes(sims: list[_Rank], b: Bottlenecks) -> dict[str, int]:
 _PARAM_PREFIX = {"host_gaps": "host_gap", "sync": ("sync", "step_prologue"),
                  "exposed_allreduce": "exposed_allreduce", "straggler": "straggler"}
 _DESCRIPTIONS = {
-    "host_gaps": ("host.launch_bound_idle", COMPUTE_STREAM,
+    "host_gaps": ("idle.host_bound", COMPUTE_STREAM,
                   "Python overhead of host_gap_ns before each of the first host_gap_ops kernel-launching "
                   "operators of layer 0, so the compute stream idles waiting for launches",
                   "sum per step of compute-stream idle before a kernel whose cudaLaunchKernel began after the "
@@ -168,7 +168,7 @@ _DESCRIPTIONS = {
              "step: the next step's host work (step_prologue_ns of scheduling) starts only after the GPU drained",
              "GPU bubble per step: first device op of step k starts this long after the last device op of "
              "step k-1 ended (steps 1..N-1); host-side wait in cudaStreamSynchronize is sync_host_wait_ns"),
-    "exposed_allreduce": ("comm.exposed_collective", NCCL_STREAM,
+    "exposed_allreduce": ("comm.exposed", NCCL_STREAM,
                           "one fp32 all-reduce of the logits after lm_head; the compute stream waits on it at once "
                           "(cudaStreamWaitEvent), so nothing overlaps it",
                           "its kernel time not overlapped by compute kernels, on the last-arriving rank (on the "
