@@ -153,6 +153,88 @@ def analyze(trace: str, fmt: str, top: int, step: str) -> None:
         print_analysis(result, top)
 
 
+def _analysis_of(path: str, selected_step: int | None = None) -> dict:
+    """An analysis result from a trace, a directory, a store, or a saved analysis JSON."""
+    import json
+
+    from .analyses import ANALYSIS_SCHEMA
+    from .analyses import analyze as run_analysis
+
+    if path.endswith(".json") and Path(path).is_file():
+        try:
+            with open(path, encoding="utf-8") as fh:
+                head = fh.read(200)
+            if '"schema"' in head and ANALYSIS_SCHEMA in head:
+                with open(path, encoding="utf-8") as fh:
+                    return json.load(fh)
+        except (OSError, ValueError):
+            pass
+    store = _load(path)
+    try:
+        return run_analysis(store, selected_step=selected_step)
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("trace", type=click.Path())
+@click.option("--budget", "budget_file", type=click.Path(dir_okay=False),
+              help="Budget file (default: profkit.toml, or [tool.profkit] in pyproject.toml, "
+                   "from the working directory upward).")
+@click.option("--baseline", type=click.Path(), help="Baseline trace, store, or saved `analyze --format json` "
+                                                     "output, for max_increase_pct budgets.")
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write a JUnit XML report.")
+@click.option("--sarif", "sarif_file", type=click.Path(dir_okay=False), help="Write findings as SARIF 2.1.0.")
+@click.option("--github", is_flag=True, help="Print workflow annotations and write the job summary "
+                                            "to $GITHUB_STEP_SUMMARY.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: one object per budget with name, unit, value (custom-benchmark input).")
+def check(trace: str, budget_file: str | None, baseline: str | None, junit_file: str | None,
+          sarif_file: str | None, github: bool, fmt: str) -> None:
+    """Check TRACE against budgets; for CI.
+
+    Exit codes: 0 all budgets hold, 1 a budget is exceeded, 2 usage or input error,
+    3 the trace cannot answer a budget (e.g. no steps or no device activity)."""
+    from . import budgets as budgets_mod
+    from . import check as check_mod
+    from . import render
+
+    config = Path(budget_file) if budget_file else budgets_mod.find_config()
+    if config is None:
+        raise ProfkitError("no budget file: pass --budget FILE, or add profkit.toml "
+                           "(or [tool.profkit.budgets] in pyproject.toml); see docs/ci.md")
+    if not config.is_file():
+        raise ProfkitError(f"{config}: no such budget file")
+    budgets = budgets_mod.load(config)
+    result = _analysis_of(trace)
+    base = _analysis_of(baseline) if baseline else None
+    outcomes = check_mod.evaluate(result, budgets, check_mod.known_metrics(), base)
+    code = check_mod.exit_code(outcomes)
+    if junit_file:
+        from .report_junit import junit_xml
+
+        Path(junit_file).write_text(junit_xml(outcomes, trace), encoding="utf-8")
+    if sarif_file:
+        from .report_sarif import sarif_log
+
+        paths = {t.get("trace_id"): t.get("path") for t in result["traces"]}
+        Path(sarif_file).write_text(render.to_json(sarif_log(result, paths)) + "\n", encoding="utf-8")
+    if fmt == "json":
+        click.echo(render.to_json(check_mod.benchmark_entries(outcomes)))
+    else:
+        from .report_check import print_check
+
+        print_check(outcomes, result, code)
+    if github:
+        from .report_check import check_markdown
+        from .report_github import annotations, write_step_summary
+
+        for line in annotations(outcomes, result["findings"]):
+            click.echo(line)
+        write_step_summary(check_markdown(outcomes, result, code))
+    sys.exit(code)
+
+
 @cli.command(name="schema")
 @click.option("--markdown", is_flag=True, help="Print docs/schema.md exactly.")
 def schema_cmd(markdown: bool) -> None:

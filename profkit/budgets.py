@@ -1,0 +1,101 @@
+"""Budgets for CI: limits on analysis metrics and findings, read from TOML.
+
+A budget names a metric by its path into one trace's results of
+`profkit analyze --format json` (`breakdown.idle_pct`) or a finding rule
+(`findings.RULE.impact_ns`, `findings.RULE.count`, `findings.RULE.share_pct`), and limits
+it with `max` and/or `min`; with `--baseline`, `max_increase_pct` limits growth against
+the baseline's value. By default the worst rank must hold the limit; `rank = N` limits
+one rank. Looked up as `profkit.toml` (table `[budgets]`) or `pyproject.toml`
+(table `[tool.profkit.budgets]`) from the working directory upward.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ProfkitError
+
+FINDING_FIELDS = ("impact_ns", "count", "share_pct")
+LIMIT_KEYS = {"max", "min", "max_increase_pct", "rank", "description"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str
+    max: float | None = None
+    min: float | None = None
+    max_increase_pct: float | None = None
+    rank: int | None = None
+    description: str = ""
+
+    @property
+    def finding_rule(self) -> tuple[str, str] | None:
+        """(rule, field) for a `findings.RULE.FIELD` metric, else None."""
+        if not self.metric.startswith("findings."):
+            return None
+        rule, _, field = self.metric[len("findings."):].rpartition(".")
+        return rule, field
+
+    def describe(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"<= {self.max:g}")
+        if self.max_increase_pct is not None:
+            parts.append(f"at most +{self.max_increase_pct:g}% over baseline")
+        scope = f"rank {self.rank}" if self.rank is not None else "worst rank"
+        return f"{self.metric} {' and '.join(parts)} ({scope})"
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """The nearest profkit.toml, or pyproject.toml with [tool.profkit], upward from start."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "profkit.toml").is_file():
+            return folder / "profkit.toml"
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and "profkit" in _read_toml(pyproject).get("tool", {}):
+            return pyproject
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfkitError(f"{path}: cannot read budget file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfkitError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load(path: Path) -> list[Budget]:
+    data = _read_toml(path)
+    table = data.get("tool", {}).get("profkit", {}).get("budgets") if path.name == "pyproject.toml" \
+        else data.get("budgets", data.get("tool", {}).get("profkit", {}).get("budgets"))
+    if not table:
+        raise ProfkitError(f"{path}: no budgets (expected a [budgets] table, or [tool.profkit.budgets] in pyproject.toml)")
+    budgets = []
+    for metric, limit in table.items():
+        if not isinstance(limit, dict):
+            raise ProfkitError(f'{path}: budget "{metric}" must be a table like {{ max = 10 }}')
+        unknown = set(limit) - LIMIT_KEYS
+        if unknown:
+            raise ProfkitError(f'{path}: budget "{metric}" has unknown keys {sorted(unknown)} '
+                               f"(allowed: {sorted(LIMIT_KEYS)})")
+        if not {"max", "min", "max_increase_pct"} & set(limit):
+            raise ProfkitError(f'{path}: budget "{metric}" sets no limit (max, min or max_increase_pct)')
+        for key in ("max", "min", "max_increase_pct"):
+            if key in limit and not isinstance(limit[key], (int, float)):
+                raise ProfkitError(f'{path}: budget "{metric}": {key} must be a number')
+        budgets.append(Budget(metric=metric, max=limit.get("max"), min=limit.get("min"),
+                              max_increase_pct=limit.get("max_increase_pct"), rank=limit.get("rank"),
+                              description=str(limit.get("description", ""))))
+    return budgets

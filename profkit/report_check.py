@@ -1,0 +1,36 @@
+"""The verdict of `profkit check` for people: a terminal table and a Markdown summary."""
+from __future__ import annotations
+
+from typing import Any
+
+from .check import Outcome
+from .report_markdown import analysis_markdown
+
+_MARK = {"pass": "PASS", "fail": "FAIL", "unanswerable": "N/A"}
+_VERDICT = {0: "all budgets hold", 1: "budget exceeded", 3: "some budgets could not be checked"}
+
+
+def print_check(outcomes: list[Outcome], result: dict[str, Any], code: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("", "budget", "value", "details", title="profkit budgets", title_justify="left")
+    style = {"pass": "green", "fail": "red", "unanswerable": "yellow"}
+    for o in outcomes:
+        table.add_row(f"[{style[o.status]}]{_MARK[o.status]}[/]", o.budget.describe(),
+                      "-" if o.value is None else f"{o.value:g}", o.message)
+    from .report_terminal import make_console
+
+    console = make_console()
+    console.print(table)
+    console.print(f"{_VERDICT.get(code, '')} (exit {code})")
+
+
+def check_markdown(outcomes: list[Outcome], result: dict[str, Any], code: int) -> str:
+    lines = ["## profkit check", "", f"**{_VERDICT.get(code, '')}** (exit {code})", "",
+             "| | budget | value | details |", "|---|---|---:|---|"]
+    for o in outcomes:
+        value = "-" if o.value is None else f"{o.value:g}"
+        lines.append(f"| {_MARK[o.status]} | {o.budget.describe()} | {value} | {o.message} |")
+    lines += ["", analysis_markdown(result, top=10).replace("# profkit analysis", "### Analysis", 1)]
+    return "\n".join(lines) + "\n"
