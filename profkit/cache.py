@@ -87,9 +87,18 @@ def cache_candidates(path: Path) -> list[Path]:
     return [beside, cache_dir() / f"{resolved.name}-{digest}{CACHE_SUFFIX}"]
 
 
+def _writable(folder: Path) -> bool:
+    """Writable for us and not marked read-only: root passes os.access on a read-only
+    folder, but a folder whose mode has no write bit is someone's archive of traces."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def _writable_candidate(path: Path) -> Path:
     beside, fallback = cache_candidates(path)
-    if os.access(beside.parent, os.W_OK) and not os.environ.get("PROFKIT_CACHE_DIR"):
+    if _writable(beside.parent) and not os.environ.get("PROFKIT_CACHE_DIR"):
         return beside
     fallback.parent.mkdir(parents=True, exist_ok=True)
     return fallback

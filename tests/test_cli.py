@@ -102,3 +102,22 @@ def test_docs_cli_md_is_generated_from_the_code():
     doc = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
     assert doc.read_text() == cli_reference.markdown() + "\n", \
         "regenerate: python -m profkit.cli_reference > docs/cli.md"
+
+
+def test_the_cache_never_goes_into_a_read_only_folder(tmp_path, monkeypatch):
+    """Root can write anywhere; a folder marked read-only (like ../shared) still gets no cache."""
+    from profkit import cache
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    trace = folder / "t.json"
+    trace.write_text("{}")
+    folder.chmod(0o555)
+    try:
+        monkeypatch.delenv("PROFKIT_CACHE_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert cache._writable_candidate(trace).parent == tmp_path / "xdg" / "profkit"
+        folder.chmod(0o755)
+        assert cache._writable_candidate(trace).parent == folder
+    finally:
+        folder.chmod(0o755)
