@@ -235,6 +235,42 @@ def check(trace: str, budget_file: str | None, baseline: str | None, junit_file:
     sys.exit(code)
 
 
+@cli.command()
+@click.argument("base", type=click.Path())
+@click.argument("new", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows per table.")
+@click.option("--fail-on-regression", "fail_pct", type=click.FloatRange(min=0), default=None,
+              help="Exit 1 when NEW's step time (or device time per step) is more than PCT% above BASE's.")
+def diff(base: str, new: str, fmt: str, top: int, fail_pct: float | None) -> None:
+    """What changed from BASE to NEW: step time, breakdown, per-category, per-kernel and
+    per-operator time per step, new and vanished kernels, findings that appeared or grew.
+
+    Kernel names are normalised (and kernels matched by the operator that launched them)
+    so the same work on another vendor or library version still matches."""
+    from . import render
+    from .diff import diff_paths, regressions
+
+    result = diff_paths(base, new)
+    if fmt == "json":
+        click.echo(render.to_json(result))
+    elif fmt == "markdown":
+        from .report_diff import diff_markdown
+
+        click.echo(diff_markdown(result, top))
+    else:
+        from .report_diff import print_diff
+        from .report_terminal import make_console
+
+        print_diff(result, top, console=make_console())
+    if fail_pct is not None:
+        reasons = regressions(result, fail_pct)
+        for reason in reasons:
+            click.echo(f"profkit: regression: {reason}", err=True)
+        if reasons:
+            sys.exit(1)
+
+
 @cli.command(name="schema")
 @click.option("--markdown", is_flag=True, help="Print docs/schema.md exactly.")
 def schema_cmd(markdown: bool) -> None:
