@@ -1,0 +1,336 @@
+"""`profkit analyze --timeline out.pftrace`: the store as a Perfetto trace, with the
+critical path and the findings drawn in, to open in https://ui.perfetto.dev.
+
+Layout (custom-scoped TrackEvent tracks; see docs/timeline.md):
+
+    Critical path                      one slice per path segment, arrows between its events
+    Findings                           one slice per place a finding points at
+    rank 0 (kineto) trace.json.gz      one group per trace
+        process 4821 (python3.12)
+            thread 4821 (python3.12)   host events, nested by time
+        GPU 0 (NVIDIA H100)
+            stream 7                   device events
+        <counter name>                 counters
+
+Launch links become flow arrows from the runtime call to the device activity. Host
+threads and GPU streams are custom tracks rather than Perfetto process/thread tracks:
+ranks of one job often reuse pids and tids, and Perfetto would merge them.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from .store import Store
+from .timeline_marks import Mark, critical_path_marks, finding_marks
+from .timeline_writer import LaneTrack, PacketWriter, load_protos
+
+_BATCH_ROWS = 65536
+# Link arrows get flow ids 1..N; the critical path's arrows count from here, apart.
+CRITICAL_PATH_FLOW_BASE = 1 << 62
+HOST, DEVICE, OTHER = 0, 1, 2
+
+
+def write_timeline(store: Store, path: str | Path, critical_path: list[dict] | None = None,
+                   findings: list[dict] | None = None, trace_ids: list[int] | None = None,
+                   link_kinds: tuple[str, ...] = ("launch",)) -> dict[str, Any]:
+    """Write the store's traces (all, or `trace_ids`) as a Perfetto trace at `path`.
+
+    `critical_path`: segments in order, each {event_id, start_ns, end_ns, cause, name},
+    times on the store's common clock (trace clock + clock_offset_ns, as profkit.graph_build).
+    `findings`: Finding.to_dict() dicts (their evidence times on their trace's own clock).
+    `link_kinds`: which `links` become arrows. Returns statistics of what was written.
+    Raises ProfkitError if the `perfetto` package is missing.
+    """
+    pb = load_protos()
+    started = time.perf_counter()
+    path = Path(path)
+    traces = _traces(store, trace_ids)
+    exported = {t["trace_id"] for t in traces}
+    offsets = {t["trace_id"]: int(t["clock_offset_ns"] or 0) for t in traces}
+
+    cp_marks, cp_pairs, cp_skipped = critical_path_marks(store, critical_path or [], exported)
+    f_marks, f_skipped = finding_marks(store, findings or [], offsets, exported)
+    shift = _time_shift(store, traces, cp_marks + f_marks)
+
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with open(tmp, "wb") as file:
+            writer = PacketWriter(file, pb)
+            stats = _Export(store, writer, traces, shift).run(cp_marks, cp_pairs, f_marks, link_kinds)
+            writer.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    stats.update({
+        "path": str(path), "bytes": path.stat().st_size, "packets": writer.packets,
+        "traces": len(traces), "critical_path_segments_skipped": cp_skipped,
+        "findings_skipped": f_skipped, "time_shift_ns": shift,
+        "seconds": round(time.perf_counter() - started, 3),
+    })
+    return stats
+
+
+def _traces(store: Store, trace_ids: list[int] | None) -> list[dict]:
+    rows = store.rows("SELECT trace_id, rank, format, path, clock_offset_ns, start_ns, end_ns "
+                      "FROM traces ORDER BY coalesce(rank, trace_id), trace_id")
+    if trace_ids is not None:
+        wanted = set(trace_ids)
+        rows = [r for r in rows if r["trace_id"] in wanted]
+    return rows
+
+
+def _time_shift(store: Store, traces: list[dict], marks: list[Mark]) -> int:
+    """Perfetto timestamps are unsigned: shift everything if anything would be negative."""
+    lows = [int(t["start_ns"]) + int(t["clock_offset_ns"] or 0) for t in traces if t["start_ns"] is not None]
+    ids = ",".join(str(t["trace_id"]) for t in traces) or "NULL"
+    counter_low = store.con.execute(
+        f"SELECT min(c.ts_ns + coalesce(t.clock_offset_ns, 0)) FROM counters c "
+        f"JOIN traces t USING (trace_id) WHERE trace_id IN ({ids})").fetchall()[0][0]
+    if counter_low is not None:
+        lows.append(int(counter_low))
+    lows += [m.start for m in marks]
+    low = min(lows, default=0)
+    return -low if low < 0 else 0
+
+
+def trace_label(trace: dict) -> str:
+    """The name of a trace's top-level group, e.g. `rank 0 (kineto) trace.json.gz`."""
+    who = f"rank {trace['rank']}" if trace["rank"] is not None else f"trace {trace['trace_id']}"
+    return f"{who} ({trace['format']}) {Path(str(trace['path'])).name}"
+
+
+class _Export:
+    def __init__(self, store: Store, writer: PacketWriter, traces: list[dict], shift: int):
+        self.store = store
+        self.w = writer
+        self.traces = traces
+        self.shift = shift
+        self.ids_sql = ",".join(str(t["trace_id"]) for t in traces) or "NULL"
+        self.groups: dict[tuple, int] = {}          # (trace_id, kind, key) -> group track uuid
+        self.tracks: dict[tuple, tuple] = {}        # (trace_id, lane kind, k1, k2) -> (name, parent, rank)
+        self.stats: dict[str, Any] = {"tracks": {}, "slices": 0, "extra_lanes": 0, "flows_launch": 0,
+                                      "flows_critical_path": 0, "counter_tracks": 0, "counter_samples": 0}
+
+    def run(self, cp_marks, cp_pairs, f_marks, link_kinds) -> dict[str, Any]:
+        cp_flows = self._overlays(cp_marks, cp_pairs, f_marks)
+        self._layout()
+        self._events(cp_flows, link_kinds)
+        self._counters()
+        self.stats["tracks"] = len(self.tracks)
+        return self.stats
+
+    # -- overlays ------------------------------------------------------------------
+    def _overlays(self, cp_marks, cp_pairs, f_marks) -> dict[int, tuple[list[int], list[int]]]:
+        # The overlays come first in the file, so the UI lists them above the traces.
+        self.stats["critical_path_slices"] = self._marks(
+            "Critical path", cp_marks,
+            "The longest dependency chain: each slice is a segment of the path, named by its cause; "
+            "arrows join its events on the tracks below.")
+        self.stats["finding_slices"] = self._marks(
+            "Findings", f_marks,
+            "One slice where each finding points: select it for impact, recommendation and the SQL "
+            "that shows the evidence.")
+        # Arrow ids for the critical path: event -> (outgoing ids, terminating ids).
+        flows: dict[int, tuple[list[int], list[int]]] = {}
+        for i, (src, dst) in enumerate(cp_pairs):
+            flow_id = CRITICAL_PATH_FLOW_BASE + i
+            flows.setdefault(src, ([], []))[0].append(flow_id)
+            flows.setdefault(dst, ([], []))[1].append(flow_id)
+        self.stats["flows_critical_path"] = len(cp_pairs)
+        return flows
+
+    def _marks(self, name: str, marks: list[Mark], description: str) -> int:
+        """A top-level track of marks (only if there are any); returns the slices written."""
+        if not marks:
+            return 0
+        track = LaneTrack(self.w, name, None, f"profkit:{name}", description=description)
+        for m in sorted(marks, key=lambda m: (m.start, -m.end)):
+            track.add(m.start + self.shift, m.end + self.shift, m.name, annotations=m.annotations)
+        track.close()
+        return track.slices
+
+    # -- track layout ----------------------------------------------------------------
+    def _layout(self) -> None:
+        """Descriptors for every group and lane track, before any event (from one GROUP BY)."""
+        names = self._names()
+        devices = {(r[0], r[1]): r[2] for r in self.store.con.execute(
+            f"SELECT trace_id, device, any_value(name) FROM devices WHERE trace_id IN ({self.ids_sql}) GROUP BY ALL"
+        ).fetchall()}
+        keys = self.store.con.execute(f"""
+            SELECT trace_id, {_LANE_KIND} AS lk, {_K1} AS k1, {_K2} AS k2, count(*) AS n
+            FROM events e WHERE trace_id IN ({self.ids_sql})
+            GROUP BY ALL ORDER BY trace_id, lk, k1 NULLS FIRST, k2 NULLS FIRST
+        """).fetchall()
+        for trace in self.traces:
+            tid = trace["trace_id"]
+            root = self.w.track(trace_label(trace), description=str(trace["path"]), explicit_children=True)
+            self.groups[(tid, "root", None)] = root
+            ordered = sorted((k for k in keys if k[0] == tid), key=lambda k: (k[1], -k[4] if k[1] == HOST else 0))
+            for rank, (_, lk, k1, k2, n) in enumerate(ordered):
+                if lk == HOST:
+                    parent = self._group(tid, "process", k1, _process_name(k1, names.get((tid, k1, None))), 0)
+                    name = _thread_name(k2, names.get((tid, k1, k2)))
+                elif lk == DEVICE:
+                    parent = self._group(tid, "device", k1, _device_name(k1, devices.get((tid, k1))), 1)
+                    name = f"stream {k2}" if k2 is not None else "stream ?"
+                else:
+                    parent = self._group(tid, "process", k1, _process_name(k1, names.get((tid, k1, None))), 0)
+                    name = "other events"
+                self.tracks[(tid, lk, k1, k2)] = (name, parent, rank)
+
+    def _group(self, trace_id: int, kind: str, key, name: str, band: int) -> int:
+        found = self.groups.get((trace_id, kind, key))
+        if found is None:
+            # EXPLICIT order under the trace: host processes first, then devices, then counters.
+            order = band * 1_000_000 + sum(1 for g in self.groups if g[0] == trace_id)
+            found = self.w.track(name, self.groups[(trace_id, "root", None)], order_rank=order,
+                                 explicit_children=True)
+            self.groups[(trace_id, kind, key)] = found
+        return found
+
+    def _names(self) -> dict[tuple, str]:
+        rows = self.store.con.execute(
+            f"SELECT trace_id, pid, tid, any_value(name) FROM threads WHERE trace_id IN ({self.ids_sql}) "
+            f"AND name IS NOT NULL AND name <> '' GROUP BY ALL").fetchall()
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+    # -- events --------------------------------------------------------------------
+    def _events(self, cp_flows, link_kinds) -> None:
+        con = self.store.con
+        kinds = ",".join("'" + k.replace("'", "''") + "'" for k in link_kinds) or "NULL"
+        # Arrow ids for the links: ids 1..N by link row; an event may start or end several.
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _timeline_flows AS
+            SELECT row_number() OVER (ORDER BY l.src_event, l.dst_event) AS flow_id, l.src_event, l.dst_event
+            FROM links l
+            JOIN events s ON s.event_id = l.src_event
+            JOIN events d ON d.event_id = l.dst_event
+            WHERE l.kind IN ({kinds}) AND s.trace_id IN ({self.ids_sql}) AND d.trace_id IN ({self.ids_sql})
+        """)
+        try:
+            self.stats["flows_launch"] = con.execute("SELECT count(*) FROM _timeline_flows").fetchall()[0][0]
+            batches = _batches(con, f"""
+                SELECT e.event_id, e.trace_id, {_LANE_KIND} AS lk, {_K1} AS k1, {_K2} AS k2,
+                       e.start_ns + coalesce(t.clock_offset_ns, 0) + {self.shift} AS ts,
+                       e.start_ns + greatest(e.dur_ns, 0) + coalesce(t.clock_offset_ns, 0) + {self.shift} AS te,
+                       coalesce(e.name, '(unnamed)') AS name, fo.ids AS flows_out, fi.ids AS flows_in
+                FROM events e
+                JOIN traces t USING (trace_id)
+                LEFT JOIN (SELECT src_event, list(flow_id) AS ids FROM _timeline_flows GROUP BY src_event) fo
+                       ON fo.src_event = e.event_id
+                LEFT JOIN (SELECT dst_event, list(flow_id) AS ids FROM _timeline_flows GROUP BY dst_event) fi
+                       ON fi.dst_event = e.event_id
+                WHERE e.trace_id IN ({self.ids_sql})
+                ORDER BY e.trace_id, lk, k1 NULLS FIRST, k2 NULLS FIRST, ts, te DESC, e.event_id
+            """)
+            self._stream(batches, cp_flows)
+        finally:
+            con.execute("DROP TABLE IF EXISTS _timeline_flows")
+
+    def _stream(self, reader, cp_flows) -> None:
+        current_key, lane = None, None
+        for batch in reader:
+            cols = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
+            ids, traces, lks, k1s, k2s = cols["event_id"], cols["trace_id"], cols["lk"], cols["k1"], cols["k2"]
+            starts, ends, names = cols["ts"], cols["te"], cols["name"]
+            outs, ins = cols["flows_out"], cols["flows_in"]
+            for i in range(len(ids)):
+                key = (traces[i], lks[i], k1s[i], k2s[i])
+                if key != current_key:
+                    if lane is not None:
+                        self._finish(lane)
+                    name, parent, rank = self.tracks[key]
+                    lane = LaneTrack(self.w, name, parent, f"profkit:{key[0]}:{key[1]}:{key[2]}:{key[3]}", rank)
+                    current_key = key
+                flows_out, flows_in = outs[i], ins[i]
+                extra = cp_flows.get(ids[i])
+                if extra:
+                    flows_out = (flows_out or []) + extra[0]
+                    flows_in = (flows_in or []) + extra[1]
+                lane.add(starts[i], ends[i], names[i], flows_out, flows_in)
+        if lane is not None:
+            self._finish(lane)
+
+    def _finish(self, lane: LaneTrack) -> None:
+        lane.close()
+        self.stats["slices"] += lane.slices
+        self.stats["extra_lanes"] += lane.extra_lanes
+
+    # -- counters --------------------------------------------------------------------
+    def _counters(self) -> None:
+        series = self.store.con.execute(f"""
+            SELECT trace_id, name, pid, device, count(*) FROM counters WHERE trace_id IN ({self.ids_sql})
+            GROUP BY ALL ORDER BY ALL
+        """).fetchall()
+        if not series:
+            return
+        uuids = {}
+        for n, (tid, name, pid, device, _) in enumerate(series):
+            if device is not None:
+                parent = self.groups.get((tid, "device", device)) or self._group(
+                    tid, "device", device, _device_name(device, None), 1)
+            else:
+                parent = self.groups.get((tid, "process", pid)) or self.groups[(tid, "root", None)]
+            uuids[(tid, name, pid, device)] = self.w.track(str(name), parent, counter=True,
+                                                           order_rank=2_000_000 + n)
+        batches = _batches(self.store.con, f"""
+            SELECT c.trace_id, c.name, c.pid, c.device,
+                   c.ts_ns + coalesce(t.clock_offset_ns, 0) + {self.shift} AS ts, c.value
+            FROM counters c JOIN traces t USING (trace_id)
+            WHERE c.trace_id IN ({self.ids_sql}) AND c.value IS NOT NULL
+            ORDER BY ALL
+        """)
+        samples = 0
+        for batch in batches:
+            cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            for tid, name, pid, device, ts, value in zip(*cols):
+                self.w.counter(ts, uuids[(tid, name, pid, device)], float(value))
+                samples += 1
+        self.stats.update(counter_tracks=len(series), counter_samples=samples)
+
+
+def _batches(con, query: str):
+    """Arrow record batches of a query, without materialising it (DuckDB 1.x and 2.x)."""
+    try:
+        relation = con.sql(query)
+    except duckdb.Error:
+        # The caller left an execute() result unfinished, which con.sql() refuses to run
+        # beside; the DB-API path still streams, at the cost of a copy per batch.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cursor = con.execute(query)
+            reader = getattr(cursor, "to_arrow_reader", None) or cursor.fetch_record_batch
+            return reader(_BATCH_ROWS)
+    reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+    return reader(_BATCH_ROWS)
+
+
+# Which track an event goes on: host thread (pid, tid), device stream (device, stream),
+# else one "other events" track per process.
+_LANE_KIND = f"CASE WHEN e.tid IS NOT NULL THEN {HOST} WHEN e.device IS NOT NULL THEN {DEVICE} ELSE {OTHER} END"
+_K1 = "CASE WHEN e.tid IS NOT NULL THEN e.pid WHEN e.device IS NOT NULL THEN e.device ELSE e.pid END"
+_K2 = "CASE WHEN e.tid IS NOT NULL THEN e.tid WHEN e.device IS NOT NULL THEN e.stream ELSE NULL END"
+
+
+def _process_name(pid, name: str | None) -> str:
+    label = f"process {pid}" if pid is not None else "process ?"
+    return f"{label} ({name})" if name else label
+
+
+def _thread_name(tid, name: str | None) -> str:
+    if name and str(tid) in name:
+        return name
+    label = f"thread {tid}"
+    return f"{label} ({name})" if name else label
+
+
+def _device_name(device, name: str | None) -> str:
+    label = f"GPU {device}" if device is not None else "GPU ?"
+    return f"{label} ({name})" if name else label
