@@ -20,7 +20,7 @@ import re
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
-import orjson
+import msgspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -190,8 +190,8 @@ def _lane(name: str | None):
 
 def _parse_json(path: Path, w) -> set[int]:
     try:
-        doc = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
+        doc = msgspec.json.decode(path.read_bytes())
+    except msgspec.DecodeError as exc:
         raise TraceError(path, f"not valid JSON: {exc}") from None
     events = doc.get("traceEvents") if isinstance(doc, dict) else doc
     if not isinstance(events, list):
