@@ -15,7 +15,7 @@ from typing import Any
 from profkit.findings import Finding, rank
 from profkit.store import Store
 
-PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host")
+PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host", "critical_path")
 
 ANALYSIS_SCHEMA = "profkit.analysis/1"
 
@@ -85,6 +85,11 @@ def analyze_trace(store: Store, trace_id: int, selected_step: int | None = None,
         result = pass_module(name).run(ctx)
         ctx.results[name] = result.metrics
         findings.extend(result.findings)
+    if "critical_path" in passes:
+        # Where a what-if removes a finding's cause, its impact is the replayed saving.
+        from .critical_path import _windows, refine_impacts
+
+        findings = refine_impacts(store, trace_id, findings, windows=_windows(ctx))
     return ctx.results, findings
 
 

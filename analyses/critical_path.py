@@ -1,0 +1,108 @@
+"""Critical path and replay: the per-trace `critical_path` section, and finding impacts
+from what-if replays (`refine_impacts`, called by the lead after every pass has run).
+
+The graph spans every trace in the store (ranks meet at collectives), is built once per
+store and cached on it. See docs/graph.md for the model and its limits.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from profkit.findings import Finding
+from profkit.graph import build_graph, critical_path_report
+from profkit.whatif import store_windows, whatif
+
+from . import Context, PassResult
+
+NAME = "critical_path"
+
+# Findings whose cause a what-if removes: rule id -> change. idle.host_bound is about
+# launches starved by host gaps, so its what-if trims those gaps; tiny-kernel storms are
+# about per-launch host cost, so theirs removes host overhead as graph capture would.
+RULE_CHANGES = {
+    "idle.host_bound": ["host-gaps"],
+    "host.launch_bound_idle": ["host-gaps"],
+    "kernels.tiny_kernel_storm": ["no-host-overhead"],
+    "kernels.launch_latency": ["no-host-overhead"],
+    "host.sync_in_steady_state": ["no-sync"],
+    "idle.sync": ["no-sync"],
+    "comm.exposed": ["comm-overlap"],
+    "comm.rank_skew": ["straggler"],
+}
+HOTSPOT_SPEEDUP = 2.0
+
+
+def _graph(store):
+    """One graph per store (all traces), cached on the store object."""
+    ids = tuple(store.trace_ids())
+    cached = getattr(store, "_profkit_graph", None)
+    if cached is None or cached[0] != ids:
+        cached = (ids, build_graph(store, list(ids)))
+        store._profkit_graph = cached
+    return cached[1]
+
+
+def _windows(ctx: Context) -> dict:
+    windows = store_windows(ctx.store, ctx.store.trace_ids())
+    if ctx.steps and all(s.source != "whole_trace" for s in ctx.steps):
+        windows[ctx.trace_id] = [(s.step, s.start_ns, s.end_ns) for s in ctx.steps]
+    return windows
+
+
+def run(ctx: Context) -> PassResult:
+    graph = _graph(ctx.store)
+    report = critical_path_report(ctx.store, ctx.trace_id, graph=graph, windows=_windows(ctx))
+    return PassResult(metrics=report, findings=[])
+
+
+def _hotspot_kernel(store, trace_id: int, f: Finding) -> str | None:
+    ev = f.evidence
+    row = store.rows("""
+        SELECT name FROM events WHERE trace_id = ? AND kind = 'kernel' AND coalesce(device, -1) = ?
+        GROUP BY name HAVING count(*) = ? AND sum(dur_ns) = ? LIMIT 1
+    """, [trace_id, f.scope.get("device", -1), ev.get("count"), ev.get("total_ns")])
+    if row:
+        return row[0]["name"]
+    m = re.search(r"name = '((?:[^']|'')*)'", f.sql or "")
+    return m.group(1).replace("''", "'") if m else None
+
+
+def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict | None = None) -> list[Finding]:
+    """Replace the impacts of findings whose cause a what-if removes by the replayed saving
+    per step (impact_basis 'replay'); the earlier estimate stays in `details`. Hotspots
+    keep impact 0 (nothing says they can be faster) and get the 2x replay saving as evidence."""
+    graph = _graph(store)
+    if windows is None:
+        windows = store_windows(store, store.trace_ids())
+    cache: dict[tuple, dict[str, Any]] = {}
+
+    def saving(changes: list) -> dict[str, Any] | None:
+        key = tuple(str(c) for c in changes)
+        if key not in cache:
+            cache[key] = whatif(store, changes=changes, windows=windows, graph=graph)
+        return cache[key]["traces"].get(trace_id)
+
+    for f in findings:
+        if f.scope.get("trace_id") != trace_id:
+            continue
+        if f.rule == "kernels.hotspot":
+            name = _hotspot_kernel(store, trace_id, f)
+            if name:
+                r = saving([{"kind": "speedup", "kernel": name, "factor": HOTSPOT_SPEEDUP}])
+                if r:
+                    f.evidence["replay_saving_if_2x_faster_ns_per_step"] = r["saving_ns"]
+            continue
+        changes = RULE_CHANGES.get(f.rule)
+        if not changes:
+            continue
+        r = saving(changes)
+        if r is None:
+            continue
+        f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
+        f.details["replay"] = {"changes": changes, "replayed_step_ns": r["replayed_step_ns"],
+                               "predicted_step_ns": r["predicted_step_ns"]}
+        f.impact_ns = max(0, int(r["saving_ns"]))
+        f.share_pct = round(100.0 * f.impact_ns / r["replayed_step_ns"], 3) if r["replayed_step_ns"] else 0.0
+        f.impact_basis = "replay"
+    return findings

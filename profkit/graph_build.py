@@ -1,0 +1,644 @@
+"""The dependency graph of one or more traces, built from the store as arrays.
+
+Vertices are the start and end points of timed intervals (host events on each thread,
+device activities on each stream), plus one virtual vertex per cross-rank collective
+instance. Edges say "could not happen before" and carry a minimal latency (ns):
+
+- duration: a device activity's start -> its end (its measured duration);
+- host: consecutive points on one host thread (host time between them is work, never
+  latency: a thread is sequential, so the chain is its program order);
+- launch: a runtime call's start -> the device activity it enqueued (by correlation);
+- stream: consecutive activities on one stream;
+- sync: the device activity a blocking call waited for -> the end of that call;
+- event_wait: the activity an event recorded -> the next activity on the waiting stream;
+- collective: every rank's arrival -> the instance's join vertex -> every rank's end
+  (the transfer time, which is the last arriver's kernel duration).
+
+Times are on the store's common clock (`traces.clock_offset_ns` added). Everything is
+numpy arrays; `profkit.graph.to_networkx` turns a graph into a networkx DiGraph for users.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .store import Store
+
+HOST_KINDS = ("cpu_op", "python", "annotation", "runtime")
+DEVICE_KINDS = ("kernel", "memcpy", "memset")
+
+# Edge kinds.
+E_DURATION, E_HOST, E_LAUNCH, E_STREAM, E_SYNC, E_EVENT_WAIT, E_ARRIVE, E_TRANSFER = range(8)
+EDGE_KIND_NAMES = ("duration", "host", "launch", "stream", "sync", "event_wait", "arrive", "transfer")
+
+# Attribution classes of edges (what a nanosecond on the critical path is spent on).
+CATEGORY_NAMES = ("gemm", "attention", "elementwise", "reduction", "normalization", "memory", "other")
+CLASS_NAMES = tuple(f"compute.{c}" for c in CATEGORY_NAMES) + (
+    "communication", "host.op", "host.runtime", "host.gap", "launch", "sync", "idle", "wait")
+CLS = {name: i for i, name in enumerate(CLASS_NAMES)}
+
+# A gap between consecutive activities on a stream up to this long is device-side overhead
+# (kept as the stream edge's latency); a longer gap means the activity waited for something
+# else (its launch, an event) and the stream edge gets no latency.
+STREAM_GAP_MAX_NS = 2_000
+# A blocked sync call's own cost when the trace has no unblocked call of that name to measure.
+DEFAULT_SYNC_OVERHEAD_NS = 2_000
+
+SYNC_CALL = re.compile(r"(?i)(Stream|Device|Thread|Event|Ctx)Synchronize")
+STREAM_WAIT_CALL = re.compile(r"(?i)StreamWaitEvent")
+EVENT_RECORD_CALL = re.compile(r"(?i)EventRecord")
+COPY_CALL = re.compile(r"(?i)Memcpy")
+
+
+@dataclass
+class Graph:
+    """Arrays describing the graph; index `i` of the event arrays is event `i` of the graph
+    (vertices 2i and 2i+1 are its start and end); virtual vertices come after 2*n_events."""
+    # events
+    event_id: np.ndarray
+    trace_id: np.ndarray
+    kind: np.ndarray            # object array of kind names
+    name: np.ndarray            # object array
+    category: np.ndarray        # object array (None for host events)
+    start: np.ndarray           # common clock
+    end: np.ndarray
+    is_device: np.ndarray
+    launch_time: np.ndarray     # device: start of the launching call (else own start); host: start
+    # vertices
+    vtime: np.ndarray
+    vevent: np.ndarray          # event index, -1 for virtual vertices
+    order: np.ndarray           # vertex ids in topological order
+    pos: np.ndarray             # position of each vertex in `order`
+    # edges (sorted by the position of their destination)
+    src: np.ndarray
+    dst: np.ndarray
+    weight: np.ndarray
+    ekind: np.ndarray
+    ecls: np.ndarray
+    eevent: np.ndarray          # event the edge's time is attributed to (-1 none)
+    # per-edge what-if hooks
+    sync_min: np.ndarray        # host edges inside blocked sync calls: their cost without the wait (else -1)
+    gap_trim: np.ndarray        # host gap edges after a step's first launch: weight when trimmed (else -1)
+    exposed: np.ndarray         # collective edges: 1 when compute waited on the instance (else 0)
+    traces: list = field(default_factory=list)  # rows: trace_id, rank, clock_offset_ns
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.event_id.size)
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.vtime.size)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.src.size)
+
+
+def build_graph(store: Store, trace_ids: list[int] | None = None) -> Graph:
+    """The dependency graph of the given traces (all by default), across ranks."""
+    if trace_ids is None:
+        trace_ids = store.trace_ids()
+    traces = store.rows(f"""
+        SELECT trace_id, rank, coalesce(clock_offset_ns, 0) AS clock_offset_ns FROM traces
+        WHERE trace_id IN ({",".join(str(int(t)) for t in trace_ids) or "NULL"}) ORDER BY trace_id
+    """)
+    ev = _load_events(store, trace_ids)
+    b = _Builder(store, traces, ev)
+    return b.build()
+
+
+def _load_events(store: Store, trace_ids: list[int]) -> dict[str, np.ndarray]:
+    ids = ",".join(str(int(t)) for t in trace_ids) or "NULL"
+    # Host lanes with nothing but annotations (the profiler's own spans and markers) are
+    # left out: they are not program order of anything.
+    table = store.arrow(f"""
+        WITH lanes AS (
+            SELECT DISTINCT trace_id, pid, tid FROM events
+            WHERE trace_id IN ({ids}) AND kind IN ('cpu_op', 'python', 'runtime') AND tid IS NOT NULL
+        )
+        SELECT e.event_id, e.trace_id, e.kind, e.name, e.category,
+               e.start_ns + coalesce(t.clock_offset_ns, 0) AS start,
+               e.dur_ns AS dur, e.pid, e.tid, e.device, e.stream, e.parent_id, coalesce(e.depth, 0) AS depth,
+               e.correlation
+        FROM events e JOIN traces t USING (trace_id)
+        WHERE e.trace_id IN ({ids}) AND e.dur_ns >= 0 AND e.start_ns IS NOT NULL
+          AND ((e.kind IN {HOST_KINDS} AND e.tid IS NOT NULL
+                AND (e.trace_id, e.pid, e.tid) IN (SELECT (trace_id, pid, tid) FROM lanes))
+            OR (e.kind IN {DEVICE_KINDS} AND e.tid IS NULL))
+        ORDER BY e.event_id
+    """)
+    out = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if name in ("kind", "name", "category"):
+            out[name] = np.asarray(col.to_pylist(), dtype=object)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else \
+                np.asarray(col.fill_null(-1).to_numpy(), dtype=np.int64)
+            if name in ("parent_id", "device", "stream", "pid", "tid", "correlation") and col.null_count:
+                out[name + "_null"] = np.asarray(col.is_null().to_numpy(zero_copy_only=False))
+    for name in ("event_id", "trace_id", "start", "dur", "pid", "tid", "device", "stream", "parent_id", "depth"):
+        out[name] = np.asarray(out[name], dtype=np.int64)
+    return out
+
+
+class _Builder:
+    def __init__(self, store: Store, traces: list[dict], ev: dict[str, np.ndarray]):
+        self.store, self.traces, self.ev = store, traces, ev
+        self.n = ev["event_id"].size
+        self.edges: list[tuple] = []   # (src, dst, weight, kind, cls, event, sync_min, gap_trim) arrays
+        self.stats: dict[str, int] = {}
+        self.index_of = {}              # event_id -> index, built lazily via searchsorted
+        kinds = ev["kind"]
+        self.is_device = np.isin(kinds, DEVICE_KINDS)
+        self.start = ev["start"]
+        self.end = ev["start"] + ev["dur"]
+        self.launch_time = self.start.copy()
+        self.launcher = np.full(self.n, -1, dtype=np.int64)
+        self.extra_vertices: list[int] = []   # times of virtual vertices
+        self.dropped_duration = np.zeros(self.n, dtype=bool)
+
+    # -- helpers ---------------------------------------------------------------
+    def idx(self, event_ids) -> np.ndarray:
+        """Graph index of store event ids (-1 where the event is not in the graph)."""
+        ids = np.asarray(event_ids, dtype=np.int64)
+        pos = np.searchsorted(self.ev["event_id"], ids)
+        pos = np.clip(pos, 0, max(self.n - 1, 0))
+        ok = (self.n > 0) & (self.ev["event_id"][pos] == ids) if self.n else np.zeros(ids.size, bool)
+        return np.where(ok, pos, -1)
+
+    def add(self, src, dst, weight, kind, cls, event, sync_min=None, gap_trim=None, exposed=0):
+        src = np.asarray(src, dtype=np.int64)
+        m = src.size
+        if m == 0:
+            return
+        full = lambda v, d=-1: np.full(m, d, dtype=np.int64) if v is None else np.broadcast_to(
+            np.asarray(v, dtype=np.int64), (m,)).copy()
+        self.edges.append((src, np.asarray(dst, dtype=np.int64), np.asarray(weight, dtype=np.int64),
+                           full(kind), full(cls), full(event), full(sync_min), full(gap_trim), full(exposed)))
+
+    # -- the graph -------------------------------------------------------------
+    def build(self) -> Graph:
+        self._launches()
+        self._device_lanes()
+        self._event_waits()
+        self._collectives()
+        self._device_edges()
+        self._host_chains_and_syncs()
+        return self._finish()
+
+    def _launches(self):
+        ids = ",".join(str(int(t["trace_id"])) for t in self.traces) or "NULL"
+        rows = self.store.arrow(f"""
+            SELECT src_event, dst_event FROM links WHERE kind = 'launch' AND trace_id IN ({ids})
+        """)
+        src = self.idx(rows.column("src_event").to_numpy())
+        dst = self.idx(rows.column("dst_event").to_numpy())
+        ok = (src >= 0) & (dst >= 0)
+        src, dst = src[ok], dst[ok]
+        ok = self.is_device[dst] & ~self.is_device[src]
+        src, dst = src[ok], dst[ok]
+        self.launcher[dst] = src
+        self.launch_time[dst] = self.start[src]
+        self.launch_src, self.launch_dst = src, dst
+
+    def _device_lanes(self):
+        """Device activities per (trace, device, stream), sorted by start; and per lane the
+        activities in launch order with a running max of their ends (what a sync waits for)."""
+        ev = self.ev
+        dev = np.flatnonzero(self.is_device)
+        order = np.lexsort((self.end[dev], self.start[dev], ev["stream"][dev], ev["device"][dev], ev["trace_id"][dev]))
+        self.dev_sorted = dev[order]
+        keys = np.stack([ev["trace_id"][self.dev_sorted], ev["device"][self.dev_sorted], ev["stream"][self.dev_sorted]], 1)
+        self.lanes: dict[tuple, dict] = {}
+        if self.dev_sorted.size:
+            change = np.ones(self.dev_sorted.size, dtype=bool)
+            change[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+            bounds = np.append(np.flatnonzero(change), self.dev_sorted.size)
+            for a, z in zip(bounds[:-1], bounds[1:]):
+                members = self.dev_sorted[a:z]
+                by_launch = members[np.argsort(self.launch_time[members], kind="stable")]
+                ends = self.end[by_launch]
+                run = np.maximum.accumulate(ends)
+                arg = np.zeros(ends.size, dtype=np.int64)
+                best = 0
+                for i in range(ends.size):  # argmax of the running max (lanes are short per sync query)
+                    if ends[i] >= ends[best]:
+                        best = i
+                    arg[i] = best
+                self.lanes[tuple(int(x) for x in keys[a])] = {
+                    "members": members, "by_launch": by_launch, "ltime": self.launch_time[by_launch],
+                    "runmax": run, "runarg": by_launch[arg]}
+        self.lane_of = {}
+        for key, lane in self.lanes.items():
+            self.lane_of.setdefault(key[0], []).append(key)
+        self.waiting_start = np.full(self.n, np.iinfo(np.int64).min, dtype=np.int64)  # event-wait pred end
+
+    def awaited(self, lane_keys, cutoff: int, not_after: int | None) -> int:
+        """The activity with the latest end among those launched before `cutoff` on the
+        lanes (that ended by `not_after`, if given): what a sync on those lanes waits for."""
+        best, best_end = -1, None
+        for key in lane_keys:
+            lane = self.lanes.get(key)
+            if lane is None:
+                continue
+            k = int(np.searchsorted(lane["ltime"], cutoff, side="left")) - 1
+            if k < 0:
+                continue
+            end = int(lane["runmax"][k])
+            if not_after is not None and end > not_after:
+                continue
+            if best_end is None or end > best_end:
+                best, best_end = int(lane["runarg"][k]), end
+        return best
+
+    def next_on_lane(self, key, after: int) -> int:
+        lane = self.lanes.get(key)
+        if lane is None:
+            return -1
+        k = int(np.searchsorted(lane["ltime"], after, side="left"))
+        return int(lane["by_launch"][k]) if k < lane["by_launch"].size else -1
+
+    def _sync_records(self) -> dict[int, dict]:
+        """Device-side sync records (Kineto cuda_sync, Nsight CUPTI sync) by their runtime call."""
+        ids = ",".join(str(int(t["trace_id"])) for t in self.traces) or "NULL"
+        rows = self.store.rows(f"""
+            SELECT l.src_event AS call, s.name, s.device, s.stream,
+                   TRY_CAST(json_extract_string(s.args, '$.wait_on_stream') AS BIGINT) AS wait_on_stream,
+                   TRY_CAST(json_extract_string(s.args, '$.wait_on_cuda_event_record_corr_id') AS BIGINT) AS record_corr
+            FROM links l JOIN events s ON s.event_id = l.dst_event
+            WHERE l.kind = 'sync' AND l.trace_id IN ({ids})
+        """)
+        out = {}
+        for r in rows:
+            i = int(self.idx([r["call"]])[0])
+            if i >= 0:
+                r["type"] = re.sub(r"[^a-z]", "", (r["name"] or "").lower())
+                out[i] = r
+        return out
+
+    def _record_call(self, i: int, corr: int | None) -> int:
+        """The cudaEventRecord call a wait refers to: by correlation when the trace says,
+        else the last event-record call on the same thread before the wait."""
+        ev = self.ev
+        cand = self.event_records.get((int(ev["trace_id"][i]), int(ev["pid"][i]), int(ev["tid"][i])))
+        if cand is None or cand.size == 0:
+            return -1
+        if corr is not None and corr >= 0:
+            hit = cand[ev["correlation"][cand] == corr]
+            if hit.size:
+                return int(hit[0])
+        k = int(np.searchsorted(self.start[cand], self.start[i], side="right")) - 1
+        return int(cand[k]) if k >= 0 else -1
+
+    def _event_waits(self):
+        """Cross-stream waits: the activity an event recorded -> the next activity launched on
+        the waiting stream after the wait call."""
+        ev = self.ev
+        host = ~self.is_device
+        names = ev["name"]
+        runtime = np.flatnonzero(host & (ev["kind"] == "runtime"))
+        rnames = names[runtime]
+        is_rec = np.fromiter((bool(EVENT_RECORD_CALL.search(n or "")) for n in rnames), bool, runtime.size)
+        is_wait = np.fromiter((bool(STREAM_WAIT_CALL.search(n or "")) for n in rnames), bool, runtime.size)
+        is_sync = np.fromiter((bool(SYNC_CALL.search(n or "")) for n in rnames), bool, runtime.size)
+        recs = runtime[is_rec]
+        recs = recs[np.lexsort((self.start[recs], ev["tid"][recs], ev["pid"][recs], ev["trace_id"][recs]))]
+        self.event_records = {}
+        for i in recs:
+            self.event_records.setdefault((int(ev["trace_id"][i]), int(ev["pid"][i]), int(ev["tid"][i])), []).append(i)
+        self.event_records = {k: np.asarray(v, dtype=np.int64) for k, v in self.event_records.items()}
+        self.sync_records = self._sync_records()
+        self.sync_calls = set(int(i) for i in runtime[is_sync])
+        for call, rec in self.sync_records.items():
+            if rec["type"] in ("streamsync", "contextsync", "eventsync"):
+                self.sync_calls.add(call)
+        # Launches per thread, for "the next launch after the wait on this thread".
+        ls = self.launch_src
+        thread_launch = {}
+        if ls.size:
+            o = np.lexsort((self.start[ls], ev["tid"][ls], ev["pid"][ls], ev["trace_id"][ls]))
+            for s, d in zip(ls[o].tolist(), self.launch_dst[o].tolist()):
+                thread_launch.setdefault((int(ev["trace_id"][s]), int(ev["pid"][s]), int(ev["tid"][s])), []).append((int(self.start[s]), int(d)))
+            thread_launch = {k: (np.asarray([a for a, _ in v], dtype=np.int64), np.asarray([b for _, b in v], dtype=np.int64))
+                             for k, v in thread_launch.items()}
+        src_l, dst_l = [], []
+        waits = set(int(i) for i in runtime[is_wait]) | {c for c, r in self.sync_records.items()
+                                                         if r["type"] in ("streamwaitevent", "streamwaitsync")}
+        for w in sorted(waits):
+            tid = int(ev["trace_id"][w])
+            rec = self.sync_records.get(w, {})
+            thread = (tid, int(ev["pid"][w]), int(ev["tid"][w]))
+            # The waiting stream: the sync record's, else the stream of the thread's next launch.
+            target = -1
+            if rec.get("stream") is not None and rec["stream"] >= 0:
+                keys = [k for k in self.lane_of.get(tid, []) if k[2] == rec["stream"]]
+                cands = [self.next_on_lane(k, int(self.start[w])) for k in keys]
+                cands = [c for c in cands if c >= 0]
+                target = min(cands, key=lambda c: self.launch_time[c]) if cands else -1
+            else:
+                starts, dsts = thread_launch.get(thread, (np.empty(0, np.int64), np.empty(0, np.int64)))
+                k = int(np.searchsorted(starts, int(self.start[w]), side="left"))
+                target = int(dsts[k]) if k < dsts.size else -1
+            if target < 0:
+                continue
+            target_key = (tid, int(ev["device"][target]), int(ev["stream"][target]))
+            record = self._record_call(w, rec.get("record_corr"))
+            if record < 0:
+                continue
+            if rec.get("wait_on_stream") is not None and rec["wait_on_stream"] >= 0:
+                lanes = [k for k in self.lane_of.get(tid, []) if k[2] == rec["wait_on_stream"]]
+            else:
+                lanes = [k for k in self.lane_of.get(tid, []) if k != target_key]
+            src = self.awaited(lanes, int(self.start[record]), int(self.start[target]))
+            if src < 0 or src == target:
+                continue
+            src_l.append(src)
+            dst_l.append(target)
+        src_a, dst_a = np.asarray(src_l, dtype=np.int64), np.asarray(dst_l, dtype=np.int64)
+        self.wait_src, self.wait_dst = src_a, dst_a
+        gap = self.start[dst_a] - self.end[src_a] if src_a.size else np.zeros(0, np.int64)
+        self.add(2 * src_a + 1, 2 * dst_a, np.where(gap <= STREAM_GAP_MAX_NS, gap, 0), E_EVENT_WAIT, CLS["wait"], -1)
+        if src_a.size:
+            np.maximum.at(self.waiting_start, dst_a, self.end[src_a])
+        self.stats["event_waits"] = int(src_a.size)
+
+    def _collectives(self):
+        """Across ranks: instances matched by process group, op and sequence number (else
+        order); each rank's kernel ends only after the last rank arrived plus the transfer."""
+        self.collective_joins = 0
+        if len({t["rank"] for t in self.traces}) < 2:
+            return
+        ids = ",".join(str(int(t["trace_id"])) for t in self.traces)
+        rows = self.store.rows(f"""
+            SELECT e.event_id, e.trace_id, coalesce(c.process_group, '') AS pg, c.op, c.seq
+            FROM events e JOIN collectives c USING (event_id)
+            WHERE e.trace_id IN ({ids}) AND e.kind = 'kernel'
+            ORDER BY e.trace_id, e.start_ns
+        """)
+        groups: dict[tuple, dict[int, list]] = {}
+        for r in rows:
+            i = int(self.idx([r["event_id"]])[0])
+            if i >= 0:
+                groups.setdefault((r["pg"], r["op"]), {}).setdefault(r["trace_id"], []).append((r["seq"], i))
+        src_a, dst_a, w_a, k_a, c_a, e_a, x_a = [], [], [], [], [], [], []
+        base = 2 * self.n
+        for key, per_trace in groups.items():
+            if len(per_trace) < 2:
+                continue
+            lists = list(per_trace.values())
+            use_seq = all(s is not None for lst in lists for s, _ in lst)
+            if use_seq:
+                by_seq: dict[int, list[int]] = {}
+                for lst in lists:
+                    for s, i in lst:
+                        by_seq.setdefault(s, []).append(i)
+                instances = [v for v in by_seq.values() if len(v) == len(lists)]
+            else:
+                count = min(len(lst) for lst in lists)
+                if any(len(lst) != count for lst in lists):
+                    self.stats["collective_groups_unmatched"] = self.stats.get("collective_groups_unmatched", 0) + 1
+                    continue
+                instances = [[lst[j][1] for lst in lists] for j in range(count)]
+            for members in instances:
+                m = np.asarray(members, dtype=np.int64)
+                join_t = int(self.start[m].max())
+                transfer = int((self.end[m] - self.start[m]).min())
+                if np.any(self.end[m] < join_t + transfer):
+                    continue  # clocks not aligned well enough to trust the join
+                j = base + len(self.extra_vertices)
+                self.extra_vertices.append(join_t)
+                exposed = int(self._compute_waited_on(m))
+                # Disabled (NEG) own-duration edges: what-ifs that take the instance's wait
+                # for the other ranks away enable them.
+                src_a += list(2 * m); dst_a += list(2 * m + 1); w_a += [-(1 << 62)] * m.size
+                k_a += [E_DURATION] * m.size; c_a += [CLS["communication"]] * m.size; e_a += list(m)
+                x_a += [exposed] * m.size
+                src_a += list(2 * m); dst_a += [j] * m.size; w_a += [0] * m.size
+                k_a += [E_ARRIVE] * m.size; c_a += [CLS["wait"]] * m.size; e_a += list(m)
+                src_a += [j] * m.size; dst_a += list(2 * m + 1); w_a += [transfer] * m.size
+                k_a += [E_TRANSFER] * m.size; c_a += [CLS["communication"]] * m.size; e_a += list(m)
+                x_a += [exposed] * (2 * m.size)
+                self.dropped_duration[m] = True
+                self.collective_joins += 1
+        if src_a:
+            self.edges.append((np.asarray(src_a), np.asarray(dst_a), np.asarray(w_a), np.asarray(k_a),
+                               np.asarray(c_a), np.asarray(e_a), np.full(len(src_a), -1), np.full(len(src_a), -1),
+                               np.asarray(x_a)))
+        self.stats["collective_instances"] = self.collective_joins
+        self.stats["collective_instances_exposed"] = int(sum(x_a) // 3 // max(1, len(self.traces))) if x_a else 0
+
+    def _compute_waited_on(self, members: np.ndarray) -> bool:
+        """True when, on some rank, a device activity on another stream started as soon as
+        this collective ended (it waited on it: the collective was exposed)."""
+        for i in members.tolist():
+            waiters = self.wait_dst[self.wait_src == i]
+            if waiters.size and np.any(self.start[waiters] - self.end[i] <= STREAM_GAP_MAX_NS):
+                return True
+        return False
+
+    def _device_edges(self):
+        ev = self.ev
+        dev = np.flatnonzero(self.is_device & ~self.dropped_duration)
+        cats = ev["category"][dev]
+        cls = np.array([CLS["communication"] if c == "communication" else
+                        CLS.get(f"compute.{c}", CLS["compute.other"]) for c in cats], dtype=np.int64)
+        self.add(2 * dev, 2 * dev + 1, self.end[dev] - self.start[dev], E_DURATION, cls, dev)
+        # stream order
+        s = self.dev_sorted
+        if s.size > 1:
+            keys = np.stack([ev["trace_id"][s], ev["device"][s], ev["stream"][s]], 1)
+            same = np.all(keys[1:] == keys[:-1], axis=1)
+            prev, nxt = s[:-1][same], s[1:][same]
+            gap = self.start[nxt] - self.end[prev]
+            ok = gap >= 0
+            self.stats["stream_overlaps"] = int((~ok).sum())
+            prev, nxt, gap = prev[ok], nxt[ok], gap[ok]
+            self.add(2 * prev + 1, 2 * nxt, np.where(gap <= STREAM_GAP_MAX_NS, gap, 0), E_STREAM, CLS["idle"], prev)
+            blocked = np.zeros(self.n, dtype=bool)
+            blocked[nxt[gap <= STREAM_GAP_MAX_NS]] = True
+        else:
+            blocked = np.zeros(self.n, dtype=bool)
+        waited = self.waiting_start > np.iinfo(np.int64).min
+        blocked[waited] |= self.start[waited] - self.waiting_start[waited] <= STREAM_GAP_MAX_NS
+        # launch: measured latency where the stream did not hold the activity back, else
+        # the trace's median unblocked latency (never more than was observed)
+        src, dst = self.launch_src, self.launch_dst
+        delta = self.start[dst] - self.start[src]
+        ok = delta >= 0
+        self.stats["launch_before_call"] = int((~ok).sum())
+        src, dst, delta = src[ok], dst[ok], delta[ok]
+        free = ~blocked[dst]
+        median = int(np.median(delta[free])) if free.any() else 0
+        weight = np.where(free, delta, np.minimum(delta, median))
+        self.add(2 * src, 2 * dst, weight, E_LAUNCH, CLS["launch"], dst)
+        self.stats["launches"] = int(src.size)
+        self.stats["median_launch_latency_ns"] = median
+        self.stats["device_without_launch"] = int((self.is_device & (self.launcher < 0)).sum())
+
+    def _host_chains_and_syncs(self):
+        ev = self.ev
+        host = np.flatnonzero(~self.is_device)
+        if host.size == 0:
+            self.host_vertices = np.empty(0, dtype=np.int64)
+            return
+        verts = np.concatenate([2 * host, 2 * host + 1])
+        owner_ev = verts // 2
+        is_start = verts % 2 == 0
+        t = np.where(is_start, self.start[owner_ev], self.end[owner_ev])
+        zero = self.start[owner_ev] == self.end[owner_ev]
+        cls_key = np.where(is_start, 1, np.where(zero, 2, 0))
+        sub = np.where(is_start, ev["depth"][owner_ev], -ev["depth"][owner_ev])
+        o = np.lexsort((sub, cls_key, t, ev["tid"][owner_ev], ev["pid"][owner_ev], ev["trace_id"][owner_ev]))
+        verts, owner_ev, is_start, t = verts[o], owner_ev[o], is_start[o], t[o]
+        lane = np.stack([ev["trace_id"][owner_ev], ev["pid"][owner_ev], ev["tid"][owner_ev]], 1)
+        same = np.all(lane[1:] == lane[:-1], axis=1)
+        u, v = verts[:-1][same], verts[1:][same]
+        ue, us = owner_ev[:-1][same], is_start[:-1][same]
+        w = t[1:][same] - t[:-1][same]
+        # The segment between two points belongs to the innermost open event: the event that
+        # started at u, or the parent of the event that ended at u.
+        parent = self.idx(ev["parent_id"][ue])
+        if "parent_id_null" in ev:
+            parent = np.where(ev["parent_id_null"][ue], -1, parent)
+        owner = np.where(us, ue, parent)
+        okind = np.where(owner >= 0, ev["kind"][np.maximum(owner, 0)], None)
+        cls = np.full(u.size, CLS["host.gap"], dtype=np.int64)
+        cls[okind == "cpu_op"] = CLS["host.op"]
+        cls[okind == "runtime"] = CLS["host.runtime"]
+        sync_min = np.full(u.size, -1, dtype=np.int64)
+        # Blocking calls: the awaited device work's end -> the call's end.
+        s_src, s_dst, s_w = [], [], []
+        seg_of_call = {int(e): k for k, e in enumerate(ue) if us[k] and v[k] == 2 * e + 1}
+        sync_info = []
+        for call in sorted(self.sync_calls | self._copy_waits()):
+            a = self._awaited_by(call)
+            if a < 0:
+                continue
+            blocked = self.end[a] >= self.start[call]
+            ret = int(self.end[call] - self.end[a]) if blocked else 0
+            s_src.append(2 * a + 1); s_dst.append(2 * call + 1); s_w.append(ret)
+            sync_info.append((call, blocked))
+        names = ev["name"]
+        unblocked = {}
+        for call, blocked in sync_info:
+            if not blocked:
+                unblocked.setdefault(names[call], []).append(int(self.end[call] - self.start[call]))
+        for call, blocked in sync_info:
+            k = seg_of_call.get(call)
+            if k is None:
+                continue
+            d = int(w[k])
+            own = int(np.median(unblocked[names[call]])) if names[call] in unblocked else DEFAULT_SYNC_OVERHEAD_NS
+            if blocked:
+                w[k] = min(d, own)
+                cls[k] = CLS["sync"]
+            sync_min[k] = min(d, own)
+        s_src = np.asarray(s_src, dtype=np.int64)
+        self.add(s_src, s_dst, s_w, E_SYNC, CLS["sync"], s_src // 2 if s_src.size else -1)
+        self.stats["sync_waits"] = int(s_src.size)
+        # Gap trimming (what-if): gaps after the first launch of their step, to the median gap.
+        gap_trim = np.full(u.size, -1, dtype=np.int64)
+        gaps = (cls == CLS["host.gap"]) & (w > 0)
+        if gaps.any():
+            typical = int(np.median(w[gaps]))
+            first = self._first_launch_after_step_start(t[:-1][same], lane[:-1][same])
+            trim = gaps & (w > typical) & first
+            gap_trim[trim] = typical
+        self.add(u, v, w, E_HOST, cls, np.where(owner >= 0, owner, -1), sync_min, gap_trim)
+
+    def _copy_waits(self) -> set[int]:
+        """Copy calls that returned only after their copy finished: they waited for it."""
+        src, dst = self.launch_src, self.launch_dst
+        if src.size == 0:
+            return set()
+        names = self.ev["name"][src]
+        is_copy = np.fromiter((bool(COPY_CALL.search(n or "")) for n in names), bool, src.size)
+        waited = is_copy & (self.end[dst] <= self.end[src]) & (self.end[dst] >= self.start[src]) & (self.ev["kind"][dst] == "memcpy")
+        self.copy_wait = dict(zip(src[waited].tolist(), dst[waited].tolist()))
+        return set(self.copy_wait)
+
+    def _awaited_by(self, call: int) -> int:
+        if call in getattr(self, "copy_wait", {}) and call not in self.sync_calls:
+            return self.copy_wait[call]
+        ev = self.ev
+        tid = int(ev["trace_id"][call])
+        rec = self.sync_records.get(call, {})
+        typ = rec.get("type", "")
+        lanes = self.lane_of.get(tid, [])
+        cutoff = int(self.start[call])
+        if typ == "streamsync" and rec.get("stream") is not None and rec["stream"] >= 0:
+            lanes = [k for k in lanes if k[2] == rec["stream"]]
+        elif typ == "contextsync" and rec.get("device") is not None:
+            lanes = [k for k in lanes if k[1] == rec["device"]]
+        elif typ == "eventsync" and rec.get("wait_on_stream") is not None and rec["wait_on_stream"] >= 0:
+            lanes = [k for k in lanes if k[2] == rec["wait_on_stream"]]
+            record = self._record_call(call, rec.get("record_corr"))
+            if record >= 0:
+                cutoff = int(self.start[record])
+        return self.awaited(lanes, cutoff, int(self.end[call]))
+
+    def _first_launch_after_step_start(self, t: np.ndarray, lane: np.ndarray) -> np.ndarray:
+        """For host points: True when a launch already happened on the thread in this step
+        (steps table; without steps, after the thread's first launch)."""
+        ev = self.ev
+        ids = ",".join(str(int(x["trace_id"])) for x in self.traces) or "NULL"
+        steps = self.store.rows(f"""
+            SELECT s.trace_id, s.start_ns + coalesce(t.clock_offset_ns, 0) AS start
+            FROM steps s JOIN traces t USING (trace_id) WHERE s.trace_id IN ({ids}) ORDER BY 1, 2
+        """)
+        ls = self.launch_src
+        result = np.zeros(t.size, dtype=bool)
+        step_starts: dict[int, np.ndarray] = {}
+        for r in steps:
+            step_starts.setdefault(r["trace_id"], []).append(r["start"])
+        for key in {tuple(x) for x in lane.tolist()} if lane.size < 5_000_000 else []:
+            on = np.all(lane == np.asarray(key), axis=1)
+            mine = ls[(ev["trace_id"][ls] == key[0]) & (ev["pid"][ls] == key[1]) & (ev["tid"][ls] == key[2])]
+            if mine.size == 0:
+                continue
+            lt = np.sort(self.start[mine])
+            starts = np.asarray(step_starts.get(key[0], [np.iinfo(np.int64).min]), dtype=np.int64)
+            tp = t[on]
+            win = np.searchsorted(starts, tp, side="right") - 1
+            win_start = np.where(win >= 0, starts[np.maximum(win, 0)], np.iinfo(np.int64).min)
+            # first launch at or after the window start
+            k = np.searchsorted(lt, win_start, side="left")
+            first = np.where(k < lt.size, lt[np.minimum(k, lt.size - 1)], np.iinfo(np.int64).max)
+            result[on] = tp >= first
+        return result
+
+    def _finish(self) -> Graph:
+        n = self.n
+        nv = 2 * n + len(self.extra_vertices)
+        vevent = np.concatenate([np.repeat(np.arange(n, dtype=np.int64), 2), np.full(len(self.extra_vertices), -1)])
+        is_start = np.concatenate([np.tile([True, False], n), np.ones(len(self.extra_vertices), bool)])
+        ev_t = np.stack([self.start, self.end], 1).reshape(-1)
+        vtime = np.concatenate([ev_t, np.asarray(self.extra_vertices, dtype=np.int64)]).astype(np.int64)
+        zero = np.concatenate([np.repeat(self.start == self.end, 2), np.zeros(len(self.extra_vertices), bool)])
+        cls_key = np.where(is_start, 1, np.where(zero, 2, 0))
+        depth = np.concatenate([np.repeat(self.ev["depth"], 2), np.full(len(self.extra_vertices), 1 << 30)])
+        sub = np.where(is_start, depth, -depth)
+        order = np.lexsort((np.arange(nv), sub, cls_key, vtime))
+        pos = np.empty(nv, dtype=np.int64)
+        pos[order] = np.arange(nv)
+        parts = list(zip(*self.edges)) if self.edges else [[np.empty(0, np.int64)]] * 9
+        src, dst, w, k, c, e, smin, gtrim, expo = (np.concatenate(p).astype(np.int64) for p in parts)
+        # Observed data satisfy t(src) <= t(dst) for real dependencies: an edge that runs
+        # backwards in time is inconsistent with the trace and is left out.
+        forward = pos[src] < pos[dst]
+        self.stats["inconsistent_edges"] = int((~forward).sum())
+        sel = np.flatnonzero(forward)
+        sel = sel[np.argsort(pos[dst[sel]], kind="stable")]
+        self.stats.update(vertices=int(nv), edges=int(sel.size), events=int(n),
+                          device_events=int(self.is_device.sum()))
+        return Graph(
+            event_id=self.ev["event_id"], trace_id=self.ev["trace_id"], kind=self.ev["kind"], name=self.ev["name"],
+            category=self.ev["category"], start=self.start, end=self.end, is_device=self.is_device,
+            launch_time=self.launch_time, vtime=vtime, vevent=vevent, order=order, pos=pos,
+            src=src[sel], dst=dst[sel], weight=w[sel], ekind=k[sel], ecls=c[sel], eevent=e[sel],
+            sync_min=smin[sel], gap_trim=gtrim[sel], exposed=expo[sel], traces=self.traces, stats=self.stats)

@@ -1,0 +1,190 @@
+"""As-soon-as-possible replay of a dependency graph, its longest (critical) path, and
+step times, all on arrays.
+
+The replay is one pass of a longest-path DP over the edges sorted by the topological
+position of their destination (vertices are in observed-time order, which is a
+topological order for a consistent graph): a vertex happens at the latest of its
+predecessors' times plus the edges' latencies; a vertex without predecessors (a thread's
+first event, a device activity nothing explains) keeps its observed time. The edge that
+set a vertex's time is remembered, so the critical path to any vertex is a walk back.
+networkx is not used here: at 1M vertices its build plus `dag_longest_path` takes ~30 s
+(DESIGN.md section 5); this loop takes about a second.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph_build import CLASS_NAMES, CLS, Graph
+
+NEG = -(1 << 62)
+
+
+@dataclass
+class Schedule:
+    time: np.ndarray     # replayed time of every vertex
+    via: np.ndarray      # index of the edge that set it (-1 for sources)
+    weight: np.ndarray   # the edge weights used
+
+
+def replay(graph: Graph, weight: np.ndarray | None = None) -> Schedule:
+    """Schedule every vertex as soon as its predecessors allow."""
+    w = graph.weight if weight is None else weight
+    nv = graph.n_vertices
+    has_pred = np.zeros(nv, dtype=bool)
+    has_pred[graph.dst] = True
+    time = np.where(has_pred, NEG, graph.vtime).tolist()
+    via = [-1] * nv
+    src, dst, wl = graph.src.tolist(), graph.dst.tolist(), w.tolist()
+    for i in range(len(src)):
+        c = time[src[i]] + wl[i]
+        d = dst[i]
+        if c > time[d]:
+            time[d] = c
+            via[d] = i
+    return Schedule(np.asarray(time, dtype=np.int64), np.asarray(via, dtype=np.int64), np.asarray(w))
+
+
+def critical_path(graph: Graph, sched: Schedule, end_vertex: int, window_start: int | None = None,
+                  max_edges: int | None = None) -> dict:
+    """The longest path into `end_vertex`, cut at `window_start` (replayed time).
+
+    Returns the path's edges (latest first), the nanoseconds each contributes inside the
+    window, and the time before the path's first vertex ("idle": nothing the graph knows
+    of ran on the path then)."""
+    edges, ns = [], []
+    v = int(end_vertex)
+    t = sched.time
+    start = NEG if window_start is None else int(window_start)
+    while True:
+        e = int(sched.via[v])
+        if e < 0 or t[v] <= start:
+            break
+        s = int(graph.src[e])
+        part = int(t[v] - max(int(t[s]), start))
+        edges.append(e)
+        ns.append(part)
+        v = s
+        if max_edges is not None and len(edges) >= max_edges:
+            break
+    lead_idle = max(0, int(t[v]) - start) if window_start is not None else 0
+    return {"edges": np.asarray(edges, dtype=np.int64), "ns": np.asarray(ns, dtype=np.int64),
+            "first_vertex": v, "idle_before_ns": lead_idle,
+            "length_ns": int(t[end_vertex] - (start if window_start is not None else t[v]))}
+
+
+def attribute(graph: Graph, path: dict) -> dict[str, int]:
+    """Nanoseconds of a path by cause (edge class); the parts sum to the path's length."""
+    out = dict.fromkeys(CLASS_NAMES, 0)
+    if path["edges"].size:
+        sums = np.bincount(graph.ecls[path["edges"]], weights=path["ns"], minlength=len(CLASS_NAMES))
+        for i, name in enumerate(CLASS_NAMES):
+            out[name] = int(round(sums[i]))
+    out["idle"] += int(path["idle_before_ns"])
+    return out
+
+
+def top_contributors(graph: Graph, paths: list[dict], per: int = 1, limit: int = 10) -> list[dict]:
+    """The largest contributors on the given paths, by (cause, event name), in ns per `per`."""
+    if not paths:
+        return []
+    edges = np.concatenate([p["edges"] for p in paths])
+    ns = np.concatenate([p["ns"] for p in paths])
+    total = int(ns.sum()) + sum(int(p["idle_before_ns"]) for p in paths)
+    if edges.size == 0 or total <= 0:
+        return []
+    acc: dict[tuple, list] = {}
+    ev = graph.eevent[edges]
+    cls = graph.ecls[edges]
+    for e, c, n in zip(ev.tolist(), cls.tolist(), ns.tolist()):
+        if n <= 0:
+            continue
+        name = graph.name[e] if e >= 0 else None
+        if CLASS_NAMES[c] == "idle" and e >= 0:
+            name = f"gap after {graph.name[e]}"
+        key = (CLASS_NAMES[c], name)
+        slot = acc.setdefault(key, [0, 0, e])
+        slot[0] += n
+        slot[1] += 1
+    rows = sorted(acc.items(), key=lambda kv: -kv[1][0])[:limit]
+    return [{"cause": k[0], "name": k[1], "ns": int(round(v[0] / per)), "count": v[1],
+             "share_pct": round(100.0 * v[0] / total, 3),
+             "example_event_id": int(graph.event_id[v[2]]) if v[2] >= 0 else None}
+            for k, v in rows]
+
+
+# -- steps --------------------------------------------------------------------------
+
+@dataclass
+class StepIndex:
+    """Which events make up each step of each trace: a step is complete when its host
+    window's last event and every device activity it launched have ended."""
+    trace_id: np.ndarray   # per step
+    step: np.ndarray
+    members: list          # per step: event indices
+    first: np.ndarray      # per step: index of the step's first event (its begin)
+
+
+def step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> StepIndex:
+    """`windows`: trace id -> [(step, start_ns, end_ns)] on the trace's own clock. Host
+    events belong to the window they start in, device activities to the window their
+    launch call started in. Traces without windows get one step: the whole trace."""
+    t_ids, steps, members, first = [], [], [], []
+    offsets = {t["trace_id"]: int(t["clock_offset_ns"]) for t in graph.traces}
+    for t in graph.traces:
+        tid = t["trace_id"]
+        mine = np.flatnonzero(graph.trace_id == tid)
+        if mine.size == 0:
+            continue
+        anchor = graph.launch_time[mine]
+        wins = sorted(windows.get(tid) or [])
+        if not wins:
+            t_ids.append(tid); steps.append(-1); members.append(mine)
+            first.append(int(mine[np.argmin(graph.start[mine])]))
+            continue
+        starts = np.asarray([w[1] for w in wins], dtype=np.int64) + offsets[tid]
+        ends = np.asarray([w[2] for w in wins], dtype=np.int64) + offsets[tid]
+        k = np.searchsorted(starts, anchor, side="right") - 1
+        inside = (k >= 0) & (anchor < ends[np.maximum(k, 0)])
+        for j, w in enumerate(wins):
+            sel = mine[inside & (k == j)]
+            if sel.size == 0:
+                continue
+            t_ids.append(tid); steps.append(int(w[0])); members.append(sel)
+            first.append(int(sel[np.argmin(graph.start[sel])]))
+    return StepIndex(np.asarray(t_ids, dtype=np.int64), np.asarray(steps, dtype=np.int64), members,
+                     np.asarray(first, dtype=np.int64))
+
+
+def step_times(graph: Graph, time: np.ndarray, index: StepIndex) -> list[dict]:
+    """Per step: begin, completion (vertex and time) and duration = completion minus the
+    previous step's completion (the first step: minus its own begin)."""
+    out = []
+    prev_by_trace: dict[int, int] = {}
+    for i in range(index.step.size):
+        mem = index.members[i]
+        ends = time[2 * mem + 1]
+        j = int(np.argmax(ends))
+        done = int(ends[j])
+        tid = int(index.trace_id[i])
+        begin = int(time[2 * index.first[i]])
+        prev = prev_by_trace.get(tid)
+        since = begin if prev is None else prev
+        out.append({"trace_id": tid, "step": int(index.step[i]), "begin_ns": begin, "done_ns": done,
+                    "done_vertex": int(2 * mem[j] + 1), "window_start_ns": since, "dur_ns": done - since})
+        prev_by_trace[tid] = done
+    return out
+
+
+def steady(rows: list[dict]) -> list[dict]:
+    """Steps after the first (warm-up) when a trace has at least three, else all."""
+    out = []
+    for tid in sorted({r["trace_id"] for r in rows}):
+        mine = [r for r in rows if r["trace_id"] == tid]
+        out += mine[1:] if len(mine) >= 3 else mine
+    return out
+
+
+def class_index(name: str) -> int:
+    return CLS[name]

@@ -1,0 +1,168 @@
+"""What-if: replay the dependency graph with a change and predict the step time.
+
+    whatif(store, trace_ids=None, changes=["no-host-overhead", "speedup:gemm=2"])
+
+Changes (strings as the CLI takes them, or dicts):
+- `no-host-overhead`          host time to zero, as if the step were graph-captured
+                              (every host-thread edge; launch latency and device work stay)
+- `host-gaps`                 Python/untraced host gaps after a step's first launch trimmed
+                              to the trace's median gap (the gaps that starve launches)
+- `speedup:CATEGORY=K`        kernels of a category (gemm, attention, communication, ...) K times faster
+- `speedup-kernel:NAME=K`     kernels named NAME (exact, else substring) K times faster
+- `comm-overlap`              communication fully overlapped: transfers cost nothing (ranks
+                              still meet at each collective)
+- `no-sync`                   host synchronisation removed: blocking calls do not wait for the device
+- `straggler`                 the rank with the most compute time brought to the median rank
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .graph_build import (CLS, E_ARRIVE, E_DURATION, E_HOST, E_SYNC, E_TRANSFER, Graph, build_graph)
+from .graph_replay import NEG, replay, steady, step_index, step_times
+from .store import Store
+
+CHANGE_KINDS = ("no_host_overhead", "host_gaps", "speedup", "comm_overlap", "no_sync", "straggler")
+
+
+def parse_change(spec: str | dict) -> dict[str, Any]:
+    """A change from its CLI spelling (`speedup:gemm=2`) or a dict (`{"kind": "speedup", ...}`)."""
+    if isinstance(spec, dict):
+        if spec.get("kind") not in CHANGE_KINDS:
+            raise ValueError(f"unknown what-if change {spec!r}; kinds: {', '.join(CHANGE_KINDS)}")
+        return dict(spec)
+    text = spec.strip()
+    head, _, rest = text.partition(":")
+    head = head.replace("-", "_")
+    if head in ("speedup", "speedup_kernel"):
+        target, _, factor = rest.rpartition("=")
+        if not target or not factor:
+            raise ValueError(f"what-if {spec!r}: expected {head.replace('_', '-')}:TARGET=FACTOR")
+        key = "category" if head == "speedup" else "kernel"
+        return {"kind": "speedup", key: target, "factor": float(factor)}
+    if head in CHANGE_KINDS and not rest:
+        return {"kind": head}
+    raise ValueError(f"unknown what-if change {spec!r}")
+
+
+def _edge_category(graph: Graph) -> np.ndarray:
+    ev = graph.eevent
+    cats = np.where(ev >= 0, graph.category[np.maximum(ev, 0)], None)
+    return cats
+
+
+def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None = None) -> np.ndarray:
+    """Edge weights with the changes applied (the graph itself is not modified)."""
+    w = (graph.weight if weight is None else weight).astype(np.int64).copy()
+    for ch in changes:
+        kind = ch["kind"]
+        if kind == "no_host_overhead":
+            w[graph.ekind == E_HOST] = 0
+        elif kind == "host_gaps":
+            trim = graph.gap_trim >= 0
+            w[trim] = np.minimum(w[trim], graph.gap_trim[trim])
+        elif kind == "speedup":
+            factor = float(ch.get("factor", 2.0))
+            if factor <= 0:
+                raise ValueError("speedup factor must be positive")
+            timed = (graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER)
+            if ch.get("category"):
+                sel = timed & (_edge_category(graph) == ch["category"])
+            else:
+                names = np.where(graph.eevent >= 0, graph.name[np.maximum(graph.eevent, 0)], None)
+                exact = timed & (names == ch["kernel"])
+                sel = exact if exact.any() else timed & np.array(
+                    [isinstance(n, str) and ch["kernel"] in n for n in names], dtype=bool)
+            w[sel] = np.round(w[sel] / factor).astype(np.int64)
+        elif kind == "comm_overlap":
+            # Transfers cost nothing; and collectives that compute waited on (exposed) no
+            # longer hold it back at all, not even for the other ranks' arrival.
+            comm = (graph.ecls == CLS["communication"]) & ((graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER))
+            w[comm] = 0
+            exposed = (graph.exposed == 1) & np.isin(graph.ekind, (E_ARRIVE, E_TRANSFER))
+            w[exposed] = NEG
+        elif kind == "no_sync":
+            w[graph.ekind == E_SYNC] = NEG
+            own = graph.sync_min >= 0
+            w[own] = np.minimum(w[own], graph.sync_min[own])
+        elif kind == "straggler":
+            _straggler(graph, w)
+        else:
+            raise ValueError(f"unknown what-if change {ch!r}")
+    return w
+
+
+def _straggler(graph: Graph, w: np.ndarray) -> None:
+    """Scale the compute kernels of the rank with the most compute time to the median rank's."""
+    compute = (graph.ekind == E_DURATION) & (graph.ecls < CLS["communication"])
+    per_trace = {}
+    edge_trace = graph.trace_id[np.maximum(graph.eevent, 0)]
+    for t in graph.traces:
+        per_trace[t["trace_id"]] = int(w[compute & (edge_trace == t["trace_id"])].sum())
+    if len(per_trace) < 2:
+        return
+    worst = max(per_trace, key=per_trace.get)
+    median = float(np.median(list(per_trace.values())))
+    if per_trace[worst] <= median or per_trace[worst] == 0:
+        return
+    sel = compute & (edge_trace == worst)
+    w[sel] = np.round(w[sel] * (median / per_trace[worst])).astype(np.int64)
+
+
+def straggler_trace(graph: Graph) -> int | None:
+    compute = (graph.ekind == E_DURATION) & (graph.ecls < CLS["communication"])
+    edge_trace = graph.trace_id[np.maximum(graph.eevent, 0)]
+    totals = {t["trace_id"]: int(graph.weight[compute & (edge_trace == t["trace_id"])].sum()) for t in graph.traces}
+    return max(totals, key=totals.get) if len(totals) >= 2 else None
+
+
+def store_windows(store: Store, trace_ids: list[int]) -> dict[int, list[tuple[int, int, int]]]:
+    ids = ",".join(str(int(t)) for t in trace_ids) or "NULL"
+    out: dict[int, list] = {}
+    for r in store.rows(f"SELECT trace_id, step, start_ns, end_ns FROM steps WHERE trace_id IN ({ids}) ORDER BY 1, 3"):
+        out.setdefault(r["trace_id"], []).append((r["step"], r["start_ns"], r["end_ns"]))
+    return out
+
+
+def summarise(rows: list[dict]) -> dict[int, dict]:
+    """Per trace: mean duration of the steady steps and the per-step durations."""
+    out = {}
+    for r in steady(rows):
+        out.setdefault(r["trace_id"], []).append(r)
+    return {tid: {"step_ns": int(round(np.mean([r["dur_ns"] for r in rs]))), "steps": rs} for tid, rs in out.items()}
+
+
+def whatif(store: Store, trace_ids: list[int] | None = None, changes: list | None = None,
+           windows: dict | None = None, graph: Graph | None = None) -> dict[str, Any]:
+    """Predicted step time per trace (and per step) with the changes applied.
+
+    Returns {"changes": [...], "traces": {trace_id: {observed_step_ns, replayed_step_ns,
+    predicted_step_ns, saving_ns, saving_pct, steps: [{step, observed_ns, replayed_ns,
+    predicted_ns}]}}, "mean": {...}}. Step times are means over the steady steps (after the
+    first when there are three or more)."""
+    parsed = [parse_change(c) for c in (changes or [])]
+    if trace_ids is None:
+        trace_ids = store.trace_ids()
+    if graph is None:
+        graph = build_graph(store, trace_ids)
+    if windows is None:
+        windows = store_windows(store, trace_ids)
+    index = step_index(graph, windows)
+    observed = step_times(graph, graph.vtime, index)
+    base = step_times(graph, replay(graph).time, index)
+    pred = step_times(graph, replay(graph, apply_changes(graph, parsed)).time, index) if parsed else base
+    so, sb, sp = summarise(observed), summarise(base), summarise(pred)
+    traces = {}
+    for tid in sb:
+        steps = [{"step": o["step"], "observed_ns": o["dur_ns"], "replayed_ns": b["dur_ns"], "predicted_ns": p["dur_ns"]}
+                 for o, b, p in zip(so[tid]["steps"], sb[tid]["steps"], sp[tid]["steps"])]
+        saving = sb[tid]["step_ns"] - sp[tid]["step_ns"]
+        traces[tid] = {"observed_step_ns": so[tid]["step_ns"], "replayed_step_ns": sb[tid]["step_ns"],
+                       "predicted_step_ns": sp[tid]["step_ns"], "saving_ns": int(saving),
+                       "saving_pct": round(100.0 * saving / sb[tid]["step_ns"], 3) if sb[tid]["step_ns"] else 0.0,
+                       "steps": steps}
+    mean = {k: int(round(np.mean([t[k] for t in traces.values()]))) if traces else 0
+            for k in ("observed_step_ns", "replayed_step_ns", "predicted_step_ns", "saving_ns")}
+    return {"changes": parsed, "traces": traces, "mean": mean}
