@@ -127,7 +127,9 @@ def sql(trace: str, query: str, fmt: str) -> None:
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Findings to show.")
 @click.option("--step", "step", default="all", show_default=True,
               help="Restrict per-step figures to step N, or 'all' for the steady state.")
-def analyze(trace: str, fmt: str, top: int, step: str) -> None:
+@click.option("--timeline", "timeline", type=click.Path(dir_okay=False),
+              help="Also write a Perfetto timeline (.pftrace) with the critical path and findings drawn in.")
+def analyze(trace: str, fmt: str, top: int, step: str, timeline: str | None) -> None:
     """Why is TRACE slow? Ranked findings with the time each could win back.
 
     TRACE is a trace file, a directory of per-rank traces, or a .duckdb store."""
@@ -139,6 +141,8 @@ def analyze(trace: str, fmt: str, top: int, step: str) -> None:
     store = _load(trace)
     try:
         result = run_analysis(store, selected_step=None if step == "all" else int(step))
+        if timeline:
+            _write_timeline(store, timeline, result)
     finally:
         store.close()
     if fmt == "json":
@@ -151,6 +155,71 @@ def analyze(trace: str, fmt: str, top: int, step: str) -> None:
         from .report_terminal import print_analysis
 
         print_analysis(result, top)
+
+
+def _write_timeline(store, path: str, result: dict) -> None:
+    from .graph import build_graph, critical_path_segments
+    from .timeline import write_timeline
+
+    graph = build_graph(store)
+    segments = [seg for trace_id in store.trace_ids() for seg in critical_path_segments(store, trace_id, graph)]
+    stats = write_timeline(store, path, critical_path=segments, findings=result["findings"])
+    click.echo(f"wrote {path}: {stats.get('slices', 0)} slices, {len(segments)} critical-path segments, "
+               f"{len(result['findings'])} findings (open it in https://ui.perfetto.dev)", err=True)
+
+
+@cli.command()
+@click.argument("trace", type=click.Path())
+@click.option("--speedup", multiple=True, metavar="CATEGORY=K",
+              help="Kernels of a category (gemm, attention, communication, ...) K times faster. Repeatable.")
+@click.option("--speedup-kernel", multiple=True, metavar="NAME=K", help="Kernels with this exact name K times faster.")
+@click.option("--no-host-overhead", is_flag=True, help="Host work between launches and launch calls cost nothing "
+                                                        "(as if the step were graph-captured).")
+@click.option("--no-host-gaps", is_flag=True, help="Only the host gaps that starve the device removed.")
+@click.option("--comm-overlap", is_flag=True, help="Communication fully overlapped with compute.")
+@click.option("--no-sync", is_flag=True, help="Host synchronisation removed.")
+@click.option("--straggler", is_flag=True, help="The slowest rank brought to the median (multi-rank inputs).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...], no_host_overhead: bool,
+           no_host_gaps: bool, comm_overlap: bool, no_sync: bool, straggler: bool, fmt: str) -> None:
+    """Predicted step time of TRACE with changes applied, by replaying its dependency graph.
+
+    Example: profkit whatif trace.json.gz --speedup gemm=2 --no-host-overhead"""
+    from . import render
+    from .whatif import whatif as run_whatif
+
+    changes = [f"speedup:{s}" for s in speedup] + [f"speedup-kernel:{s}" for s in speedup_kernel]
+    changes += [name for flag, name in ((no_host_overhead, "no-host-overhead"), (no_host_gaps, "host-gaps"),
+                                        (comm_overlap, "comm-overlap"), (no_sync, "no-sync"),
+                                        (straggler, "straggler")) if flag]
+    if not changes:
+        raise click.UsageError("name at least one change (see --help)")
+    store = _load(trace)
+    try:
+        try:
+            result = run_whatif(store, changes=changes)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        ranks = {r["trace_id"]: r["rank"] for r in store.rows("SELECT trace_id, rank FROM traces")}
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(render.to_json(result))
+        return
+    from rich.table import Table
+
+    from .report_terminal import make_console
+
+    table = Table("rank", "observed step", "replayed step", "predicted step", "saving", "saving %",
+                  title=f"What if: {', '.join(changes)}", title_justify="left")
+    for trace_id, t in sorted(result["traces"].items()):
+        table.add_row(str(ranks.get(trace_id)), render.human_ns(t["observed_step_ns"]),
+                      render.human_ns(t["replayed_step_ns"]), render.human_ns(t["predicted_step_ns"]),
+                      render.human_ns(t["saving_ns"]), f"{t['saving_pct']:.1f}%")
+    console = make_console()
+    console.print(table)
+    console.print("[dim]Step times are means over the steady-state steps; the saving is against the replayed "
+                  "step (replay error is in `profkit analyze --format json`, critical_path).[/dim]")
 
 
 def _analysis_of(path: str, selected_step: int | None = None) -> dict:

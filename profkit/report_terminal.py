@@ -72,9 +72,34 @@ def make_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
+_BAR_COLOURS = {"compute": "green", "communication": "magenta", "host": "yellow", "launch_latency": "cyan",
+                "sync": "red", "idle": "bright_black"}
+
+
+def critical_path_bar(trace: dict[str, Any], width: int = 40) -> str | None:
+    """One line: the critical path's composition as a coloured bar with the shares."""
+    cp = trace.get("critical_path") or {}
+    parts = {k: v for k, v in (cp.get("attribution") or {}).items() if v > 0}
+    total = sum(parts.values())
+    if not cp.get("available") or not total:
+        return None
+    bar, legend = "", []
+    for cause, ns in sorted(parts.items(), key=lambda kv: -kv[1]):
+        cells = max(1, round(width * ns / total))
+        colour = _BAR_COLOURS.get(cause.split(":")[0], "white")
+        bar += f"[{colour}]{'█' * cells}[/]"
+        legend.append(f"[{colour}]{cause}[/] {100 * ns / total:.0f}%")
+    return (f"rank {trace.get('rank')} critical path {human_ns(cp.get('length_ns'))} "
+            f"(replay error {cp.get('replay_error_pct', 0):+.1f}%): {bar} " + ", ".join(legend))
+
+
 def print_analysis(result: dict[str, Any], top: int = 10, console: Console | None = None) -> None:
     console = console or make_console()
     console.print(summary_table(result["traces"]))
+    for trace in result["traces"]:
+        line = critical_path_bar(trace)
+        if line:
+            console.print(line)
     findings = group_across_ranks(result["findings"])
     if not findings:
         console.print("No findings above the noise floor.")

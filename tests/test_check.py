@@ -204,3 +204,12 @@ def test_catalogue_covers_what_the_samples_emit(synthetic_json):
 def test_unknown_metric_raises_before_any_evaluation():
     with pytest.raises(ProfkitError, match="unknown budget metric"):
         check_mod.evaluate({"traces": [], "findings": []}, [budgets_mod.Budget("nope.x", max=1)], set())
+
+
+def test_docs_ci_md_metric_list_is_generated():
+    from profkit.metrics_catalogue import MARKER, markdown_list
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()
+    assert doc.endswith(markdown_list(sorted(check_mod.known_metrics()))), \
+        "regenerate: python -m profkit.metrics_catalogue --docs docs/ci.md"
+    assert doc.count(MARKER) == 1

@@ -121,3 +121,21 @@ def test_the_cache_never_goes_into_a_read_only_folder(tmp_path, monkeypatch):
         assert cache._writable_candidate(trace).parent == folder
     finally:
         folder.chmod(0o755)
+
+
+def test_whatif_and_timeline_from_the_command_line(tmp_path):
+    from conftest import SAMPLE_TRACES
+
+    sample = SAMPLE_TRACES / "synthetic_llm_decode_4ranks"
+    proc = run("whatif", sample, "--no-sync", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["traces"]) == 4
+    assert all(t["saving_ns"] > 0 for t in result["traces"].values())
+    assert run("whatif", sample).returncode == 2  # no change named
+    bad = run("whatif", sample, "--speedup", "gemm")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    out = tmp_path / "t.pftrace"
+    proc = run("analyze", sample, "--timeline", out, "--top", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 100_000 and "critical-path segments" in proc.stderr
