@@ -318,7 +318,7 @@ def _examples(comms, mask, compute) -> list[dict[str, int]]:
     rows = []
     for i in np.flatnonzero(mask).tolist():
         s, e = int(comms["start_ns"][i]), int(comms["end_ns"][i])
-        exposed = iv.total(iv.subtract(iv.union([s], [e]), compute.get(comms["device"][i], _EMPTY)))
+        exposed = (e - s) - iv.covered(compute.get(comms["device"][i], _EMPTY), s, e)
         rows.append({"event_id": int(comms["event_id"][i]), "start_ns": s, "dur_ns": e - s, "exposed_ns": exposed})
     rows.sort(key=lambda r: -r["exposed_ns"])
     return rows[:EXAMPLES]

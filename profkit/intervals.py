@@ -86,3 +86,14 @@ def clip(intervals: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[np
     e = np.minimum(e, hi)
     keep = e > s
     return s[keep], e[keep]
+
+
+def covered(intervals: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> int:
+    """How much of [lo, hi) a disjoint sorted interval set covers: O(log n) to find the
+    overlapping intervals, so it can be called once per event on large sets."""
+    s, e = intervals
+    first = int(np.searchsorted(e, lo, side="right"))
+    last = int(np.searchsorted(s, hi, side="left"))
+    if last <= first:
+        return 0
+    return int((np.minimum(e[first:last], hi) - np.maximum(s[first:last], lo)).clip(min=0).sum())

@@ -43,3 +43,10 @@ def test_intersect_and_subtract(a, b):
 def test_clip():
     clipped = intervals.clip(intervals.union([0, 50], [20, 80]), 10, 60)
     assert clipped[0].tolist() == [10, 50] and clipped[1].tolist() == [20, 60]
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans, st.integers(0, 250), st.integers(0, 60))
+def test_covered_equals_the_intersection(pairs, lo, width):
+    merged = intervals.union(*as_arrays(pairs))
+    assert intervals.covered(merged, lo, lo + width) == len(covered(pairs) & set(range(lo, lo + width)))
