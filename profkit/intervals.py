@@ -43,13 +43,18 @@ def intersect(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
     if a_s.size == 0 or b_s.size == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty
-    # Every boundary where coverage changes; coverage 2 means both sets cover it.
-    points = np.concatenate([a_s, a_e, b_s, b_e])
-    delta = np.concatenate([np.ones_like(a_s), -np.ones_like(a_e), np.ones_like(b_s), -np.ones_like(b_e)])
-    order = np.lexsort((delta, points))  # ends before starts at equal points
+    # Coverage 2 (both sets) at a boundary walk of both sets' starts and ends.
+    return _covered_at(np.concatenate([a_s, a_e, b_s, b_e]),
+                       np.concatenate([np.ones_like(a_s), -np.ones_like(a_e), np.ones_like(b_s), -np.ones_like(b_e)]),
+                       level=2)
+
+
+def _covered_at(points: np.ndarray, delta: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stretches where the running sum of `delta` over sorted `points` equals `level`
+    (ends sort before starts at equal points, so touching intervals do not overlap)."""
+    order = np.lexsort((delta, points))
     points, delta = points[order], delta[order]
-    coverage = np.cumsum(delta)
-    inside = coverage == 2
+    inside = np.cumsum(delta) == level
     starts = points[:-1][inside[:-1]]
     ends = points[1:][inside[:-1]]
     keep = ends > starts
@@ -62,17 +67,11 @@ def subtract(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray])
     if a_s.size == 0:
         return a
     both = intersect(a, b)
-    # a minus (a ∩ b): walk boundaries of a and of the overlap together.
-    points = np.concatenate([a_s, a_e, both[0], both[1]])
-    delta = np.concatenate([np.ones_like(a_s), -np.ones_like(a_e), -np.ones_like(both[0]), np.ones_like(both[1])])
-    order = np.lexsort((delta, points))
-    points, delta = points[order], delta[order]
-    coverage = np.cumsum(delta)
-    inside = coverage == 1
-    starts = points[:-1][inside[:-1]]
-    ends = points[1:][inside[:-1]]
-    keep = ends > starts
-    return union(starts[keep], ends[keep])
+    # a minus (a ∩ b): inside a and not inside the overlap.
+    return _covered_at(np.concatenate([a_s, a_e, both[0], both[1]]),
+                       np.concatenate([np.ones_like(a_s), -np.ones_like(a_e), -np.ones_like(both[0]),
+                                       np.ones_like(both[1])]),
+                       level=1)
 
 
 def total(intervals: tuple[np.ndarray, np.ndarray]) -> int:
