@@ -122,8 +122,9 @@ def sql(trace: str, query: str, fmt: str) -> None:
 
 @cli.command()
 @click.argument("trace", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
-              show_default=True, help="json follows docs/analysis-json.md (schema profkit.analysis/1).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table",
+              show_default=True, help="json follows docs/analysis-json.md (schema profkit.analysis/1); html is "
+                                      "one self-contained page.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Findings to show.")
 @click.option("--step", "step", default="all", show_default=True,
               help="Restrict per-step figures to step N, or 'all' for the steady state.")
@@ -151,6 +152,10 @@ def analyze(trace: str, fmt: str, top: int, step: str, timeline: str | None) -> 
         from .report_markdown import analysis_markdown
 
         click.echo(analysis_markdown(result, top))
+    elif fmt == "html":
+        from .report_html import analysis_html
+
+        click.echo(analysis_html(result, top))
     else:
         from .report_terminal import print_analysis
 

@@ -61,7 +61,29 @@ def group_across_ranks(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
             worst = {**worst, "title": f"{worst['title']} (worst of {len(ranks)} ranks: {_ranges(ranks)})",
                      "scope": {**worst.get("scope", {}), "ranks": ranks}}
         out.append(worst)
-    return sorted(out, key=lambda f: (-f["impact_ns"], f["rule"]))
+    return _merge_same_cause(sorted(out, key=lambda f: (-f["impact_ns"], f["rule"])))
+
+
+def _merge_same_cause(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings whose impact comes from the same what-if on the same ranks describe one
+    cause seen from two passes (a sync call and the idle it causes): show the first, and
+    name the others in its `also_rules`."""
+    kept: dict[tuple, dict[str, Any]] = {}
+    out = []
+    for f in findings:
+        replay = (f.get("details") or {}).get("replay")
+        if f.get("impact_basis") != "replay" or not replay:
+            out.append(f)
+            continue
+        scope = f.get("scope") or {}
+        key = (tuple(map(str, replay.get("changes", []))), str(scope.get("ranks") or scope.get("rank")))
+        if key in kept:
+            kept[key].setdefault("also_rules", []).append(f["rule"])
+            continue
+        f = dict(f)
+        kept[key] = f
+        out.append(f)
+    return out
 
 
 def _ranges(ranks: list[int]) -> str:

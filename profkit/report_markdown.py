@@ -33,7 +33,7 @@ def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
     out += ["| # | impact / step | share | finding | rule |", "|---:|---:|---:|---|---|"]
     for i, f in enumerate(findings[:top], 1):
         out.append(f"| {i} | {human_ns(f['impact_ns'])} ({f.get('impact_basis')}) | {_pct(f.get('share_pct'))} | "
-                   f"{_cell(f['title'])} | `{f['rule']}` |")
+                   f"{_cell(f['title'])} | `{f['rule']}`" + "".join(f" (also `{r}`)" for r in f.get("also_rules", [])) + " |")
     out.append("")
     for i, f in enumerate(findings[:top], 1):
         out += [f"### {i}. {f['title']}", "", f"**Recommendation:** {f['recommendation']}", "",

@@ -38,7 +38,7 @@ def summary_table(traces: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _scope_text(scope: dict[str, Any]) -> str:
+def scope_text(scope: dict[str, Any]) -> str:
     parts = []
     if scope.get("ranks"):
         parts.append(f"{len(scope['ranks'])} ranks")
@@ -62,7 +62,8 @@ def findings_table(findings: list[dict[str, Any]], top: int) -> Table:
     for i, f in enumerate(findings[:top], 1):
         basis = {"bound": "≤ ", "estimate": "~", "measured": "", "replay": ""}.get(f.get("impact_basis"), "")
         table.add_row(str(i), basis + human_ns(f["impact_ns"]), _pct(f.get("share_pct")), f["title"],
-                      _scope_text(f.get("scope") or {}), f["rule"])
+                      scope_text(f.get("scope") or {}),
+                      f["rule"] + "".join(f"\n(also {r})" for r in f.get("also_rules", [])))
     return table
 
 
