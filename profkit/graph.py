@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .graph_build import CLASS_NAMES, E_LAUNCH, EDGE_KIND_NAMES, Graph, build_graph
+from .graph_build import Graph, build_graph
+from .graph_model import CLASS_NAMES, E_LAUNCH, EDGE_KIND_NAMES
 from .graph_replay import (Schedule, attribute, critical_path, replay, steady, step_index, step_times,
                            top_contributors)
 from .store import Store

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph_build import CLASS_NAMES, CLS, Graph
+from .graph_build import Graph
+from .graph_model import CLASS_NAMES, CLS
 
 NEG = -(1 << 62)
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .graph_build import (CLS, E_ARRIVE, E_DURATION, E_HOST, E_SYNC, E_TRANSFER, Graph, build_graph)
+from .graph_build import Graph, build_graph
+from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_SYNC, E_TRANSFER
 from .graph_replay import NEG, replay, steady, step_index, step_times
 from .store import Store
 

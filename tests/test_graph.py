@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from profkit.graph import build_graph, replay, to_networkx
-from profkit.graph_build import E_DURATION, E_LAUNCH, E_STREAM, E_SYNC
+from profkit.graph_model import E_DURATION, E_LAUNCH, E_STREAM, E_SYNC
 from profkit.ingest import ingest
 from profkit.store import Store
 

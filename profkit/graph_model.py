@@ -1,0 +1,30 @@
+"""Names shared by the graph modules: event kinds, edge kinds, attribution classes, and
+the runtime-call patterns the graph recognises."""
+from __future__ import annotations
+
+import re
+
+HOST_KINDS = ("cpu_op", "python", "annotation", "runtime")
+DEVICE_KINDS = ("kernel", "memcpy", "memset")
+
+# Edge kinds.
+E_DURATION, E_HOST, E_LAUNCH, E_STREAM, E_SYNC, E_EVENT_WAIT, E_ARRIVE, E_TRANSFER = range(8)
+EDGE_KIND_NAMES = ("duration", "host", "launch", "stream", "sync", "event_wait", "arrive", "transfer")
+
+# Attribution classes of edges (what a nanosecond on the critical path is spent on).
+CATEGORY_NAMES = ("gemm", "attention", "elementwise", "reduction", "normalization", "memory", "other")
+CLASS_NAMES = tuple(f"compute.{c}" for c in CATEGORY_NAMES) + (
+    "communication", "host.op", "host.runtime", "host.gap", "launch", "sync", "idle", "wait")
+CLS = {name: i for i, name in enumerate(CLASS_NAMES)}
+
+# A gap between consecutive activities on a stream up to this long is device-side overhead
+# (kept as the stream edge's latency); a longer gap means the activity waited for something
+# else (its launch, an event) and the stream edge gets no latency.
+STREAM_GAP_MAX_NS = 2_000
+# A blocked sync call's own cost when the trace has no unblocked call of that name to measure.
+DEFAULT_SYNC_OVERHEAD_NS = 2_000
+
+SYNC_CALL = re.compile(r"(?i)(Stream|Device|Thread|Event|Ctx)Synchronize")
+STREAM_WAIT_CALL = re.compile(r"(?i)StreamWaitEvent")
+EVENT_RECORD_CALL = re.compile(r"(?i)EventRecord")
+COPY_CALL = re.compile(r"(?i)Memcpy")

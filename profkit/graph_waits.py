@@ -1,0 +1,192 @@
+"""Edges for waits that cross streams, threads or ranks: device-side sync records, event
+record -> stream wait, and collective instances across ranks. A mixin of the graph
+builder (`graph_build._Builder`), split out to keep each module small."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .graph_model import CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER, EVENT_RECORD_CALL, STREAM_GAP_MAX_NS, \
+    STREAM_WAIT_CALL, SYNC_CALL
+
+
+class WaitEdges:
+    def _sync_records(self) -> dict[int, dict]:
+        """Device-side sync records (Kineto cuda_sync, Nsight CUPTI sync) by their runtime call."""
+        ids = ",".join(str(int(t["trace_id"])) for t in self.traces) or "NULL"
+        rows = self.store.rows(f"""
+            SELECT l.src_event AS call, s.name, s.device, s.stream,
+                   TRY_CAST(json_extract_string(s.args, '$.wait_on_stream') AS BIGINT) AS wait_on_stream,
+                   TRY_CAST(json_extract_string(s.args, '$.wait_on_cuda_event_record_corr_id') AS BIGINT) AS record_corr
+            FROM links l JOIN events s ON s.event_id = l.dst_event
+            WHERE l.kind = 'sync' AND l.trace_id IN ({ids})
+        """)
+        out = {}
+        for r in rows:
+            i = int(self.idx([r["call"]])[0])
+            if i >= 0:
+                r["type"] = re.sub(r"[^a-z]", "", (r["name"] or "").lower())
+                out[i] = r
+        return out
+
+    def _record_call(self, i: int, corr: int | None) -> int:
+        """The cudaEventRecord call a wait refers to: by correlation when the trace says,
+        else the last event-record call on the same thread before the wait."""
+        ev = self.ev
+        cand = self.event_records.get((int(ev["trace_id"][i]), int(ev["pid"][i]), int(ev["tid"][i])))
+        if cand is None or cand.size == 0:
+            return -1
+        if corr is not None and corr >= 0:
+            hit = cand[ev["correlation"][cand] == corr]
+            if hit.size:
+                return int(hit[0])
+        k = int(np.searchsorted(self.start[cand], self.start[i], side="right")) - 1
+        return int(cand[k]) if k >= 0 else -1
+
+    def _event_waits(self):
+        """Cross-stream waits: the activity an event recorded -> the next activity launched on
+        the waiting stream after the wait call."""
+        ev = self.ev
+        host = ~self.is_device
+        names = ev["name"]
+        runtime = np.flatnonzero(host & (ev["kind"] == "runtime"))
+        rnames = names[runtime]
+        is_rec = np.fromiter((bool(EVENT_RECORD_CALL.search(n or "")) for n in rnames), bool, runtime.size)
+        is_wait = np.fromiter((bool(STREAM_WAIT_CALL.search(n or "")) for n in rnames), bool, runtime.size)
+        is_sync = np.fromiter((bool(SYNC_CALL.search(n or "")) for n in rnames), bool, runtime.size)
+        recs = runtime[is_rec]
+        recs = recs[np.lexsort((self.start[recs], ev["tid"][recs], ev["pid"][recs], ev["trace_id"][recs]))]
+        self.event_records = {}
+        for i in recs:
+            self.event_records.setdefault((int(ev["trace_id"][i]), int(ev["pid"][i]), int(ev["tid"][i])), []).append(i)
+        self.event_records = {k: np.asarray(v, dtype=np.int64) for k, v in self.event_records.items()}
+        self.sync_records = self._sync_records()
+        self.sync_calls = set(int(i) for i in runtime[is_sync])
+        for call, rec in self.sync_records.items():
+            if rec["type"] in ("streamsync", "contextsync", "eventsync"):
+                self.sync_calls.add(call)
+        # Launches per thread, for "the next launch after the wait on this thread".
+        ls = self.launch_src
+        thread_launch = {}
+        if ls.size:
+            o = np.lexsort((self.start[ls], ev["tid"][ls], ev["pid"][ls], ev["trace_id"][ls]))
+            for s, d in zip(ls[o].tolist(), self.launch_dst[o].tolist()):
+                thread_launch.setdefault((int(ev["trace_id"][s]), int(ev["pid"][s]), int(ev["tid"][s])), []).append((int(self.start[s]), int(d)))
+            thread_launch = {k: (np.asarray([a for a, _ in v], dtype=np.int64), np.asarray([b for _, b in v], dtype=np.int64))
+                             for k, v in thread_launch.items()}
+        src_l, dst_l = [], []
+        waits = set(int(i) for i in runtime[is_wait]) | {c for c, r in self.sync_records.items()
+                                                         if r["type"] in ("streamwaitevent", "streamwaitsync")}
+        for w in sorted(waits):
+            tid = int(ev["trace_id"][w])
+            rec = self.sync_records.get(w, {})
+            thread = (tid, int(ev["pid"][w]), int(ev["tid"][w]))
+            # The waiting stream: the sync record's, else the stream of the thread's next launch.
+            target = -1
+            if rec.get("stream") is not None and rec["stream"] >= 0:
+                keys = [k for k in self.lane_of.get(tid, []) if k[2] == rec["stream"]]
+                cands = [self.next_on_lane(k, int(self.start[w])) for k in keys]
+                cands = [c for c in cands if c >= 0]
+                target = min(cands, key=lambda c: self.launch_time[c]) if cands else -1
+            else:
+                starts, dsts = thread_launch.get(thread, (np.empty(0, np.int64), np.empty(0, np.int64)))
+                k = int(np.searchsorted(starts, int(self.start[w]), side="left"))
+                target = int(dsts[k]) if k < dsts.size else -1
+            if target < 0:
+                continue
+            target_key = (tid, int(ev["device"][target]), int(ev["stream"][target]))
+            record = self._record_call(w, rec.get("record_corr"))
+            if record < 0:
+                continue
+            if rec.get("wait_on_stream") is not None and rec["wait_on_stream"] >= 0:
+                lanes = [k for k in self.lane_of.get(tid, []) if k[2] == rec["wait_on_stream"]]
+            else:
+                lanes = [k for k in self.lane_of.get(tid, []) if k != target_key]
+            src = self.awaited(lanes, int(self.start[record]), int(self.start[target]))
+            if src < 0 or src == target:
+                continue
+            src_l.append(src)
+            dst_l.append(target)
+        src_a, dst_a = np.asarray(src_l, dtype=np.int64), np.asarray(dst_l, dtype=np.int64)
+        self.wait_src, self.wait_dst = src_a, dst_a
+        gap = self.start[dst_a] - self.end[src_a] if src_a.size else np.zeros(0, np.int64)
+        self.add(2 * src_a + 1, 2 * dst_a, np.where(gap <= STREAM_GAP_MAX_NS, gap, 0), E_EVENT_WAIT, CLS["wait"], -1)
+        if src_a.size:
+            np.maximum.at(self.waiting_start, dst_a, self.end[src_a])
+        self.stats["event_waits"] = int(src_a.size)
+
+    def _collectives(self):
+        """Across ranks: instances matched by process group, op and sequence number (else
+        order); each rank's kernel ends only after the last rank arrived plus the transfer."""
+        self.collective_joins = 0
+        if len({t["rank"] for t in self.traces}) < 2:
+            return
+        ids = ",".join(str(int(t["trace_id"])) for t in self.traces)
+        rows = self.store.rows(f"""
+            SELECT e.event_id, e.trace_id, coalesce(c.process_group, '') AS pg, c.op, c.seq
+            FROM events e JOIN collectives c USING (event_id)
+            WHERE e.trace_id IN ({ids}) AND e.kind = 'kernel'
+            ORDER BY e.trace_id, e.start_ns
+        """)
+        groups: dict[tuple, dict[int, list]] = {}
+        for r in rows:
+            i = int(self.idx([r["event_id"]])[0])
+            if i >= 0:
+                groups.setdefault((r["pg"], r["op"]), {}).setdefault(r["trace_id"], []).append((r["seq"], i))
+        src_a, dst_a, w_a, k_a, c_a, e_a, x_a = [], [], [], [], [], [], []
+        base = 2 * self.n
+        for key, per_trace in groups.items():
+            if len(per_trace) < 2:
+                continue
+            lists = list(per_trace.values())
+            use_seq = all(s is not None for lst in lists for s, _ in lst)
+            if use_seq:
+                by_seq: dict[int, list[int]] = {}
+                for lst in lists:
+                    for s, i in lst:
+                        by_seq.setdefault(s, []).append(i)
+                instances = [v for v in by_seq.values() if len(v) == len(lists)]
+            else:
+                count = min(len(lst) for lst in lists)
+                if any(len(lst) != count for lst in lists):
+                    self.stats["collective_groups_unmatched"] = self.stats.get("collective_groups_unmatched", 0) + 1
+                    continue
+                instances = [[lst[j][1] for lst in lists] for j in range(count)]
+            for members in instances:
+                m = np.asarray(members, dtype=np.int64)
+                join_t = int(self.start[m].max())
+                transfer = int((self.end[m] - self.start[m]).min())
+                if np.any(self.end[m] < join_t + transfer):
+                    continue  # clocks not aligned well enough to trust the join
+                j = base + len(self.extra_vertices)
+                self.extra_vertices.append(join_t)
+                exposed = int(self._compute_waited_on(m))
+                # Disabled (NEG) own-duration edges: what-ifs that take the instance's wait
+                # for the other ranks away enable them.
+                src_a += list(2 * m); dst_a += list(2 * m + 1); w_a += [-(1 << 62)] * m.size
+                k_a += [E_DURATION] * m.size; c_a += [CLS["communication"]] * m.size; e_a += list(m)
+                x_a += [exposed] * m.size
+                src_a += list(2 * m); dst_a += [j] * m.size; w_a += [0] * m.size
+                k_a += [E_ARRIVE] * m.size; c_a += [CLS["wait"]] * m.size; e_a += list(m)
+                src_a += [j] * m.size; dst_a += list(2 * m + 1); w_a += [transfer] * m.size
+                k_a += [E_TRANSFER] * m.size; c_a += [CLS["communication"]] * m.size; e_a += list(m)
+                x_a += [exposed] * (2 * m.size)
+                self.dropped_duration[m] = True
+                self.collective_joins += 1
+        if src_a:
+            self.edges.append((np.asarray(src_a), np.asarray(dst_a), np.asarray(w_a), np.asarray(k_a),
+                               np.asarray(c_a), np.asarray(e_a), np.full(len(src_a), -1), np.full(len(src_a), -1),
+                               np.asarray(x_a)))
+        self.stats["collective_instances"] = self.collective_joins
+        self.stats["collective_instances_exposed"] = int(sum(x_a) // 3 // max(1, len(self.traces))) if x_a else 0
+
+    def _compute_waited_on(self, members: np.ndarray) -> bool:
+        """True when, on some rank, a device activity on another stream started as soon as
+        this collective ended (it waited on it: the collective was exposed)."""
+        for i in members.tolist():
+            waiters = self.wait_dst[self.wait_src == i]
+            if waiters.size and np.any(self.start[waiters] - self.end[i] <= STREAM_GAP_MAX_NS):
+                return True
+        return False
+
