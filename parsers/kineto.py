@@ -11,6 +11,11 @@ Choices (documented here and in kineto_categories.csv):
   between the events that start where the flow's ends are.
 - M records fill `threads`; C records fill `counters` (one row per series).
 - times are exact: see kineto_read.micros_to_ns.
+
+Speed: the input is memory-mapped (a gzip is first decompressed block by block into a
+temporary file), and the ordinary records go from JSON to `events` inside DuckDB
+(kineto_sql.py); only the rest is decoded with msgspec into `Ev` records and handled
+record by record (kineto_events.py).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ from profkit.errors import TraceError
 
 from . import kineto_meta
 from .kineto_events import EventBuilder
-from .kineto_read import GZIP_MAGIC, Document, read_bytes
+from .kineto_read import CHUNK_BYTES, GZIP_MAGIC, Document, Input, decode_piece
+from .kineto_sql import SQL_PIECE_BYTES, FastPathFailed, SqlPieces
 
 FORMAT = "kineto"
 _HEAD = 1 << 16
@@ -65,28 +71,49 @@ def parse(path: Path, sink) -> None:
     was_enabled = gc.isenabled()
     gc.disable()  # millions of small objects: the collector would dominate
     try:
-        _parse(path, sink)
+        try:
+            _parse(path, sink, fast=True)
+        except FastPathFailed:
+            _parse(path, sink, fast=False)  # the failed attempt was rolled back
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _parse(path: Path, sink) -> None:
-    doc = Document(path, read_bytes(path))
-    with sink.trace(path, FORMAT) as w:
-        builder = EventBuilder(w)
-        total = doc.events_bytes
-        for records, others, done in doc.chunks():
-            builder.add_chunk(records, others)
-            sink.report(str(path), done, total)
-        builder.finish()
-        if w.source_records == 0:
-            raise TraceError(path, "traceEvents is empty")
-        if w.events_written == 0:
-            raise TraceError(path, f"no usable events ({_top_issues(w)})")
-        vendor = kineto_meta.vendor(doc.top, builder.cats_seen, builder.runtime_prefixes)
-        w.set_trace(**kineto_meta.trace_fields(doc.top, vendor))
-        w.add_rows("devices", kineto_meta.device_rows(doc.top, vendor))
+def _parse(path: Path, sink, fast: bool) -> None:
+    src = Input(path)
+    try:
+        doc = Document(path, src.data)
+        src.release()  # the top-level pass touched every page; pieces are read again
+        with sink.trace(path, FORMAT) as w:
+            builder = EventBuilder(w)
+            sql = SqlPieces(builder) if fast else None
+
+            def decode(piece: bytes):
+                return None if sql and sql.add(piece) else decode_piece(piece)
+
+            try:
+                total = doc.events_bytes
+                # DuckDB pieces are larger: each statement has a fixed cost.
+                piece = SQL_PIECE_BYTES if sql else CHUNK_BYTES
+                for value, done in doc.chunks(decode, src.release, piece):
+                    if value is not None:
+                        builder.add_chunk(*value)
+                    sink.report(str(path), done, total)
+            finally:
+                if sql:
+                    sql.close()
+            builder.finish()
+            if w.source_records == 0:
+                raise TraceError(path, "traceEvents is empty")
+            if w.events_written == 0:
+                raise TraceError(path, f"no usable events ({_top_issues(w)})")
+            vendor = kineto_meta.vendor(doc.top, builder.cats_seen, builder.runtime_prefixes)
+            w.set_trace(**kineto_meta.trace_fields(doc.top, vendor))
+            w.add_rows("devices", kineto_meta.device_rows(doc.top, vendor))
+    finally:
+        doc = None
+        src.close()
 
 
 def _top_issues(w) -> str:

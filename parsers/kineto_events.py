@@ -83,6 +83,10 @@ class EventBuilder:
         w.read(len(recs) + len(others))
         if others:
             w.issue("trace event is not a JSON object", len(others), repr(others[0])[:300])
+        self.add_records(recs)
+
+    def add_records(self, recs: list[Ev]) -> None:
+        """Store records already counted as read."""
         phs = [r.ph for r in recs]
         xs = [r for r, p in zip(recs, phs) if p == "X"]
         if len(xs) != len(recs):

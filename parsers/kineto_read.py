@@ -1,16 +1,21 @@
 """Reading a Kineto JSON file: bytes (gzip by magic), the top level, and the
 `traceEvents` array in chunks of typed records without building a dict per event.
 
-Fast path: msgspec splits the top level into raw values (no copy), then the events
-array is cut at `},{` boundaries into ~16 MB pieces, each decoded into `Ev` structs whose
-`args` stay raw JSON bytes. Slow path (control characters in strings, which msgspec
+The input is a read-only memory map (of the file, or of a temporary file a gzip is
+decompressed into), so pages already read can be dropped from memory. msgspec splits the
+top level into raw values (no copy), then the events array is cut at `},{` boundaries
+into pieces: kineto_sql.py reads them with DuckDB; otherwise each is decoded into `Ev`
+structs whose `args` stay raw JSON bytes. Slow path (control characters in strings, which msgspec
 rejects, or array elements that are not objects): the stdlib decoder with strict=False.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import mmap
+import os
 import re
+import tempfile
 import zlib
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterator
@@ -22,6 +27,7 @@ from profkit.errors import TraceError
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK_BYTES = 16 << 20
+_GUNZIP_BLOCK = 4 << 20
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _LEADING_SPACE = re.compile(rb"[\s\xef\xbb\xbf]*")
 
@@ -45,16 +51,58 @@ _TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ANY = msgspec.json.Decoder()
 
 
-def read_bytes(path) -> bytes:
-    data = path.read_bytes()
-    if data[:2] != GZIP_MAGIC:
-        return data
+class Input:
+    """The decompressed JSON as a read-only memory map: of the file itself, or of a
+    temporary file a gzip input is decompressed into block by block. Pages are file
+    backed, so `release` can drop what has been read from the process's memory."""
+
+    def __init__(self, path):
+        self.path = path
+        self._file = None
+        self.data: Any = b""
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == GZIP_MAGIC
+        self._file = _gunzip_to_temp(path) if gzipped else open(path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        if size:
+            self.data = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def release(self, lo: int = 0, hi: int | None = None) -> None:
+        """Drop the pages of [lo, hi) from memory (they are read back if touched again)."""
+        if not isinstance(self.data, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        hi = len(self.data) if hi is None else hi
+        lo -= lo % mmap.PAGESIZE
+        if hi > lo:
+            try:
+                self.data.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        if isinstance(self.data, mmap.mmap):
+            try:
+                self.data.close()
+            except BufferError:
+                pass  # a view is still alive; the map goes with it
+        if self._file is not None:
+            self._file.close()
+
+
+def _gunzip_to_temp(path):
+    out = tempfile.TemporaryFile(prefix="profkit-kineto-")
     try:
-        return gzip.decompress(data)
+        with gzip.open(path, "rb") as src:
+            while block := src.read(_GUNZIP_BLOCK):
+                out.write(block)
+        out.flush()
     except EOFError:
+        out.close()
         raise TraceError(path, "truncated gzip (compressed data ends early)") from None
     except (OSError, zlib.error) as exc:
+        out.close()
         raise TraceError(path, f"corrupt gzip ({exc})") from None
+    return out
 
 
 def _decode_error(path, exc: Exception, size: int) -> TraceError:
@@ -93,8 +141,8 @@ class Document:
     def _fast(self, data: bytes, head: bytes) -> None:
         if head == b"[":
             _TOP_ARRAY.decode(data)  # validates the whole array
-            start = data.index(b"[")
-            self._events_range = (start, data.rindex(b"]") + 1)
+            start = data.find(b"[")
+            self._events_range = (start, data.rfind(b"]") + 1)
             return
         top = _TOP.decode(data)
         if not isinstance(top, dict):
@@ -117,7 +165,7 @@ class Document:
 
     def _slow(self, data: bytes) -> None:
         try:
-            value = json.loads(data, strict=False)
+            value = json.loads(bytes(data), strict=False)
         except json.JSONDecodeError as exc:
             raise TraceError(self.path, f"malformed JSON ({exc})") from None
         if isinstance(value, list):
@@ -138,43 +186,58 @@ class Document:
             return self._events_range[1] - self._events_range[0]
         return len(self.data)
 
-    def chunks(self) -> Iterator[tuple[list[Ev], list[Any], int]]:
-        """Yield (records, non-object elements, bytes done)."""
+    def chunks(self, decode=None, release=None, piece_bytes: int = CHUNK_BYTES) -> Iterator[tuple[Any, int]]:
+        """Yield (decode(piece), bytes done) for pieces of the events array, each a JSON
+        array text of whole records. `decode` raises msgspec.DecodeError for a piece that
+        is not valid JSON (a cut inside a string): the piece is then extended. The default
+        decode gives (records, non-object elements). `release(lo, hi)` is told which
+        bytes of the input are done with."""
+        decode = decode or decode_piece
         if self._events_list is not None:
             items = self._events_list
             for i in range(0, len(items), 50_000):
-                yield _from_python(items[i:i + 50_000]) + (len(self.data),)
+                yield _from_python(items[i:i + 50_000]), len(self.data)
             return
         data = self.data
         lo, hi = self._events_range
-        pos = data.index(b"[", lo) + 1
-        end = data.rindex(b"]", lo, hi)
+        pos = data.find(b"[", lo) + 1
+        end = data.rfind(b"]", lo, hi)
         while True:
-            target = pos + CHUNK_BYTES
+            target = pos + piece_bytes
             emitted = False
             while target < end:
                 m = _BOUNDARY.search(data, target, end)
                 if m is None:
                     break
                 try:
-                    records, others = _decode_piece(b"[" + data[pos:m.start() + 1] + b"]")
+                    value = decode(_piece(data, pos, m.start() + 1))
                 except msgspec.DecodeError:
                     target = m.end()  # the match was inside a string: try the next one
                     continue
-                yield records, others, m.start() - lo
+                yield value, m.start() - lo
+                if release:
+                    release(pos, m.start())
                 pos = m.end() - 1
                 emitted = True
                 break
             if not emitted:
                 try:
-                    records, others = _decode_piece(b"[" + data[pos:end] + b"]")
+                    value = decode(_piece(data, pos, end))
                 except msgspec.DecodeError as exc:
                     raise _decode_error(self.path, exc, len(data)) from None
-                yield records, others, hi - lo
+                yield value, hi - lo
+                if release:
+                    release(pos, end)
                 return
 
 
-def _decode_piece(piece: bytes) -> tuple[list[Ev], list[Any]]:
+def _piece(data, lo: int, hi: int) -> bytes:
+    """`[` + data[lo:hi] + `]` with one copy (a memoryview slice of the map is not one)."""
+    with memoryview(data) as view:
+        return b"".join((b"[", view[lo:hi], b"]"))
+
+
+def decode_piece(piece: bytes) -> tuple[list[Ev], list[Any]]:
     try:
         return _EVENTS.decode(piece), []
     except msgspec.ValidationError:

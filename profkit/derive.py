@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 
 from . import classify
@@ -109,59 +110,84 @@ def add_collectives(store: Store, trace_id: int) -> None:
         con.unregister("_profkit_ops")
 
 
+_NEST_UPDATE_ROWS = 1 << 19  # rows per UPDATE: bounds the join's hash table
+
+
 def nest(store: Store, trace_id: int) -> None:
     """parent_id and depth: the innermost enclosing event on the same thread or stream."""
     con = store.con
+    # Lanes are few: number them once, then one sort of the events (not a window over all).
     table = store.arrow("""
-        SELECT event_id, start_ns, end_ns,
-               dense_rank() OVER (ORDER BY kind IN ('kernel','memcpy','memset','gpu_annotation','sync') AND tid IS NULL,
-                                           pid, tid, device, stream) AS lane
-        FROM events WHERE trace_id = ? AND parent_id IS NULL
-        ORDER BY lane, start_ns, end_ns DESC, event_id
+        WITH e AS (
+            SELECT event_id, start_ns, end_ns,
+                   kind IN ('kernel','memcpy','memset','gpu_annotation','sync') AND tid IS NULL AS dev,
+                   pid, tid, device, stream
+            FROM events WHERE trace_id = ? AND parent_id IS NULL
+        ), lanes AS (
+            SELECT dev, pid, tid, device, stream,
+                   CAST(row_number() OVER (ORDER BY dev, pid, tid, device, stream) AS INTEGER) AS lane
+            FROM (SELECT DISTINCT dev, pid, tid, device, stream FROM e)
+        )
+        SELECT e.event_id, e.end_ns, l.lane FROM e JOIN lanes l
+          ON e.dev = l.dev AND e.pid IS NOT DISTINCT FROM l.pid AND e.tid IS NOT DISTINCT FROM l.tid
+         AND e.device IS NOT DISTINCT FROM l.device AND e.stream IS NOT DISTINCT FROM l.stream
+        ORDER BY l.lane, e.start_ns, e.end_ns DESC, e.event_id
     """, [trace_id])
     if table.num_rows == 0:
         return
     ids = table.column("event_id").to_numpy()
-    ends = table.column("end_ns").to_numpy()
-    lanes = table.column("lane").to_numpy()
-    parents, depths = _nest_sorted(ids.tolist(), ends.tolist(), lanes.tolist())
-    result = pa.table({"event_id": ids, "parent": pa.array(parents, pa.int64()),
-                       "depth": pa.array(depths, pa.int32())})
-    con.register("_profkit_nest", result)
-    try:
-        con.execute("""
-            UPDATE events SET parent_id = n.parent, depth = n.depth
-            FROM _profkit_nest n WHERE events.event_id = n.event_id
-        """)
-    finally:
-        con.unregister("_profkit_nest")
+    parent_pos, depths = _nest_sorted(table.column("end_ns").to_numpy(), table.column("lane").to_numpy())
+    del table
+    parents = pa.array(np.where(parent_pos >= 0, ids[parent_pos], 0), pa.int64(), mask=parent_pos < 0)
+    del parent_pos
+    # In event order: an UPDATE that visits the table's rows in order is many times faster.
+    order = np.argsort(ids, kind="stable")
+    result = pa.table({"event_id": ids[order], "parent": parents.take(pa.array(order)),
+                       "depth": pa.array(depths[order], pa.int32())})
+    del ids, parents, depths, order
+    for lo in range(0, result.num_rows, _NEST_UPDATE_ROWS):
+        con.register("_profkit_nest", result.slice(lo, _NEST_UPDATE_ROWS))
+        try:
+            con.execute("""
+                UPDATE events SET parent_id = n.parent, depth = n.depth
+                FROM _profkit_nest n WHERE events.event_id = n.event_id
+            """)
+        finally:
+            con.unregister("_profkit_nest")
 
 
-def _nest_sorted(ids, ends, lanes):
-    """Stack walk over events sorted by (lane, start, end desc): O(n)."""
-    parents = [None] * len(ids)
-    depths = [0] * len(ids)
-    stack_ids: list[int] = []
-    stack_ends: list[int] = []
-    current_lane = None
-    for i in range(len(ids)):
-        lane = lanes[i]
-        if lane != current_lane:
-            stack_ids.clear()
-            stack_ends.clear()
-            current_lane = lane
-        end = ends[i]
-        # Sorted by start, so the top began no later than this event: it encloses this
-        # event exactly when it ends no earlier. Partial overlaps are not nesting.
-        while stack_ends and stack_ends[-1] < end:
-            stack_ids.pop()
-            stack_ends.pop()
-        if stack_ids:
-            parents[i] = stack_ids[-1]
-            depths[i] = len(stack_ids)
-        stack_ids.append(ids[i])
-        stack_ends.append(end)
-    return parents, depths
+def _nest_sorted(ends: np.ndarray, lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parent position (-1 for none) and depth of events sorted by (lane, start, end desc).
+
+    Sorted by start, an earlier event encloses a later one exactly when it ends no
+    earlier (partial overlaps are not nesting), so the parent is the nearest earlier event
+    of the lane that ends no earlier: the classic stack walk, done here by pointer
+    jumping so that every step is one numpy operation over all events (O(n log n)).
+    Jumping from a candidate to the candidate's own candidate only skips events that
+    end before the candidate, hence before the event."""
+    n = len(ends)
+    pos = np.arange(n, dtype=np.int64 if n >= 2 ** 31 else np.int32)
+    first = np.r_[True, lanes[1:] != lanes[:-1]] if n else np.zeros(0, bool)
+    lane_start = np.maximum.accumulate(np.where(first, pos, 0)) if n else pos
+    cand = pos - 1
+    cand[cand < lane_start] = -1
+    active = np.flatnonzero(cand >= 0)
+    while active.size:
+        active = active[ends[cand[active]] < ends[active]]
+        if not active.size:
+            break
+        cand[active] = cand[cand[active]]
+        active = active[cand[active] >= 0]
+    # Depth = number of ancestors: depth(i) = acc[i] + depth(anc[i]), halving the chains
+    # every round (list ranking); each round reads the previous round's values.
+    depth = (cand >= 0).astype(np.int32)
+    anc = cand.copy()
+    active = np.flatnonzero(anc >= 0)
+    while active.size:
+        up = anc[active]
+        depth[active], anc[active] = depth[active] + depth[up], anc[up]
+        active = active[anc[active] >= 0]
+    return cand, depth
 
 
 def find_steps(store: Store, trace_id: int) -> None:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import derive
+from . import derive, schema
 from .errors import TraceError
 from .store import Store, TraceWriter
 
@@ -34,28 +34,57 @@ class Sink:
 
     @contextmanager
     def trace(self, path: str | Path, format: str, stat_path: str | Path | None = None) -> Iterator[TraceWriter]:
-        """Open a trace for `path`; on success it is finished and derived, on error removed."""
+        """Open a trace for `path`; on success it is finished and derived, on error removed.
+
+        No transaction around it: DuckDB keeps a transaction's inserts in local storage
+        and copies them into the table at commit, which for an in-memory store costs most
+        of the trace's size again at the peak. Each statement commits by itself and a
+        failed trace is deleted instead."""
         trace_id = self.store.next_trace_id()
         writer = TraceWriter(self.store, trace_id, str(Path(path).resolve()))
         writer.set_trace(format=format)
-        con = self.store.con
-        con.execute("BEGIN TRANSACTION")
+        _settle(self.store)
         try:
             yield writer
             size, mtime = input_signature(Path(stat_path or path))
             writer.finish(size, mtime)
             if writer.events_written == 0 and not writer.issues:
                 raise TraceError(path, "no events in the input")
-            derive.derive_trace(self.store, trace_id)
-            con.execute("COMMIT")
+            # Derived columns are UPDATEs: inside one transaction they stay cheap (outside,
+            # each UPDATE versions committed rows) and the update data is small.
+            self.store.con.execute("BEGIN TRANSACTION")
+            try:
+                derive.derive_trace(self.store, trace_id)
+                self.store.con.execute("COMMIT")
+            except BaseException:
+                self.store.con.execute("ROLLBACK")
+                raise
         except BaseException:
-            con.execute("ROLLBACK")
+            _settle(self.store)
+            _remove_trace(self.store, trace_id, writer.event_base)
             raise
         self.trace_ids.append(trace_id)
 
     def report(self, path: str, done: int, total: int) -> None:
         if self.progress:
             self.progress(path, done, total)
+
+
+def _settle(store: Store) -> None:
+    """Finish any result an `execute()` left open: DuckDB refuses `register()` on a
+    connection with one (a COMMIT used to do this)."""
+    store.con.execute("SELECT 1").fetchall()
+
+
+def _remove_trace(store: Store, trace_id: int, event_base: int) -> None:
+    """Delete every row a failed trace wrote (its ids are the newest in the store)."""
+    con = store.con
+    for table in schema.TABLES:
+        columns = {c.name for c in table.columns}
+        if "trace_id" in columns:
+            con.execute(f"DELETE FROM {table.name} WHERE trace_id = ?", [trace_id])
+        elif "event_id" in columns:
+            con.execute(f"DELETE FROM {table.name} WHERE event_id >= ?", [event_base])
 
 
 def input_signature(path: Path) -> tuple[int, int]:

@@ -81,8 +81,9 @@ class Store:
             return fetch()
 
     def scalar(self, query: str, params: Iterable[Any] | None = None) -> Any:
-        row = self.con.execute(query, list(params) if params else []).fetchone()
-        return row[0] if row else None
+        # fetchall, not fetchone: a half-read result blocks register() on the connection.
+        rows = self.con.execute(query, list(params) if params else []).fetchall()
+        return rows[0][0] if rows else None
 
     def trace_ids(self) -> list[int]:
         return [r[0] for r in self.con.execute("SELECT trace_id FROM traces ORDER BY trace_id").fetchall()]
@@ -173,14 +174,52 @@ class TraceWriter:
 
         Event-id columns hold local ids (0-based in this trace); they are shifted here.
         """
-        table = schema.table(table_name)
-        types = {c.name: c.type for c in table.columns}
+        types = {c.name: c.type for c in schema.table(table_name).columns}
         data = _as_arrow(columns, types)
         if data.num_rows == 0:
             return 0
+        con = self.store.con
+        con.register("_profkit_batch", data)
+        try:
+            return self._insert(table_name, list(data.column_names), "_profkit_batch")
+        finally:
+            con.unregister("_profkit_batch")
+
+    def append_query(self, table_name: str, query: str, params: Iterable[Any] | None = None,
+                     columns: list[str] | None = None) -> int:
+        """Append the rows of a query (run on the store's connection) to a table: for
+        parsers that stage their input in DuckDB and transform it there, without a round
+        trip through Python. Same rules as `append` (local event ids, trace_id filled).
+        `columns` names the query's columns (else they are found by planning it)."""
+        params = list(params or [])
+        if columns is None:
+            cur = self.store.con.execute(f"SELECT * FROM ({query}) LIMIT 0", params)
+            columns = [d[0] for d in cur.description]
+            cur.fetchall()
+        return self._insert(table_name, list(columns), f"({query})", params)
+
+    def take_events(self, condition: str, local_params: Iterable[Any], columns: str) -> list[tuple]:
+        """Remove this trace's events matching `condition` (SQL over `events`; `event_id`
+        in it is a local id) and return their `columns`, ordered by event id: for a parser
+        that inserted placeholder rows in bulk and handles a few of them another way."""
+        con = self.store.con
+        where = (f"trace_id = {self.trace_id} AND "
+                 f"({condition.replace('event_id', f'(event_id - {self.event_base})')})")
+        params = list(local_params)
+        rows = con.execute(f"SELECT {columns} FROM events WHERE {where} ORDER BY event_id", params).fetchall()
+        if rows:
+            con.execute(f"DELETE FROM events WHERE {where}", params)
+            self._events_written -= len(rows)
+        return rows
+
+    def _insert(self, table_name: str, names: list[str], source: str, params: list | None = None) -> int:
+        types = {c.name: c.type for c in schema.table(table_name).columns}
+        unknown = [n for n in names if n not in types]
+        if unknown:
+            raise KeyError(f"unknown column {unknown[0]!r}")
         shifted = _ID_COLUMNS.get(table_name, ())
         select = []
-        names = list(data.column_names)
+        names = list(names)
         for name in names:
             if name in shifted:
                 select.append(f"{name} + {self.event_base} AS {name}")
@@ -189,21 +228,17 @@ class TraceWriter:
         if table_name in _TRACE_COLUMN and "trace_id" not in names:
             names.append("trace_id")
             select.append(f"{self.trace_id} AS trace_id")
+        if table_name == "events" and "end_ns" not in names:
+            names.append("end_ns")
+            select.append("start_ns + dur_ns AS end_ns")
+        row = self.store.con.execute(
+            f"INSERT INTO {table_name} ({', '.join(names)}) "
+            f"SELECT {', '.join(select)} FROM {source}", params or []
+        ).fetchone()
+        count = int(row[0]) if row else 0
         if table_name == "events":
-            if "end_ns" not in names:
-                names.append("end_ns")
-                select.append("start_ns + dur_ns AS end_ns")
-            self._events_written += data.num_rows
-        con = self.store.con
-        con.register("_profkit_batch", data)
-        try:
-            con.execute(
-                f"INSERT INTO {table_name} ({', '.join(names)}) "
-                f"SELECT {', '.join(select)} FROM _profkit_batch"
-            )
-        finally:
-            con.unregister("_profkit_batch")
-        return data.num_rows
+            self._events_written += count
+        return count
 
     def add_events(self, columns: Mapping[str, Any]) -> int:
         return self.append("events", columns)
