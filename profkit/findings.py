@@ -78,7 +78,10 @@ def _merge_same_cause(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         scope = f.get("scope") or {}
         key = (tuple(map(str, replay.get("changes", []))), str(scope.get("ranks") or scope.get("rank")))
         if key in kept:
-            kept[key].setdefault("also_rules", []).append(f["rule"])
+            # The same rule on another device of the trace shares the trace-level replay;
+            # a different rule is the same cause seen by another pass.
+            if f["rule"] != kept[key]["rule"] and f["rule"] not in kept[key].get("also_rules", []):
+                kept[key].setdefault("also_rules", []).append(f["rule"])
             continue
         f = dict(f)
         kept[key] = f
