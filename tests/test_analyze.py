@@ -115,3 +115,20 @@ def test_cpu_only_trace_has_no_device_findings():
     result = analyze_json(SAMPLE_TRACES / "cpu_tiny_decoder_prefill_decode.json.gz")
     assert result["traces"][0]["breakdown"]["device_activity"] is False
     assert result["traces"][0]["steps"]["count"] == 9
+
+
+def test_display_groups_ranks_and_merges_one_cause_seen_by_two_passes():
+    def finding(rule, rank, impact, device=0, changes=("no_sync",)):
+        return {"rule": rule, "title": f"{rule} on GPU {device}", "impact_ns": impact, "impact_basis": "replay",
+                "scope": {"trace_id": rank, "rank": rank, "device": device, "stream": 7},
+                "details": {"replay": {"changes": list(changes)}}}
+
+    shown = group_across_ranks([
+        finding("host.sync_in_steady_state", 0, 100), finding("host.sync_in_steady_state", 1, 120, device=1),
+        finding("idle.sync", 0, 100), finding("idle.sync", 1, 120, device=1),
+        finding("idle.host_bound", 0, 50, changes=("host_gaps",)),
+        finding("idle.host_bound", 0, 50, device=1, changes=("host_gaps",)),
+    ])
+    assert [f["rule"] for f in shown] == ["host.sync_in_steady_state", "idle.host_bound"]
+    assert shown[0]["impact_ns"] == 120 and shown[0]["scope"]["ranks"] == [0, 1]
+    assert shown[0]["also_rules"] == ["idle.sync"] and "also_rules" not in shown[1]
