@@ -100,6 +100,8 @@ def _parse(path: Path, sink, fast: bool) -> None:
                     if value is not None:
                         builder.add_chunk(*value)
                     sink.report(str(path), done, total)
+                if sql:
+                    sql.flush()
             finally:
                 if sql:
                     sql.close()

@@ -1,6 +1,6 @@
-"""The fast path of the Kineto parser: DuckDB reads a piece of `traceEvents` (~32 MB of
-the array) and inserts the ordinary records into `events` in one INSERT ... SELECT, with
-no Python object per record.
+"""The fast path of the Kineto parser: DuckDB reads pieces of `traceEvents` (~20 MB of
+the array each, two per statement) and inserts the ordinary records into `events` in one
+INSERT ... SELECT, with no Python object per record.
 
 Ordinary: an X/i/I record with a known category, a name, a finite ts (and dur >= 0 for
 X), and pid/tid/stream/device/correlation/External id given as integers (hex too, as
@@ -22,7 +22,11 @@ a string or a non-object element never reaches DuckDB. Should DuckDB still refus
 from __future__ import annotations
 
 import os
+import queue
+import shutil
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import duckdb
@@ -42,7 +46,14 @@ _KERNEL_ARGS = ("$.grid[0]", "$.grid[1]", "$.grid[2]", "$.block[0]", "$.block[1]
 _KERNEL_COLUMNS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
                    "registers_per_thread", "shared_memory_bytes", "blocks_per_sm",
                    "warps_per_sm", "occupancy_pct")
-SQL_PIECE_BYTES = 32 << 20
+# Pieces of 20 MB read two per statement. Larger statements cost less CPU per record (1M
+# events: 40 MB statements 1.8 CPU-s in DuckDB, 64 MB 1.3, 100 MB 1.2) but raise the peak
+# RSS of a 5M-event ingest (40 MB: 1.65x the JSON, 60 MB: 2.05x, 100 MB: 2.3x; limit 2x).
+SQL_PIECE_BYTES = 20 << 20
+BATCH_PIECES = 2  # pieces read per statement
+# Statements running at once. Each reads its files with one thread (WITH ORDINALITY);
+# a second one was 10-30% faster in wall time but raised peak RSS past 2x the JSON.
+WORKERS = 1
 _EVENT_COLUMNS = ["event_id", "kind", "name", "start_ns", "dur_ns", "pid", "tid", "device", "stream",
                   "correlation", "external_id", "source_cat", "args"]
 _LAUNCH_FLOW_CATS = tuple(c for c, kind in FLOW_LINK_KIND.items() if kind is None)
@@ -111,15 +122,17 @@ def _kind_case() -> str:
 
 
 def _piece_query() -> str:
-    """Rows for `events` from the piece in file `?`: ordinary records in full, others as
-    placeholders (kind NULL, their fields as a JSON list in args); launch flows left out."""
+    """Rows for `events` from the pieces in the files `?`: ordinary records in full, others
+    as placeholders (kind NULL, their fields as a JSON list in args); launch flows left
+    out. event_id is the record's position in the files (WITH ORDINALITY numbers the rows
+    in file order, which is also why DuckDB reads them with one thread)."""
     ints = {"pid_n": "pid", "tid_n": "tid", "stream_n": "a[5]", "dev_n": "a[4]",
             "correlation": "a[1]", "external_id": "coalesce(a[2], a[3])"}
     ids_ok = " AND ".join(f"({t} IS NULL OR {n} IS NOT NULL)" for n, t in ints.items())
     fast = (f"ph IN ('X', 'i', 'I') AND kind IS NOT NULL AND name IS NOT NULL AND start_ns IS NOT NULL "
             f"AND dur_ns >= 0 AND {ids_ok}")
     return f"""
-    SELECT row_number() OVER () - 1 AS event_id,
+    SELECT ordinality - 1 AS event_id,
            CASE WHEN fast THEN kind END AS kind, name, start_ns, dur_ns,
            CASE WHEN {_LANE} THEN NULL ELSE pid_n END AS pid,
            CASE WHEN {_LANE} THEN NULL ELSE tid_n END AS tid,
@@ -139,7 +152,7 @@ def _piece_query() -> str:
                        _k_us(ts) AS ts_i, _k_us(dur) AS dur_i,
                        CASE WHEN ph IN ('X', 'i', 'I')
                             THEN json_extract_string(args, {_sql_list(_EVENT_ARGS)}) END AS a
-                FROM read_json(?, format = 'array', columns = ?, maximum_object_size = 16777216)
+                FROM read_json(?, format = 'array', columns = ?, maximum_object_size = 16777216) WITH ORDINALITY
             )
         )
     )
@@ -148,79 +161,144 @@ def _piece_query() -> str:
 
 
 class SqlPieces:
-    """Feeds pieces of the events array through DuckDB; one per trace."""
+    """Feeds pieces of the events array through DuckDB; one per trace.
+
+    Pieces are validated and written to temporary files here, then read in batches of
+    `BATCH_PIECES` files per statement (each statement has a fixed cost) by a worker
+    thread on its own cursor (DuckDB releases the GIL), so that DuckDB reads one batch
+    while Python prepares the next and handles the previous one's leftovers. Ids: a batch of n records owns the local ids
+    [base, base + 2n): the first n are the records' positions, the next n are for its
+    leftover records (each gives at most one event) handled by EventBuilder."""
 
     def __init__(self, builder):
         self.b = builder
         self.w = builder.w
-        self.con = self.w.store.con
         for sql in _MACROS:
-            self.con.execute(sql)
+            self.w.store.con.execute(sql)
+        self.cursors: queue.SimpleQueue = queue.SimpleQueue()
+        self._cursors = [self.w.store.con.cursor() for _ in range(WORKERS)]
+        for cur in self._cursors:
+            for sql in _MACROS:
+                cur.execute(sql)
+            self.cursors.put(cur)
         self.query = _piece_query()
-        fd, self.tmp = tempfile.mkstemp(prefix="profkit-kineto-", suffix=".json")
-        os.close(fd)
+        self.dir = tempfile.mkdtemp(prefix="profkit-kineto-")
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="profkit-kineto-sql")
+        self.files: list[str] = []  # the batch being filled
+        self.records = 0
+        self.serial = 0
+        self.base = 0               # first local id of the next batch
+        self.running: deque = deque()  # (future, batch) of the batches DuckDB is reading, oldest first
 
     def close(self) -> None:
-        try:
-            os.unlink(self.tmp)
-        except OSError:
-            pass
+        self.pool.shutdown(wait=True)  # nothing may still write when the trace ends
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for cur in self._cursors:
+            cur.close()
 
     # -- one piece ----------------------------------------------------------------------
     def add(self, piece: bytes) -> bool:
-        """Ingest one piece (a JSON array text). False if it has a non-object element
-        (nothing was stored: the caller decodes the piece another way); msgspec's
-        DecodeError if it is not valid JSON."""
+        """Take one piece (a JSON array text). False if it has a non-object element
+        (everything before it is stored: the caller decodes the piece another way);
+        msgspec's DecodeError if it is not valid JSON."""
         try:
             count = len(_COUNT.decode(piece))
         except msgspec.ValidationError:
+            self.flush()
             return False
-        with open(self.tmp, "wb") as fh:
+        path = os.path.join(self.dir, f"{self.serial}.json")
+        self.serial += 1
+        with open(path, "wb") as fh:
             fh.write(piece)
-        w, b = self.w, self.b
-        lo = b.next_id
-        try:
-            n = w.append_query("events", f"SELECT event_id + {lo} AS event_id, * EXCLUDE (event_id) FROM ({self.query})",
-                               [self.tmp, _COLUMNS], _EVENT_COLUMNS)
-        except duckdb.Error as exc:
-            raise FastPathFailed(str(exc)) from None
-        w.read(count)
-        b.next_id = lo + n
-        rest = w.take_events("kind IS NULL AND event_id >= ?", [lo], "args")
-        self._side_tables(lo)
-        if rest:
-            b.add_records([_record(_REST.decode(text)) for (text,) in rest])
+        self.w.read(count)
+        self.files.append(path)
+        self.records += count
+        if len(self.files) >= BATCH_PIECES:
+            self._submit()
         return True
 
-    def _side_tables(self, lo: int) -> None:
-        """kernel_info, copies, collectives and the parser's tallies for events >= lo."""
-        w, con = self.w, self.con
-        first = w.event_base + lo
+    def flush(self) -> None:
+        """Store everything taken so far (before the caller stores anything itself)."""
+        self._submit()
+        while self.running:
+            self._collect()
+        self.b.next_id = max(self.b.next_id, self.base)
+
+    def _submit(self) -> None:
+        if not self.files:
+            return
+        batch = (list(self.files), self.base, self.records)
+        self.files, self.base, self.records = [], self.base + 2 * self.records, 0
+        self.running.append((self.pool.submit(self._read_batch, *batch), batch))
+        if len(self.running) > WORKERS:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Wait for the oldest running batch and hand its leftovers to Python."""
+        future, (files, lo, n) = self.running.popleft()
+        rest = future.result()
+        for path in files:
+            os.unlink(path)
+        self._side_tables(lo, n)
+        b = self.b
+        if rest:
+            b.next_id = lo + n
+            b.add_records([_record(_REST.decode(text)) for (text,) in rest])
+            assert b.next_id <= lo + 2 * n, "leftover records gave more events than records"
+
+    # -- in the worker thread -----------------------------------------------------------
+    def _read_batch(self, files: list[str], lo: int, n: int):
+        cur = self.cursors.get()
+        try:
+            return self._read_batch_on(cur, files, lo, n)
+        finally:
+            self.cursors.put(cur)
+
+    def _read_batch_on(self, cur, files: list[str], lo: int, n: int):
+        w = self.w
+        try:
+            w.append_query("events", f"SELECT event_id + {lo} AS event_id, * EXCLUDE (event_id) FROM ({self.query})",
+                           [files, _COLUMNS], _EVENT_COLUMNS, con=cur)
+        except duckdb.Error as exc:
+            raise FastPathFailed(str(exc)) from None
+        # Literal bounds, not parameters: DuckDB then skips the row groups outside them.
+        rest = w.take_events(f"kind IS NULL AND event_id >= {lo} AND event_id < {lo + n}", [], "args", con=cur)
+        return rest
+
+    def _side_tables(self, lo: int, n: int) -> None:
+        """kernel_info, copies, collectives and the parser's tallies for a batch's events.
+        On the main connection, while the worker reads the next batch."""
+        w, con = self.w, self.w.store.con
+        first, end = w.event_base + lo, w.event_base + lo + n
         w.append_query("kernel_info", f"""
             SELECT event_id - {w.event_base} AS event_id,
                    {", ".join(f"_k_int(v[{i + 1}]) AS {c}" if i < 8 else f"_k_float(v[{i + 1}]) AS {c}"
                               for i, c in enumerate(_KERNEL_COLUMNS))}
             FROM (SELECT event_id, json_extract_string(args, {_sql_list(_KERNEL_ARGS)}) AS v
-                  FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND kind = 'kernel')
+                  FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
+                   AND kind = 'kernel')
             WHERE v[12] IS NOT NULL OR v[13] IS NOT NULL OR v[7] IS NOT NULL
         """)
         # Copies and collectives are few: the Python row builders, on their args only.
+        # Literal bounds (see _read_batch_on).
         rows = con.execute(f"""
             SELECT event_id - {w.event_base}, kind, name, args FROM events
-            WHERE trace_id = ? AND event_id >= ?
+            WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
               AND (kind IN ('memcpy', 'memset') OR (kind = 'kernel' AND contains(args, '"Collective name"')))
-        """, [w.trace_id, first]).fetchall()
-        if rows:
-            self._copies_and_collectives(rows)
-        for kind, prefix, count, cats in con.execute("""
+        """).fetchall()
+        tallies = con.execute(f"""
             SELECT kind, CASE WHEN kind = 'runtime' THEN lower(name[1:4]) END AS prefix,
                    count(*), list(DISTINCT source_cat)
-            FROM events WHERE trace_id = ? AND event_id >= ? GROUP BY ALL
-        """, [w.trace_id, first]).fetchall():
-            self.b.kind_counts[kind] += count
-            self.b.cats_seen.update(cats)
+            FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end} GROUP BY ALL
+        """).fetchall()
+        b = self.b
+        for kind, prefix, count, cats in tallies:
+            b.kind_counts[kind] += count
+            b.cats_seen.update(cats)
             if prefix is not None:
-                self.b.runtime_prefixes[prefix] += count
+                b.runtime_prefixes[prefix] += count
+        if rows:
+            self._copies_and_collectives(rows)
 
     def _copies_and_collectives(self, rows: list[tuple]) -> None:
         args = A.decode_batch([a.encode() if a is not None else None for _, _, _, a in rows])

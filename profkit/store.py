@@ -7,6 +7,7 @@ shifts them to store-wide ids as it inserts, so parsers never coordinate ids.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import warnings
 from collections import Counter
@@ -144,6 +145,7 @@ class TraceWriter:
         self.issue_examples: dict[str, str] = {}
         self.source_records = 0
         self._events_written = 0
+        self._count_lock = threading.Lock()  # a parser may insert from a worker thread too
         self._started = time.perf_counter()
 
     # -- trace-level facts -------------------------------------------------
@@ -186,33 +188,39 @@ class TraceWriter:
             con.unregister("_profkit_batch")
 
     def append_query(self, table_name: str, query: str, params: Iterable[Any] | None = None,
-                     columns: list[str] | None = None) -> int:
+                     columns: list[str] | None = None, *, con: duckdb.DuckDBPyConnection | None = None) -> int:
         """Append the rows of a query (run on the store's connection) to a table: for
         parsers that stage their input in DuckDB and transform it there, without a round
         trip through Python. Same rules as `append` (local event ids, trace_id filled).
-        `columns` names the query's columns (else they are found by planning it)."""
+        `columns` names the query's columns (else they are found by planning it). `con`:
+        a cursor of the store's connection to run on instead (from a worker thread)."""
         params = list(params or [])
+        con = con or self.store.con
         if columns is None:
-            cur = self.store.con.execute(f"SELECT * FROM ({query}) LIMIT 0", params)
+            cur = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params)
             columns = [d[0] for d in cur.description]
             cur.fetchall()
-        return self._insert(table_name, list(columns), f"({query})", params)
+        return self._insert(table_name, list(columns), f"({query})", params, con)
 
-    def take_events(self, condition: str, local_params: Iterable[Any], columns: str) -> list[tuple]:
+    def take_events(self, condition: str, local_params: Iterable[Any], columns: str,
+                    *, con: duckdb.DuckDBPyConnection | None = None) -> list[tuple]:
         """Remove this trace's events matching `condition` (SQL over `events`; `event_id`
         in it is a local id) and return their `columns`, ordered by event id: for a parser
-        that inserted placeholder rows in bulk and handles a few of them another way."""
-        con = self.store.con
+        that inserted placeholder rows in bulk and handles a few of them another way.
+        `con` as for `append_query`."""
+        con = con or self.store.con
         where = (f"trace_id = {self.trace_id} AND "
                  f"({condition.replace('event_id', f'(event_id - {self.event_base})')})")
         params = list(local_params)
         rows = con.execute(f"SELECT {columns} FROM events WHERE {where} ORDER BY event_id", params).fetchall()
         if rows:
             con.execute(f"DELETE FROM events WHERE {where}", params)
-            self._events_written -= len(rows)
+            with self._count_lock:
+                self._events_written -= len(rows)
         return rows
 
-    def _insert(self, table_name: str, names: list[str], source: str, params: list | None = None) -> int:
+    def _insert(self, table_name: str, names: list[str], source: str, params: list | None = None,
+                con: duckdb.DuckDBPyConnection | None = None) -> int:
         types = {c.name: c.type for c in schema.table(table_name).columns}
         unknown = [n for n in names if n not in types]
         if unknown:
@@ -231,13 +239,14 @@ class TraceWriter:
         if table_name == "events" and "end_ns" not in names:
             names.append("end_ns")
             select.append("start_ns + dur_ns AS end_ns")
-        row = self.store.con.execute(
+        row = (con or self.store.con).execute(
             f"INSERT INTO {table_name} ({', '.join(names)}) "
             f"SELECT {', '.join(select)} FROM {source}", params or []
         ).fetchone()
         count = int(row[0]) if row else 0
         if table_name == "events":
-            self._events_written += count
+            with self._count_lock:
+                self._events_written += count
         return count
 
     def add_events(self, columns: Mapping[str, Any]) -> int:
