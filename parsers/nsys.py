@@ -147,12 +147,12 @@ def _fill(con, cat, reader, w, sink, database: Path, shown_path: Path) -> None:
                 hostname=env.get("Hostname"), base_time_ns=meta.base_time_ns(metadata["session"]),
                 metadata=metadata)
     if not export_meta:
-        _note(w, "table absent: META_DATA_EXPORT (schema version unknown)")
+        w.note("table absent: META_DATA_EXPORT (schema version unknown)")
     elif major is not None and major not in meta.KNOWN_SCHEMA_MAJORS:
-        _note(w, f"export schema {version} not checked: read by column name")
+        w.note(f"export schema {version} not checked: read by column name")
     for table in meta.EXPECTED_TABLES:
         if not cat.has(table):
-            _note(w, f"table absent: {table}")
+            w.note(f"table absent: {table}")
 
     total = max(database.stat().st_size, 1)
     done = [0]
@@ -175,7 +175,7 @@ def _fill(con, cat, reader, w, sink, database: Path, shown_path: Path) -> None:
         if cat.has("CUPTI_ACTIVITY_KIND_KERNEL"):
             activity.collectives()
         for column in activity.absent:
-            _note(w, f"column absent: {column}")
+            w.note(f"column absent: {column}")
         steps = activity.steps()
     finally:
         activity.close()
@@ -193,9 +193,3 @@ def _fill(con, cat, reader, w, sink, database: Path, shown_path: Path) -> None:
         w.read(count)
         w.issue(f"table not ingested: {table}", count)
     sink.report(str(shown_path), total, total)
-
-
-def _note(w, reason: str) -> None:
-    """An ingest_issues row with count 0: something absent from the input, nothing dropped.
-    (TraceWriter.issue() ignores counts of 0, so the counter is set directly.)"""
-    w.issues[reason] += 0

@@ -187,7 +187,7 @@ TABLES: tuple[Table, ...] = (
     Table("ingest_issues", "What a parser read and could not use, counted by reason: nothing is dropped silently.", (
         C("trace_id", "INTEGER", "The trace."),
         C("reason", "VARCHAR", "Why the records were not stored as events (e.g. `negative duration`, `unknown ph`)."),
-        C("count", "BIGINT", "How many records."),
+        C("count", "BIGINT", "How many records; 0 notes something the input lacks (a table, a column) without anything dropped."),
         C("example", "VARCHAR", "One such record, abbreviated."),
     ), grain="reason"),
 )

@@ -166,6 +166,11 @@ class TraceWriter:
             text = example if isinstance(example, str) else json.dumps(example, default=str)
             self.issue_examples[reason] = text[:300]
 
+    def note(self, reason: str) -> None:
+        """An ingest_issues row with count 0: something the input lacks (a table, a column)
+        or could not be checked. Nothing was dropped, but `profkit info` shows it."""
+        self.issues[reason] += 0
+
     def read(self, count: int = 1) -> None:
         """Count records read from the input (stored, kept as metadata, or counted as issues)."""
         self.source_records += count

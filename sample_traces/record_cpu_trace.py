@@ -6,7 +6,7 @@ cache, each inside `record_function("prefill")` / `record_function("decode")` an
 loop profiled with torch.profiler does. Weights are random (seeded): the point is the
 shape of the trace, not the text.
 
-    /work/venv/bin/python sample_traces/record_cpu_trace.py [OUT.json.gz]
+    python sample_traces/record_cpu_trace.py [OUT.json.gz]
 
 Writes sample_traces/cpu_tiny_decoder_prefill_decode.json.gz by default.
 """
