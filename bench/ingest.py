@@ -21,14 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import tile_trace as tt  # noqa: E402
 
-OUT = HERE / "out"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces" / "kineto" / "cuda"
-TRACES = [
-    SHARED / "v100_nccl_rank1_of2.json.gz",
-    SHARED / "a100_80gb_rank0_of16.json.gz",
-    SHARED / "regression_pair" / "control_a100_rank3_of8.json.gz",
-]
-TILE_SOURCE = SHARED / "v100_nccl_rank1_of2.json.gz"
+from tile_trace import OUT, TILE_SOURCE, TRACES  # noqa: E402  (shared by the benchmarks)
 HTA_TIME_LIMIT_S = 180.0
 HTA_RSS_LIMIT = 16 << 30  # the machine has 24 GB
 

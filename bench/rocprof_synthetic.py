@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import orjson
+import msgspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -108,7 +108,7 @@ def write_json(n: int, c: dict[str, np.ndarray]) -> Path:
         "strings": {"buffer_records": kinds, "marker_api": []},
         "buffer_records": {"kernel_dispatch": dispatches, "hip_api": hip, "memory_copy": [], "marker_api": []},
     }]}
-    path.write_bytes(orjson.dumps(doc))
+    path.write_bytes(msgspec.json.encode(doc))
     return path
 
 

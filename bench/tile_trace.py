@@ -21,18 +21,29 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
+import msgspec
 
 GAP_US = 1000
 _ARG_IDS = ("correlation", "External id", "Python id", "Python parent id", "Ev Idx", "Record function id")
 _STEP = re.compile(r"^ProfilerStep#(\d+)$")
+
+# Inputs shared by bench/ingest.py and bench/analyze.py: the largest shared Kineto traces,
+# and the one tiled to 1M and 5M events.
+OUT = Path(__file__).resolve().parent / "out"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces" / "kineto" / "cuda"
+TRACES = [
+    SHARED / "v100_nccl_rank1_of2.json.gz",
+    SHARED / "a100_80gb_rank0_of16.json.gz",
+    SHARED / "regression_pair" / "control_a100_rank3_of8.json.gz",
+]
+TILE_SOURCE = SHARED / "v100_nccl_rank1_of2.json.gz"
 
 
 def read_trace(path: Path) -> dict:
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    return orjson.loads(data)
+    return json.loads(data, strict=False)  # real traces carry control characters in strings
 
 
 def _num(v):
@@ -69,13 +80,13 @@ def tile(src_trace_json_gz, n_events: int, out_path) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(out_path, "wb") as out:
-        head = orjson.dumps(doc)
+        head = msgspec.json.encode(doc)
         out.write(head[:-1] + (b"," if len(doc) else b"") + b'"traceEvents":[')
         first = True
 
         def emit(record):
             nonlocal first, written
-            out.write((b"" if first else b",\n") + orjson.dumps(record))
+            out.write((b"" if first else b",\n") + msgspec.json.encode(record))
             first = False
             written += 1
 
