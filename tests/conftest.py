@@ -33,3 +33,16 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("PROFKIT_CACHE_DIR", None)
     else:
         os.environ["PROFKIT_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """The shipped synthetic 4-rank sample, or a freshly generated one if it is missing."""
+    sample = SAMPLE_TRACES / "synthetic_llm_decode_4ranks"
+    if (sample / "manifest.json").exists():
+        return sample
+    from profkit.synthetic import generate_decode_trace
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate_decode_trace(out)
+    return out

@@ -13,7 +13,7 @@ import pytest
 
 import profkit
 from profkit.analyses import Context, host as host_pass, steps as steps_pass
-from conftest import SAMPLE_TRACES, shared_trace
+from conftest import shared_trace
 from helpers import store_with_events
 
 SYNC_NAME = re.compile(r"^(cuda|hip)(Device|Stream|Event)Synchronize$|^(cuda|hip)Memcpy(WithStream)?$")
@@ -127,18 +127,8 @@ def test_pageable_finding_on_nsys_hpc_trace():
     assert finding.count == result.metrics["pageable_copies"]["copies"] > 0
 
 
-def _synthetic_dir(tmp_path_factory) -> Path:
-    sample = SAMPLE_TRACES / "synthetic_llm_decode_4ranks"
-    if (sample / "manifest.json").exists():
-        return sample
-    from profkit.synthetic import generate_decode_trace
-    out = tmp_path_factory.mktemp("synthetic")
-    generate_decode_trace(out)
-    return out
-
-
-def test_synthetic_sync_found_with_scope_and_size(tmp_path_factory):
-    directory = _synthetic_dir(tmp_path_factory)
+def test_synthetic_sync_found_with_scope_and_size(synthetic_dir):
+    directory = synthetic_dir
     manifest = json.loads((directory / "manifest.json").read_text())
     injected = next(b for b in manifest["bottlenecks"] if b["bottleneck"] == "sync")
     assert injected["id"] == "host.sync_in_steady_state"

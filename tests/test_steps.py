@@ -155,18 +155,8 @@ def test_cpu_sample_prefill_then_decode():
     check_invariants(store, ctx, result)
 
 
-def _synthetic_dir(tmp_path_factory) -> Path:
-    sample = SAMPLE_TRACES / "synthetic_llm_decode_4ranks"
-    if (sample / "manifest.json").exists():
-        return sample
-    from profkit.synthetic import generate_decode_trace
-    out = tmp_path_factory.mktemp("synthetic")
-    generate_decode_trace(out)
-    return out
-
-
-def test_synthetic_inter_step_gap(tmp_path_factory):
-    directory = _synthetic_dir(tmp_path_factory)
+def test_synthetic_inter_step_gap(synthetic_dir):
+    directory = synthetic_dir
     manifest = json.loads((directory / "manifest.json").read_text())
     sync = next(b for b in manifest["bottlenecks"] if b["bottleneck"] == "sync")
     path = directory / "synthetic_llm_decode_rank0.json.gz"
