@@ -38,8 +38,6 @@ _COPY_DIRECTIONS = {
 }
 _COPY_TOKEN = re.compile(r"(host_?to_?device|device_?to_?host|device_?to_?device|host_?to_?host|"
                          r"peer_?to_?peer|[hdp]to[hdp]|[hdp]2[hdp])", re.IGNORECASE)
-# hipMemcpyKind numbers (the `kind(N)` of a hipMemcpy argument list).
-HIP_MEMCPY_KIND = {0: "HtoH", 1: "HtoD", 2: "DtoH", 3: "DtoD"}
 
 
 def copy_direction(kind: str | None) -> str | None:
@@ -128,7 +126,6 @@ class Agents:
         self.ordinal_by_node = {a.node_id: i for i, a in enumerate(self.gpus)}
         self.ordinal_by_key = {a.key: i for i, a in enumerate(self.gpus) if a.key is not None}
         self.node_by_key = {a.key: a.node_id for a in self.all if a.key is not None}
-        self.type_by_key = {a.key: a.type.upper() for a in self.all if a.key is not None}
         self.type_by_node = {a.node_id: a.type.upper() for a in self.all}
 
     def __bool__(self) -> bool:

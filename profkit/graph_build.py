@@ -130,7 +130,6 @@ class _Builder(WaitEdges):
         self.n = ev["event_id"].size
         self.edges: list[tuple] = []   # (src, dst, weight, kind, cls, event, sync_min, gap_trim) arrays
         self.stats: dict[str, int] = {}
-        self.index_of = {}              # event_id -> index, built lazily via searchsorted
         kinds = ev["kind"]
         self.is_device = np.isin(kinds, DEVICE_KINDS)
         self.start = ev["start"]
@@ -284,7 +283,6 @@ class _Builder(WaitEdges):
         ev = self.ev
         host = np.flatnonzero(~self.is_device)
         if host.size == 0:
-            self.host_vertices = np.empty(0, dtype=np.int64)
             return
         verts = np.concatenate([2 * host, 2 * host + 1])
         owner_ev = verts // 2

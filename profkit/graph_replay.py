@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph_build import Graph
-from .graph_model import CLASS_NAMES, CLS
+from .graph_model import CLASS_NAMES
 
 NEG = -(1 << 62)
 
@@ -185,7 +185,3 @@ def steady(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["trace_id"] == tid]
         out += mine[1:] if len(mine) >= 3 else mine
     return out
-
-
-def class_index(name: str) -> int:
-    return CLS[name]
