@@ -47,6 +47,16 @@ class Context:
     steps: list[Step] = field(default_factory=list)
     selected_step: int | None = None        # --step N: restrict per-step figures to it
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)  # what several passes load, loaded once
+
+    def device_events(self):
+        """The trace's device activities with their launches (step_inference.DeviceEvents),
+        loaded once for all passes."""
+        if "device_events" not in self.memo:
+            from .step_inference import load_device_events
+
+            self.memo["device_events"] = load_device_events(self.store, self.trace_id)
+        return self.memo["device_events"]
 
     @property
     def steady_steps(self) -> list[Step]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from profkit import intervals as iv
+from profkit.columns import dictionary_codes
 
 from . import Context, PassResult
 
@@ -147,19 +148,15 @@ def hta_breakdown(ctx: Context) -> dict[str, Any]:
           AND stream IS NOT NULL AND stream <> -1
     """, [trace_id])
     window = _hta_window(ctx)
-    kinds = table.column("kind").to_pylist()
-    names = table.column("name").to_pylist()
+    types = _hta_types(table.column("kind"), table.column("name"))
     starts = table.column("start_ns").to_numpy().astype(np.int64)
     ends = table.column("end_ns").to_numpy().astype(np.int64)
     if HTA_ROUND_TO_US:
         starts, ends = -(-starts // US) * US, (ends // US) * US
     if window["last_step_excluded"]:
         keep = _hta_kept(ctx, table, window["last_step_start_ns"])
-        starts, ends = starts[keep], ends[keep]
-        kinds = [k for k, m in zip(kinds, keep) if m]
-        names = [n for n, m in zip(names, keep) if m]
+        starts, ends, types = starts[keep], ends[keep], types[keep]
     busy = iv.union(starts, ends)
-    types = _hta_types(kinds, names)
     compute = iv.union(starts[types == "compute"], ends[types == "compute"])
     span = int(busy[1][-1] - busy[0][0]) if busy[0].size else 0
     busy_ns, compute_ns = iv.total(busy), iv.total(compute)
@@ -213,32 +210,31 @@ def _hta_kept(ctx: Context, table, last_step_start: int) -> np.ndarray:
     no correlation that themselves start before it (HTA files those with host events)."""
     cut = -(-last_step_start // US) * US if HTA_ROUND_TO_US else last_step_start
     start_expr = f"-((-start_ns) // {US}) * {US}" if HTA_ROUND_TO_US else "start_ns"
-    kept_correlations = {r[0] for r in ctx.store.con.execute(f"""
-        SELECT DISTINCT coalesce(correlation, -1) FROM events
+    kept_correlations = ctx.store.arrow(f"""
+        SELECT DISTINCT coalesce(correlation, -1) AS c FROM events
         WHERE trace_id = ? AND {start_expr} < ?
           AND NOT {_HTA_GPU_LIKE}
-    """, [ctx.trace_id, cut]).fetchall()}
+    """, [ctx.trace_id, cut]).column("c").to_numpy().astype(np.int64)
     gpu_like = table.column("gpu_like").to_numpy(zero_copy_only=False)
     correlation = table.column("correlation").to_numpy()
     starts = table.column("start_ns").to_numpy()
     if HTA_ROUND_TO_US:
         starts = -(-starts // US) * US
-    launched_before = np.isin(correlation, np.fromiter(kept_correlations, np.int64, len(kept_correlations)))
+    launched_before = np.isin(correlation, kept_correlations)
     return np.where(gpu_like, launched_before, starts < cut)
 
 
-def _hta_types(kinds: list[str], names: list[str | None]) -> np.ndarray:
-    """HTA's get_kernel_type per event; copies and fills are memory whatever their name
-    (a no-op on Kineto, where they are named Memcpy/Memset, and sane on other inputs), and
-    sync records are never compute."""
-    cache: dict[tuple[str, str | None], str] = {}
-    out = np.empty(len(names), dtype=object)
-    for i, key in enumerate(zip(kinds, names)):
-        kind = cache.get(key)
-        if kind is None:
-            kind = cache[key] = _hta_type(*key)
-        out[i] = kind
-    return out
+def _hta_types(kinds, names) -> np.ndarray:
+    """HTA's get_kernel_type per event (Arrow columns in, object array out), decided once
+    per distinct (kind, name); copies and fills are memory whatever their name (a no-op on
+    Kineto, where they are named Memcpy/Memset, and sane on other inputs), and sync records
+    are never compute."""
+    kind_code, kind_values = dictionary_codes(kinds)
+    name_code, name_values = dictionary_codes(names)
+    pairs, inverse = np.unique(kind_code * name_values.size + name_code, return_inverse=True)
+    lut = np.array([_hta_type(kind_values[p // name_values.size], name_values[p % name_values.size])
+                    for p in pairs.tolist()], dtype=object)
+    return lut[inverse.reshape(-1)] if pairs.size else np.empty(0, dtype=object)
 
 
 def _hta_type(kind: str, name: str | None) -> str:

@@ -6,6 +6,7 @@ API names of every vendor are matched through `API_RULES`, one table, never per 
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 
@@ -15,7 +16,6 @@ from profkit import intervals
 from profkit.findings import Finding
 
 from . import Context, PassResult
-from .step_inference import load_device_events
 
 NAME = "host"
 
@@ -41,6 +41,7 @@ STEP_START_GAP_MIN_SHARE = 2.0    # ... and 2% of the median step
 MAX_EXAMPLES = 5
 
 
+@functools.lru_cache(maxsize=4096)  # few distinct API names, called once per runtime call
 def api_role(name: str | None) -> str | None:
     if not name:
         return None
@@ -54,7 +55,7 @@ def run(ctx: Context) -> PassResult:
     windows, steps = _windows(ctx)
     n_steps = max(1, len(windows))
     host_side = ctx.results.get("steps", {}).get("source") not in ("kernel_pattern", "whole_trace")
-    dev = load_device_events(ctx.store, ctx.trace_id)
+    dev = ctx.device_events()
     busy = intervals.union(dev.start, dev.end)
     calls = _runtime_calls(ctx)
     roles = np.array([api_role(n) for n in calls["name"]], dtype=object)

@@ -132,12 +132,12 @@ def by_op(store, trace_id, kernel_sum_ns):
         details = store.rows("""
             SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(k.dur_ns) AS kernel_ns
             FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
-            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC
+            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, o.input_dims
         """, [names]) if names else []
         top_names = store.rows("""
             SELECT o.op_name, k.name, sum(k.dur_ns) AS kernel_ns
             FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
-            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC
+            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, k.name
         """, [names]) if names else []
         attributed = int(store.scalar("""
             SELECT coalesce(sum(k.dur_ns), 0) FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
@@ -241,7 +241,7 @@ def grids(store, trace_id, windows):
         WHERE k.trace_id = ? AND k.dur_ns >= {LONG_KERNEL_NS} AND v.sm_count > 0 AND k.grid_x IS NOT NULL
           AND coalesce(k.category, '') <> 'communication'
           AND k.grid_x * coalesce(k.grid_y, 1) * coalesce(k.grid_z, 1) < v.sm_count
-        ORDER BY k.dur_ns DESC
+        ORDER BY k.dur_ns DESC, k.event_id
     """, [trace_id])
     k = {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
     rows = []
@@ -397,7 +397,7 @@ def hotspots(store, trace_id, devices):
         SELECT coalesce(device, -1) AS device, name, any_value(category) AS category, count(*) AS count,
                sum(dur_ns) AS total_ns, quantile_cont(dur_ns, 0.5) AS p50_ns, max(dur_ns) AS max_ns
         FROM events WHERE trace_id = ? AND kind = 'kernel' AND coalesce(category, '') <> 'communication'
-        GROUP BY ALL ORDER BY total_ns DESC
+        GROUP BY ALL ORDER BY total_ns DESC, device, name
     """, [trace_id])
     out = []
     for r in rows:

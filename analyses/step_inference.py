@@ -12,11 +12,14 @@ Every function here reads the store with SQL and returns plain windows; none wri
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+
+from profkit.columns import dictionary_codes
 
 from profkit.store import Store
 
@@ -48,6 +51,7 @@ class Window:
     number: int | None = None
 
 
+@functools.lru_cache(maxsize=4096)  # few distinct launch-call names, asked once per activity
 def is_graph_launch(name: str | None) -> bool:
     return bool(name) and any(p.search(name) for p in GRAPH_LAUNCH_CALLS)
 
@@ -56,16 +60,16 @@ def is_graph_launch(name: str | None) -> bool:
 class DeviceEvents:
     """Device activities of one trace in start order, with their launching call."""
     event_id: np.ndarray
-    kind: list
-    name: list
-    category: list
+    kind: np.ndarray        # object arrays of strings
+    name: np.ndarray
+    category: np.ndarray
     start: np.ndarray
     end: np.ndarray
     device: np.ndarray      # -1 where unknown
     stream: np.ndarray      # -1 where unknown
     launch_id: np.ndarray   # -1 where no launch link
     launch_start: np.ndarray  # launch call start, else the device start
-    launch_name: list
+    launch_name: np.ndarray
     graph: np.ndarray       # bool: enqueued by a graph replay
 
     def __len__(self) -> int:
@@ -98,20 +102,23 @@ def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
         ORDER BY e.start_ns, e.event_id
     """, [trace_id, trace_id])
     col = table.column
-    launch_name = col("launch_name").to_pylist()
-    graph_id = col("graph_id").to_pylist()
-    graph = np.array([g is not None or is_graph_launch(n) for g, n in zip(graph_id, launch_name)], dtype=bool)
+    strings = {}
+    for name in ("kind", "name", "category", "launch_name"):
+        codes, values = dictionary_codes(col(name))
+        strings[name] = values[codes]
+        if name == "launch_name":  # decided once per distinct launch call
+            graph_call = np.array([is_graph_launch(v) for v in values], dtype=bool)[codes]
+    graph = col("graph_id").is_valid().to_numpy(zero_copy_only=False) | graph_call
     return DeviceEvents(
         event_id=col("event_id").to_numpy().astype(np.int64),
-        kind=col("kind").to_pylist(), name=col("name").to_pylist(),
-        category=col("category").to_pylist(),
+        kind=strings["kind"], name=strings["name"], category=strings["category"],
         start=col("start_ns").to_numpy().astype(np.int64),
         end=col("end_ns").to_numpy().astype(np.int64),
         device=col("device").to_numpy().astype(np.int64),
         stream=col("stream").to_numpy().astype(np.int64),
         launch_id=col("launch_id").to_numpy().astype(np.int64),
         launch_start=col("launch_start").to_numpy().astype(np.int64),
-        launch_name=launch_name, graph=graph,
+        launch_name=strings["launch_name"], graph=graph,
     )
 
 

@@ -16,7 +16,7 @@ from profkit.findings import Finding
 from . import Context, PassResult, Step
 from .step_inference import (
     MIN_REPEATS, DeviceEvents, Window, annotation_steps, assign, graph_replay_steps, kernel_pattern_steps,
-    load_device_events, whole_trace_window,
+    whole_trace_window,
 )
 
 NAME = "steps"
@@ -44,8 +44,7 @@ _PHASE_SQL = "prefill|decode|extend|generation_"
 
 
 def run(ctx: Context) -> PassResult:
-    store, trace_id = ctx.store, ctx.trace_id
-    dev = load_device_events(store, trace_id)
+    dev = ctx.device_events()
     source, windows = find_windows(ctx, dev)
     host_side = source not in ("kernel_pattern", "whole_trace")
     owner = assign(dev.anchor(host_side), windows)
@@ -127,8 +126,8 @@ def _step_facts(window: Window, dev: DeviceEvents, mine: np.ndarray) -> dict:
     if not n:
         return facts
     starts, ends = dev.start[mine], dev.end[mine]
-    kernel = np.array([dev.kind[i] == "kernel" for i in np.flatnonzero(mine)], dtype=bool)
-    gemm = np.array([dev.category[i] == "gemm" for i in np.flatnonzero(mine)], dtype=bool)
+    kernel = (dev.kind[mine] == "kernel").astype(bool)
+    gemm = (dev.category[mine] == "gemm").astype(bool)
     launches = dev.launch_id[mine]
     kernels = int(kernel.sum())
     launch_calls = int(np.unique(launches[launches >= 0]).size)
@@ -272,7 +271,7 @@ def windows_sql(trace_id: int, facts: list[dict]) -> str:
             f"FROM (VALUES {rows}) w(step, start_ns, end_ns) "
             f"LEFT JOIN device_events e ON e.trace_id = {trace_id} "
             f"AND e.start_ns >= w.start_ns AND e.start_ns < w.end_ns "
-            f"GROUP BY ALL ORDER BY dur_ns DESC")
+            f"GROUP BY ALL ORDER BY dur_ns DESC, w.step")
 
 
 def _ms(ns: float) -> str:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .columns import dictionary_codes
 from .store import Store
 
-from .graph_model import (CLS, COPY_CALL, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION, E_HOST, E_LAUNCH,
+from .graph_model import (CLS, COPY_CALL, matches, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION, E_HOST, E_LAUNCH,
                           E_STREAM, E_SYNC, HOST_KINDS, STREAM_GAP_MAX_NS)
 from .graph_waits import WaitEdges
 
@@ -39,6 +40,8 @@ class Graph:
     trace_id: np.ndarray
     kind: np.ndarray            # object array of kind names
     name: np.ndarray            # object array
+    name_code: np.ndarray       # name as a code into name_values (for grouping by name)
+    name_values: np.ndarray     # object array of the distinct names (last: None)
     category: np.ndarray        # object array (None for host events)
     start: np.ndarray           # common clock
     end: np.ndarray
@@ -62,6 +65,7 @@ class Graph:
     exposed: np.ndarray         # collective edges: 1 when compute waited on the instance (else 0)
     traces: list = field(default_factory=list)  # rows: trace_id, rank, clock_offset_ns
     stats: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict, repr=False)  # results derived once per graph (the base replay)
 
     @property
     def n_events(self) -> int:
@@ -113,7 +117,9 @@ def _load_events(store: Store, trace_ids: list[int]) -> dict[str, np.ndarray]:
     for name in table.column_names:
         col = table.column(name)
         if name in ("kind", "name", "category"):
-            out[name] = np.asarray(col.to_pylist(), dtype=object)
+            # Few distinct strings: decode each once (codes + values), then index.
+            out[name + "_code"], out[name + "_values"] = dictionary_codes(col)
+            out[name] = out[name + "_values"][out[name + "_code"]]
         else:
             out[name] = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else \
                 np.asarray(col.fill_null(-1).to_numpy(), dtype=np.int64)
@@ -122,6 +128,20 @@ def _load_events(store: Store, trace_ids: list[int]) -> dict[str, np.ndarray]:
     for name in ("event_id", "trace_id", "start", "dur", "pid", "tid", "device", "stream", "parent_id", "depth"):
         out[name] = np.asarray(out[name], dtype=np.int64)
     return out
+
+
+def _thread_codes(ev: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A small integer per (trace, pid, tid) for every event (device events get their own
+    lanes' values, unused), and the trace of each code."""
+    n = ev["event_id"].size
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    o = np.lexsort((ev["tid"], ev["pid"], ev["trace_id"]))
+    keys = (ev["trace_id"][o], ev["pid"][o], ev["tid"][o])
+    change = np.r_[True, (keys[0][1:] != keys[0][:-1]) | (keys[1][1:] != keys[1][:-1]) | (keys[2][1:] != keys[2][:-1])]
+    code = np.empty(n, dtype=np.int64)
+    code[o] = np.cumsum(change) - 1
+    return code, keys[0][change]
 
 
 class _Builder(WaitEdges):
@@ -138,6 +158,7 @@ class _Builder(WaitEdges):
         self.launcher = np.full(self.n, -1, dtype=np.int64)
         self.extra_vertices: list[int] = []   # times of virtual vertices
         self.dropped_duration = np.zeros(self.n, dtype=bool)
+        self.thread, self.thread_trace = _thread_codes(ev)
 
     # -- helpers ---------------------------------------------------------------
     def idx(self, event_ids) -> np.ndarray:
@@ -201,12 +222,8 @@ class _Builder(WaitEdges):
                 by_launch = members[np.argsort(self.launch_time[members], kind="stable")]
                 ends = self.end[by_launch]
                 run = np.maximum.accumulate(ends)
-                arg = np.zeros(ends.size, dtype=np.int64)
-                best = 0
-                for i in range(ends.size):  # argmax of the running max (lanes are short per sync query)
-                    if ends[i] >= ends[best]:
-                        best = i
-                    arg[i] = best
+                # Where the running max is reached, the latest such activity (ties: the later one).
+                arg = np.maximum.accumulate(np.where(ends == run, np.arange(ends.size), 0))
                 self.lanes[tuple(int(x) for x in keys[a])] = {
                     "members": members, "by_launch": by_launch, "ltime": self.launch_time[by_launch],
                     "runmax": run, "runarg": by_launch[arg]}
@@ -291,10 +308,10 @@ class _Builder(WaitEdges):
         zero = self.start[owner_ev] == self.end[owner_ev]
         cls_key = np.where(is_start, 1, np.where(zero, 2, 0))
         sub = np.where(is_start, ev["depth"][owner_ev], -ev["depth"][owner_ev])
-        o = np.lexsort((sub, cls_key, t, ev["tid"][owner_ev], ev["pid"][owner_ev], ev["trace_id"][owner_ev]))
+        o = np.lexsort((sub, cls_key, t, self.thread[owner_ev]))
         verts, owner_ev, is_start, t = verts[o], owner_ev[o], is_start[o], t[o]
-        lane = np.stack([ev["trace_id"][owner_ev], ev["pid"][owner_ev], ev["tid"][owner_ev]], 1)
-        same = np.all(lane[1:] == lane[:-1], axis=1)
+        lane = self.thread[owner_ev]
+        same = lane[1:] == lane[:-1]
         u, v = verts[:-1][same], verts[1:][same]
         ue, us = owner_ev[:-1][same], is_start[:-1][same]
         w = t[1:][same] - t[:-1][same]
@@ -311,7 +328,10 @@ class _Builder(WaitEdges):
         sync_min = np.full(u.size, -1, dtype=np.int64)
         # Blocking calls: the awaited device work's end -> the call's end.
         s_src, s_dst, s_w = [], [], []
-        seg_of_call = {int(e): k for k, e in enumerate(ue) if us[k] and v[k] == 2 * e + 1}
+        # The segment that is the whole of a call (nothing nested in it), by call.
+        whole = np.flatnonzero(us & (v == 2 * ue + 1))
+        seg_of_call = np.full(self.n, -1, dtype=np.int64)
+        seg_of_call[ue[whole]] = whole
         sync_info = []
         for call in sorted(self.sync_calls | self._copy_waits()):
             a = self._awaited_by(call)
@@ -327,8 +347,8 @@ class _Builder(WaitEdges):
             if not blocked:
                 unblocked.setdefault(names[call], []).append(int(self.end[call] - self.start[call]))
         for call, blocked in sync_info:
-            k = seg_of_call.get(call)
-            if k is None:
+            k = int(seg_of_call[call])
+            if k < 0:
                 continue
             d = int(w[k])
             own = int(np.median(unblocked[names[call]])) if names[call] in unblocked else DEFAULT_SYNC_OVERHEAD_NS
@@ -354,8 +374,7 @@ class _Builder(WaitEdges):
         src, dst = self.launch_src, self.launch_dst
         if src.size == 0:
             return set()
-        names = self.ev["name"][src]
-        is_copy = np.fromiter((bool(COPY_CALL.search(n or "")) for n in names), bool, src.size)
+        is_copy = matches(self.ev, "name", COPY_CALL, src)
         waited = is_copy & (self.end[dst] <= self.end[src]) & (self.end[dst] >= self.start[src]) & (self.ev["kind"][dst] == "memcpy")
         self.copy_wait = dict(zip(src[waited].tolist(), dst[waited].tolist()))
         return set(self.copy_wait)
@@ -380,34 +399,37 @@ class _Builder(WaitEdges):
                 cutoff = int(self.start[record])
         return self.awaited(lanes, cutoff, int(self.end[call]))
 
-    def _first_launch_after_step_start(self, t: np.ndarray, lane: np.ndarray) -> np.ndarray:
-        """For host points: True when a launch already happened on the thread in this step
-        (steps table; without steps, after the thread's first launch)."""
-        ev = self.ev
+    def _first_launch_after_step_start(self, t: np.ndarray, thread: np.ndarray) -> np.ndarray:
+        """For host points (grouped by thread, in time order within it): True when a launch
+        already happened on the thread in this step (steps table; without steps, after the
+        thread's first launch)."""
         ids = ",".join(str(int(x["trace_id"])) for x in self.traces) or "NULL"
         steps = self.store.rows(f"""
             SELECT s.trace_id, s.start_ns + coalesce(t.clock_offset_ns, 0) AS start
             FROM steps s JOIN traces t USING (trace_id) WHERE s.trace_id IN ({ids}) ORDER BY 1, 2
         """)
-        ls = self.launch_src
-        result = np.zeros(t.size, dtype=bool)
-        step_starts: dict[int, np.ndarray] = {}
+        step_starts: dict[int, list] = {}
         for r in steps:
             step_starts.setdefault(r["trace_id"], []).append(r["start"])
-        for key in {tuple(x) for x in lane.tolist()} if lane.size < 5_000_000 else []:
-            on = np.all(lane == np.asarray(key), axis=1)
-            mine = ls[(ev["trace_id"][ls] == key[0]) & (ev["pid"][ls] == key[1]) & (ev["tid"][ls] == key[2])]
-            if mine.size == 0:
+        ls = self.launch_src
+        l_thread = self.thread[ls]
+        o = np.lexsort((self.start[ls], l_thread))
+        l_thread, l_time = l_thread[o], self.start[ls][o]
+        result = np.zeros(t.size, dtype=bool)
+        bounds = np.flatnonzero(np.r_[True, thread[1:] != thread[:-1], True]) if t.size else np.zeros(1, np.int64)
+        for a, z in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            c = thread[a]
+            lt = l_time[np.searchsorted(l_thread, c, "left"):np.searchsorted(l_thread, c, "right")]
+            if lt.size == 0:
                 continue
-            lt = np.sort(self.start[mine])
-            starts = np.asarray(step_starts.get(key[0], [np.iinfo(np.int64).min]), dtype=np.int64)
-            tp = t[on]
+            starts = np.asarray(step_starts.get(int(self.thread_trace[c]), [np.iinfo(np.int64).min]), dtype=np.int64)
+            tp = t[a:z]
             win = np.searchsorted(starts, tp, side="right") - 1
             win_start = np.where(win >= 0, starts[np.maximum(win, 0)], np.iinfo(np.int64).min)
             # first launch at or after the window start
             k = np.searchsorted(lt, win_start, side="left")
             first = np.where(k < lt.size, lt[np.minimum(k, lt.size - 1)], np.iinfo(np.int64).max)
-            result[on] = tp >= first
+            result[a:z] = tp >= first
         return result
 
     def _finish(self) -> Graph:
@@ -436,6 +458,7 @@ class _Builder(WaitEdges):
                           device_events=int(self.is_device.sum()))
         return Graph(
             event_id=self.ev["event_id"], trace_id=self.ev["trace_id"], kind=self.ev["kind"], name=self.ev["name"],
+            name_code=self.ev["name_code"], name_values=self.ev["name_values"],
             category=self.ev["category"], start=self.start, end=self.end, is_device=self.is_device,
             launch_time=self.launch_time, vtime=vtime, vevent=vevent, order=order, pos=pos,
             src=src[sel], dst=dst[sel], weight=w[sel], ekind=k[sel], ecls=c[sel], eevent=e[sel],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 HOST_KINDS = ("cpu_op", "python", "annotation", "runtime")
 DEVICE_KINDS = ("kernel", "memcpy", "memset")
 
@@ -28,3 +30,11 @@ SYNC_CALL = re.compile(r"(?i)(Stream|Device|Thread|Event|Ctx)Synchronize")
 STREAM_WAIT_CALL = re.compile(r"(?i)StreamWaitEvent")
 EVENT_RECORD_CALL = re.compile(r"(?i)EventRecord")
 COPY_CALL = re.compile(r"(?i)Memcpy")
+
+
+def matches(ev: dict[str, np.ndarray], column: str, pattern, where: np.ndarray) -> np.ndarray:
+    """Whether the string `column` of the events `where` matches the regex `pattern`,
+    testing each distinct value once."""
+    values = ev[column + "_values"]
+    lut = np.fromiter((bool(pattern.search(v or "")) for v in values), bool, values.size)
+    return lut[ev[column + "_code"][where]]

@@ -8,7 +8,8 @@ predecessors' times plus the edges' latencies; a vertex without predecessors (a 
 first event, a device activity nothing explains) keeps its observed time. The edge that
 set a vertex's time is remembered, so the critical path to any vertex is a walk back.
 networkx is not used here: at 1M vertices its build plus `dag_longest_path` takes ~30 s
-(DESIGN.md section 5); this loop takes about a second.
+(DESIGN.md section 5); this loop takes about a second in Python, ~30 ms compiled
+(profkit/graph_kernels.py).
 """
 from __future__ import annotations
 
@@ -30,11 +31,40 @@ class Schedule:
 
 
 def replay(graph: Graph, weight: np.ndarray | None = None) -> Schedule:
-    """Schedule every vertex as soon as its predecessors allow."""
-    w = graph.weight if weight is None else weight
+    """Schedule every vertex as soon as its predecessors allow. With the graph's own
+    weights the schedule is computed once and shared (treat it as read-only)."""
+    if weight is None:
+        if "replay" not in graph.memo:
+            graph.memo["replay"] = _replay(graph, graph.weight)
+        return graph.memo["replay"]
+    return _replay(graph, weight)
+
+
+# Below this many edges the Python loop is cheaper than importing numba (graph_kernels).
+COMPILED_MIN_EDGES = 500_000
+
+
+def _compiled(name: str):
+    """A compiled loop of graph_kernels, or None where numba cannot be imported (the
+    callers then run the same loop in Python)."""
+    try:
+        from . import graph_kernels
+    except ImportError:
+        return None
+    return getattr(graph_kernels, name)
+
+
+def _replay(graph: Graph, w: np.ndarray, compiled: bool | None = None) -> Schedule:
+    """compiled: None = by graph size, True = numba when importable, False = Python."""
     nv = graph.n_vertices
     has_pred = np.zeros(nv, dtype=bool)
     has_pred[graph.dst] = True
+    loop = _compiled("longest_path") if compiled or (compiled is None and graph.n_edges >= COMPILED_MIN_EDGES) else None
+    if loop is not None:
+        time = np.where(has_pred, NEG, graph.vtime).astype(np.int64)
+        via = np.full(nv, -1, dtype=np.int64)
+        loop(graph.src.astype(np.int64), graph.dst.astype(np.int64), np.asarray(w, dtype=np.int64), time, via)
+        return Schedule(time, via, np.asarray(w))
     time = np.where(has_pred, NEG, graph.vtime).tolist()
     via = [-1] * nv
     src, dst, wl = graph.src.tolist(), graph.dst.tolist(), w.tolist()
@@ -54,10 +84,15 @@ def critical_path(graph: Graph, sched: Schedule, end_vertex: int, window_start: 
     Returns the path's edges (latest first), the nanoseconds each contributes inside the
     window, and the time before the path's first vertex ("idle": nothing the graph knows
     of ran on the path then)."""
-    edges, ns = [], []
-    v = int(end_vertex)
     t = sched.time
     start = NEG if window_start is None else int(window_start)
+    walk = _compiled("walk_back") if graph.n_edges >= COMPILED_MIN_EDGES else None
+    if walk is not None:
+        edges, ns, v = walk(sched.via, graph.src, t, int(end_vertex), start,
+                            max_edges if max_edges is not None else 1 << 62)
+        return _path(edges, ns, int(v), t, end_vertex, start, window_start)
+    edges, ns = [], []
+    v = int(end_vertex)
     while True:
         e = int(sched.via[v])
         if e < 0 or t[v] <= start:
@@ -69,9 +104,13 @@ def critical_path(graph: Graph, sched: Schedule, end_vertex: int, window_start: 
         v = s
         if max_edges is not None and len(edges) >= max_edges:
             break
+    return _path(np.asarray(edges, dtype=np.int64), np.asarray(ns, dtype=np.int64), v, t, end_vertex, start,
+                 window_start)
+
+
+def _path(edges, ns, v, t, end_vertex, start, window_start) -> dict:
     lead_idle = max(0, int(t[v]) - start) if window_start is not None else 0
-    return {"edges": np.asarray(edges, dtype=np.int64), "ns": np.asarray(ns, dtype=np.int64),
-            "first_vertex": v, "idle_before_ns": lead_idle,
+    return {"edges": edges, "ns": ns, "first_vertex": v, "idle_before_ns": lead_idle,
             "length_ns": int(t[end_vertex] - (start if window_start is not None else t[v]))}
 
 
@@ -95,19 +134,25 @@ def top_contributors(graph: Graph, paths: list[dict], per: int = 1, limit: int =
     total = int(ns.sum()) + sum(int(p["idle_before_ns"]) for p in paths)
     if edges.size == 0 or total <= 0:
         return []
+    keep = ns > 0
+    edges, ns = edges[keep], ns[keep]
+    ev, cls = graph.eevent[edges], graph.ecls[edges]
+    # Group by (class, name code) in numpy; the few groups are then merged by their label.
+    n_codes = graph.name_values.size + 1          # the last code: no event
+    code = np.where(ev >= 0, graph.name_code[np.maximum(ev, 0)], n_codes - 1)
+    groups, first, inv = np.unique(cls * n_codes + code, return_index=True, return_inverse=True)
+    sums = np.zeros(groups.size, dtype=np.int64)
+    np.add.at(sums, inv, ns)
+    counts = np.bincount(inv, minlength=groups.size)
     acc: dict[tuple, list] = {}
-    ev = graph.eevent[edges]
-    cls = graph.ecls[edges]
-    for e, c, n in zip(ev.tolist(), cls.tolist(), ns.tolist()):
-        if n <= 0:
-            continue
+    for g in np.argsort(first, kind="stable").tolist():  # first occurrence order, as a walk would see them
+        e, c = int(ev[first[g]]), int(cls[first[g]])
         name = graph.name[e] if e >= 0 else None
         if CLASS_NAMES[c] == "idle" and e >= 0:
             name = f"gap after {graph.name[e]}"
-        key = (CLASS_NAMES[c], name)
-        slot = acc.setdefault(key, [0, 0, e])
-        slot[0] += n
-        slot[1] += 1
+        slot = acc.setdefault((CLASS_NAMES[c], name), [0, 0, e])
+        slot[0] += int(sums[g])
+        slot[1] += int(counts[g])
     rows = sorted(acc.items(), key=lambda kv: -kv[1][0])[:limit]
     return [{"cause": k[0], "name": k[1], "ns": int(round(v[0] / per)), "count": v[1],
              "share_pct": round(100.0 * v[0] / total, 3),

@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from .graph_model import CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER, EVENT_RECORD_CALL, STREAM_GAP_MAX_NS, \
-    STREAM_WAIT_CALL, SYNC_CALL
+    STREAM_WAIT_CALL, SYNC_CALL, matches
 
 
 class WaitEdges:
@@ -30,12 +30,71 @@ class WaitEdges:
                 out[i] = r
         return out
 
+    def _by_thread(self, calls: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Host calls grouped by thread in time order: (thread codes, starts, values)."""
+        o = np.lexsort((self.start[calls], self.thread[calls]))
+        return self.thread[calls][o], self.start[calls][o], values[o]
+
+    def _on_thread(self, grouped, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, values) of a `_by_thread` grouping on the thread of event i."""
+        threads, starts, values = grouped
+        c = self.thread[i]
+        lo, hi = np.searchsorted(threads, c, "left"), np.searchsorted(threads, c, "right")
+        return starts[lo:hi], values[lo:hi]
+
+    def _search_on_thread(self, grouped, calls: np.ndarray, side: str) -> np.ndarray:
+        """For each call, an index into a `_by_thread` grouping, on the call's own thread:
+        side 'left', the first entry starting at or after the call; side 'right', the last
+        entry starting at or before it. -1 where there is none."""
+        threads, starts, _ = grouped
+        out = np.full(calls.size, -1, dtype=np.int64)
+        mine = self.thread[calls]
+        for c in np.unique(mine).tolist():  # threads are few
+            at = np.flatnonzero(mine == c)
+            lo, hi = np.searchsorted(threads, c, "left"), np.searchsorted(threads, c, "right")
+            pos = lo + np.searchsorted(starts[lo:hi], self.start[calls[at]], side=side)
+            if side == "left":
+                out[at] = np.where(pos < hi, pos, -1)
+            else:
+                out[at] = np.where(pos - 1 >= lo, pos - 1, -1)
+        return out
+
+    def _plain_waits(self, waits: np.ndarray, thread_launch) -> tuple[np.ndarray, np.ndarray]:
+        """(awaited activity, waiting activity) for stream-wait calls with no device-side
+        record: the waiting stream is that of the thread's next launch, the event the last
+        event-record call on the thread before the wait, and the awaited activity the one
+        with the latest end launched before that record on any other lane of the trace."""
+        ev = self.ev
+        src = np.full(waits.size, -1, dtype=np.int64)
+        if waits.size == 0 or thread_launch[2].size == 0 or self.event_records[2].size == 0:
+            return src, src.copy()
+        nxt = self._search_on_thread(thread_launch, waits, "left")
+        target = np.where(nxt >= 0, thread_launch[2][np.maximum(nxt, 0)], -1)
+        prev = self._search_on_thread(self.event_records, waits, "right")
+        record = np.where(prev >= 0, self.event_records[2][np.maximum(prev, 0)], -1)
+        ok = (target >= 0) & (record >= 0)
+        if not ok.any():
+            return src, target
+        t = np.maximum(target, 0)
+        cutoff, not_after = self.start[np.maximum(record, 0)], self.start[t]
+        best_end = np.full(waits.size, np.iinfo(np.int64).min, dtype=np.int64)
+        found = np.zeros(waits.size, dtype=bool)
+        for key, lane in self.lanes.items():  # lanes in the order one wait's loop would try them
+            on = ok & (ev["trace_id"][waits] == key[0]) & ~((ev["device"][t] == key[1]) & (ev["stream"][t] == key[2]))
+            k = np.searchsorted(lane["ltime"], cutoff, side="left") - 1
+            end = lane["runmax"][np.maximum(k, 0)]
+            better = on & (k >= 0) & (end <= not_after) & (~found | (end > best_end))
+            src[better] = lane["runarg"][np.maximum(k, 0)][better]
+            best_end[better] = end[better]
+            found |= better
+        return src, np.where(ok, target, -1)
+
     def _record_call(self, i: int, corr: int | None) -> int:
         """The cudaEventRecord call a wait refers to: by correlation when the trace says,
         else the last event-record call on the same thread before the wait."""
         ev = self.ev
-        cand = self.event_records.get((int(ev["trace_id"][i]), int(ev["pid"][i]), int(ev["tid"][i])))
-        if cand is None or cand.size == 0:
+        cand = self._on_thread(self.event_records, i)[1]
+        if cand.size == 0:
             return -1
         if corr is not None and corr >= 0:
             hit = cand[ev["correlation"][cand] == corr]
@@ -49,39 +108,27 @@ class WaitEdges:
         the waiting stream after the wait call."""
         ev = self.ev
         host = ~self.is_device
-        names = ev["name"]
         runtime = np.flatnonzero(host & (ev["kind"] == "runtime"))
-        rnames = names[runtime]
-        is_rec = np.fromiter((bool(EVENT_RECORD_CALL.search(n or "")) for n in rnames), bool, runtime.size)
-        is_wait = np.fromiter((bool(STREAM_WAIT_CALL.search(n or "")) for n in rnames), bool, runtime.size)
-        is_sync = np.fromiter((bool(SYNC_CALL.search(n or "")) for n in rnames), bool, runtime.size)
-        recs = runtime[is_rec]
-        recs = recs[np.lexsort((self.start[recs], ev["tid"][recs], ev["pid"][recs], ev["trace_id"][recs]))]
-        self.event_records = {}
-        for i in recs:
-            self.event_records.setdefault((int(ev["trace_id"][i]), int(ev["pid"][i]), int(ev["tid"][i])), []).append(i)
-        self.event_records = {k: np.asarray(v, dtype=np.int64) for k, v in self.event_records.items()}
+        is_rec = matches(ev, "name", EVENT_RECORD_CALL, runtime)
+        is_wait = matches(ev, "name", STREAM_WAIT_CALL, runtime)
+        is_sync = matches(ev, "name", SYNC_CALL, runtime)
+        self.event_records = self._by_thread(runtime[is_rec], runtime[is_rec])
         self.sync_records = self._sync_records()
         self.sync_calls = set(int(i) for i in runtime[is_sync])
         for call, rec in self.sync_records.items():
             if rec["type"] in ("streamsync", "contextsync", "eventsync"):
                 self.sync_calls.add(call)
         # Launches per thread, for "the next launch after the wait on this thread".
-        ls = self.launch_src
-        thread_launch = {}
-        if ls.size:
-            o = np.lexsort((self.start[ls], ev["tid"][ls], ev["pid"][ls], ev["trace_id"][ls]))
-            for s, d in zip(ls[o].tolist(), self.launch_dst[o].tolist()):
-                thread_launch.setdefault((int(ev["trace_id"][s]), int(ev["pid"][s]), int(ev["tid"][s])), []).append((int(self.start[s]), int(d)))
-            thread_launch = {k: (np.asarray([a for a, _ in v], dtype=np.int64), np.asarray([b for _, b in v], dtype=np.int64))
-                             for k, v in thread_launch.items()}
-        src_l, dst_l = [], []
+        thread_launch = self._by_thread(self.launch_src, self.launch_dst)
         waits = set(int(i) for i in runtime[is_wait]) | {c for c, r in self.sync_records.items()
                                                          if r["type"] in ("streamwaitevent", "streamwaitsync")}
-        for w in sorted(waits):
+        # Waits without a device-side record (the common case) at once; the others one by one.
+        plain = np.asarray(sorted(w for w in waits if w not in self.sync_records), dtype=np.int64)
+        w_l, src_l, dst_l = [plain], *self._plain_waits(plain, thread_launch)
+        src_l, dst_l = [src_l], [dst_l]
+        for w in sorted(w for w in waits if w in self.sync_records):
             tid = int(ev["trace_id"][w])
-            rec = self.sync_records.get(w, {})
-            thread = (tid, int(ev["pid"][w]), int(ev["tid"][w]))
+            rec = self.sync_records[w]
             # The waiting stream: the sync record's, else the stream of the thread's next launch.
             target = -1
             if rec.get("stream") is not None and rec["stream"] >= 0:
@@ -90,7 +137,7 @@ class WaitEdges:
                 cands = [c for c in cands if c >= 0]
                 target = min(cands, key=lambda c: self.launch_time[c]) if cands else -1
             else:
-                starts, dsts = thread_launch.get(thread, (np.empty(0, np.int64), np.empty(0, np.int64)))
+                starts, dsts = self._on_thread(thread_launch, w)
                 k = int(np.searchsorted(starts, int(self.start[w]), side="left"))
                 target = int(dsts[k]) if k < dsts.size else -1
             if target < 0:
@@ -104,11 +151,14 @@ class WaitEdges:
             else:
                 lanes = [k for k in self.lane_of.get(tid, []) if k != target_key]
             src = self.awaited(lanes, int(self.start[record]), int(self.start[target]))
-            if src < 0 or src == target:
-                continue
-            src_l.append(src)
-            dst_l.append(target)
-        src_a, dst_a = np.asarray(src_l, dtype=np.int64), np.asarray(dst_l, dtype=np.int64)
+            w_l.append(np.asarray([w]))
+            src_l.append(np.asarray([src]))
+            dst_l.append(np.asarray([target]))
+        found = np.concatenate(src_l) >= 0
+        order = np.argsort(np.concatenate(w_l)[found], kind="stable")  # in call order, as one loop would give
+        src_a, dst_a = np.concatenate(src_l)[found][order], np.concatenate(dst_l)[found][order]
+        keep = src_a != dst_a
+        src_a, dst_a = src_a[keep].astype(np.int64), dst_a[keep].astype(np.int64)
         self.wait_src, self.wait_dst = src_a, dst_a
         gap = self.start[dst_a] - self.end[src_a] if src_a.size else np.zeros(0, np.int64)
         self.add(2 * src_a + 1, 2 * dst_a, np.where(gap <= STREAM_GAP_MAX_NS, gap, 0), E_EVENT_WAIT, CLS["wait"], -1)
