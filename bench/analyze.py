@@ -1,14 +1,13 @@
 """Analysis benchmark (issue 5): end-to-end `profkit analyze` against HTA's load plus
 temporal breakdown, on the same inputs.
 
-    python bench/analyze.py [--quick] [--no-hta]
+    python bench/analyze.py [--no-hta] [--tiles 1,5]
 
 Each measurement runs in a fresh child: profkit `analyze(load(path, cache=False))` (parse,
-derive and every analysis pass that exists), and HTA `TraceAnalysis(...)` +
-`get_temporal_breakdown()`. Inputs: the largest shared Kineto traces and a 1M-event tile of
-v100_nccl_rank1_of2 (tiled by bench/tile_trace.py). Prints a Markdown table and writes it
-with the raw numbers to bench/out/. Target: >= 10x faster than HTA. (--quick skips nothing
-here beyond what bench/ingest.py skips: there is no 5M input; it is accepted for symmetry.)
+derive and every analysis pass), and HTA `TraceAnalysis(...)` + `get_temporal_breakdown()`.
+Inputs: the largest shared Kineto traces and tiles of v100_nccl_rank1_of2 (bench/tile_trace.py):
+1M events by default, `--tiles 1,5` adds 5M. Prints a Markdown table and writes it with the
+raw numbers to bench/out/. Target: >= 10x faster than HTA.
 """
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ sys.path.insert(0, str(HERE))
 import tile_trace as tt  # noqa: E402
 
 from tile_trace import OUT, TILE_SOURCE, TRACES  # noqa: E402  (shared by the benchmarks)
-TILE_EVENTS = 1_000_000
 
 
 def worker(which: str, path: str) -> None:
@@ -67,13 +65,14 @@ def child(which: str, path: Path) -> dict:
     return tt.measure([sys.executable, __file__, "--worker", which, str(path)], timeout=900)
 
 
-def run(with_hta: bool) -> list[dict]:
-    tile = OUT / f"tile_v100_{TILE_EVENTS // 1_000_000}M.json"
-    if not tile.exists():
-        print(f"tiling {TILE_SOURCE.name} to {TILE_EVENTS:,} events -> {tile}", file=sys.stderr)
-        tt.tile(TILE_SOURCE, TILE_EVENTS, tile)
+def run(with_hta: bool, tiles: list[int]) -> list[dict]:
     inputs = [(p.name.split(".json")[0], p, tt.count_events(p)) for p in TRACES]
-    inputs.append((f"v100 tile {TILE_EVENTS // 1_000_000}M", tile, TILE_EVENTS))
+    for millions in tiles:
+        tile = OUT / f"tile_v100_{millions}M.json"
+        if not tile.exists():
+            print(f"tiling {TILE_SOURCE.name} to {millions}M events -> {tile}", file=sys.stderr)
+            tt.tile(TILE_SOURCE, millions * 1_000_000, tile)
+        inputs.append((f"v100 tile {millions}M", tile, millions * 1_000_000))
     rows = []
     for label, path, events in inputs:
         ours = child("profkit", path)
@@ -110,15 +109,16 @@ COLUMNS = [("trace", "trace"), ("events", "events"),
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="profkit analyze vs HTA load + temporal breakdown")
-    parser.add_argument("--quick", action="store_true", help="accepted for symmetry with bench/ingest.py")
     parser.add_argument("--no-hta", action="store_true", help="do not run HTA")
+    parser.add_argument("--tiles", default="1", help="sizes of the tiled inputs in millions of events, "
+                        "comma-separated (default 1; 1,5 adds the 5M tile: HTA needs ~6 GB and ~3 min there)")
     parser.add_argument("--worker", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
         worker(*a.worker)
         return
     OUT.mkdir(exist_ok=True)
-    rows = run(not a.no_hta)
+    rows = run(not a.no_hta, [int(x) for x in a.tiles.split(",") if x])
     text = tt.table(rows, COLUMNS) + "\n"
     print(text)
     (OUT / "analyze.md").write_text(text)
