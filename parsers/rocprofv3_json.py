@@ -3,9 +3,11 @@ where each PROCESS holds `metadata` (pid, node), `agents`, `kernel_symbols` (nam
 `kernel_id`), `strings` (names of record kinds and operations, roctx messages) and
 `buffer_records` (`kernel_dispatch`, `hip_api`, `memory_copy`, `marker_api`, `rccl_api`, ...).
 
-The document is split by msgspec (each `buffer_records` list stays raw bytes); DuckDB's
-JSON reader then turns each list into typed Arrow columns (no Python object per record:
-1M dispatches as structs and lists cost ~3 s, this ~1 s). Device records name their agent by handle;
+The document is split by msgspec (each `buffer_records` list stays raw bytes); each list
+is copied to a temporary file and the document freed, then DuckDB's JSON reader turns
+the lists into typed Arrow columns (no Python object per record: 1M dispatches as
+structs and lists cost ~3 s, this ~1 s), two lists at a time in worker threads while
+the main thread stores the ones already read. Device records name their agent by handle;
 agents map handles to HSA node ids and GPU ordinals. A HIP call and the dispatch it
 enqueued share `correlation_id.internal`; `correlation_id.external` (a framework id,
 usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseconds.
@@ -13,8 +15,9 @@ usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseco
 from __future__ import annotations
 
 import gzip
-import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,36 +104,81 @@ def parse(path: Path, sink) -> None:
     if not doc.processes:
         raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
     sink.report(str(path), len(data), len(data))
-    for i, proc in enumerate(doc.processes):
-        trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
-        with sink.trace(trace_path, FORMAT, stat_path=path) as w:
+    with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp:
+        # The raw lists are views of `data`: once they are in files, the document (as big
+        # as the input) is freed before any column is read.
+        staged = [_stage(path, proc, Path(tmp) / str(i)) for i, proc in enumerate(doc.processes)]
+        del data
+        # Two readers: DuckDB reads one JSON array on one thread, and the lists of a
+        # process are independent; the main thread stores each list as it arrives.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
+            for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
+                trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
+                with sink.trace(trace_path, FORMAT, stat_path=path) as w:
+                    try:
+                        _parse_process(path, proc, lists, pool, w)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                        raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
+
+
+@dataclass
+class _Staged:
+    """A process's buffer_records once out of the document: the file and record kind of
+    each list to be read, the record count of each list that is not stored."""
+    files: dict[str, tuple[Path, str]]
+    unstored: dict[str, int]
+
+
+def _list_kind(name: str) -> str | None:
+    if name == "kernel_dispatch":
+        return "Dispatch"
+    if name == "memory_copy":
+        return "Copy"
+    return "ApiCall" if name in API_LISTS else None
+
+
+def _stage(path: Path, proc: Process, folder: Path) -> _Staged:
+    folder.mkdir()
+    files, unstored = {}, {}
+    for name, raw in proc.buffer_records.items():
+        kind = _list_kind(name)
+        if kind is None:
             try:
-                _parse_process(path, proc, w)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, msgspec.DecodeError) as exc:
+                unstored[name] = len(msgspec.json.decode(raw, type=list[msgspec.Raw]))
+            except msgspec.DecodeError as exc:
                 raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
+            continue
+        file = folder / f"{len(files)}.json"
+        file.write_bytes(memoryview(raw))
+        files[name] = (file, kind)
+    proc.buffer_records = {}
+    return _Staged(files, unstored)
 
 
-def _parse_process(path: Path, proc: Process, w) -> None:
+def _parse_process(path: Path, proc: Process, lists: _Staged, pool: ThreadPoolExecutor, w) -> None:
     meta = proc.metadata
     pid = meta.get("pid")
     agents = rc.Agents(rc.agent_from_sdk(a, key=(a.get("id") or {}).get("handle")) for a in proc.agents)
     w.add_rows("devices", agents.device_rows())
     w.read(len(proc.agents))
     kinds = [(k.kind, k.operations) for k in proc.strings.buffer_records]
-    next_id = 0
-    records = proc.buffer_records
-    if "kernel_dispatch" in records:
-        next_id += _dispatches(path, records["kernel_dispatch"], proc, agents, pid, w, next_id)
-    if "memory_copy" in records:
-        next_id += _copies(path, records["memory_copy"], kinds, agents, pid, w, next_id)
-    markers = _marker_messages(proc.strings.marker_api)
-    for name in API_LISTS:
-        if name in records:
-            next_id += _api(path, records[name], kinds, markers, pid, w, next_id)
-    for name, raw in records.items():
-        if name in ("kernel_dispatch", "memory_copy") or name in API_LISTS:
-            continue
-        count = len(msgspec.json.decode(raw, type=list[msgspec.Raw]))
+    # Read in the order they are stored (event ids follow it): dispatches, copies, calls.
+    order = [n for n in ("kernel_dispatch", "memory_copy", *API_LISTS) if n in lists.files]
+    reading = {name: pool.submit(_columns, path, *lists.files[name]) for name in order}
+    try:
+        next_id = 0
+        if "kernel_dispatch" in reading:
+            next_id += _dispatches(_take(reading, "kernel_dispatch"), proc, agents, pid, w, next_id)
+        if "memory_copy" in reading:
+            next_id += _copies(_take(reading, "memory_copy"), kinds, agents, pid, w, next_id)
+        markers = _marker_messages(proc.strings.marker_api)
+        for name in API_LISTS:
+            if name in reading:
+                next_id += _api(_take(reading, name), kinds, markers, pid, w, next_id)
+    finally:
+        for future in reading.values():
+            future.cancel()
+    for name, count in lists.unstored.items():
         w.read(count)
         w.issue(f"{name} records not stored", count, name)
     node = meta.get("node") or {}
@@ -141,6 +189,11 @@ def _parse_process(path: Path, proc: Process, w) -> None:
                   "fini_time": meta.get("fini_time"), "cpu_agents": agents.cpu_summary(),
                   "kernel_symbols": len(proc.kernel_symbols)},
     )
+
+
+def _take(reading: dict[str, Future], name: str) -> dict[str, pa.Array]:
+    """A list's columns, dropping the future so they are freed once stored."""
+    return reading.pop(name).result()
 
 
 _H = "STRUCT(handle BIGINT)"
@@ -165,32 +218,43 @@ REQUIRED = {
     "Copy": ("start_timestamp", "end_timestamp"),
 }
 
+DISPATCH_FIELDS = (
+    "start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal", "correlation_id.external",
+    "dispatch_info.agent_id.handle", "dispatch_info.queue_id.handle", "dispatch_info.kernel_id",
+    "dispatch_info.dispatch_id", "dispatch_info.private_segment_size", "dispatch_info.group_segment_size",
+    "dispatch_info.workgroup_size.x", "dispatch_info.workgroup_size.y", "dispatch_info.workgroup_size.z",
+    "dispatch_info.grid_size.x", "dispatch_info.grid_size.y", "dispatch_info.grid_size.z", "stream_id.handle",
+)
+API_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
+              "correlation_id.external", "kind", "operation")
+COPY_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
+               "correlation_id.external", "kind", "operation", "dst_agent_id.handle",
+               "src_agent_id.handle", "stream_id.handle")
+# Fields read, per record kind.
+FIELDS = {"Dispatch": DISPATCH_FIELDS, "ApiCall": API_FIELDS, "Copy": COPY_FIELDS + ("bytes",)}
 
-def _columns(path: Path, raw: msgspec.Raw, typ: str, fields: tuple[str, ...]) -> dict[str, pa.Array]:
-    """One Arrow array per (dotted) field of the records of a raw JSON list, read by
-    DuckDB from a temporary copy of the list. A record without a required field is an
-    unusable input, as with a typed decoder."""
-    fd, tmp = tempfile.mkstemp(prefix="profkit-rocprofv3-", suffix=".json")
+
+def _columns(path: Path, file: Path, typ: str) -> dict[str, pa.Array]:
+    """One Arrow array per (dotted) field of the records of a staged JSON list, read by
+    DuckDB. A record without a required field is an unusable input, as with a typed
+    decoder. Runs in a worker thread: its own connection, one thread (a JSON array is
+    read by one thread anyway; a second only adds overhead)."""
+    fields = FIELDS[typ]
+    types = RECORD_TYPES[typ]
+    spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
+    select = ", ".join(f'{_default(f)} AS "{f}"' for f in fields)
+    missing = " OR ".join(f"{f} IS NULL" for f in REQUIRED[typ])
+    con = duckdb.connect()
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(memoryview(raw))
-        types = RECORD_TYPES[typ]
-        spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
-        select = ", ".join(f'{_default(f)} AS "{f}"' for f in fields)
-        missing = " OR ".join(f"{f} IS NULL" for f in REQUIRED[typ])
-        con = duckdb.connect()
-        try:
-            con.execute("SET threads = 2")
-            table = con.sql(f"""
-                SELECT {select}, ({missing}) AS _missing
-                FROM read_json('{tmp}', format = 'array', columns = {spec},
-                               maximum_object_size = 16777216)""").to_arrow_table()
-        except duckdb.Error as exc:
-            raise TraceError(path, f"unexpected {typ} record: {str(exc).splitlines()[0]}") from None
-        finally:
-            con.close()
+        con.execute("SET threads = 1")
+        table = con.sql(f"""
+            SELECT {select}, ({missing}) AS _missing
+            FROM read_json('{file}', format = 'array', columns = {spec},
+                           maximum_object_size = 16777216)""").to_arrow_table()
+    except duckdb.Error as exc:
+        raise TraceError(path, f"unexpected {typ} record: {str(exc).splitlines()[0]}") from None
     finally:
-        os.unlink(tmp)
+        con.close()
     if pc.any(table.column("_missing")).as_py():
         bad = pc.index(table.column("_missing"), True).as_py()
         raise TraceError(path, f"unexpected {typ} record: record {bad} lacks one of {', '.join(REQUIRED[typ])}")
@@ -200,15 +264,6 @@ def _columns(path: Path, raw: msgspec.Raw, typ: str, fields: tuple[str, ...]) ->
 def _default(field: str) -> str:
     """A field as SQL, with the typed structs' default (0) where it is missing."""
     return field if field == "bytes" else f"coalesce({field}, 0)"
-
-
-DISPATCH_FIELDS = (
-    "start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal", "correlation_id.external",
-    "dispatch_info.agent_id.handle", "dispatch_info.queue_id.handle", "dispatch_info.kernel_id",
-    "dispatch_info.dispatch_id", "dispatch_info.private_segment_size", "dispatch_info.group_segment_size",
-    "dispatch_info.workgroup_size.x", "dispatch_info.workgroup_size.y", "dispatch_info.workgroup_size.z",
-    "dispatch_info.grid_size.x", "dispatch_info.grid_size.y", "dispatch_info.grid_size.z", "stream_id.handle",
-)
 
 
 def _symbol_arrays(symbols: list[Symbol]) -> dict[str, Any]:
@@ -227,8 +282,7 @@ def _nonzero(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(arr, 0), pa.scalar(None, pa.int64()), arr)
 
 
-def _dispatches(path: Path, raw, proc: Process, agents: rc.Agents, pid, w, next_id: int) -> int:
-    c = _columns(path, raw, "Dispatch", DISPATCH_FIELDS)
+def _dispatches(c: dict[str, pa.Array], proc: Process, agents: rc.Agents, pid, w, next_id: int) -> int:
     n = len(c["start_timestamp"])
     w.read(n)
     sym = _symbol_arrays(proc.kernel_symbols)
@@ -294,12 +348,7 @@ def _marker_messages(value: Any) -> dict[int, str]:
     return out
 
 
-API_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
-              "correlation_id.external", "kind", "operation")
-
-
-def _api(path: Path, raw, kinds, markers: dict[int, str], pid, w, next_id: int) -> int:
-    c = _columns(path, raw, "ApiCall", API_FIELDS)
+def _api(c: dict[str, pa.Array], kinds, markers: dict[int, str], pid, w, next_id: int) -> int:
     n = len(c["start_timestamp"])
     w.read(n)
     if not n:
@@ -325,13 +374,7 @@ def _api(path: Path, raw, kinds, markers: dict[int, str], pid, w, next_id: int) 
     return written
 
 
-COPY_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
-               "correlation_id.external", "kind", "operation", "dst_agent_id.handle",
-               "src_agent_id.handle", "stream_id.handle")
-
-
-def _copies(path: Path, raw, kinds, agents: rc.Agents, pid, w, next_id: int) -> int:
-    c = _columns(path, raw, "Copy", COPY_FIELDS + ("bytes",))
+def _copies(c: dict[str, pa.Array], kinds, agents: rc.Agents, pid, w, next_id: int) -> int:
     n = len(c["start_timestamp"])
     w.read(n)
     if not n:
@@ -353,3 +396,4 @@ def _copies(path: Path, raw, kinds, agents: rc.Agents, pid, w, next_id: int) -> 
     }, "memory copy")
     rc.write_copies(w, next_id, sizes, direction, keep, n)
     return written
+
