@@ -15,6 +15,7 @@ usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseco
 from __future__ import annotations
 
 import gzip
+import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -109,8 +110,8 @@ def parse(path: Path, sink) -> None:
         # as the input) is freed before any column is read.
         staged = [_stage(path, proc, Path(tmp) / str(i)) for i, proc in enumerate(doc.processes)]
         del data
-        # Two readers: DuckDB reads one JSON array on one thread, and the lists of a
-        # process are independent; the main thread stores each list as it arrives.
+        # Two readers: DuckDB reads a JSON array on one thread, so lists (and parts of
+        # large lists) are read side by side while the main thread stores what is read.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
             for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
                 trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
@@ -123,9 +124,9 @@ def parse(path: Path, sink) -> None:
 
 @dataclass
 class _Staged:
-    """A process's buffer_records once out of the document: the file and record kind of
-    each list to be read, the record count of each list that is not stored."""
-    files: dict[str, tuple[Path, str]]
+    """A process's buffer_records once out of the document: the part files and record
+    kind of each list to be read, the record count of each list that is not stored."""
+    files: dict[str, tuple[list[Path], str]]
     unstored: dict[str, int]
 
 
@@ -148,36 +149,79 @@ def _stage(path: Path, proc: Process, folder: Path) -> _Staged:
             except msgspec.DecodeError as exc:
                 raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
             continue
-        file = folder / f"{len(files)}.json"
-        file.write_bytes(memoryview(raw))
-        files[name] = (file, kind)
+        files[name] = (_write_parts(memoryview(raw), folder / str(len(files))), kind)
     proc.buffer_records = {}
     return _Staged(files, unstored)
 
 
+_PART_BYTES = 64 << 20   # a larger list is cut into parts of about this size
+_RECORD_SEPARATOR = re.compile(rb"\},\{")
+
+
+def _write_parts(raw: memoryview, stem: Path) -> list[Path]:
+    """A raw JSON list as JSON array files, cut between two records after about every
+    _PART_BYTES so that the parts can be read in parallel. A cut goes at the next `},{`
+    (rocprofv3 writes compact JSON); where that is not between two records (inside a
+    string or a nested list) a part is not valid JSON, and `_columns` then reads the
+    parts joined back into the list as written."""
+    cuts = []  # (end of a part, start of the next)
+    at = _PART_BYTES
+    while at < len(raw) - _PART_BYTES // 4:  # no small last part
+        match = _RECORD_SEPARATOR.search(raw, at)
+        if match is None:
+            break
+        cuts.append((match.start() + 1, match.end() - 1))
+        at = match.end() + _PART_BYTES
+    parts, start = [], 0
+    for end, following in cuts + [(len(raw), None)]:
+        part = stem.with_name(f"{stem.name}.{len(parts)}.json")
+        with open(part, "wb") as fh:
+            fh.write(b"[" if start else b"")
+            fh.write(raw[start:end])
+            fh.write(b"]" if following is not None else b"")
+        parts.append(part)
+        start = following
+    return parts
+
+
+def _joined(parts: list[Path]) -> Path:
+    """The list as written, from its parts (their added brackets dropped, the commas put back)."""
+    if len(parts) == 1:
+        return parts[0]
+    whole = parts[0].with_name(parts[0].name.split(".")[0] + ".whole.json")
+    with open(whole, "wb") as fh:
+        for i, part in enumerate(parts):
+            data = part.read_bytes()
+            fh.write(data[(1 if i else 0):(-1 if i < len(parts) - 1 else None)])
+            fh.write(b"," if i < len(parts) - 1 else b"")
+    return whole
+
+
 def _parse_process(path: Path, proc: Process, lists: _Staged, pool: ThreadPoolExecutor, w) -> None:
+    # Reads start first, in the order the lists are stored (event ids follow it).
+    order = [n for n in ("kernel_dispatch", "memory_copy", *API_LISTS) if n in lists.files]
+    reading = {name: [pool.submit(_read_json, part, lists.files[name][1]) for part in lists.files[name][0]]
+               for name in order}
     meta = proc.metadata
     pid = meta.get("pid")
     agents = rc.Agents(rc.agent_from_sdk(a, key=(a.get("id") or {}).get("handle")) for a in proc.agents)
     w.add_rows("devices", agents.device_rows())
     w.read(len(proc.agents))
     kinds = [(k.kind, k.operations) for k in proc.strings.buffer_records]
-    # Read in the order they are stored (event ids follow it): dispatches, copies, calls.
-    order = [n for n in ("kernel_dispatch", "memory_copy", *API_LISTS) if n in lists.files]
-    reading = {name: pool.submit(_columns, path, *lists.files[name]) for name in order}
     try:
         next_id = 0
         if "kernel_dispatch" in reading:
-            next_id += _dispatches(_take(reading, "kernel_dispatch"), proc, agents, pid, w, next_id)
+            next_id += _dispatches(_take(path, lists, reading, "kernel_dispatch"), proc, agents, pid, w, next_id)
         if "memory_copy" in reading:
-            next_id += _copies(_take(reading, "memory_copy"), kinds, agents, pid, w, next_id)
+            next_id += _copies(_take(path, lists, reading, "memory_copy"), kinds, agents, pid, w, next_id)
         markers = _marker_messages(proc.strings.marker_api)
         for name in API_LISTS:
             if name in reading:
-                next_id += _api(_take(reading, name), kinds, markers, pid, w, next_id)
+                next_id += _api(_take(path, lists, reading, name), kinds, markers, pid, w, next_id)
     finally:
-        for future in reading.values():
-            future.cancel()
+        for futures in reading.values():
+            for future in futures:
+                future.cancel()
     for name, count in lists.unstored.items():
         w.read(count)
         w.issue(f"{name} records not stored", count, name)
@@ -191,9 +235,10 @@ def _parse_process(path: Path, proc: Process, lists: _Staged, pool: ThreadPoolEx
     )
 
 
-def _take(reading: dict[str, Future], name: str) -> dict[str, pa.Array]:
-    """A list's columns, dropping the future so they are freed once stored."""
-    return reading.pop(name).result()
+def _take(path: Path, lists: _Staged, reading: dict[str, list[Future]], name: str) -> dict[str, pa.Array]:
+    """A list's columns, dropping its futures so they are freed once stored."""
+    parts, kind = lists.files[name]
+    return _columns(path, parts, kind, reading.pop(name))
 
 
 _H = "STRUCT(handle BIGINT)"
@@ -234,31 +279,39 @@ COPY_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.
 FIELDS = {"Dispatch": DISPATCH_FIELDS, "ApiCall": API_FIELDS, "Copy": COPY_FIELDS + ("bytes",)}
 
 
-def _columns(path: Path, file: Path, typ: str) -> dict[str, pa.Array]:
-    """One Arrow array per (dotted) field of the records of a staged JSON list, read by
-    DuckDB. A record without a required field is an unusable input, as with a typed
-    decoder. Runs in a worker thread: its own connection, one thread (a JSON array is
-    read by one thread anyway; a second only adds overhead)."""
-    fields = FIELDS[typ]
-    types = RECORD_TYPES[typ]
-    spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
-    select = ", ".join(f'{_default(f)} AS "{f}"' for f in fields)
-    missing = " OR ".join(f"{f} IS NULL" for f in REQUIRED[typ])
+def _columns(path: Path, parts: list[Path], kind: str, reads: list[Future]) -> dict[str, pa.Array]:
+    """One Arrow array per (dotted) field of the records of a staged list, from the
+    reads of its parts. A record without a required field is an unusable input, as with
+    a typed decoder."""
+    try:
+        table = pa.concat_tables([read.result() for read in reads])
+    except duckdb.Error:
+        # A bad list, or a cut that was not between records: the list as written says which.
+        try:
+            table = _read_json(_joined(parts), kind)
+        except duckdb.Error as exc:
+            raise TraceError(path, f"unexpected {kind} record: {str(exc).splitlines()[0]}") from None
+    if pc.any(table.column("_missing")).as_py():
+        bad = pc.index(table.column("_missing"), True).as_py()
+        raise TraceError(path, f"unexpected {kind} record: record {bad} lacks one of {', '.join(REQUIRED[kind])}")
+    return {f: table.column(f).combine_chunks() for f in FIELDS[kind]}
+
+
+def _read_json(file: Path, kind: str) -> pa.Table:
+    """The fields of `kind` records of a JSON array file, read by DuckDB (in a worker
+    thread: its own connection, one thread, as a JSON array is read by one anyway)."""
+    spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in RECORD_TYPES[kind].items()) + "}"
+    select = ", ".join(f'{_default(f)} AS "{f}"' for f in FIELDS[kind])
+    missing = " OR ".join(f"{f} IS NULL" for f in REQUIRED[kind])
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")
-        table = con.sql(f"""
+        return con.sql(f"""
             SELECT {select}, ({missing}) AS _missing
             FROM read_json('{file}', format = 'array', columns = {spec},
                            maximum_object_size = 16777216)""").to_arrow_table()
-    except duckdb.Error as exc:
-        raise TraceError(path, f"unexpected {typ} record: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
-    if pc.any(table.column("_missing")).as_py():
-        bad = pc.index(table.column("_missing"), True).as_py()
-        raise TraceError(path, f"unexpected {typ} record: record {bad} lacks one of {', '.join(REQUIRED[typ])}")
-    return {f: table.column(f).combine_chunks() for f in fields}
 
 
 def _default(field: str) -> str:
