@@ -20,7 +20,7 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 import msgspec
@@ -105,28 +105,34 @@ def parse(path: Path, sink) -> None:
     if not doc.processes:
         raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
     sink.report(str(path), len(data), len(data))
-    with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp:
-        # The raw lists are views of `data`: once they are in files, the document (as big
-        # as the input) is freed before any column is read.
-        staged = [_stage(path, proc, Path(tmp) / str(i)) for i, proc in enumerate(doc.processes)]
-        del data
-        # Two readers: DuckDB reads a JSON array on one thread, so lists (and parts of
-        # large lists) are read side by side while the main thread stores what is read.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
+    # Two readers: DuckDB reads a JSON array on one thread, so lists (and parts of large
+    # lists) are read side by side, each part as soon as it is written, while the main
+    # thread stores what is read.
+    with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
+        try:
+            # The raw lists are views of `data`: once they are in files, the document (as
+            # big as the input) is freed.
+            staged = [_stage(path, proc, Path(tmp) / str(i), pool) for i, proc in enumerate(doc.processes)]
+            del data
             for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
                 trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
                 with sink.trace(trace_path, FORMAT, stat_path=path) as w:
                     try:
-                        _parse_process(path, proc, lists, pool, w)
+                        _parse_process(path, proc, lists, w)
                     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                         raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # reads not started are of no use now
+            raise
 
 
 @dataclass
 class _Staged:
-    """A process's buffer_records once out of the document: the part files and record
-    kind of each list to be read, the record count of each list that is not stored."""
-    files: dict[str, tuple[list[Path], str]]
+    """A process's buffer_records once out of the document: for each list to be read,
+    its record kind, part files and their reads; the record count of each list that is
+    not stored."""
+    files: dict[str, tuple[str, list[Path], list[Future]]]
     unstored: dict[str, int]
 
 
@@ -138,7 +144,7 @@ def _list_kind(name: str) -> str | None:
     return "ApiCall" if name in API_LISTS else None
 
 
-def _stage(path: Path, proc: Process, folder: Path) -> _Staged:
+def _stage(path: Path, proc: Process, folder: Path, pool: ThreadPoolExecutor) -> _Staged:
     folder.mkdir()
     files, unstored = {}, {}
     for name, raw in proc.buffer_records.items():
@@ -149,7 +155,11 @@ def _stage(path: Path, proc: Process, folder: Path) -> _Staged:
             except msgspec.DecodeError as exc:
                 raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
             continue
-        files[name] = (_write_parts(memoryview(raw), folder / str(len(files))), kind)
+        parts, reads = [], []
+        for part in _write_parts(memoryview(raw), folder / str(len(files))):
+            parts.append(part)
+            reads.append(pool.submit(_read_json, part, kind))
+        files[name] = (kind, parts, reads)
     proc.buffer_records = {}
     return _Staged(files, unstored)
 
@@ -158,12 +168,12 @@ _PART_BYTES = 64 << 20   # a larger list is cut into parts of about this size
 _RECORD_SEPARATOR = re.compile(rb"\},\{")
 
 
-def _write_parts(raw: memoryview, stem: Path) -> list[Path]:
-    """A raw JSON list as JSON array files, cut between two records after about every
-    _PART_BYTES so that the parts can be read in parallel. A cut goes at the next `},{`
-    (rocprofv3 writes compact JSON); where that is not between two records (inside a
-    string or a nested list) a part is not valid JSON, and `_columns` then reads the
-    parts joined back into the list as written."""
+def _write_parts(raw: memoryview, stem: Path) -> Iterator[Path]:
+    """A raw JSON list as JSON array files, yielded as each is written, cut between two
+    records after about every _PART_BYTES so that the parts can be read in parallel. A
+    cut goes at the next `},{` (rocprofv3 writes compact JSON); where that is not between
+    two records (inside a string or a nested list) a part is not valid JSON, and
+    `_columns` then reads the parts joined back into the list as written."""
     cuts = []  # (end of a part, start of the next)
     at = _PART_BYTES
     while at < len(raw) - _PART_BYTES // 4:  # no small last part
@@ -172,16 +182,15 @@ def _write_parts(raw: memoryview, stem: Path) -> list[Path]:
             break
         cuts.append((match.start() + 1, match.end() - 1))
         at = match.end() + _PART_BYTES
-    parts, start = [], 0
-    for end, following in cuts + [(len(raw), None)]:
-        part = stem.with_name(f"{stem.name}.{len(parts)}.json")
+    start = 0
+    for i, (end, following) in enumerate(cuts + [(len(raw), None)]):
+        part = stem.with_name(f"{stem.name}.{i}.json")
         with open(part, "wb") as fh:
             fh.write(b"[" if start else b"")
             fh.write(raw[start:end])
             fh.write(b"]" if following is not None else b"")
-        parts.append(part)
+        yield part
         start = following
-    return parts
 
 
 def _joined(parts: list[Path]) -> Path:
@@ -197,31 +206,23 @@ def _joined(parts: list[Path]) -> Path:
     return whole
 
 
-def _parse_process(path: Path, proc: Process, lists: _Staged, pool: ThreadPoolExecutor, w) -> None:
-    # Reads start first, in the order the lists are stored (event ids follow it).
-    order = [n for n in ("kernel_dispatch", "memory_copy", *API_LISTS) if n in lists.files]
-    reading = {name: [pool.submit(_read_json, part, lists.files[name][1]) for part in lists.files[name][0]]
-               for name in order}
+def _parse_process(path: Path, proc: Process, lists: _Staged, w) -> None:
     meta = proc.metadata
     pid = meta.get("pid")
     agents = rc.Agents(rc.agent_from_sdk(a, key=(a.get("id") or {}).get("handle")) for a in proc.agents)
     w.add_rows("devices", agents.device_rows())
     w.read(len(proc.agents))
     kinds = [(k.kind, k.operations) for k in proc.strings.buffer_records]
-    try:
-        next_id = 0
-        if "kernel_dispatch" in reading:
-            next_id += _dispatches(_take(path, lists, reading, "kernel_dispatch"), proc, agents, pid, w, next_id)
-        if "memory_copy" in reading:
-            next_id += _copies(_take(path, lists, reading, "memory_copy"), kinds, agents, pid, w, next_id)
-        markers = _marker_messages(proc.strings.marker_api)
-        for name in API_LISTS:
-            if name in reading:
-                next_id += _api(_take(path, lists, reading, name), kinds, markers, pid, w, next_id)
-    finally:
-        for futures in reading.values():
-            for future in futures:
-                future.cancel()
+    # Stored in this order (event ids follow it): dispatches, copies, calls.
+    next_id = 0
+    if "kernel_dispatch" in lists.files:
+        next_id += _dispatches(_take(path, lists, "kernel_dispatch"), proc, agents, pid, w, next_id)
+    if "memory_copy" in lists.files:
+        next_id += _copies(_take(path, lists, "memory_copy"), kinds, agents, pid, w, next_id)
+    markers = _marker_messages(proc.strings.marker_api)
+    for name in API_LISTS:
+        if name in lists.files:
+            next_id += _api(_take(path, lists, name), kinds, markers, pid, w, next_id)
     for name, count in lists.unstored.items():
         w.read(count)
         w.issue(f"{name} records not stored", count, name)
@@ -235,10 +236,10 @@ def _parse_process(path: Path, proc: Process, lists: _Staged, pool: ThreadPoolEx
     )
 
 
-def _take(path: Path, lists: _Staged, reading: dict[str, list[Future]], name: str) -> dict[str, pa.Array]:
-    """A list's columns, dropping its futures so they are freed once stored."""
-    parts, kind = lists.files[name]
-    return _columns(path, parts, kind, reading.pop(name))
+def _take(path: Path, lists: _Staged, name: str) -> dict[str, pa.Array]:
+    """A list's columns, dropping its reads so they are freed once stored."""
+    kind, parts, reads = lists.files.pop(name)
+    return _columns(path, parts, kind, reads)
 
 
 _H = "STRUCT(handle BIGINT)"

@@ -57,7 +57,7 @@ def test_cuts_fall_between_records(tmp_path):
     raw = json.dumps([{"i": i, "s": "},{"} for i in range(50)], separators=(",", ":")).encode()
     rocprofv3_json._PART_BYTES, saved = 100, rocprofv3_json._PART_BYTES
     try:
-        parts = rocprofv3_json._write_parts(memoryview(raw), tmp_path / "0")
+        parts = list(rocprofv3_json._write_parts(memoryview(raw), tmp_path / "0"))
     finally:
         rocprofv3_json._PART_BYTES = saved
     assert len(parts) > 1
