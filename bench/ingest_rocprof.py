@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def measure(path: str) -> dict:
     from profkit import derive, ingest as ingest_mod
@@ -59,9 +57,11 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one)))
         return
-    import rocprof_synthetic
-
-    for path in rocprof_synthetic.build(args.dispatches):
+    # Built in a child process: a child's peak RSS starts at its parent's (Linux keeps
+    # the high-water mark across fork and exec), so building here would inflate it.
+    built = subprocess.run([sys.executable, str(Path(__file__).with_name("rocprof_synthetic.py")),
+                            "--dispatches", str(args.dispatches)], capture_output=True, text=True, check=True)
+    for path in built.stdout.splitlines():
         out = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
                              check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])

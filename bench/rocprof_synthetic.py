@@ -39,7 +39,7 @@ def columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def write_csv(n: int, c: dict[str, np.ndarray]) -> Path:
+def write_csv(n: int, c: dict[str, np.ndarray] | None) -> Path:
     root = OUT / f"v3_csv_{n}"
     if (root / f"{PID}_hip_api_trace.csv").exists():
         return root
@@ -68,7 +68,7 @@ def write_csv(n: int, c: dict[str, np.ndarray]) -> Path:
     return root
 
 
-def write_json(n: int, c: dict[str, np.ndarray]) -> Path:
+def write_json(n: int, c: dict[str, np.ndarray] | None) -> Path:
     path = OUT / f"v3_json_{n}_results.json"
     if path.exists():
         return path
@@ -113,7 +113,8 @@ def write_json(n: int, c: dict[str, np.ndarray]) -> Path:
 
 
 def build(n: int = 1_000_000) -> tuple[Path, Path]:
-    c = columns(n)
+    cached = OUT / f"v3_csv_{n}" / f"{PID}_hip_api_trace.csv", OUT / f"v3_json_{n}_results.json"
+    c = None if all(p.exists() for p in cached) else columns(n)  # None: both are cached
     return write_csv(n, c), write_json(n, c)
 
 

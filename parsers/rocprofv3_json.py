@@ -3,9 +3,11 @@ where each PROCESS holds `metadata` (pid, node), `agents`, `kernel_symbols` (nam
 `kernel_id`), `strings` (names of record kinds and operations, roctx messages) and
 `buffer_records` (`kernel_dispatch`, `hip_api`, `memory_copy`, `marker_api`, `rccl_api`, ...).
 
-The document is split by msgspec (each `buffer_records` list stays raw bytes); DuckDB's
-JSON reader then turns each list into typed Arrow columns (no Python object per record:
-1M dispatches as structs and lists cost ~3 s, this ~1 s). Device records name their agent by handle;
+The document is split by msgspec (each `buffer_records` list stays raw bytes); each list
+is copied to a temporary file and the document freed, then DuckDB's JSON reader turns
+the lists into typed Arrow columns (no Python object per record: 1M dispatches as
+structs and lists cost ~3 s, this ~1 s), two lists at a time in worker threads while
+the main thread stores the ones already read. Device records name their agent by handle;
 agents map handles to HSA node ids and GPU ordinals. A HIP call and the dispatch it
 enqueued share `correlation_id.internal`; `correlation_id.external` (a framework id,
 usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseconds.
@@ -13,10 +15,12 @@ usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseco
 from __future__ import annotations
 
 import gzip
-import os
+import re
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 import msgspec
@@ -101,36 +105,125 @@ def parse(path: Path, sink) -> None:
     if not doc.processes:
         raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
     sink.report(str(path), len(data), len(data))
-    for i, proc in enumerate(doc.processes):
-        trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
-        with sink.trace(trace_path, FORMAT, stat_path=path) as w:
+    # Two readers: DuckDB reads a JSON array on one thread, so lists (and parts of large
+    # lists) are read side by side, each part as soon as it is written, while the main
+    # thread stores what is read.
+    with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
+        try:
+            # The raw lists are views of `data`: once they are in files, the document (as
+            # big as the input) is freed.
+            staged = [_stage(path, proc, Path(tmp) / str(i), pool) for i, proc in enumerate(doc.processes)]
+            del data
+            for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
+                trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
+                with sink.trace(trace_path, FORMAT, stat_path=path) as w:
+                    try:
+                        _parse_process(path, proc, lists, w)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                        raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # reads not started are of no use now
+            raise
+
+
+@dataclass
+class _Staged:
+    """A process's buffer_records once out of the document: for each list to be read,
+    its record kind, part files and their reads; the record count of each list that is
+    not stored."""
+    files: dict[str, tuple[str, list[Path], list[Future]]]
+    unstored: dict[str, int]
+
+
+def _list_kind(name: str) -> str | None:
+    if name == "kernel_dispatch":
+        return "Dispatch"
+    if name == "memory_copy":
+        return "Copy"
+    return "ApiCall" if name in API_LISTS else None
+
+
+def _stage(path: Path, proc: Process, folder: Path, pool: ThreadPoolExecutor) -> _Staged:
+    folder.mkdir()
+    files, unstored = {}, {}
+    for name, raw in proc.buffer_records.items():
+        kind = _list_kind(name)
+        if kind is None:
             try:
-                _parse_process(path, proc, w)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, msgspec.DecodeError) as exc:
+                unstored[name] = len(msgspec.json.decode(raw, type=list[msgspec.Raw]))
+            except msgspec.DecodeError as exc:
                 raise TraceError(path, f"unusable record: {str(exc).splitlines()[0]}") from None
+            continue
+        parts, reads = [], []
+        for part in _write_parts(memoryview(raw), folder / str(len(files))):
+            parts.append(part)
+            reads.append(pool.submit(_read_json, part, kind))
+        files[name] = (kind, parts, reads)
+    proc.buffer_records = {}
+    return _Staged(files, unstored)
 
 
-def _parse_process(path: Path, proc: Process, w) -> None:
+_PART_BYTES = 64 << 20   # a larger list is cut into parts of about this size
+_RECORD_SEPARATOR = re.compile(rb"\},\{")
+
+
+def _write_parts(raw: memoryview, stem: Path) -> Iterator[Path]:
+    """A raw JSON list as JSON array files, yielded as each is written, cut between two
+    records after about every _PART_BYTES so that the parts can be read in parallel. A
+    cut goes at the next `},{` (rocprofv3 writes compact JSON); where that is not between
+    two records (inside a string or a nested list) a part is not valid JSON, and
+    `_columns` then reads the parts joined back into the list as written."""
+    cuts = []  # (end of a part, start of the next)
+    at = _PART_BYTES
+    while at < len(raw) - _PART_BYTES // 4:  # no small last part
+        match = _RECORD_SEPARATOR.search(raw, at)
+        if match is None:
+            break
+        cuts.append((match.start() + 1, match.end() - 1))
+        at = match.end() + _PART_BYTES
+    start = 0
+    for i, (end, following) in enumerate(cuts + [(len(raw), None)]):
+        part = stem.with_name(f"{stem.name}.{i}.json")
+        with open(part, "wb") as fh:
+            fh.write(b"[" if start else b"")
+            fh.write(raw[start:end])
+            fh.write(b"]" if following is not None else b"")
+        yield part
+        start = following
+
+
+def _joined(parts: list[Path]) -> Path:
+    """The list as written, from its parts (their added brackets dropped, the commas put back)."""
+    if len(parts) == 1:
+        return parts[0]
+    whole = parts[0].with_name(parts[0].name.split(".")[0] + ".whole.json")
+    with open(whole, "wb") as fh:
+        for i, part in enumerate(parts):
+            data = part.read_bytes()
+            fh.write(data[(1 if i else 0):(-1 if i < len(parts) - 1 else None)])
+            fh.write(b"," if i < len(parts) - 1 else b"")
+    return whole
+
+
+def _parse_process(path: Path, proc: Process, lists: _Staged, w) -> None:
     meta = proc.metadata
     pid = meta.get("pid")
     agents = rc.Agents(rc.agent_from_sdk(a, key=(a.get("id") or {}).get("handle")) for a in proc.agents)
     w.add_rows("devices", agents.device_rows())
     w.read(len(proc.agents))
     kinds = [(k.kind, k.operations) for k in proc.strings.buffer_records]
+    # Stored in this order (event ids follow it): dispatches, copies, calls.
     next_id = 0
-    records = proc.buffer_records
-    if "kernel_dispatch" in records:
-        next_id += _dispatches(path, records["kernel_dispatch"], proc, agents, pid, w, next_id)
-    if "memory_copy" in records:
-        next_id += _copies(path, records["memory_copy"], kinds, agents, pid, w, next_id)
+    if "kernel_dispatch" in lists.files:
+        next_id += _dispatches(_take(path, lists, "kernel_dispatch"), proc, agents, pid, w, next_id)
+    if "memory_copy" in lists.files:
+        next_id += _copies(_take(path, lists, "memory_copy"), kinds, agents, pid, w, next_id)
     markers = _marker_messages(proc.strings.marker_api)
     for name in API_LISTS:
-        if name in records:
-            next_id += _api(path, records[name], kinds, markers, pid, w, next_id)
-    for name, raw in records.items():
-        if name in ("kernel_dispatch", "memory_copy") or name in API_LISTS:
-            continue
-        count = len(msgspec.json.decode(raw, type=list[msgspec.Raw]))
+        if name in lists.files:
+            next_id += _api(_take(path, lists, name), kinds, markers, pid, w, next_id)
+    for name, count in lists.unstored.items():
         w.read(count)
         w.issue(f"{name} records not stored", count, name)
     node = meta.get("node") or {}
@@ -141,6 +234,12 @@ def _parse_process(path: Path, proc: Process, w) -> None:
                   "fini_time": meta.get("fini_time"), "cpu_agents": agents.cpu_summary(),
                   "kernel_symbols": len(proc.kernel_symbols)},
     )
+
+
+def _take(path: Path, lists: _Staged, name: str) -> dict[str, pa.Array]:
+    """A list's columns, dropping its reads so they are freed once stored."""
+    kind, parts, reads = lists.files.pop(name)
+    return _columns(path, parts, kind, reads)
 
 
 _H = "STRUCT(handle BIGINT)"
@@ -165,43 +264,6 @@ REQUIRED = {
     "Copy": ("start_timestamp", "end_timestamp"),
 }
 
-
-def _columns(path: Path, raw: msgspec.Raw, typ: str, fields: tuple[str, ...]) -> dict[str, pa.Array]:
-    """One Arrow array per (dotted) field of the records of a raw JSON list, read by
-    DuckDB from a temporary copy of the list. A record without a required field is an
-    unusable input, as with a typed decoder."""
-    fd, tmp = tempfile.mkstemp(prefix="profkit-rocprofv3-", suffix=".json")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(memoryview(raw))
-        types = RECORD_TYPES[typ]
-        spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
-        select = ", ".join(f'{_default(f)} AS "{f}"' for f in fields)
-        missing = " OR ".join(f"{f} IS NULL" for f in REQUIRED[typ])
-        con = duckdb.connect()
-        try:
-            con.execute("SET threads = 2")
-            table = con.sql(f"""
-                SELECT {select}, ({missing}) AS _missing
-                FROM read_json('{tmp}', format = 'array', columns = {spec},
-                               maximum_object_size = 16777216)""").to_arrow_table()
-        except duckdb.Error as exc:
-            raise TraceError(path, f"unexpected {typ} record: {str(exc).splitlines()[0]}") from None
-        finally:
-            con.close()
-    finally:
-        os.unlink(tmp)
-    if pc.any(table.column("_missing")).as_py():
-        bad = pc.index(table.column("_missing"), True).as_py()
-        raise TraceError(path, f"unexpected {typ} record: record {bad} lacks one of {', '.join(REQUIRED[typ])}")
-    return {f: table.column(f).combine_chunks() for f in fields}
-
-
-def _default(field: str) -> str:
-    """A field as SQL, with the typed structs' default (0) where it is missing."""
-    return field if field == "bytes" else f"coalesce({field}, 0)"
-
-
 DISPATCH_FIELDS = (
     "start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal", "correlation_id.external",
     "dispatch_info.agent_id.handle", "dispatch_info.queue_id.handle", "dispatch_info.kernel_id",
@@ -209,6 +271,53 @@ DISPATCH_FIELDS = (
     "dispatch_info.workgroup_size.x", "dispatch_info.workgroup_size.y", "dispatch_info.workgroup_size.z",
     "dispatch_info.grid_size.x", "dispatch_info.grid_size.y", "dispatch_info.grid_size.z", "stream_id.handle",
 )
+API_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
+              "correlation_id.external", "kind", "operation")
+COPY_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
+               "correlation_id.external", "kind", "operation", "dst_agent_id.handle",
+               "src_agent_id.handle", "stream_id.handle")
+# Fields read, per record kind.
+FIELDS = {"Dispatch": DISPATCH_FIELDS, "ApiCall": API_FIELDS, "Copy": COPY_FIELDS + ("bytes",)}
+
+
+def _columns(path: Path, parts: list[Path], kind: str, reads: list[Future]) -> dict[str, pa.Array]:
+    """One Arrow array per (dotted) field of the records of a staged list, from the
+    reads of its parts. A record without a required field is an unusable input, as with
+    a typed decoder."""
+    try:
+        table = pa.concat_tables([read.result() for read in reads])
+    except duckdb.Error:
+        # A bad list, or a cut that was not between records: the list as written says which.
+        try:
+            table = _read_json(_joined(parts), kind)
+        except duckdb.Error as exc:
+            raise TraceError(path, f"unexpected {kind} record: {str(exc).splitlines()[0]}") from None
+    if pc.any(table.column("_missing")).as_py():
+        bad = pc.index(table.column("_missing"), True).as_py()
+        raise TraceError(path, f"unexpected {kind} record: record {bad} lacks one of {', '.join(REQUIRED[kind])}")
+    return {f: table.column(f).combine_chunks() for f in FIELDS[kind]}
+
+
+def _read_json(file: Path, kind: str) -> pa.Table:
+    """The fields of `kind` records of a JSON array file, read by DuckDB (in a worker
+    thread: its own connection, one thread, as a JSON array is read by one anyway)."""
+    spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in RECORD_TYPES[kind].items()) + "}"
+    select = ", ".join(f'{_default(f)} AS "{f}"' for f in FIELDS[kind])
+    missing = " OR ".join(f"{f} IS NULL" for f in REQUIRED[kind])
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")
+        return con.sql(f"""
+            SELECT {select}, ({missing}) AS _missing
+            FROM read_json('{file}', format = 'array', columns = {spec},
+                           maximum_object_size = 16777216)""").to_arrow_table()
+    finally:
+        con.close()
+
+
+def _default(field: str) -> str:
+    """A field as SQL, with the typed structs' default (0) where it is missing."""
+    return field if field == "bytes" else f"coalesce({field}, 0)"
 
 
 def _symbol_arrays(symbols: list[Symbol]) -> dict[str, Any]:
@@ -227,8 +336,7 @@ def _nonzero(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(arr, 0), pa.scalar(None, pa.int64()), arr)
 
 
-def _dispatches(path: Path, raw, proc: Process, agents: rc.Agents, pid, w, next_id: int) -> int:
-    c = _columns(path, raw, "Dispatch", DISPATCH_FIELDS)
+def _dispatches(c: dict[str, pa.Array], proc: Process, agents: rc.Agents, pid, w, next_id: int) -> int:
     n = len(c["start_timestamp"])
     w.read(n)
     sym = _symbol_arrays(proc.kernel_symbols)
@@ -294,12 +402,7 @@ def _marker_messages(value: Any) -> dict[int, str]:
     return out
 
 
-API_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
-              "correlation_id.external", "kind", "operation")
-
-
-def _api(path: Path, raw, kinds, markers: dict[int, str], pid, w, next_id: int) -> int:
-    c = _columns(path, raw, "ApiCall", API_FIELDS)
+def _api(c: dict[str, pa.Array], kinds, markers: dict[int, str], pid, w, next_id: int) -> int:
     n = len(c["start_timestamp"])
     w.read(n)
     if not n:
@@ -325,13 +428,7 @@ def _api(path: Path, raw, kinds, markers: dict[int, str], pid, w, next_id: int) 
     return written
 
 
-COPY_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.internal",
-               "correlation_id.external", "kind", "operation", "dst_agent_id.handle",
-               "src_agent_id.handle", "stream_id.handle")
-
-
-def _copies(path: Path, raw, kinds, agents: rc.Agents, pid, w, next_id: int) -> int:
-    c = _columns(path, raw, "Copy", COPY_FIELDS + ("bytes",))
+def _copies(c: dict[str, pa.Array], kinds, agents: rc.Agents, pid, w, next_id: int) -> int:
     n = len(c["start_timestamp"])
     w.read(n)
     if not n:
@@ -353,3 +450,4 @@ def _copies(path: Path, raw, kinds, agents: rc.Agents, pid, w, next_id: int) -> 
     }, "memory copy")
     rc.write_copies(w, next_id, sizes, direction, keep, n)
     return written
+

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import classify
 from .store import Store
@@ -111,33 +112,37 @@ def add_collectives(store: Store, trace_id: int) -> None:
 
 
 _NEST_UPDATE_ROWS = 1 << 19  # rows per UPDATE: bounds the join's hash table
+# What makes a lane: host events nest per thread, device events per device and stream.
+_LANE_KEYS = ("dev", "pid", "tid", "device", "stream")
 
 
 def nest(store: Store, trace_id: int) -> None:
     """parent_id and depth: the innermost enclosing event on the same thread or stream."""
     con = store.con
-    # Lanes are few: number them once, then one sort of the events (not a window over all).
+    # Fetched unsorted and without lane numbers: DuckDB's join on five nullable keys and
+    # its sort cost more than numbering lanes and sorting here. An event whose lane flag
+    # is NULL (no kind, no thread) belongs to no lane and gets only depth 0 below.
     table = store.arrow("""
-        WITH e AS (
+        SELECT * FROM (
             SELECT event_id, start_ns, end_ns,
                    kind IN ('kernel','memcpy','memset','gpu_annotation','sync') AND tid IS NULL AS dev,
                    pid, tid, device, stream
             FROM events WHERE trace_id = ? AND parent_id IS NULL
-        ), lanes AS (
-            SELECT dev, pid, tid, device, stream,
-                   CAST(row_number() OVER (ORDER BY dev, pid, tid, device, stream) AS INTEGER) AS lane
-            FROM (SELECT DISTINCT dev, pid, tid, device, stream FROM e)
-        )
-        SELECT e.event_id, e.end_ns, l.lane FROM e JOIN lanes l
-          ON e.dev = l.dev AND e.pid IS NOT DISTINCT FROM l.pid AND e.tid IS NOT DISTINCT FROM l.tid
-         AND e.device IS NOT DISTINCT FROM l.device AND e.stream IS NOT DISTINCT FROM l.stream
-        ORDER BY l.lane, e.start_ns, e.end_ns DESC, e.event_id
+        ) WHERE dev IS NOT NULL
     """, [trace_id])
     if table.num_rows == 0:
+        con.execute("UPDATE events SET depth = 0 WHERE trace_id = ? AND parent_id IS NULL", [trace_id])
         return
+    lanes = _lane_numbers(table)
     ids = table.column("event_id").to_numpy()
-    parent_pos, depths = _nest_sorted(table.column("end_ns").to_numpy(), table.column("lane").to_numpy())
+    starts = table.column("start_ns").to_numpy()
+    ends = table.column("end_ns").to_numpy()
     del table
+    order = _lane_order(lanes, starts, ends, ids)
+    ids, ends, lanes = ids[order], ends[order], lanes[order]
+    del order, starts
+    parent_pos, depths = _nest_sorted(ends, lanes)
+    del ends, lanes
     # Only events inside another are updated by a join; the top-level ones (usually most)
     # get depth 0 from one constant UPDATE afterwards, which costs far less per row.
     nested = np.flatnonzero(parent_pos >= 0)
@@ -158,6 +163,64 @@ def nest(store: Store, trace_id: int) -> None:
     con.execute("UPDATE events SET depth = 0 WHERE trace_id = ? AND parent_id IS NULL", [trace_id])
 
 
+def _lane_numbers(table: pa.Table) -> np.ndarray:
+    """A lane number per row, 0 .. lanes-1: equal exactly when all lane keys are equal
+    (NULL equal to NULL). Keys are coded per column and packed into one integer, which
+    a single hash pass then numbers densely (small numbers sort fastest)."""
+    packed, packed_count = np.zeros(table.num_rows, np.int64), 1
+    for key in _LANE_KEYS:
+        codes, count = _codes(table.column(key))
+        if packed_count * count >= 2 ** 62:  # would overflow: renumber what is packed so far
+            packed, packed_count = _dense(packed)
+        packed = packed * count + codes
+        packed_count *= count
+    lanes, count = _dense(packed)
+    return lanes.astype(np.uint16 if count <= 1 << 16 else np.int64)
+
+
+def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
+    encoded = pc.dictionary_encode(pa.array(values))
+    return encoded.indices.to_numpy().astype(np.int64), len(encoded.dictionary)
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """(code per value, number of possible codes) of one key column, NULL coded 0. An
+    integer column is offset by its minimum (no hashing) when its range is small."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type):
+        column = column.cast(pa.int64())
+        low, high = pc.min_max(column).values()
+        if low.as_py() is None:  # all NULL
+            return np.zeros(len(column), np.int64), 1
+        low, high = low.as_py(), high.as_py()
+        if high - low < 1 << 32:
+            codes = pc.fill_null(pc.add(pc.subtract(column, low), 1), 0)
+            return codes.to_numpy(), high - low + 2
+    encoded = pc.dictionary_encode(column, null_encoding="encode")
+    return encoded.indices.to_numpy().astype(np.int64), len(encoded.dictionary)
+
+
+def _lane_order(lanes: np.ndarray, starts: np.ndarray, ends: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions sorted by (lane, start, end descending, event id). Events mostly arrive in
+    time order within their lane, so rows are grouped by lane (a stable radix sort of
+    small lane numbers) and only the lanes not already in order are sorted further."""
+    order = np.argsort(lanes, kind="stable")
+    lane, start, end, eid = lanes[order], starts[order], ends[order], ids[order]
+    in_order = ((start[1:] > start[:-1])
+                | ((start[1:] == start[:-1])
+                   & ((end[1:] < end[:-1]) | ((end[1:] == end[:-1]) & (eid[1:] > eid[:-1])))))
+    unsorted_lanes = np.unique(lane[1:][(lane[1:] == lane[:-1]) & ~in_order])
+    del start, end, eid, in_order
+    if unsorted_lanes.size:
+        # Those lanes' rows are contiguous in `order`, and sorting them by time and then
+        # (stably) by lane keeps the lanes in the same order, so they are sorted in place.
+        rows = np.flatnonzero(np.isin(lane, unsorted_lanes))
+        sub = order[rows]
+        sub = sub[np.lexsort((ids[sub], -ends[sub], starts[sub]))]
+        order[rows] = sub[np.argsort(lanes[sub], kind="stable")]
+    return order
+
+
 def _nest_sorted(ends: np.ndarray, lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Parent position (-1 for none) and depth of events sorted by (lane, start, end desc).
 
@@ -173,6 +236,10 @@ def _nest_sorted(ends: np.ndarray, lanes: np.ndarray) -> tuple[np.ndarray, np.nd
     lane_start = np.maximum.accumulate(np.where(first, pos, 0)) if n else pos
     cand = pos - 1
     cand[cand < lane_start] = -1
+    # An event that ends after every earlier event of its lane has no parent. Most events
+    # are such (a stream's kernels never nest); settling them now spares them the
+    # log(lane length) jumping rounds they would otherwise take to run out of candidates.
+    cand[~_ends_no_earlier_before(ends, first)] = -1
     # The first test compares each event with its predecessor: slices, no gather.
     active = np.flatnonzero(np.r_[False, ends[:-1] < ends[1:]] & (cand >= 0)) if n else pos
     while active.size:
@@ -191,6 +258,17 @@ def _nest_sorted(ends: np.ndarray, lanes: np.ndarray) -> tuple[np.ndarray, np.nd
         depth[active], anc[active] = depth[active] + depth[up], anc[up]
         active = active[anc[active] >= 0]
     return cand, depth
+
+
+def _ends_no_earlier_before(ends: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per event: does an earlier event of its lane end no earlier than it (a running
+    maximum of the ends, restarted at every lane)?"""
+    out = np.zeros(len(ends), bool)
+    bounds = np.r_[np.flatnonzero(first), len(ends)]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo > 1:
+            out[lo + 1:hi] = np.maximum.accumulate(ends[lo:hi - 1]) >= ends[lo + 1:hi]
+    return out
 
 
 def find_steps(store: Store, trace_id: int) -> None:
