@@ -107,6 +107,10 @@ def analyze(store: Store, selected_step: int | None = None, passes: tuple[str, .
     """The whole analysis of a store, in the documented `profkit.analysis/1` shape."""
     traces_out = []
     all_findings: list[Finding] = []
+    if "critical_path" in passes:
+        from .critical_path import prefetch
+
+        prefetch(store)
     for trace_id in store.trace_ids():
         metrics, findings = analyze_trace(store, trace_id, selected_step, passes)
         trace = store.rows("""

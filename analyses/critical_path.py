@@ -7,10 +7,12 @@ store and cached on it. See docs/graph.md for the model and its limits.
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from profkit.findings import Finding
 from profkit.graph import build_graph, critical_path_report
+from profkit.store import Store
 from profkit.whatif import store_windows, whatif
 
 from . import Context, PassResult
@@ -33,6 +35,20 @@ RULE_CHANGES = {
 HOTSPOT_SPEEDUP = 2.0
 
 
+def prefetch(store) -> None:
+    """Start building the store's graph on a worker thread (its own DuckDB cursor), so that
+    it overlaps the passes before this one: numpy and DuckDB release the GIL for most of it."""
+    ids = tuple(store.trace_ids())
+    cached = getattr(store, "_profkit_graph", None)
+    if cached is not None and cached[0] == ids:
+        return
+    cursor = Store(store.con.cursor(), store.path)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="profkit-graph")
+    future = pool.submit(build_graph, cursor, list(ids))
+    pool.shutdown(wait=False)
+    store._profkit_graph = (ids, future)
+
+
 def _graph(store):
     """One graph per store (all traces), cached on the store object."""
     ids = tuple(store.trace_ids())
@@ -40,6 +56,8 @@ def _graph(store):
     if cached is None or cached[0] != ids:
         cached = (ids, build_graph(store, list(ids)))
         store._profkit_graph = cached
+    if isinstance(cached[1], Future):
+        store._profkit_graph = cached = (ids, cached[1].result())
     return cached[1]
 
 
