@@ -12,14 +12,13 @@ Every function here reads the store with SQL and returns plain windows; none wri
 """
 from __future__ import annotations
 
-import functools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
-from profkit.columns import dictionary_codes
+from profkit.columns import dictionary_codes, per_value
 
 from profkit.store import Store
 
@@ -51,7 +50,6 @@ class Window:
     number: int | None = None
 
 
-@functools.lru_cache(maxsize=4096)  # few distinct launch-call names, asked once per activity
 def is_graph_launch(name: str | None) -> bool:
     return bool(name) and any(p.search(name) for p in GRAPH_LAUNCH_CALLS)
 
@@ -107,7 +105,7 @@ def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
         codes, values = dictionary_codes(col(name))
         strings[name] = values[codes]
         if name == "launch_name":  # decided once per distinct launch call
-            graph_call = np.array([is_graph_launch(v) for v in values], dtype=bool)[codes]
+            graph_call = per_value(is_graph_launch, codes, values, bool)
     graph = col("graph_id").is_valid().to_numpy(zero_copy_only=False) | graph_call
     return DeviceEvents(
         event_id=col("event_id").to_numpy().astype(np.int64),

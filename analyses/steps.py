@@ -126,8 +126,8 @@ def _step_facts(window: Window, dev: DeviceEvents, mine: np.ndarray) -> dict:
     if not n:
         return facts
     starts, ends = dev.start[mine], dev.end[mine]
-    kernel = (dev.kind[mine] == "kernel").astype(bool)
-    gemm = (dev.category[mine] == "gemm").astype(bool)
+    kernel = dev.kind[mine] == "kernel"
+    gemm = dev.category[mine] == "gemm"
     launches = dev.launch_id[mine]
     kernels = int(kernel.sum())
     launch_calls = int(np.unique(launches[launches >= 0]).size)

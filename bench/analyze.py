@@ -111,7 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="profkit analyze vs HTA load + temporal breakdown")
     parser.add_argument("--no-hta", action="store_true", help="do not run HTA")
     parser.add_argument("--tiles", default="1", help="sizes of the tiled inputs in millions of events, "
-                        "comma-separated (default 1; 1,5 adds the 5M tile: HTA needs ~6 GB and ~3 min there)")
+                        "comma-separated (default 1; 1,5 adds the 5M tile: HTA needs ~5.5 GB and took 455 s "
+                        "there on the project's machine)")
     parser.add_argument("--worker", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:

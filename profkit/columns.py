@@ -12,3 +12,8 @@ def dictionary_codes(col) -> tuple[np.ndarray, np.ndarray]:
     values = encoded.dictionary.to_pylist()
     codes = encoded.indices.fill_null(len(values)).to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, np.asarray(values + [None], dtype=object)
+
+
+def per_value(fn, codes: np.ndarray, values: np.ndarray, dtype=object) -> np.ndarray:
+    """fn of every row's value, calling fn once per distinct value (see dictionary_codes)."""
+    return np.array([fn(v) for v in values], dtype=dtype)[codes]

@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 
+from .columns import per_value
+
 HOST_KINDS = ("cpu_op", "python", "annotation", "runtime")
 DEVICE_KINDS = ("kernel", "memcpy", "memset")
 
@@ -35,6 +37,4 @@ COPY_CALL = re.compile(r"(?i)Memcpy")
 def matches(ev: dict[str, np.ndarray], column: str, pattern, where: np.ndarray) -> np.ndarray:
     """Whether the string `column` of the events `where` matches the regex `pattern`,
     testing each distinct value once."""
-    values = ev[column + "_values"]
-    lut = np.fromiter((bool(pattern.search(v or "")) for v in values), bool, values.size)
-    return lut[ev[column + "_code"][where]]
+    return per_value(lambda v: bool(pattern.search(v or "")), ev[column + "_code"][where], ev[column + "_values"], bool)

@@ -63,7 +63,9 @@ def _replay(graph: Graph, w: np.ndarray, compiled: bool | None = None) -> Schedu
     if loop is not None:
         time = np.where(has_pred, NEG, graph.vtime).astype(np.int64)
         via = np.full(nv, -1, dtype=np.int64)
-        loop(graph.src.astype(np.int64), graph.dst.astype(np.int64), np.asarray(w, dtype=np.int64), time, via)
+        # No copies of the edge arrays per replay: they are int64 already.
+        loop(graph.src.astype(np.int64, copy=False), graph.dst.astype(np.int64, copy=False),
+             np.asarray(w, dtype=np.int64), time, via)
         return Schedule(time, via, np.asarray(w))
     time = np.where(has_pred, NEG, graph.vtime).tolist()
     via = [-1] * nv
