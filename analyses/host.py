@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 
 from profkit import intervals
+from profkit.columns import group_codes
 from profkit.findings import Finding
 
 from . import Context, PassResult
@@ -158,7 +159,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
     for i in sel:
         lo, hi, measurable = _idle_after_sync(int(calls["start"][i]), int(calls["end"][i]), dev)
         idle_windows.append((lo, hi))
-        idle_each.append(max(0, hi - lo - intervals.total(intervals.clip(busy, lo, hi))) if hi > lo else 0)
+        idle_each.append(max(0, hi - lo - intervals.covered(busy, lo, hi)) if hi > lo else 0)
         if measurable:
             measured_windows.add(int(step_of_call[i]))
     if idle_windows:
@@ -392,18 +393,19 @@ def _allocator(ctx, calls, roles) -> dict:
 # -- (iv) CPU time between launches ------------------------------------------------------------------
 
 def _launch_gaps(ctx, calls, step_of_call, dev) -> dict:
-    launchers = set(dev.launch_id[dev.launch_id >= 0].tolist())
-    is_launch = np.array([int(e) in launchers for e in calls["event_id"]], dtype=bool) & (step_of_call >= 0)
+    launchers = np.sort(dev.launch_id[dev.launch_id >= 0])
+    at = np.minimum(np.searchsorted(launchers, calls["event_id"]), max(launchers.size - 1, 0))
+    is_launch = (launchers[at] == calls["event_id"] if launchers.size else False) & (step_of_call >= 0)
     sel = np.flatnonzero(is_launch)
     if not sel.size:
         return {"launch_calls": 0}
-    gaps = []
-    for key in set(zip(calls["pid"][sel].tolist(), calls["tid"][sel].tolist(), step_of_call[sel].tolist())):
-        pid, tid, step = key
-        m = sel[(calls["pid"][sel] == pid) & (calls["tid"][sel] == tid) & (step_of_call[sel] == step)]
-        if m.size > 1:
-            gaps.append(np.maximum(calls["start"][m][1:] - calls["end"][m][:-1], 0))
-    gaps = np.concatenate(gaps) if gaps else np.empty(0, dtype=np.int64)
+    # Gaps between consecutive launch calls of one thread within one step (calls are in
+    # time order; the stable sort by group keeps that order inside each group).
+    group, _ = group_codes(calls["pid"][sel], calls["tid"][sel], step_of_call[sel])
+    order = np.argsort(group, kind="stable")
+    by_group, group = sel[order], group[order]
+    same = group[1:] == group[:-1]
+    gaps = np.maximum(calls["start"][by_group][1:] - calls["end"][by_group][:-1], 0)[same]
     durations = calls["end"][sel] - calls["start"][sel]
     n_steps = max(1, len(set(step_of_call[sel].tolist())))
     return {"launch_calls": int(sel.size), "launch_calls_per_step": round(sel.size / n_steps, 3),
@@ -434,8 +436,8 @@ def _step_start_gap(ctx, busy, sync_idle) -> dict:
         if not f or f["device_start_ns"] is None:
             continue
         lo, hi = s.start_ns, max(s.start_ns, f["device_start_ns"])
-        idle = hi - lo - intervals.total(intervals.clip(busy, lo, hi))
-        idle -= intervals.total(intervals.clip(sync_idle, lo, hi))
+        idle = hi - lo - intervals.covered(busy, lo, hi)
+        idle -= intervals.covered(sync_idle, lo, hi)
         rows.append((s.step, hi - lo, max(0, idle), lo, hi))
     if not rows:
         return {"metrics": {"applicable": False}, "findings": []}

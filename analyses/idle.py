@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profkit import intervals
+from profkit.columns import group_codes, lexsort
 from profkit.findings import Finding
 
 from . import Context, PassResult
@@ -56,6 +57,7 @@ WAIT_RECORD_PATTERN = r"(?i)wait"
 # A next activity starting this soon after another stream's activity ended is taken to
 # have waited on it (when the device side of the gap dominates).
 DEPENDENCY_WINDOW_NS = 10_000
+_NULL_ID = -(1 << 62)  # a null pid or tid, as a number no real one takes
 # Findings: a cause must cost at least this share of a step and this much time per step.
 FINDING_MIN_PCT = 2.0
 FINDING_MIN_NS = 10_000
@@ -117,11 +119,22 @@ def _load_activities(store, trace_id):
     acts["has_launch"] = has_launch
     acts["launch_start"] = np.where(has_launch, table.column("launch_start").fill_null(0).to_numpy(), 0).astype(np.int64)
     threads: dict[tuple, int] = {}
-    pids = table.column("launch_pid").to_pylist()
-    tids = table.column("launch_tid").to_pylist()
-    acts["thread"] = np.array([threads.setdefault((p, t), len(threads)) if h else -1
-                               for p, t, h in zip(pids, tids, has_launch)], dtype=np.int64)
+    acts["thread"] = np.full(has_launch.size, -1, dtype=np.int64)
+    acts["thread"][has_launch] = _thread_codes(table.column("launch_pid"), table.column("launch_tid"),
+                                               threads, has_launch)
     return acts, threads
+
+
+def _thread_codes(pids, tids, threads: dict[tuple, int], rows=None) -> np.ndarray:
+    """A code per row (of `rows`) for its (pid, tid), from `threads`, which numbers the
+    pairs not yet in it: the activities and the host calls share one numbering."""
+    pid = pids.fill_null(_NULL_ID).to_numpy()
+    tid = tids.fill_null(_NULL_ID).to_numpy()
+    if rows is not None:
+        pid, tid = pid[rows], tid[rows]
+    code, first = group_codes(pid, tid)
+    known = [threads.setdefault((int(pid[i]), int(tid[i])), len(threads)) for i in first.tolist()]
+    return np.asarray(known, dtype=np.int64)[code]
 
 
 def _load_host(store, trace_id, threads):
@@ -139,8 +152,7 @@ def _load_host(store, trace_id, threads):
         )
         SELECT * FROM host WHERE is_launch OR is_sync OR is_wait ORDER BY pid, tid, start_ns
     """, [trace_id, sync_re, WAIT_CALL_PATTERN, trace_id])
-    pids, tids = table_list(rows, "pid"), table_list(rows, "tid")
-    code = np.array([threads.setdefault((p, t), len(threads)) for p, t in zip(pids, tids)], dtype=np.int64)
+    code = _thread_codes(rows.column("pid"), rows.column("tid"), threads)
     start = rows.column("start_ns").to_numpy()
     end = rows.column("end_ns").to_numpy()
     is_launch = rows.column("is_launch").to_numpy(zero_copy_only=False)
@@ -162,10 +174,6 @@ def _load_host(store, trace_id, threads):
         "sync_end": np.sort(end[is_sync]),
     }
     return host, everything
-
-
-def table_list(table, name):
-    return table.column(name).to_pylist()
 
 
 def _load_wait_records(store, trace_id):
@@ -211,7 +219,7 @@ def _count_in(sorted_values, lo, hi):
 
 def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, device_level):
     """Find and attribute the gaps on every stream (or, with device_level, every device)."""
-    order = np.lexsort((acts["end_ns"], acts["start_ns"], acts["device"])) if device_level \
+    order = lexsort((acts["end_ns"], acts["start_ns"], acts["device"])) if device_level \
         else np.arange(acts["start_ns"].size)
     a = {k: v[order] for k, v in acts.items()}
     keys = a["device"][:, None] if device_level else np.stack([a["device"], a["stream"]], axis=1)
@@ -313,12 +321,14 @@ def _summary(gaps: Gaps, mask, span_ns, busy_ns, windows):
         "fallback_gaps": int((fb > 0).sum()),
         "fallback_by_reason": {r: int((fb == i + 1).sum()) for i, r in enumerate(FALLBACK_REASONS)},
     }
-    per_step = []
     s0, s1 = gaps.start[mask], gaps.end[mask]
-    for w in windows:
-        overlap = np.clip(np.minimum(s1, w.end_ns) - np.maximum(s0, w.start_ns), 0, None)
-        per_step.append({"step": w.step, "idle_ns": int(overlap.sum()),
-                         "by_cause_ns": {c: int(overlap[cause == i].sum()) for i, c in enumerate(CAUSES)}})
+    lo = np.array([w.start_ns for w in windows], dtype=np.int64)
+    hi = np.array([w.end_ns for w in windows], dtype=np.int64)
+    step_idle = intervals.overlap_sums(s0, s1, lo, hi).tolist()
+    step_cause = {c: intervals.overlap_sums(s0[cause == i], s1[cause == i], lo, hi).tolist()
+                  for i, c in enumerate(CAUSES)}
+    per_step = [{"step": w.step, "idle_ns": step_idle[k], "by_cause_ns": {c: step_cause[c][k] for c in CAUSES}}
+                for k, w in enumerate(windows)]
     out["per_step"] = per_step
     # Mean and median over the steady steps; findings use the median (robust to an
     # outlier step, and comparable with ctx.step_ns, itself a median).

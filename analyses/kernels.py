@@ -210,13 +210,14 @@ def tiny_kernels(acts, launches, windows, device):
     m = (acts["device"] == device) & (acts["kind"] == "kernel")
     tiny = m & (acts["dur_ns"] < TINY_KERNEL_NS)
     lm = (launches["device"] == device) & launches["tiny"]
-    per_step = []
-    for step, lo, hi in windows:
-        inside = tiny & (acts["start_ns"] >= lo) & (acts["start_ns"] < hi)
-        one_by_one = lm & (launches["device_start_ns"] >= lo) & (launches["device_start_ns"] < hi)
-        per_step.append({"step": step, "count": int(inside.sum()), "total_ns": int(acts["dur_ns"][inside].sum()),
-                         "launched_one_by_one": int(one_by_one.sum()),
-                         "kernels": int((m & (acts["start_ns"] >= lo) & (acts["start_ns"] < hi)).sum())})
+    lo = np.array([w[1] for w in windows], dtype=np.int64)
+    hi = np.array([w[2] for w in windows], dtype=np.int64)
+    count, total_ns = _starting_in(acts["start_ns"][tiny], acts["dur_ns"][tiny], lo, hi)
+    one_by_one, _ = _starting_in(launches["device_start_ns"][lm], None, lo, hi)
+    kernels, _ = _starting_in(acts["start_ns"][m], None, lo, hi)
+    per_step = [{"step": w[0], "count": int(count[k]), "total_ns": int(total_ns[k]),
+                 "launched_one_by_one": int(one_by_one[k]), "kernels": int(kernels[k])}
+                for k, w in enumerate(windows)]
     call = launches["call_ns"][lm]
     return {
         "device": int(device), "threshold_ns": TINY_KERNEL_NS, "count": int(tiny.sum()),
@@ -226,6 +227,19 @@ def tiny_kernels(acts, launches, windows, device):
                             ("count", "total_ns", "launched_one_by_one", "kernels")},
         "per_step": per_step,
     }
+
+
+def _starting_in(starts, values, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    """Per window [lo, hi): how many of the items start in it, and the sum of their
+    `values` (zeros without values)."""
+    order = np.argsort(starts, kind="stable")
+    starts = np.asarray(starts)[order]
+    first = np.searchsorted(starts, lo, side="left")
+    last = np.maximum(np.searchsorted(starts, hi, side="left"), first)
+    if values is None:
+        return last - first, np.zeros(lo.size, dtype=np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(np.asarray(values, dtype=np.int64)[order])])
+    return last - first, cumulative[last] - cumulative[first]
 
 
 # ---------------------------------------------------------------- grids --------------

@@ -157,7 +157,7 @@ def _inter_step_gaps(per_step: list[dict], busy) -> None:
         if prev_end is not None:
             lo, hi = prev_end, f["device_start_ns"]
             if hi > lo:
-                covered = intervals.total(intervals.clip(busy, lo, hi))
+                covered = intervals.covered(busy, lo, hi)
                 f["gap_before_ns"] = int(hi - lo - covered)
             else:
                 f["gap_before_ns"] = 0

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import classify
+from .columns import lexsort
 from .store import Store
 
 # Annotation names that define steps, tried in order; the first that matches any
@@ -216,7 +217,7 @@ def _lane_order(lanes: np.ndarray, starts: np.ndarray, ends: np.ndarray, ids: np
         # (stably) by lane keeps the lanes in the same order, so they are sorted in place.
         rows = np.flatnonzero(np.isin(lane, unsorted_lanes))
         sub = order[rows]
-        sub = sub[np.lexsort((ids[sub], -ends[sub], starts[sub]))]
+        sub = sub[lexsort((ids[sub], -ends[sub], starts[sub]))]
         order[rows] = sub[np.argsort(lanes[sub], kind="stable")]
     return order
 

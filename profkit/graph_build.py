@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .columns import dictionary_codes
+from .columns import dictionary_codes, group_codes, lexsort
 from .store import Store
 
 from .graph_model import (CLS, COPY_CALL, matches, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION, E_HOST, E_LAUNCH,
@@ -133,20 +133,24 @@ def _load_events(store: Store, trace_ids: list[int]) -> dict[str, np.ndarray]:
 def _thread_codes(ev: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """A small integer per (trace, pid, tid) for every event (device events get their own
     lanes' values, unused), and the trace of each code."""
-    n = ev["event_id"].size
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    o = np.lexsort((ev["tid"], ev["pid"], ev["trace_id"]))
-    keys = (ev["trace_id"][o], ev["pid"][o], ev["tid"][o])
-    change = np.r_[True, (keys[0][1:] != keys[0][:-1]) | (keys[1][1:] != keys[1][:-1]) | (keys[2][1:] != keys[2][:-1])]
-    code = np.empty(n, dtype=np.int64)
-    code[o] = np.cumsum(change) - 1
-    return code, keys[0][change]
+    code, first = group_codes(ev["trace_id"], ev["pid"], ev["tid"])
+    return code, ev["trace_id"][first]
+
+
+def _id_table(event_ids: np.ndarray) -> np.ndarray:
+    """Index by (event id - first id), -1 for ids not in the graph; empty when the sorted
+    ids are too sparse for a table to pay (over 2 slots per event)."""
+    if event_ids.size == 0 or event_ids[-1] - event_ids[0] >= 2 * event_ids.size:
+        return np.empty(0, dtype=np.int64)
+    table = np.full(int(event_ids[-1] - event_ids[0]) + 1, -1, dtype=np.int64)
+    table[event_ids - event_ids[0]] = np.arange(event_ids.size, dtype=np.int64)
+    return table
 
 
 class _Builder(WaitEdges):
     def __init__(self, store: Store, traces: list[dict], ev: dict[str, np.ndarray]):
         self.store, self.traces, self.ev = store, traces, ev
+        self._id_table = None
         self.n = ev["event_id"].size
         self.edges: list[tuple] = []   # (src, dst, weight, kind, cls, event, sync_min, gap_trim) arrays
         self.stats: dict[str, int] = {}
@@ -164,6 +168,14 @@ class _Builder(WaitEdges):
     def idx(self, event_ids) -> np.ndarray:
         """Graph index of store event ids (-1 where the event is not in the graph)."""
         ids = np.asarray(event_ids, dtype=np.int64)
+        if self._id_table is None:
+            self._id_table = _id_table(self.ev["event_id"])
+        if self._id_table.size:
+            # Ids are nearly dense: a table lookup instead of a binary search per id.
+            first = self.ev["event_id"][0]
+            at = ids - first
+            inside = (at >= 0) & (at < self._id_table.size)
+            return np.where(inside, self._id_table[np.where(inside, at, 0)], -1)
         pos = np.searchsorted(self.ev["event_id"], ids)
         pos = np.clip(pos, 0, max(self.n - 1, 0))
         ok = (self.n > 0) & (self.ev["event_id"][pos] == ids) if self.n else np.zeros(ids.size, bool)
@@ -209,7 +221,7 @@ class _Builder(WaitEdges):
         activities in launch order with a running max of their ends (what a sync waits for)."""
         ev = self.ev
         dev = np.flatnonzero(self.is_device)
-        order = np.lexsort((self.end[dev], self.start[dev], ev["stream"][dev], ev["device"][dev], ev["trace_id"][dev]))
+        order = lexsort((self.end[dev], self.start[dev], ev["stream"][dev], ev["device"][dev], ev["trace_id"][dev]))
         self.dev_sorted = dev[order]
         keys = np.stack([ev["trace_id"][self.dev_sorted], ev["device"][self.dev_sorted], ev["stream"][self.dev_sorted]], 1)
         self.lanes: dict[tuple, dict] = {}
@@ -308,7 +320,7 @@ class _Builder(WaitEdges):
         zero = self.start[owner_ev] == self.end[owner_ev]
         cls_key = np.where(is_start, 1, np.where(zero, 2, 0))
         sub = np.where(is_start, ev["depth"][owner_ev], -ev["depth"][owner_ev])
-        o = np.lexsort((sub, cls_key, t, self.thread[owner_ev]))
+        o = lexsort((sub, cls_key, t, self.thread[owner_ev]))
         verts, owner_ev, is_start, t = verts[o], owner_ev[o], is_start[o], t[o]
         lane = self.thread[owner_ev]
         same = lane[1:] == lane[:-1]
@@ -413,7 +425,7 @@ class _Builder(WaitEdges):
             step_starts.setdefault(r["trace_id"], []).append(r["start"])
         ls = self.launch_src
         l_thread = self.thread[ls]
-        o = np.lexsort((self.start[ls], l_thread))
+        o = lexsort((self.start[ls], l_thread))
         l_thread, l_time = l_thread[o], self.start[ls][o]
         result = np.zeros(t.size, dtype=bool)
         bounds = np.flatnonzero(np.r_[True, thread[1:] != thread[:-1], True]) if t.size else np.zeros(1, np.int64)
@@ -424,12 +436,13 @@ class _Builder(WaitEdges):
                 continue
             starts = np.asarray(step_starts.get(int(self.thread_trace[c]), [np.iinfo(np.int64).min]), dtype=np.int64)
             tp = t[a:z]
-            win = np.searchsorted(starts, tp, side="right") - 1
-            win_start = np.where(win >= 0, starts[np.maximum(win, 0)], np.iinfo(np.int64).min)
-            # first launch at or after the window start
+            # Window of each point (0: before the first step start), and the first launch
+            # at or after each window's start.
+            win = np.searchsorted(starts, tp, side="right")
+            win_start = np.r_[np.iinfo(np.int64).min, starts]
             k = np.searchsorted(lt, win_start, side="left")
             first = np.where(k < lt.size, lt[np.minimum(k, lt.size - 1)], np.iinfo(np.int64).max)
-            result[a:z] = tp >= first
+            result[a:z] = tp >= first[win]
         return result
 
     def _finish(self) -> Graph:
@@ -443,11 +456,11 @@ class _Builder(WaitEdges):
         cls_key = np.where(is_start, 1, np.where(zero, 2, 0))
         depth = np.concatenate([np.repeat(self.ev["depth"], 2), np.full(len(self.extra_vertices), 1 << 30)])
         sub = np.where(is_start, depth, -depth)
-        order = np.lexsort((np.arange(nv), sub, cls_key, vtime))
+        order = lexsort((sub, cls_key, vtime))  # stable: ties keep vertex order
         pos = np.empty(nv, dtype=np.int64)
         pos[order] = np.arange(nv)
         parts = list(zip(*self.edges)) if self.edges else [[np.empty(0, np.int64)]] * 9
-        src, dst, w, k, c, e, smin, gtrim, expo = (np.concatenate(p).astype(np.int64) for p in parts)
+        src, dst, w, k, c, e, smin, gtrim, expo = (np.concatenate(p).astype(np.int64, copy=False) for p in parts)
         # Observed data satisfy t(src) <= t(dst) for real dependencies: an edge that runs
         # backwards in time is inconsistent with the trace and is left out.
         forward = pos[src] < pos[dst]

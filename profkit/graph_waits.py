@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from .columns import lexsort
 from .graph_model import CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER, EVENT_RECORD_CALL, STREAM_GAP_MAX_NS, \
     STREAM_WAIT_CALL, SYNC_CALL, matches
 
@@ -32,7 +33,7 @@ class WaitEdges:
 
     def _by_thread(self, calls: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Host calls grouped by thread in time order: (thread codes, starts, values)."""
-        o = np.lexsort((self.start[calls], self.thread[calls]))
+        o = lexsort((self.start[calls], self.thread[calls]))
         return self.thread[calls][o], self.start[calls][o], values[o]
 
     def _on_thread(self, grouped, i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -50,3 +50,14 @@ def test_clip():
 def test_covered_equals_the_intersection(pairs, lo, width):
     merged = intervals.union(*as_arrays(pairs))
     assert intervals.covered(merged, lo, lo + width) == len(covered(pairs) & set(range(lo, lo + width)))
+
+
+@given(pairs=st.lists(st.tuples(st.integers(-50, 50), st.integers(0, 30)), max_size=30),
+       windows=st.lists(st.tuples(st.integers(-60, 60), st.integers(-5, 40)), max_size=10))
+def test_overlap_sums_equal_a_clip_per_window(pairs, windows):
+    s = np.array([a for a, _ in pairs], dtype=np.int64)
+    e = np.array([a + d for a, d in pairs], dtype=np.int64)
+    lo = np.array([a for a, _ in windows], dtype=np.int64)
+    hi = np.array([a + w for a, w in windows], dtype=np.int64)
+    expected = [int(np.clip(np.minimum(e, h) - np.maximum(s, l), 0, None).sum()) for l, h in zip(lo, hi)]
+    assert intervals.overlap_sums(s, e, lo, hi).tolist() == expected
