@@ -460,13 +460,26 @@ class _Builder(WaitEdges):
         pos = np.empty(nv, dtype=np.int64)
         pos[order] = np.arange(nv)
         parts = list(zip(*self.edges)) if self.edges else [[np.empty(0, np.int64)]] * 9
-        src, dst, w, k, c, e, smin, gtrim, expo = (np.concatenate(p).astype(np.int64, copy=False) for p in parts)
+        # Each edge column is joined, selected and its parts dropped in turn: with all of
+        # them joined at once a 5M-event graph held three copies of its edges.
+        self.edges = []
+
+        def column(i: int) -> np.ndarray:
+            joined = np.concatenate(parts[i]).astype(np.int64, copy=False)
+            parts[i] = None
+            return joined
+
+        src, dst = column(0), column(1)
         # Observed data satisfy t(src) <= t(dst) for real dependencies: an edge that runs
         # backwards in time is inconsistent with the trace and is left out.
         forward = pos[src] < pos[dst]
         self.stats["inconsistent_edges"] = int((~forward).sum())
         sel = np.flatnonzero(forward)
         sel = sel[np.argsort(pos[dst[sel]], kind="stable")]
+        edges = {"src": src[sel], "dst": dst[sel]}
+        del src, dst, forward
+        for i, name in enumerate(("weight", "ekind", "ecls", "eevent", "sync_min", "gap_trim", "exposed"), start=2):
+            edges[name] = column(i)[sel]
         self.stats.update(vertices=int(nv), edges=int(sel.size), events=int(n),
                           device_events=int(self.is_device.sum()))
         return Graph(
@@ -474,5 +487,4 @@ class _Builder(WaitEdges):
             name_code=self.ev["name_code"], name_values=self.ev["name_values"],
             category=self.ev["category"], start=self.start, end=self.end, is_device=self.is_device,
             launch_time=self.launch_time, vtime=vtime, vevent=vevent, order=order, pos=pos,
-            src=src[sel], dst=dst[sel], weight=w[sel], ekind=k[sel], ecls=c[sel], eevent=e[sel],
-            sync_min=smin[sel], gap_trim=gtrim[sel], exposed=expo[sel], traces=self.traces, stats=self.stats)
+            **edges, traces=self.traces, stats=self.stats)
