@@ -12,6 +12,8 @@ Conventions every rocprof parser follows (documented once, here):
   work-item counts are kept in `args` (`grid_size_*`).
 - `kernel_info.registers_per_thread` is the arch VGPR count; accumulation VGPRs and
   SGPRs go to `args`. LDS per workgroup is `shared_memory_bytes`; scratch is in `args`.
+  The rocprofv3 and rocpd parsers do not repeat in `args` what a `kernel_info` column holds
+  as it is (workgroup size, VGPRs, LDS): each costs time per dispatch as JSON.
 - `events.stream` is the HIP stream id where the input records one, else the HSA queue.
 """
 from __future__ import annotations

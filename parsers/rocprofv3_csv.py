@@ -230,19 +230,25 @@ def _kernels(file: Path, table: pa.Table, w, next_id: int, ordinals, pid) -> int
     names = rc.map_strings(get("Kernel_Name"), rc.kernel_display_name)
     nodes = _nodes(table, cols.find("Agent_Id"))
     device = rc.map_codes(nodes, ordinals) if nodes is not None else None
+    # Launch geometry columns: the workgroup size, VGPRs and LDS are stored as they are in
+    # kernel_info, so `args` leaves them out (as the rocprofv3 JSON parser does); grid
+    # sizes stay in args too, since kernel_info counts blocks, not work-items.
+    info_cols = {
+        **{f"grid_items_{a}": cols.find(f"Grid_Size_{a.upper()}", "Grid_Size" if a == "x" else "-") for a in "xyz"},
+        **{f"workgroup_{a}": cols.find(f"Workgroup_Size_{a.upper()}", "Workgroup_Size" if a == "x" else "-")
+           for a in "xyz"},
+        "vgpr": cols.find("Arch_VGPR_Count", "VGPR_Count"),
+        "lds": cols.find("LDS_Block_Size", "Group_Segment_Size", "Lds_Size"),
+    }
     used = {cols.find("Kernel_Name"), cols.find("Start_Timestamp"), cols.find("End_Timestamp"),
             cols.find("Correlation_Id")}
+    used |= {c for key, c in info_cols.items() if c and not key.startswith("grid_items_")}
     written, keep = rc.write_events(w, next_id, "kernel", {
         "name": names, "start_ns": get("Start_Timestamp"), "end_ns": get("End_Timestamp"),
         "device": device, "stream": get("Stream_Id", "Queue_Id"), "correlation": get("Correlation_Id"),
         "pid": pid, "source_cat": "kernel_dispatch", "args": _other_args(table, used),
     }, "kernel dispatch")
-    rc.write_kernel_info(w, next_id, {
-        **{f"grid_items_{a}": get(f"Grid_Size_{a.upper()}", "Grid_Size" if a == "x" else "-") for a in "xyz"},
-        **{f"workgroup_{a}": get(f"Workgroup_Size_{a.upper()}", "Workgroup_Size" if a == "x" else "-") for a in "xyz"},
-        "vgpr": get("Arch_VGPR_Count", "VGPR_Count"),
-        "lds": get("LDS_Block_Size", "Group_Segment_Size", "Lds_Size"),
-    }, keep, n)
+    rc.write_kernel_info(w, next_id, {key: table[c] if c else None for key, c in info_cols.items()}, keep, n)
     return written
 
 
