@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 
 from profkit import intervals
-from profkit.columns import group_codes
+from profkit.columns import contains, group_codes
 from profkit.findings import Finding
 
 from . import Context, PassResult
@@ -394,8 +394,7 @@ def _allocator(ctx, calls, roles) -> dict:
 
 def _launch_gaps(ctx, calls, step_of_call, dev) -> dict:
     launchers = np.sort(dev.launch_id[dev.launch_id >= 0])
-    at = np.minimum(np.searchsorted(launchers, calls["event_id"]), max(launchers.size - 1, 0))
-    is_launch = (launchers[at] == calls["event_id"] if launchers.size else False) & (step_of_call >= 0)
+    is_launch = contains(launchers, calls["event_id"]) & (step_of_call >= 0)
     sel = np.flatnonzero(is_launch)
     if not sel.size:
         return {"launch_calls": 0}

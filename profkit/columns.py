@@ -56,3 +56,12 @@ def group_codes(*keys) -> tuple[np.ndarray, np.ndarray]:
     code = np.empty(n, dtype=np.int64)
     code[order] = np.cumsum(change) - 1
     return code, order[change]
+
+
+def contains(sorted_values: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """For each item, whether it is in `sorted_values` (a binary search per item)."""
+    items = np.asarray(items)
+    if sorted_values.size == 0:
+        return np.zeros(items.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_values, items), sorted_values.size - 1)
+    return sorted_values[at] == items

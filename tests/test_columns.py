@@ -4,7 +4,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profkit.columns import dictionary_codes, lexsort, per_value
+from profkit.columns import contains, dictionary_codes, group_codes, lexsort, per_value
 
 _KEY = st.sampled_from(["small", "bool", "wide", "huge", "float"])
 
@@ -42,3 +42,18 @@ def test_dictionary_codes_and_per_value():
     upper = per_value(lambda v: calls.append(v) or (v or "").upper(), codes, values)
     assert upper.tolist() == ["A", "", "B", "A"]
     assert len(calls) == len(values)  # once per distinct value, nulls included
+
+
+def test_group_codes_number_each_combination_in_key_order():
+    a = np.array([2, 1, 2, 1, 2])
+    b = np.array([0, 5, 0, 4, 1])
+    code, first = group_codes(a, b)
+    assert code.tolist() == [2, 1, 2, 0, 3]   # (1,4) (1,5) (2,0) (2,1)
+    assert [(int(a[i]), int(b[i])) for i in first] == [(1, 4), (1, 5), (2, 0), (2, 1)]
+    assert [len(x) for x in group_codes(np.zeros(0, np.int64))] == [0, 0]
+
+
+def test_contains():
+    values = np.array([3, 5, 9])
+    assert contains(values, np.array([1, 3, 4, 9, 10])).tolist() == [False, True, False, True, False]
+    assert contains(np.zeros(0, np.int64), np.array([1])).tolist() == [False]
