@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from profkit import intervals as iv
-from profkit.columns import dictionary_codes
+from profkit.columns import dictionary_codes, group_codes
 
 from . import Context, PassResult
 
@@ -231,10 +231,10 @@ def _hta_types(kinds, names) -> np.ndarray:
     are never compute."""
     kind_code, kind_values = dictionary_codes(kinds)
     name_code, name_values = dictionary_codes(names)
-    pairs, inverse = np.unique(kind_code * name_values.size + name_code, return_inverse=True)
-    lut = np.array([_hta_type(kind_values[p // name_values.size], name_values[p % name_values.size])
-                    for p in pairs.tolist()], dtype=object)
-    return lut[inverse.reshape(-1)] if pairs.size else np.empty(0, dtype=object)
+    pair, first = group_codes(kind_code, name_code)
+    lut = np.array([_hta_type(kind_values[kind_code[i]], name_values[name_code[i]]) for i in first.tolist()],
+                   dtype=object)
+    return lut[pair] if first.size else np.empty(0, dtype=object)
 
 
 def _hta_type(kind: str, name: str | None) -> str:

@@ -150,7 +150,7 @@ def _id_table(event_ids: np.ndarray) -> np.ndarray:
 class _Builder(WaitEdges):
     def __init__(self, store: Store, traces: list[dict], ev: dict[str, np.ndarray]):
         self.store, self.traces, self.ev = store, traces, ev
-        self._id_table = None
+        self._id_table = _id_table(ev["event_id"])
         self.n = ev["event_id"].size
         self.edges: list[tuple] = []   # (src, dst, weight, kind, cls, event, sync_min, gap_trim) arrays
         self.stats: dict[str, int] = {}
@@ -168,8 +168,6 @@ class _Builder(WaitEdges):
     def idx(self, event_ids) -> np.ndarray:
         """Graph index of store event ids (-1 where the event is not in the graph)."""
         ids = np.asarray(event_ids, dtype=np.int64)
-        if self._id_table is None:
-            self._id_table = _id_table(self.ev["event_id"])
         if self._id_table.size:
             # Ids are nearly dense: a table lookup instead of a binary search per id.
             first = self.ev["event_id"][0]

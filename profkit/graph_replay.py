@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .columns import group_codes
 from .graph_build import Graph
 from .graph_model import CLASS_NAMES
 
@@ -140,12 +141,11 @@ def top_contributors(graph: Graph, paths: list[dict], per: int = 1, limit: int =
     edges, ns = edges[keep], ns[keep]
     ev, cls = graph.eevent[edges], graph.ecls[edges]
     # Group by (class, name code) in numpy; the few groups are then merged by their label.
-    n_codes = graph.name_values.size + 1          # the last code: no event
-    code = np.where(ev >= 0, graph.name_code[np.maximum(ev, 0)], n_codes - 1)
-    groups, first, inv = np.unique(cls * n_codes + code, return_index=True, return_inverse=True)
-    sums = np.zeros(groups.size, dtype=np.int64)
+    code = np.where(ev >= 0, graph.name_code[np.maximum(ev, 0)], graph.name_values.size)  # past the last: no event
+    inv, first = group_codes(cls, code)
+    sums = np.zeros(first.size, dtype=np.int64)
     np.add.at(sums, inv, ns)
-    counts = np.bincount(inv, minlength=groups.size)
+    counts = np.bincount(inv, minlength=first.size)
     acc: dict[tuple, list] = {}
     for g in np.argsort(first, kind="stable").tolist():  # first occurrence order, as a walk would see them
         e, c = int(ev[first[g]]), int(cls[first[g]])
