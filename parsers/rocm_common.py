@@ -280,7 +280,7 @@ def _arr(values: Any, typ: pa.DataType, length: int) -> pa.Array:
     return pa.array(values, typ)
 
 
-def _constant(value: str | int, typ: pa.DataType, length: int) -> pa.Array:
+def constant(value: str | int, typ: pa.DataType, length: int) -> pa.Array:
     """One value repeated (no Python list of `length` items to convert)."""
     return pa.repeat(pa.scalar(value, typ), length)
 
@@ -316,7 +316,7 @@ def write_events(w, next_id: int, kind: Any, cols: Mapping[str, Any], what: str)
     names = _arr(cols.get("name"), pa.string(), n)
     keep = _valid_times(w, start, end, what, names)
     table = {
-        "kind": _constant(kind, pa.string(), n) if isinstance(kind, str) else _arr(kind, pa.string(), n),
+        "kind": constant(kind, pa.string(), n) if isinstance(kind, str) else _arr(kind, pa.string(), n),
         "name": names, "start_ns": start, "dur_ns": pc.subtract(end, start),
     }
     types = {"pid": pa.int64(), "tid": pa.int64(), "device": pa.int32(), "stream": pa.int64(),
@@ -328,7 +328,7 @@ def write_events(w, next_id: int, kind: Any, cols: Mapping[str, Any], what: str)
             if col == "args" and isinstance(value, pa.StructArray):
                 table[col] = value   # cast to JSON by the store (see json_args)
             else:
-                table[col] = _constant(value, typ, n) if isinstance(value, (str, int)) else _arr(value, typ, n)
+                table[col] = constant(value, typ, n) if isinstance(value, (str, int)) else _arr(value, typ, n)
     batch = pa.table(table)
     if keep is not None:
         batch = batch.filter(keep)

@@ -272,7 +272,7 @@ def _copies(file: Path, table: pa.Table, w, next_id: int, ordinals, agents, pid)
     if src is not None and dst is not None:
         dst_dev, src_dev = rc.map_codes(dst, ordinals), rc.map_codes(src, ordinals)
         device = pc.if_else(pc.equal(pc.fill_null(direction, ""), "DtoH"), src_dev, pc.coalesce(dst_dev, src_dev))
-    name = direction_col.cast(pa.string()) if direction_col is not None else pa.repeat(pa.scalar("memory_copy"), n)
+    name = direction_col.cast(pa.string()) if direction_col is not None else rc.constant("memory_copy", pa.string(), n)
     used = {cols.find("Start_Timestamp"), cols.find("End_Timestamp"), cols.find("Correlation_Id")}
     written, keep = rc.write_events(w, next_id, "memcpy", {
         "name": name, "start_ns": get("Start_Timestamp"), "end_ns": get("End_Timestamp"),
