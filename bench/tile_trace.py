@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,12 +141,19 @@ def own_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(argv: list[str], timeout: float | None = None) -> dict:
+def measure(argv: list[str], timeout: float | None = None, json_output: bool = True) -> dict:
     """Run `argv` (a Python worker printing one JSON line) in a fresh process: its JSON,
     plus wall seconds and the child's peak RSS (`peak_rss_bytes`: the VmHWM the worker
-    reports, else wait4's ru_maxrss)."""
+    reports, else wait4's ru_maxrss). `json_output=False`: any command, judged only by its
+    exit status."""
+    # Output goes to files: a pipe nobody reads until the exit would block a chatty child.
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        return _measure(argv, timeout, json_output, out_file, err_file)
+
+
+def _measure(argv, timeout, json_output, out_file, err_file) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file)
     deadline = None if timeout is None else t0 + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -157,13 +165,18 @@ def measure(argv: list[str], timeout: float | None = None) -> dict:
             return {"error": f"timeout after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
         time.sleep(0.05)
     wall = time.perf_counter() - t0
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    out_file.seek(0)
+    err_file.seek(0)
+    out, err = out_file.read().decode(), err_file.read().decode()
     proc.returncode = os.waitstatus_to_exitcode(status)
     # CPU seconds of the child: less sensitive than wall time to other load on the machine.
     result = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": usage.ru_maxrss * 1024}
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
+    if proc.returncode != 0 or (json_output and not lines):
         result["error"] = (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]
+        return result
+    if not json_output:
+        result["output_bytes"] = len(out)
         return result
     result.update(json.loads(lines[-1]))
     result["ru_maxrss_bytes"] = result["peak_rss_bytes"]

@@ -4,13 +4,21 @@ A trace is parsed once; the store is kept beside it as `NAME.profkit.duckdb` (or
 that directory is not writable, in the cache directory: `$PROFKIT_CACHE_DIR`, else
 `$XDG_CACHE_HOME/profkit`, else `~/.cache/profkit`) and reused while the input's size
 and modification time, the schema version and the profkit version are unchanged.
+
+On a first run the trace is parsed into an in-memory store, which is returned at once;
+a background thread copies it to the cache file while the caller works, and
+`Store.close()` waits for that copy. Parsing straight into the file cost more (1M
+events: 7.4 s against 6.0 s, then 1.0 s to checkpoint and reopen it) than the copy
+(1.9 s, overlapped with the analysis).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import duckdb
@@ -45,8 +53,12 @@ def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None
         if candidate.exists() and _cache_valid(candidate, signature):
             return Store.open(candidate, read_only=True)
     target = _writable_candidate(path)
-    _build(path, target, signature, progress)
-    return Store.open(target, read_only=True)
+    store = Store.open(None)
+    ingest([path], store, progress)
+    copy = _CacheCopy(store, path, target, signature)
+    copy.start()
+    store.before_close.append(copy.join)
+    return store
 
 
 def _open_existing(path: Path) -> Store:
@@ -118,23 +130,63 @@ def _cache_valid(candidate: Path, signature: dict) -> bool:
     return bool(row) and json.loads(row[0]) == signature
 
 
-def _build(path: Path, target: Path, signature: dict, progress: ProgressCallback | None) -> None:
-    """Ingest into a temporary file beside the target, then move it into place atomically,
-    so a concurrent reader never sees half a store."""
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.unlink(tmp)  # DuckDB must create the file itself
-    try:
-        store = Store.open(tmp)
+class _CacheCopy:
+    """Copies an in-memory store to the cache file in a background thread.
+
+    The copy reads a snapshot pinned before `start` returns, so whatever the caller then
+    writes into the store (`profkit sql` may) never reaches the cache. It goes to a
+    temporary file beside `target`, moved into place atomically, so a concurrent reader
+    never sees half a store. A failure costs only the cache: it is reported on stderr,
+    and the next run parses again."""
+
+    def __init__(self, store: Store, path: Path, target: Path, signature: dict):
+        self.path, self.target, self.signature = path, target, signature
+        fd, self.tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(self.tmp)  # DuckDB must create the file itself
+        self.con = store.con.cursor()
+        self.thread = threading.Thread(target=self._run, name="profkit-cache-copy")
+
+    def start(self) -> None:
         try:
-            ingest([path], store, progress)
-            store.con.execute("INSERT INTO meta VALUES ('input', ?), ('profkit_version', ?)",
-                              [json.dumps(signature), __version__])
-            store.con.execute("CHECKPOINT")
+            self.source = self.con.execute("SELECT current_database()").fetchone()[0]
+            self.con.execute("ATTACH ? AS profkit_cache_out", [self.tmp])
+            self.con.execute("BEGIN TRANSACTION")
+            # DuckDB takes a transaction's snapshot of a database when it first reads it.
+            self.con.execute(f'SELECT count(*) FROM "{self.source}".main.meta').fetchall()
+        except duckdb.Error as exc:
+            self._failed(exc)
+            self._clean_up()
+            return
+        self.thread.start()
+
+    def join(self) -> None:
+        if self.thread.ident is not None:  # started
+            self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            con = self.con
+            con.execute(f'COPY FROM DATABASE "{self.source}" TO profkit_cache_out')
+            con.execute("INSERT INTO profkit_cache_out.meta VALUES ('input', ?), ('profkit_version', ?)",
+                        [json.dumps(self.signature), __version__])
+            con.execute("COMMIT")
+            con.execute("DETACH profkit_cache_out")
+            os.replace(self.tmp, self.target)
+        except (duckdb.Error, OSError) as exc:
+            self._failed(exc)
         finally:
-            store.close()
-        os.replace(tmp, target)
-    finally:
-        for leftover in (tmp, tmp + ".wal"):
+            self._clean_up()
+
+    def _failed(self, exc: Exception) -> None:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"profkit: {self.path}: the parsed store was not cached ({reason})", file=sys.stderr)
+
+    def _clean_up(self) -> None:
+        try:
+            self.con.close()  # rolls back and detaches whatever is still open
+        except duckdb.Error:
+            pass
+        for leftover in (self.tmp, self.tmp + ".wal"):
             if os.path.exists(leftover):
                 os.unlink(leftover)

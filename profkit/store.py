@@ -38,6 +38,7 @@ class Store:
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str | None = None):
         self.con = con
         self.path = path
+        self.before_close: list = []  # callables run by close(), e.g. to wait for a cache copy
 
     @classmethod
     def open(cls, path: str | Path | None = None, read_only: bool = False) -> "Store":
@@ -96,6 +97,8 @@ class Store:
         return int(self.scalar("SELECT coalesce(max(event_id), -1) + 1 FROM events"))
 
     def close(self) -> None:
+        while self.before_close:
+            self.before_close.pop(0)()
         self.con.close()
 
     def __enter__(self) -> "Store":

@@ -1,0 +1,94 @@
+"""The store cache: a first run parses into memory and copies the store to the cache file in
+the background; later runs open that file; nothing written into a first-run store after
+`load` returns reaches the cache; a failed copy costs only the cache."""
+from __future__ import annotations
+
+import threading
+
+import duckdb
+import pytest
+
+from profkit import cache
+from profkit.cache import _CacheCopy
+from tests.conftest import shared_trace
+
+TRACE = "kineto/cuda/h100_bert_small.json.gz"
+
+
+@pytest.fixture
+def trace(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return shared_trace(TRACE)
+
+
+def _cache_files(tmp_path):
+    return sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+
+def _table_counts(con) -> dict:
+    tables = [r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() ORDER BY 1").fetchall()]
+    return {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+
+
+def test_first_run_is_in_memory_and_the_second_opens_the_cache(trace, tmp_path):
+    first = cache.load(trace)
+    assert first.path is None  # parsed into memory
+    counts = _table_counts(first.con)
+    assert counts["events"] > 1000
+    first.close()  # waits for the copy
+    (name,) = _cache_files(tmp_path)
+    assert name.endswith(cache.CACHE_SUFFIX)  # no temporary file left behind
+
+    second = cache.load(trace)
+    try:
+        assert second.path == str(tmp_path / "cache" / name)
+        # Every table, row for row; meta also says what input and profkit made the cache.
+        assert _table_counts(second.con) == {**counts, "meta": counts["meta"] + 2}
+        assert second.scalar("SELECT count(*) FROM meta WHERE key IN ('input', 'profkit_version')") == 2
+        # The views came across too (`kernels` is one over events and kernel_info).
+        assert second.scalar("SELECT count(*) FROM kernels") == \
+            second.scalar("SELECT count(*) FROM events WHERE kind = 'kernel'") > 0
+    finally:
+        second.close()
+
+
+def test_writes_after_load_never_reach_the_cache(trace, tmp_path, monkeypatch):
+    """The copy reads a snapshot pinned before load returns, however late it runs."""
+    go = threading.Event()
+    run = _CacheCopy._run
+
+    def late_run(self):
+        go.wait(30)
+        run(self)
+
+    monkeypatch.setattr(_CacheCopy, "_run", late_run)
+    store = cache.load(trace)
+    events = store.scalar("SELECT count(*) FROM events")
+    store.con.execute("DELETE FROM events")
+    store.con.execute("CREATE TABLE scratch AS SELECT 1 AS x")
+    go.set()
+    store.close()
+    (name,) = _cache_files(tmp_path)
+    con = duckdb.connect(str(tmp_path / "cache" / name), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == events
+        assert "scratch" not in _table_counts(con)
+    finally:
+        con.close()
+
+
+def test_a_failed_copy_costs_only_the_cache(trace, tmp_path, monkeypatch, capsys):
+    def disk_full(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache.os, "replace", disk_full)
+    store = cache.load(trace)
+    try:
+        assert store.scalar("SELECT count(*) FROM events") > 1000  # the analysis still has its store
+    finally:
+        store.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("profkit: ") and TRACE.split("/")[-1] in err[0]
+    assert err[0].endswith("the parsed store was not cached (disk full)")
+    assert _cache_files(tmp_path) == []  # nothing half-written left
