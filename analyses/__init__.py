@@ -13,6 +13,7 @@ from importlib import import_module
 from typing import Any
 
 from profkit.findings import Finding, rank
+from profkit.gc_pause import paused_gc
 from profkit.store import Store
 
 PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host", "critical_path")
@@ -105,6 +106,11 @@ def analyze_trace(store: Store, trace_id: int, selected_step: int | None = None,
 
 def analyze(store: Store, selected_step: int | None = None, passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
     """The whole analysis of a store, in the documented `profkit.analysis/1` shape."""
+    with paused_gc():
+        return _analyze(store, selected_step, passes)
+
+
+def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -> dict[str, Any]:
     traces_out = []
     all_findings: list[Finding] = []
     if "critical_path" in passes:

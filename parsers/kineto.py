@@ -19,12 +19,12 @@ record by record (kineto_events.py).
 """
 from __future__ import annotations
 
-import gc
 import gzip
 import zlib
 from pathlib import Path
 
 from profkit.errors import TraceError
+from profkit.gc_pause import paused_gc
 
 from . import kineto_meta
 from .kineto_events import EventBuilder
@@ -68,16 +68,11 @@ def _gunzip_head(path: Path) -> bytes:
 
 def parse(path: Path, sink) -> None:
     path = Path(path)
-    was_enabled = gc.isenabled()
-    gc.disable()  # millions of small objects: the collector would dominate
-    try:
+    with paused_gc():  # millions of small objects: the collector would dominate
         try:
             _parse(path, sink, fast=True)
         except FastPathFailed:
             _parse(path, sink, fast=False)  # the failed attempt was rolled back
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _parse(path: Path, sink, fast: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 from . import derive, schema
 from .errors import TraceError
+from .gc_pause import paused_gc
 from .store import Store, TraceWriter
 
 # Files a directory walk never treats as inputs (profkit's own caches, notes).
@@ -143,9 +144,10 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
     """Parse every input under `paths` into `store`; returns the new trace ids."""
     sink = Sink(store, progress)
     inputs = [pair for p in paths for pair in find_inputs(Path(p))]
-    for input_path, module in inputs:
-        module.parse(input_path, sink)
-    _fill_missing_ranks(store, sink.trace_ids)
+    with paused_gc():
+        for input_path, module in inputs:
+            module.parse(input_path, sink)
+        _fill_missing_ranks(store, sink.trace_ids)
     return sink.trace_ids
 
 
