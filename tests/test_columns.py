@@ -59,6 +59,21 @@ def test_group_codes_number_each_combination_in_key_order():
     assert [len(x) for x in group_codes(np.zeros(0, np.int64))] == [0, 0]
 
 
+@settings(max_examples=200, deadline=None)
+@given(kinds=st.lists(_KEY.filter(lambda k: k != "float"), min_size=1, max_size=3), n=st.integers(1, 300),
+       seed=st.integers(0, 2**32 - 1))
+def test_group_codes_is_sorted_unique_rows(kinds, n, seed):
+    """Hashed (keys that pack) or sorted (keys that do not), the same as numpy's unique rows."""
+    rng = np.random.default_rng(seed)
+    keys = [_key(kind, rng, n) for kind in kinds]
+    keys = [k[rng.integers(0, max(1, n // 3), n)] for k in keys]  # repeats, so that codes are shared
+    code, first = group_codes(*keys)
+    rows = list(zip(*[k.tolist() for k in keys]))
+    distinct = sorted(set(rows))
+    assert code.tolist() == [distinct.index(r) for r in rows]
+    assert first.tolist() == [rows.index(r) for r in distinct]
+
+
 def test_contains():
     values = np.array([3, 5, 9])
     assert contains(values, np.array([1, 3, 4, 9, 10])).tolist() == [False, True, False, True, False]
