@@ -146,6 +146,7 @@ class _CacheCopy:
         os.unlink(self.tmp)  # DuckDB must create the file itself
         self.con = store.con.cursor()
         self.thread = threading.Thread(target=self._run, name="profkit-cache-copy")
+        self.done = threading.Event()
 
     def start(self) -> None:
         try:
@@ -161,8 +162,19 @@ class _CacheCopy:
         self.thread.start()
 
     def join(self) -> None:
-        if self.thread.ident is not None:  # started
-            self.thread.join()
+        if self.thread.ident is None:  # never started
+            return
+        # An Event, not Thread.join: a join interrupted by Ctrl-C marks the thread as
+        # finished while it still runs (bpo-45274), and a second join would not wait.
+        try:
+            self.done.wait()
+        except KeyboardInterrupt:
+            try:
+                self.con.interrupt()  # Ctrl-C while waiting: give up the cache, not the exit
+            except duckdb.Error:
+                pass  # the copy has just ended and closed its connection
+            self.done.wait()
+            raise
 
     def _run(self) -> None:
         try:
@@ -177,6 +189,7 @@ class _CacheCopy:
             self._failed(exc)
         finally:
             self._clean_up()
+            self.done.set()
 
     def _failed(self, exc: Exception) -> None:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -134,7 +134,6 @@ def analyze(trace: str, fmt: str, top: int, step: str, timeline: str | None) -> 
     """Why is TRACE slow? Ranked findings with the time each could win back.
 
     TRACE is a trace file, a directory of per-rank traces, or a .duckdb store."""
-    from . import render
     from .analyses import analyze as run_analysis
 
     if step != "all" and not step.lstrip("-").isdigit():
@@ -144,8 +143,14 @@ def analyze(trace: str, fmt: str, top: int, step: str, timeline: str | None) -> 
         result = run_analysis(store, selected_step=None if step == "all" else int(step))
         if timeline:
             _write_timeline(store, timeline, result)
+        _print_analysis(result, fmt, top)
     finally:
-        store.close()
+        store.close()  # after the output: on a first run it waits for the cache file
+
+
+def _print_analysis(result: dict, fmt: str, top: int) -> None:
+    from . import render
+
     if fmt == "json":
         click.echo(render.to_json(result))
     elif fmt == "markdown":

@@ -3,6 +3,8 @@ the background; later runs open that file; nothing written into a first-run stor
 `load` returns reaches the cache; a failed copy costs only the cache."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import duckdb
@@ -92,3 +94,23 @@ def test_a_failed_copy_costs_only_the_cache(trace, tmp_path, monkeypatch, capsys
     assert len(err) == 1 and err[0].startswith("profkit: ") and TRACE.split("/")[-1] in err[0]
     assert err[0].endswith("the parsed store was not cached (disk full)")
     assert _cache_files(tmp_path) == []  # nothing half-written left
+
+
+def test_ctrl_c_while_waiting_for_the_copy_gives_up_the_cache(trace, tmp_path, monkeypatch, capfd):
+    """A second Ctrl-C (the first already ended the analysis) must not wait out a long copy."""
+    def endless_copy(self):
+        try:
+            self.con.execute("SELECT count(*) FROM range(1000000000000)").fetchall()
+        except duckdb.Error as exc:
+            self._failed(exc)
+        finally:
+            self._clean_up()
+            self.done.set()
+
+    monkeypatch.setattr(_CacheCopy, "_run", endless_copy)
+    store = cache.load(trace)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        store.close()
+    assert "the parsed store was not cached (INTERRUPT" in capfd.readouterr().err
+    assert _cache_files(tmp_path) == []
