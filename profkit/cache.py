@@ -196,8 +196,15 @@ class _CacheCopy:
         print(f"profkit: {self.path}: the parsed store was not cached ({reason})", file=sys.stderr)
 
     def _clean_up(self) -> None:
+        # After a failure the transaction may still be open and the file still attached
+        # (an attachment belongs to the database, not to this cursor).
+        for statement in ("ROLLBACK", "DETACH DATABASE IF EXISTS profkit_cache_out"):
+            try:
+                self.con.execute(statement)
+            except duckdb.Error:
+                pass  # nothing to roll back, or already closed
         try:
-            self.con.close()  # rolls back and detaches whatever is still open
+            self.con.close()
         except duckdb.Error:
             pass
         for leftover in (self.tmp, self.tmp + ".wal"):

@@ -96,6 +96,30 @@ def test_a_failed_copy_costs_only_the_cache(trace, tmp_path, monkeypatch, capsys
     assert _cache_files(tmp_path) == []  # nothing half-written left
 
 
+def test_a_failed_copy_leaves_nothing_attached(trace, tmp_path, monkeypatch, capsys):
+    """A copy that fails inside DuckDB (here: its source is gone) rolls back and detaches
+    the half-written file, so the store is as it was and nothing is left on disk."""
+    run = _CacheCopy._run
+
+    def copy_from_nowhere(self):
+        self.source = "no_such_database"
+        run(self)
+
+    monkeypatch.setattr(_CacheCopy, "_run", copy_from_nowhere)
+    store = cache.load(trace)
+    try:
+        (wait_for_copy,) = store.before_close
+        wait_for_copy()
+        databases = {name for (name,) in store.con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+        assert "profkit_cache_out" not in databases
+        assert store.scalar("SELECT count(*) FROM events") > 1000
+    finally:
+        store.close()
+    err = capsys.readouterr().err
+    assert "the parsed store was not cached (" in err and "no_such_database" in err
+    assert _cache_files(tmp_path) == []
+
+
 def test_ctrl_c_while_waiting_for_the_copy_gives_up_the_cache(trace, tmp_path, monkeypatch, capfd):
     """A second Ctrl-C (the first already ended the analysis) must not wait out a long copy."""
     def endless_copy(self):
