@@ -23,17 +23,14 @@ _CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from profkit.store import Store
-from profkit.ingest import Sink, ingest
+from profkit.ingest import ingest
 from profkit import derive
 mode, path = sys.argv[1], Path(sys.argv[2])
 store = Store.open(None)
 t = time.perf_counter()
 if mode == "parse":
-    derive.derive_trace = lambda st, tid: None
-    from profkit.parsers import kineto
-    kineto.parse(path, Sink(store))
-else:
-    ingest([path], store)
+    derive.derive_trace = lambda st, tid: None  # the parse alone, as ingest runs it
+ingest([path], store)
 wall = time.perf_counter() - t
 records, events = store.con.execute("SELECT source_records, event_count FROM traces").fetchone()
 hwm = 0
@@ -78,17 +75,14 @@ def profile(mode: str, path: Path) -> None:
     import pstats
 
     from profkit import derive
-    from profkit.ingest import Sink, ingest
+    from profkit.ingest import ingest
     from profkit.store import Store
 
     store = Store.open(None)
     prof = cProfile.Profile()
     if mode == "parse":
-        derive.derive_trace = lambda st, tid: None
-        from profkit.parsers import kineto
-        prof.runcall(kineto.parse, path, Sink(store))
-    else:
-        prof.runcall(ingest, [path], store)
+        derive.derive_trace = lambda st, tid: None  # the parse alone, as ingest runs it
+    prof.runcall(ingest, [path], store)
     pstats.Stats(prof).sort_stats("tottime").print_stats(40)
 
 

@@ -141,19 +141,20 @@ def own_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(argv: list[str], timeout: float | None = None, json_output: bool = True) -> dict:
+def measure(argv: list[str], timeout: float | None = None, json_output: bool = True,
+            env: dict | None = None) -> dict:
     """Run `argv` (a Python worker printing one JSON line) in a fresh process: its JSON,
     plus wall seconds and the child's peak RSS (`peak_rss_bytes`: the VmHWM the worker
     reports, else wait4's ru_maxrss). `json_output=False`: any command, judged only by its
-    exit status."""
+    exit status. `env`: the child's environment (default: this one's)."""
     # Output goes to files: a pipe nobody reads until the exit would block a chatty child.
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        return _measure(argv, timeout, json_output, out_file, err_file)
+        return _measure(argv, timeout, json_output, env, out_file, err_file)
 
 
-def _measure(argv, timeout, json_output, out_file, err_file) -> dict:
+def _measure(argv, timeout, json_output, env, out_file, err_file) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file)
+    proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, env=env)
     deadline = None if timeout is None else t0 + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -24,7 +24,6 @@ import zlib
 from pathlib import Path
 
 from profkit.errors import TraceError
-from profkit.gc_pause import paused_gc
 
 from . import kineto_meta
 from .kineto_events import EventBuilder
@@ -67,12 +66,12 @@ def _gunzip_head(path: Path) -> bytes:
 
 
 def parse(path: Path, sink) -> None:
+    # profkit.ingest pauses the garbage collector around every parser (millions of small objects).
     path = Path(path)
-    with paused_gc():  # millions of small objects: the collector would dominate
-        try:
-            _parse(path, sink, fast=True)
-        except FastPathFailed:
-            _parse(path, sink, fast=False)  # the failed attempt was rolled back
+    try:
+        _parse(path, sink, fast=True)
+    except FastPathFailed:
+        _parse(path, sink, fast=False)  # the failed attempt was rolled back
 
 
 def _parse(path: Path, sink, fast: bool) -> None:

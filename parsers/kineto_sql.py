@@ -56,8 +56,9 @@ BATCH_PIECES = 2  # pieces read per statement
 WORKERS = 2
 # A CHECKPOINT after this many batches (~400 MB of JSON). It compresses the rows stored so
 # far (the events table shrinks ~4x). DuckDB checkpoints by itself only when no other
-# transaction is open, which with two statements in flight is never before the end: the
-# 5M-event ingest then peaked at 2.4x the JSON, and with these checkpoints at 1.6x.
+# transaction is open, which with two statements in flight is never before the end (and an
+# in-memory store never: profkit.store turns that off): the 5M-event ingest then peaked at
+# 2.4x the JSON, and with these checkpoints at 1.6x.
 CHECKPOINT_BATCHES = 10
 _EVENT_COLUMNS = ["event_id", "kind", "name", "start_ns", "dur_ns", "pid", "tid", "device", "stream",
                   "correlation", "external_id", "source_cat", "args"]
@@ -248,7 +249,7 @@ class SqlPieces:
         try:
             self.w.store.con.execute("CHECKPOINT")
         except duckdb.Error:
-            pass  # only memory is at stake: DuckDB checkpoints again at the end
+            pass  # only memory is at stake: the next checkpoint compresses these rows too
 
     def _collect(self) -> None:
         """Wait for the oldest running batch and hand its leftovers to Python."""
