@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from profkit.errors import TraceError
 
 VENDOR = "amd"
 
@@ -255,8 +259,7 @@ def json_args(columns: Mapping[str, Any], length: int) -> pa.Array:
         arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
         if isinstance(arr, pa.ChunkedArray):
             arr = arr.combine_chunks()
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.cast(arr.type.value_type)
+        # Dictionary columns stay encoded: DuckDB writes their values into the JSON.
         if pa.types.is_null(arr.type):
             arr = arr.cast(pa.string())
         fields.append(name)
@@ -276,6 +279,8 @@ def _arr(values: Any, typ: pa.DataType, length: int) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if isinstance(values, pa.Array):
+        if pa.types.is_dictionary(values.type) and values.type.value_type == typ:
+            return values   # kept encoded: DuckDB reads dictionaries without decoding
         return values.cast(typ)
     return pa.array(values, typ)
 
@@ -376,11 +381,33 @@ def write_copies(w, first_id: int, bytes_: Any, direction: Any, keep: pa.Array |
     w.append("copies", {name: batch.column(name) for name in batch.column_names})
 
 
-def map_strings(arr: Any, fn) -> pa.Array:
-    """Apply a Python function once per distinct value of a string (or any) column."""
+# String columns with up to this many distinct values are read dictionary-encoded (kernel
+# names, domains, agents): as cheap to read, and then mapped, filtered and handed to
+# DuckDB without touching every row. A column with more is read as plain strings.
+_DICTIONARY_MAX_VALUES = 1 << 16
+
+
+def read_csv(path: Path) -> pa.Table:
+    """A CSV file of a rocprof output as an Arrow table; an unreadable one is a TraceError."""
+    options = pacsv.ConvertOptions(strings_can_be_null=False, auto_dict_encode=True,
+                                   auto_dict_max_cardinality=_DICTIONARY_MAX_VALUES)
+    try:
+        return pacsv.read_csv(path, convert_options=options)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TraceError(path, f"unreadable CSV: {str(exc).splitlines()[0]}") from None
+
+
+def map_strings(arr: Any, fn, typ: pa.DataType | None = None) -> pa.Array:
+    """Apply a Python function once per distinct value of a string (or any) column.
+
+    The result is dictionary-encoded (the input's codes, the mapped values as the
+    dictionary, of type `typ` when given): decoding a million strings costs more than
+    everything else done here, and DuckDB reads dictionaries as they are. Cast it when
+    plain values are needed."""
     a = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if not isinstance(a, pa.Array):
         a = pa.array(a)
-    encoded = a.dictionary_encode()
-    mapped = pa.array([fn(v) for v in encoded.dictionary.to_pylist()])
-    return pc.take(mapped, encoded.indices)
+    # Columns read with dictionary encoding (the CSV reader) are used as they are.
+    encoded = a if pa.types.is_dictionary(a.type) else a.dictionary_encode()
+    mapped = pa.array([fn(v) for v in encoded.dictionary.to_pylist()], typ)
+    return pa.DictionaryArray.from_arrays(encoded.indices, mapped)

@@ -164,7 +164,7 @@ def _kernels(con, guid, agents: rc.Agents, w, next_id: int) -> int:
         return 0
     abs_index = t["agent_abs_index"]
     written, keep = rc.write_events(w, next_id, "kernel", {
-        "name": rc.map_strings(t["name"], rc.kernel_display_name).cast(pa.string()),
+        "name": rc.map_strings(t["name"], rc.kernel_display_name, pa.string()),
         "start_ns": t["start"], "end_ns": t["end"], "pid": t["pid"],
         "device": rc.map_codes(abs_index.cast(pa.int64()), agents.ordinal_by_key),
         "stream": t["stream_id"], "correlation": t["stack_id"],
@@ -224,8 +224,8 @@ def _regions(con, guid, w, next_id: int) -> int:
     if not n:
         return 0
     category = t["category"].cast(pa.string())
-    kinds = rc.map_strings(category, lambda c: rc.api_domain(c)[0]).cast(pa.string())
-    cats = rc.map_strings(category, lambda c: rc.api_domain(c)[1]).cast(pa.string())
+    kinds = rc.map_strings(category, lambda c: rc.api_domain(c)[0], pa.string())
+    cats = rc.map_strings(category, lambda c: rc.api_domain(c)[1], pa.string())
     is_runtime = pc.equal(kinds, "runtime")
     stack = t["stack_id"].cast(pa.int64())
     corr = t["corr_id"].cast(pa.int64())

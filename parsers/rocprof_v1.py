@@ -22,7 +22,6 @@ from pathlib import Path
 
 import msgspec
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from profkit.errors import TraceError
 
@@ -322,10 +321,7 @@ def _write_rows(rows: list[dict], w) -> None:
 # --- results.csv (per dispatch) ---------------------------------------------------
 
 def _parse_csv(path: Path, w) -> set[int]:
-    try:
-        table = pacsv.read_csv(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceError(path, f"unreadable CSV: {str(exc).splitlines()[0]}") from None
+    table = rc.read_csv(path)
     cols = rc.Columns(table.column_names)
     missing = cols.missing({"begin": ("BeginNs",), "end": ("EndNs",), "name": ("KernelName",)})
     if missing:
@@ -337,7 +333,8 @@ def _parse_csv(path: Path, w) -> set[int]:
     args = rc.json_args({c: table[c] for c in table.column_names if c not in used}, n)
     gpu = get("gpu-id")
     written, keep = rc.write_events(w, 0, "kernel", {
-        "name": rc.map_strings(get("KernelName"), lambda s: rc.kernel_display_name(str(s).strip('"'))).cast(pa.string()),
+        "name": rc.map_strings(get("KernelName"), lambda s: rc.kernel_display_name(str(s).strip('"')),
+                                pa.string()),
         "start_ns": get("BeginNs"), "end_ns": get("EndNs"), "pid": get("pid"), "device": gpu,
         "stream": get("queue-id"), "source_cat": "kernel_dispatch", "args": args,
     }, "kernel dispatch")

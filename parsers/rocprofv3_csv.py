@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from profkit.errors import TraceError
 
@@ -103,13 +102,6 @@ def groups(path: Path) -> dict[str, list[tuple[Path, str]]]:
     return {k: v for k, v in out.items() if any(r in _TRACE_ROLES for _, r in v)}
 
 
-def read_csv(path: Path) -> pa.Table:
-    try:
-        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceError(path, f"unreadable CSV: {str(exc).splitlines()[0]}") from None
-
-
 def parse(path: Path, sink) -> None:
     by_prefix = groups(path)
     if not by_prefix:
@@ -128,7 +120,7 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
     tables = {}
     for file, role in files:
         if role != "stats":
-            tables.setdefault(role, []).append((file, read_csv(file)))
+            tables.setdefault(role, []).append((file, rc.read_csv(file)))
     agents = None
     for _file, table in tables.get("agent_info", []):
         agents = _agents(table)
@@ -218,7 +210,7 @@ def _missing(file: Path, cols: rc.Columns, fields) -> None:
 def _nodes(table: pa.Table, col: str | None) -> pa.Array | None:
     if not col:
         return None
-    return rc.map_strings(table[col], rc.agent_node).cast(pa.int64())
+    return rc.map_strings(table[col], rc.agent_node, pa.int64()).cast(pa.int64())
 
 
 def _kernels(file: Path, table: pa.Table, w, next_id: int, ordinals, pid) -> int:
@@ -227,7 +219,7 @@ def _kernels(file: Path, table: pa.Table, w, next_id: int, ordinals, pid) -> int
     n = table.num_rows
     w.read(n)
     get = lambda *names: table[cols.find(*names)] if cols.find(*names) else None  # noqa: E731
-    names = rc.map_strings(get("Kernel_Name"), rc.kernel_display_name)
+    names = rc.map_strings(get("Kernel_Name"), rc.kernel_display_name, pa.string())
     nodes = _nodes(table, cols.find("Agent_Id"))
     device = rc.map_codes(nodes, ordinals) if nodes is not None else None
     # Launch geometry columns: the workgroup size, VGPRs and LDS are stored as they are in
@@ -259,7 +251,7 @@ def _copies(file: Path, table: pa.Table, w, next_id: int, ordinals, agents, pid)
     w.read(n)
     get = lambda *names: table[cols.find(*names)] if cols.find(*names) else None  # noqa: E731
     direction_col = get("Direction", "Operation", "Kind")
-    direction = rc.map_strings(direction_col, rc.copy_direction).cast(pa.string()) \
+    direction = rc.map_strings(direction_col, rc.copy_direction, pa.string()).cast(pa.string()) \
         if direction_col is not None else pa.nulls(n, pa.string())
     src = _nodes(table, cols.find("Source_Agent_Id", "Src_Agent_Id"))
     dst = _nodes(table, cols.find("Destination_Agent_Id", "Dst_Agent_Id"))
@@ -290,8 +282,8 @@ def _api(file: Path, table: pa.Table, w, next_id: int) -> int:
     w.read(n)
     get = lambda *names: table[cols.find(*names)] if cols.find(*names) else None  # noqa: E731
     domain = get("Domain")
-    kinds = rc.map_strings(domain, lambda d: rc.api_domain(d)[0]).cast(pa.string())
-    cats = rc.map_strings(domain, lambda d: rc.api_domain(d)[1]).cast(pa.string())
+    kinds = rc.map_strings(domain, lambda d: rc.api_domain(d)[0], pa.string())
+    cats = rc.map_strings(domain, lambda d: rc.api_domain(d)[1], pa.string())
     correlation = get("Correlation_Id")
     is_runtime = pc.equal(kinds, "runtime")
     used = {cols.find("Function", "Operation"), cols.find("Start_Timestamp"), cols.find("End_Timestamp"),

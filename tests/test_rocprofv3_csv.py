@@ -176,3 +176,21 @@ def test_agent_info_alone_is_not_a_trace(tmp_path, name):
     path = tmp_path / f"1_{name}.csv"
     path.write_text('"Node_Id","Agent_Type"\n0,"CPU"\n')
     assert not rocprofv3_csv.detect(path)
+
+
+def test_dictionary_and_plain_string_columns_store_the_same(tmp_path, monkeypatch):
+    """String columns are read dictionary-encoded up to a number of distinct values and
+    as plain strings past it: both must give the same store."""
+    from profkit.parsers import rocm_common
+
+    root = _synthetic(tmp_path)
+    query = """SELECT kind, name, start_ns, dur_ns, pid, tid, device, stream, correlation, category,
+                      source_cat, CAST(args AS VARCHAR) AS args FROM events ORDER BY event_id"""
+    dictionary = load(root)
+    assert len(dictionary.rows(query)) == 12  # 5 kernels, 5 HIP calls, 1 RCCL call, 1 copy
+    monkeypatch.setattr(rocm_common, "_DICTIONARY_MAX_VALUES", 1)  # every string column plain
+    plain = load(root)
+    assert plain.rows(query) == dictionary.rows(query)
+    assert plain.rows("SELECT * FROM kernel_info ORDER BY event_id") == \
+        dictionary.rows("SELECT * FROM kernel_info ORDER BY event_id")
+    assert plain.rows("SELECT * FROM copies ORDER BY event_id") == dictionary.rows("SELECT * FROM copies ORDER BY event_id")
