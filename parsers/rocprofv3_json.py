@@ -4,7 +4,7 @@ where each PROCESS holds `metadata` (pid, node), `agents`, `kernel_symbols` (nam
 `buffer_records` (`kernel_dispatch`, `hip_api`, `memory_copy`, `marker_api`, `rccl_api`, ...).
 
 The document is split by msgspec (each `buffer_records` list stays raw bytes); each list
-is copied to a temporary file and the document freed, then DuckDB's JSON reader turns
+is copied to a temporary file and the document released (a plain file is mapped, not read), then DuckDB's JSON reader turns
 the lists into typed Arrow columns (no Python object per record: 1M dispatches as
 structs and lists cost ~3 s, this ~1 s), two lists at a time in worker threads while
 the main thread stores the ones already read. Device records name their agent by handle;
@@ -15,6 +15,7 @@ usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseco
 from __future__ import annotations
 
 import gzip
+import mmap
 import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,34 +88,61 @@ def detect(path: Path) -> bool:
         return False
 
 
-def _read(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise TraceError(path, f"cannot read: {exc}") from None
+class _Document:
+    """The input's bytes: a gzip input decompressed, a plain one mapped (no copy of a
+    file that can be gigabytes; its lists are written out from the page cache).
+    `release` drops them, as soon as the lists are staged."""
+
+    def __init__(self, path: Path):
+        self.data: bytes | mmap.mmap | None = None
+        try:
+            with open(path, "rb") as fh:
+                if fh.read(2) == b"\x1f\x8b":
+                    fh.seek(0)
+                    self.data = gzip.decompress(fh.read())
+                    return
+                try:
+                    self.data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                except ValueError:  # an empty file cannot be mapped
+                    self.data = b""
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise TraceError(path, f"cannot read: {exc}") from None
+
+    def release(self) -> None:
+        data, self.data = self.data, None
+        if isinstance(data, mmap.mmap):
+            try:
+                data.close()
+            except BufferError:
+                pass  # a view is still alive; the map goes with it
 
 
 def parse(path: Path, sink) -> None:
-    data = _read(path)
+    document = _Document(path)
     try:
-        doc = msgspec.json.decode(data, type=Document)
+        _parse_document(path, document, sink)
+    finally:
+        document.release()
+
+
+def _parse_document(path: Path, document: _Document, sink) -> None:
+    try:
+        doc = msgspec.json.decode(document.data, type=Document)
     except msgspec.DecodeError as exc:
         raise TraceError(path, f"not a readable rocprofv3 JSON file: {exc}") from None
     if not doc.processes:
         raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
-    sink.report(str(path), len(data), len(data))
+    sink.report(str(path), len(document.data), len(document.data))
     # Two readers: DuckDB reads a JSON array on one thread, so lists (and parts of large
     # lists) are read side by side, each part as soon as it is written, while the main
     # thread stores what is read.
     with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp, \
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
         try:
-            # The raw lists are views of `data`: once they are in files, the document (as
-            # big as the input) is freed.
+            # The raw lists are views of the document: once they are in files, it (as big
+            # as the input) is released.
             staged = [_stage(path, proc, Path(tmp) / str(i), pool) for i, proc in enumerate(doc.processes)]
-            del data
+            document.release()
             for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
                 trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
                 with sink.trace(trace_path, FORMAT, stat_path=path) as w:
