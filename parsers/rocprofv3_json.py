@@ -404,19 +404,22 @@ def _dispatches(c: dict[str, pa.Array], proc: Process, agents: rc.Agents, pid, w
 
 
 def _op_names(kinds, kind_arr: pa.Array, op_arr: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(kind name, operation name) per record, from the `strings.buffer_records` table."""
-    pairs = pa.table({"k": kind_arr, "o": op_arr}).group_by(["k", "o"]).aggregate([]).to_pylist()
-    kind_name, op_name = {}, {}
-    for p in pairs:
-        k, o = p["k"], p["o"]
+    """(kind name, operation name) per record, from the `strings.buffer_records` table,
+    dictionary-encoded: each record's (kind, operation) pair is coded as one integer, and
+    each distinct pair named once."""
+    kind_codes, op_codes = pc.dictionary_encode(kind_arr), pc.dictionary_encode(op_arr)
+    n_ops = len(op_codes.dictionary)
+    pairs = pc.dictionary_encode(pc.add(pc.multiply(kind_codes.indices.cast(pa.int64()), n_ops),
+                                        op_codes.indices.cast(pa.int64())))
+    kind_values, op_values = kind_codes.dictionary.to_pylist(), op_codes.dictionary.to_pylist()
+    kind_names, op_names = [], []
+    for code in pairs.dictionary.to_pylist():
+        k, o = kind_values[code // n_ops], op_values[code % n_ops]
         entry = kinds[k] if 0 <= k < len(kinds) else ("", [])
-        kind_name[(k, o)] = entry[0]
-        op_name[(k, o)] = entry[1][o] if 0 <= o < len(entry[1]) else f"operation {o}"
-    key = pc.binary_join_element_wise(pc.cast(kind_arr, pa.string()), pc.cast(op_arr, pa.string()), ":")
-    keys = pa.array([f"{k}:{o}" for k, o in kind_name], pa.string())
-    idx = pc.index_in(key, value_set=keys)
-    return (pc.take(pa.array(list(kind_name.values()), pa.string()), idx),
-            pc.take(pa.array(list(op_name.values()), pa.string()), idx))
+        kind_names.append(entry[0])
+        op_names.append(entry[1][o] if 0 <= o < len(entry[1]) else f"operation {o}")
+    return (pa.DictionaryArray.from_arrays(pairs.indices, pa.array(kind_names, pa.string())),
+            pa.DictionaryArray.from_arrays(pairs.indices, pa.array(op_names, pa.string())))
 
 
 def _marker_messages(value: Any) -> dict[int, str]:
@@ -436,15 +439,15 @@ def _api(c: dict[str, pa.Array], kinds, markers: dict[int, str], pid, w, next_id
     if not n:
         return 0
     kind_names, op_names = _op_names(kinds, c["kind"], c["operation"])
-    event_kind = rc.map_strings(kind_names, lambda d: rc.api_domain(d)[0]).cast(pa.string())
-    source_cat = rc.map_strings(kind_names, lambda d: rc.api_domain(d)[1]).cast(pa.string())
+    event_kind = rc.map_strings(kind_names, lambda d: rc.api_domain(d)[0], pa.string())
+    source_cat = rc.map_strings(kind_names, lambda d: rc.api_domain(d)[1], pa.string())
     names = op_names
     is_runtime = pc.equal(event_kind, "runtime")
     if markers:
         ids = pa.array(list(markers.keys()), pa.int64())
         msg = pc.take(pa.array(list(markers.values()), pa.string()),
                       pc.index_in(c["correlation_id.internal"], value_set=ids))
-        names = pc.if_else(is_runtime, names, pc.coalesce(msg, names))
+        names = pc.if_else(is_runtime, names.cast(pa.string()), pc.coalesce(msg, names.cast(pa.string())))
     written, _ = rc.write_events(w, next_id, event_kind, {
         "name": names, "start_ns": c["start_timestamp"], "end_ns": c["end_timestamp"],
         "pid": pid, "tid": c["thread_id"],
@@ -463,7 +466,7 @@ def _copies(c: dict[str, pa.Array], kinds, agents: rc.Agents, pid, w, next_id: i
         return 0
     sizes = c["bytes"]
     _kind, op_names = _op_names(kinds, c["kind"], c["operation"])
-    direction = rc.map_strings(op_names, rc.copy_direction).cast(pa.string())
+    direction = rc.map_strings(op_names, rc.copy_direction, pa.string()).cast(pa.string())
     src_dev = rc.map_codes(c["src_agent_id.handle"], agents.ordinal_by_key)
     dst_dev = rc.map_codes(c["dst_agent_id.handle"], agents.ordinal_by_key)
     device = pc.if_else(pc.equal(pc.fill_null(direction, ""), "DtoH"), src_dev, pc.coalesce(dst_dev, src_dev))

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pytest
+
 from conftest import shared_trace
 from profkit.ingest import ingest
 from profkit.store import Store
@@ -132,3 +135,21 @@ def test_bad_inputs_one_line(tmp_path):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("extra_kind, extra_op", [(0, 1), (-1, 0), (0, 1 << 40)])
+def test_kind_and_operation_names(extra_kind, extra_op):
+    """Names per record from the strings table, including codes the table has no entry
+    for (negative, out of range, wider than 32 bits)."""
+    from profkit.parsers.rocprofv3_json import _op_names
+
+    kinds = [("HIP_RUNTIME_API", ["hipMalloc", "hipLaunchKernel"]), ("MARKER_CORE_API", ["roctxRangePush"])]
+    kind_codes, op_codes = [0, 1, 0, 5, extra_kind], [1, 0, 0, 0, extra_op]
+    kind_names, op_names = _op_names(kinds, pa.array(kind_codes), pa.array(op_codes))
+
+    def expected(k, o):
+        entry = kinds[k] if 0 <= k < len(kinds) else ("", [])
+        return entry[0], entry[1][o] if 0 <= o < len(entry[1]) else f"operation {o}"
+
+    assert list(zip(kind_names.to_pylist(), op_names.to_pylist())) == \
+        [expected(k, o) for k, o in zip(kind_codes, op_codes)]
