@@ -4,15 +4,20 @@
 Each input is ingested in its own subprocess so peak RSS is per input. CPU time (all
 threads) is printed too: on a shared, loaded machine wall time says little. "parse" is the
 parser writing into the store; "total" adds the derivations every format gets
-(categories, launch links, nesting).
+(categories, launch links, nesting). Each input is ingested --repeat times (3 by
+default; each a fresh process) and the median is printed with the range, because on a
+shared 2-core machine one run can be 30% off the next.
 
-    python bench/ingest_rocprof.py [--dispatches N]
+The rates leave out the process's one-time start-up (imports), which is printed apart.
+
+    python bench/ingest_rocprof.py [--dispatches N] [--repeat N]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -20,8 +25,18 @@ from pathlib import Path
 
 
 def measure(path: str) -> dict:
+    started = time.perf_counter()
+    import pyarrow as pa
+
     from profkit import derive, ingest as ingest_mod
+    from profkit.parsers import parser_modules
     from profkit.store import Store
+
+    # One-time start-up, timed apart from the ingest: the parser modules, and the pandas
+    # import pyarrow makes on its first array when pandas is installed (HTA brings it).
+    parser_modules()
+    pa.array([0])
+    imports = time.perf_counter() - started
 
     timings = {"derive": 0.0}
     original = derive.derive_trace
@@ -44,7 +59,7 @@ def measure(path: str) -> dict:
     return {"input": Path(path).name, "events": rows, "dispatches": dispatches, "links": links,
             "total_s": round(total, 2), "parse_s": round(total - timings["derive"], 2),
             "rows_per_s_parse": int(rows / max(total - timings["derive"], 1e-9)),
-            "rows_per_s_total": int(rows / total), "cpu_s": round(cpu, 2),
+            "rows_per_s_total": int(rows / total), "cpu_s": round(cpu, 2), "imports_s": round(imports, 2),
             "rows_per_cpu_s": int(rows / cpu),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
@@ -52,6 +67,7 @@ def measure(path: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dispatches", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per input (median and range printed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -62,14 +78,28 @@ def main() -> None:
     built = subprocess.run([sys.executable, str(Path(__file__).with_name("rocprof_synthetic.py")),
                             "--dispatches", str(args.dispatches)], capture_output=True, text=True, check=True)
     for path in built.stdout.splitlines():
-        out = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
-                             check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['input']}: {r['events']:,} events ({r['dispatches']:,} dispatches, {r['links']:,} links); "
-              f"parse {r['parse_s']} s = {r['rows_per_s_parse']:,} rows/s; with derivations "
-              f"{r['total_s']} s = {r['rows_per_s_total']:,} rows/s; CPU {r['cpu_s']} s "
-              f"({r['rows_per_cpu_s']:,} rows per CPU-second, all threads); peak RSS {r['peak_rss_mb']} MB")
+        runs = []
+        for _ in range(args.repeat):
+            out = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
+                                 check=True)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = runs[0]
 
+        def spread(key: str) -> str:
+            values = sorted(run[key] for run in runs)
+            median = statistics.median(values)
+            return f"{median:g}" if len(values) == 1 else f"{median:g} ({values[0]:g}-{values[-1]:g})"
+
+        def rate(key: str) -> str:
+            values = sorted(r["events"] / run[key] for run in runs)
+            median = statistics.median(values)
+            return f"{median:,.0f}" if len(values) == 1 else f"{median:,.0f} ({values[0]:,.0f}-{values[-1]:,.0f})"
+
+        print(f"{r['input']}: {r['events']:,} events ({r['dispatches']:,} dispatches, {r['links']:,} links); "
+              f"median of {len(runs)} runs (range): parse {spread('parse_s')} s = {rate('parse_s')} rows/s; "
+              f"with derivations {spread('total_s')} s = {rate('total_s')} rows/s; CPU {spread('cpu_s')} s "
+              f"(all threads); peak RSS {spread('peak_rss_mb')} MB; start-up (imports, not in the rates) "
+              f"{spread('imports_s')} s")
 
 if __name__ == "__main__":
     main()
