@@ -32,16 +32,21 @@ def _progress_bar():
 def _load(path: str):
     from .cache import load
 
+    context = click.get_current_context(silent=True)
+    cache = not (context and context.find_root().params.get("no_cache"))
     progress, update = _progress_bar()
     if progress is None:
-        return load(path)
+        return load(path, cache=cache)
     with progress:
-        return load(path, progress=update)
+        return load(path, cache=cache, progress=update)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="profkit")
-def cli() -> None:
+@click.option("--no-cache", is_flag=True, envvar="PROFKIT_NO_CACHE", show_envvar=True,
+              help="Parse every trace afresh: neither read nor write the parsed-store cache file "
+                   "(`TRACE.profkit.duckdb`). For one-off runs, such as CI on a new trace each time.")
+def cli(no_cache: bool) -> None:
     """Why is this GPU workload slow? profkit reads PyTorch profiler (Kineto) JSON,
     Nsight Systems SQLite exports and rocprof output into one DuckDB schema."""
 

@@ -139,3 +139,31 @@ def test_whatif_and_timeline_from_the_command_line(tmp_path):
     proc = run("analyze", sample, "--timeline", out, "--top", "3")
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size > 100_000 and "critical-path segments" in proc.stderr
+
+
+def test_no_cache_writes_no_store_file(tmp_path):
+    """`--no-cache` (or PROFKIT_NO_CACHE=1) parses afresh and leaves no cache file, with the
+    same analysis as the default run, which does leave one."""
+    import os
+
+    from conftest import SAMPLE_TRACES
+
+    trace = tmp_path / "rank0.json.gz"
+    shutil.copy(SAMPLE_TRACES / "synthetic_llm_decode_4ranks" / "synthetic_llm_decode_rank0.json.gz", trace)
+    env = {**os.environ, "PROFKIT_CACHE_DIR": str(tmp_path / "cache")}
+
+    def analyze(*options, extra_env=None):
+        proc = subprocess.run([PROFKIT, *options, "analyze", str(trace), "--format", "json"],
+                              capture_output=True, text=True, env={**env, **(extra_env or {})})
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def cache_files():
+        return sorted(p.name for p in tmp_path.rglob("*.profkit.duckdb*"))
+
+    fresh = analyze("--no-cache")
+    assert cache_files() == []
+    assert analyze(extra_env={"PROFKIT_NO_CACHE": "1"}) == fresh
+    assert cache_files() == []
+    assert analyze() == fresh
+    assert len(cache_files()) == 1
