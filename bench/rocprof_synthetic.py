@@ -1,7 +1,13 @@
 """Synthetic rocprofv3 outputs for the ingest benchmark: N kernel dispatches (default 1M),
 each launched by one hipLaunchKernel, written as a rocprofv3 CSV directory
 (`agent_info`, `kernel_trace`, `hip_api_trace`) and as a rocprofv3 JSON file of the same
-shape. Seeded, so the files are the same every time; cached under bench/out/.
+shape. Seeded, so the files are the same every time; cached under bench/out/ (the names carry
+the generator's version, so a changed generator never reuses stale files).
+
+As in real rocprofv3 output (0 of 43,915 kernels in the shared MI350X trace overlap another
+on their stream), a stream runs its kernels one after another and a thread's HIP calls do
+not overlap. Version 1 let half the kernels overlap on their stream, which made `derive.nest`
+store nearly 0.5M parent links no real trace has.
 
     python bench/rocprof_synthetic.py [--dispatches N]
 """
@@ -16,6 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 OUT = Path(__file__).resolve().parent / "out"
+VERSION = 2
 PID = 4242
 KERNELS = ["Cijk_Alik_Bljk_HHS_BH_MT128x128x32", "void at::native::vectorized_elementwise_kernel<4>",
            "__amd_rocclr_copyBuffer", "ncclDevKernel_Generic_1(ncclDevKernelArgsStorage<4096ul>)",
@@ -26,21 +33,37 @@ AGENTS = [(0, "CPU", "AMD EPYC 9575F", ""), (1, "CPU", "AMD EPYC 9575F", ""),
 
 def columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    # Launch calls 2-9 us apart, each 1-2 us long: one thread's calls never overlap.
     launch = 1_000_000_000 + np.cumsum(rng.integers(2_000, 9_000, n))
-    start = launch + rng.integers(5_000, 50_000, n)
-    dur = rng.integers(1_000, 200_000, n)
+    ready = launch + rng.integers(5_000, 50_000, n)  # the earliest a kernel could start
+    dur = rng.integers(1_000, 50_000, n)  # six streams: busy ~75% of the time
+    agent, queue = rng.choice([2, 3], n), rng.integers(1, 4, n)
+    start = _in_order(ready, dur, agent * 8 + queue)
     wg = rng.choice([64, 128, 256, 512], n)
     return {
-        "corr": np.arange(1, n + 1), "launch": launch, "launch_end": launch + rng.integers(1_000, 4_000, n),
+        "corr": np.arange(1, n + 1), "launch": launch, "launch_end": launch + rng.integers(1_000, 2_000, n),
         "start": start, "end": start + dur, "kernel": rng.integers(0, len(KERNELS), n),
-        "agent": rng.choice([2, 3], n), "queue": rng.integers(1, 4, n), "wg": wg,
+        "agent": agent, "queue": queue, "wg": wg,
         "grid": wg * rng.integers(1, 4096, n), "lds": rng.choice([0, 4096, 65536], n),
         "vgpr": rng.choice([32, 64, 128], n), "sgpr": rng.choice([16, 48, 96], n),
     }
 
 
+def _in_order(ready: np.ndarray, dur: np.ndarray, stream: np.ndarray) -> np.ndarray:
+    """Start times when each stream runs its kernels in launch order, one at a time:
+    start[i] = max(ready[i], end of the stream's previous kernel), which unrolls to
+    before[i] + max over j <= i of (ready[j] - before[j]) with `before` the stream's
+    summed durations before i."""
+    start = np.empty_like(ready)
+    for lane in np.unique(stream):
+        at = np.flatnonzero(stream == lane)
+        before = np.concatenate(([0], np.cumsum(dur[at])[:-1]))
+        start[at] = before + np.maximum.accumulate(ready[at] - before)
+    return start
+
+
 def write_csv(n: int, c: dict[str, np.ndarray] | None) -> Path:
-    root = OUT / f"v3_csv_{n}"
+    root = OUT / f"v3_csv_{n}_v{VERSION}"
     if (root / f"{PID}_hip_api_trace.csv").exists():
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -69,7 +92,7 @@ def write_csv(n: int, c: dict[str, np.ndarray] | None) -> Path:
 
 
 def write_json(n: int, c: dict[str, np.ndarray] | None) -> Path:
-    path = OUT / f"v3_json_{n}_results.json"
+    path = OUT / f"v3_json_{n}_v{VERSION}_results.json"
     if path.exists():
         return path
     OUT.mkdir(parents=True, exist_ok=True)
@@ -113,7 +136,7 @@ def write_json(n: int, c: dict[str, np.ndarray] | None) -> Path:
 
 
 def build(n: int = 1_000_000) -> tuple[Path, Path]:
-    cached = OUT / f"v3_csv_{n}" / f"{PID}_hip_api_trace.csv", OUT / f"v3_json_{n}_results.json"
+    cached = OUT / f"v3_csv_{n}_v{VERSION}" / f"{PID}_hip_api_trace.csv", OUT / f"v3_json_{n}_v{VERSION}_results.json"
     c = None if all(p.exists() for p in cached) else columns(n)  # None: both are cached
     return write_csv(n, c), write_json(n, c)
 
