@@ -26,7 +26,7 @@ import numpy as np
 from .columns import dictionary_codes, group_codes, lexsort
 from .store import Store
 
-from .graph_model import (CLS, COPY_CALL, matches, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION, E_HOST, E_LAUNCH,
+from .graph_model import (CLS, COPY_CALL, matches, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION, E_HOST, E_LAUNCH,
                           E_STREAM, E_SYNC, HOST_KINDS, STREAM_GAP_MAX_NS)
 from .graph_waits import WaitEdges
 
@@ -154,8 +154,7 @@ class _Builder(WaitEdges):
         self.n = ev["event_id"].size
         self.edges: list[tuple] = []   # (src, dst, weight, kind, cls, event, sync_min, gap_trim) arrays
         self.stats: dict[str, int] = {}
-        kinds = ev["kind"]
-        self.is_device = np.isin(kinds, DEVICE_KINDS)
+        self.is_device = is_one_of(ev, "kind", DEVICE_KINDS)
         self.start = ev["start"]
         self.end = ev["start"] + ev["dur"]
         self.launch_time = self.start.copy()
@@ -331,10 +330,10 @@ class _Builder(WaitEdges):
         if "parent_id_null" in ev:
             parent = np.where(ev["parent_id_null"][ue], -1, parent)
         owner = np.where(us, ue, parent)
-        okind = np.where(owner >= 0, ev["kind"][np.maximum(owner, 0)], None)
         cls = np.full(u.size, CLS["host.gap"], dtype=np.int64)
-        cls[okind == "cpu_op"] = CLS["host.op"]
-        cls[okind == "runtime"] = CLS["host.runtime"]
+        owned = owner >= 0
+        cls[owned & is_one_of(ev, "kind", ("cpu_op",), np.maximum(owner, 0))] = CLS["host.op"]
+        cls[owned & is_one_of(ev, "kind", ("runtime",), np.maximum(owner, 0))] = CLS["host.runtime"]
         sync_min = np.full(u.size, -1, dtype=np.int64)
         # Blocking calls: the awaited device work's end -> the call's end.
         s_src, s_dst, s_w = [], [], []
@@ -385,7 +384,7 @@ class _Builder(WaitEdges):
         if src.size == 0:
             return set()
         is_copy = matches(self.ev, "name", COPY_CALL, src)
-        waited = is_copy & (self.end[dst] <= self.end[src]) & (self.end[dst] >= self.start[src]) & (self.ev["kind"][dst] == "memcpy")
+        waited = is_copy & (self.end[dst] <= self.end[src]) & (self.end[dst] >= self.start[src]) & is_one_of(self.ev, "kind", ("memcpy",), dst)
         self.copy_wait = dict(zip(src[waited].tolist(), dst[waited].tolist()))
         return set(self.copy_wait)
 

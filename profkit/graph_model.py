@@ -38,3 +38,10 @@ def matches(ev: dict[str, np.ndarray], column: str, pattern, where: np.ndarray) 
     """Whether the string `column` of the events `where` matches the regex `pattern`,
     testing each distinct value once."""
     return per_value(lambda v: bool(pattern.search(v or "")), ev[column + "_code"][where], ev[column + "_values"], bool)
+
+
+def is_one_of(ev: dict[str, np.ndarray], column: str, values, where=slice(None)) -> np.ndarray:
+    """Whether the string `column` of the events `where` is one of `values`: compared as
+    codes (see dictionary_codes), not as strings per event."""
+    wanted = set(values)
+    return per_value(lambda v: v in wanted, ev[column + "_code"][where], ev[column + "_values"], bool)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .columns import lexsort
 from .graph_model import CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER, EVENT_RECORD_CALL, STREAM_GAP_MAX_NS, \
-    STREAM_WAIT_CALL, SYNC_CALL, matches
+    STREAM_WAIT_CALL, SYNC_CALL, is_one_of, matches
 
 
 class WaitEdges:
@@ -109,7 +109,7 @@ class WaitEdges:
         the waiting stream after the wait call."""
         ev = self.ev
         host = ~self.is_device
-        runtime = np.flatnonzero(host & (ev["kind"] == "runtime"))
+        runtime = np.flatnonzero(host & is_one_of(ev, "kind", ("runtime",)))
         is_rec = matches(ev, "name", EVENT_RECORD_CALL, runtime)
         is_wait = matches(ev, "name", STREAM_WAIT_CALL, runtime)
         is_sync = matches(ev, "name", SYNC_CALL, runtime)
