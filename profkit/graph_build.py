@@ -43,6 +43,8 @@ class Graph:
     name_code: np.ndarray       # name as a code into name_values (for grouping by name)
     name_values: np.ndarray     # object array of the distinct names (last: None)
     category: np.ndarray        # object array (None for host events)
+    category_code: np.ndarray   # category as a code into category_values
+    category_values: np.ndarray
     start: np.ndarray           # common clock
     end: np.ndarray
     is_device: np.ndarray
@@ -486,6 +488,7 @@ class _Builder(WaitEdges):
         return Graph(
             event_id=self.ev["event_id"], trace_id=self.ev["trace_id"], kind=self.ev["kind"], name=self.ev["name"],
             name_code=self.ev["name_code"], name_values=self.ev["name_values"],
-            category=self.ev["category"], start=self.start, end=self.end, is_device=self.is_device,
+            category=self.ev["category"], category_code=self.ev["category_code"],
+            category_values=self.ev["category_values"], start=self.start, end=self.end, is_device=self.is_device,
             launch_time=self.launch_time, vtime=vtime, vevent=vevent, order=order, pos=pos,
             **edges, traces=self.traces, stats=self.stats)

@@ -177,7 +177,15 @@ class StepIndex:
 def step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> StepIndex:
     """`windows`: trace id -> [(step, start_ns, end_ns)] on the trace's own clock. Host
     events belong to the window they start in, device activities to the window their
-    launch call started in. Traces without windows get one step: the whole trace."""
+    launch call started in. Traces without windows get one step: the whole trace.
+    Memoised on the graph per windows: the report and every what-if ask for the same."""
+    key = ("step_index", tuple(sorted((tid, tuple(map(tuple, wins))) for tid, wins in windows.items())))
+    if key not in graph.memo:
+        graph.memo[key] = _step_index(graph, windows)
+    return graph.memo[key]
+
+
+def _step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> StepIndex:
     t_ids, steps, members, first = [], [], [], []
     offsets = {t["trace_id"]: int(t["clock_offset_ns"]) for t in graph.traces}
     for t in graph.traces:
@@ -195,11 +203,15 @@ def step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> 
         ends = np.asarray([w[2] for w in wins], dtype=np.int64) + offsets[tid]
         k = np.searchsorted(starts, anchor, side="right") - 1
         inside = (k >= 0) & (anchor < ends[np.maximum(k, 0)])
-        for j, w in enumerate(wins):
-            sel = mine[inside & (k == j)]
-            if sel.size == 0:
-                continue
-            t_ids.append(tid); steps.append(int(w[0])); members.append(sel)
+        # Members of each window in index order: one stable sort by window, then split
+        # (not a scan of the whole trace per window).
+        kept, window = mine[inside], k[inside]
+        order = np.argsort(window, kind="stable")
+        kept, window = kept[order], window[order]
+        bounds = np.flatnonzero(np.r_[True, window[1:] != window[:-1], True]) if kept.size else np.zeros(1, np.int64)
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            sel = kept[lo:hi]
+            t_ids.append(tid); steps.append(int(wins[int(window[lo])][0])); members.append(sel)
             first.append(int(sel[np.argmin(graph.start[sel])]))
     return StepIndex(np.asarray(t_ids, dtype=np.int64), np.asarray(steps, dtype=np.int64), members,
                      np.asarray(first, dtype=np.int64))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .columns import per_value
 from .graph_build import Graph, build_graph
 from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_SYNC, E_TRANSFER
 from .graph_replay import NEG, replay, steady, step_index, step_times
@@ -48,10 +49,10 @@ def parse_change(spec: str | dict) -> dict[str, Any]:
     raise ValueError(f"unknown what-if change {spec!r}")
 
 
-def _edge_category(graph: Graph) -> np.ndarray:
+def _edges_of_events(graph: Graph, per_event: np.ndarray) -> np.ndarray:
+    """Edges whose time is attributed to an event for which `per_event` is True."""
     ev = graph.eevent
-    cats = np.where(ev >= 0, graph.category[np.maximum(ev, 0)], None)
-    return cats
+    return (ev >= 0) & per_event[np.maximum(ev, 0)]
 
 
 def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None = None) -> np.ndarray:
@@ -69,13 +70,17 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
             if factor <= 0:
                 raise ValueError("speedup factor must be positive")
             timed = (graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER)
+            # Events are matched per distinct name or category (codes), not per edge.
             if ch.get("category"):
-                sel = timed & (_edge_category(graph) == ch["category"])
+                target = ch["category"]
+                sel = timed & _edges_of_events(graph, per_value(lambda c: c == target, graph.category_code,
+                                                                graph.category_values, bool))
             else:
-                names = np.where(graph.eevent >= 0, graph.name[np.maximum(graph.eevent, 0)], None)
-                exact = timed & (names == ch["kernel"])
-                sel = exact if exact.any() else timed & np.array(
-                    [isinstance(n, str) and ch["kernel"] in n for n in names], dtype=bool)
+                target = ch["kernel"]
+                exact = timed & _edges_of_events(graph, per_value(lambda n: n == target, graph.name_code,
+                                                                  graph.name_values, bool))
+                sel = exact if exact.any() else timed & _edges_of_events(graph, per_value(
+                    lambda n: isinstance(n, str) and target in n, graph.name_code, graph.name_values, bool))
             w[sel] = np.round(w[sel] / factor).astype(np.int64)
         elif kind == "comm_overlap":
             # Transfers cost nothing; and collectives that compute waited on (exposed) no
