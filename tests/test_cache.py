@@ -122,10 +122,15 @@ def test_a_failed_copy_leaves_nothing_attached(trace, tmp_path, monkeypatch, cap
 
 def test_ctrl_c_while_waiting_for_the_copy_gives_up_the_cache(trace, tmp_path, monkeypatch, capfd):
     """A second Ctrl-C (the first already ended the analysis) must not wait out a long copy."""
+    started, ended = threading.Event(), []
+
     def endless_copy(self):
         try:
+            started.set()
             self.con.execute("SELECT count(*) FROM range(1000000000000)").fetchall()
+            ended.append("the query finished")
         except duckdb.Error as exc:
+            ended.append(f"{type(exc).__name__}: {exc}")
             self._failed(exc)
         finally:
             self._clean_up()
@@ -133,8 +138,15 @@ def test_ctrl_c_while_waiting_for_the_copy_gives_up_the_cache(trace, tmp_path, m
 
     monkeypatch.setattr(_CacheCopy, "_run", endless_copy)
     store = cache.load(trace)
+    # The Ctrl-C goes only to a copy that is running (one CI run saw close() return without
+    # it, not reproduced since: the message says how the copy ended if it happens again).
+    assert started.wait(60), "the copy thread never started"
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
+    try:
         store.close()
+    except KeyboardInterrupt:
+        pass
+    else:
+        pytest.fail(f"close() returned without the Ctrl-C; the copy ended: {ended or 'not at all'}")
     assert "the parsed store was not cached (INTERRUPT" in capfd.readouterr().err
     assert _cache_files(tmp_path) == []
