@@ -180,6 +180,7 @@ class _CacheCopy:
         try:
             con = self.con
             con.execute(f'COPY FROM DATABASE "{self.source}" TO profkit_cache_out')
+            self._check_complete()
             con.execute("INSERT INTO profkit_cache_out.meta VALUES ('input', ?), ('profkit_version', ?)",
                         [json.dumps(self.signature), __version__])
             con.execute("COMMIT")
@@ -190,6 +191,19 @@ class _CacheCopy:
         finally:
             self._clean_up()
             self.done.set()
+
+    def _check_complete(self) -> None:
+        """Every table of the copy has as many rows as the snapshot it was copied from: a
+        copy cut short without an error (a signal landing in a DuckDB thread can end a
+        query early) must cost the cache, never leave an incomplete one behind."""
+        tables = [r[0] for r in self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1", [self.source]).fetchall()]
+        for table in tables:
+            source, copied = self.con.execute(
+                f'SELECT (SELECT count(*) FROM "{self.source}".main."{table}"), '
+                f'(SELECT count(*) FROM profkit_cache_out.main."{table}")').fetchone()
+            if source != copied:
+                raise duckdb.Error(f"copy incomplete: {table} has {copied} of {source} rows")
 
     def _failed(self, exc: Exception) -> None:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -95,6 +95,21 @@ def test_a_failed_copy_costs_only_the_cache(trace, tmp_path, monkeypatch, capsys
     assert _cache_files(tmp_path) == []  # nothing half-written left
 
 
+def test_a_copy_cut_short_is_not_kept(trace, tmp_path, monkeypatch, capsys):
+    """A copy that ends without an error but without all the rows leaves no cache."""
+    check = _CacheCopy._check_complete
+
+    def lose_rows_then_check(self):
+        self.con.execute("DELETE FROM profkit_cache_out.main.events WHERE event_id % 2 = 0")
+        check(self)
+
+    monkeypatch.setattr(_CacheCopy, "_check_complete", lose_rows_then_check)
+    store = cache.load(trace)
+    store.close()
+    assert "the parsed store was not cached (copy incomplete: events has" in capsys.readouterr().err
+    assert _cache_files(tmp_path) == []
+
+
 def test_a_failed_copy_leaves_nothing_attached(trace, tmp_path, monkeypatch, capsys):
     """A copy that fails inside DuckDB (here: its source is gone) rolls back and detaches
     the half-written file, so the store is as it was and nothing is left on disk."""
