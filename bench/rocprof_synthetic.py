@@ -62,8 +62,16 @@ def _in_order(ready: np.ndarray, dur: np.ndarray, stream: np.ndarray) -> np.ndar
     return start
 
 
+def csv_dir(n: int) -> Path:
+    return OUT / f"v3_csv_{n}_v{VERSION}"
+
+
+def json_path(n: int) -> Path:
+    return OUT / f"v3_json_{n}_v{VERSION}_results.json"
+
+
 def write_csv(n: int, c: dict[str, np.ndarray] | None) -> Path:
-    root = OUT / f"v3_csv_{n}_v{VERSION}"
+    root = csv_dir(n)
     if (root / f"{PID}_hip_api_trace.csv").exists():
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +100,7 @@ def write_csv(n: int, c: dict[str, np.ndarray] | None) -> Path:
 
 
 def write_json(n: int, c: dict[str, np.ndarray] | None) -> Path:
-    path = OUT / f"v3_json_{n}_v{VERSION}_results.json"
+    path = json_path(n)
     if path.exists():
         return path
     OUT.mkdir(parents=True, exist_ok=True)
@@ -136,7 +144,7 @@ def write_json(n: int, c: dict[str, np.ndarray] | None) -> Path:
 
 
 def build(n: int = 1_000_000) -> tuple[Path, Path]:
-    cached = OUT / f"v3_csv_{n}_v{VERSION}" / f"{PID}_hip_api_trace.csv", OUT / f"v3_json_{n}_v{VERSION}_results.json"
+    cached = csv_dir(n) / f"{PID}_hip_api_trace.csv", json_path(n)
     c = None if all(p.exists() for p in cached) else columns(n)  # None: both are cached
     return write_csv(n, c), write_json(n, c)
 

@@ -4,8 +4,8 @@ where each PROCESS holds `metadata` (pid, node), `agents`, `kernel_symbols` (nam
 `buffer_records` (`kernel_dispatch`, `hip_api`, `memory_copy`, `marker_api`, `rccl_api`, ...).
 
 The document is split by msgspec (each `buffer_records` list stays raw bytes); each list
-is copied to a temporary file and the document released (a plain file is mapped, not read), then DuckDB's JSON reader turns
-the lists into typed Arrow columns (no Python object per record: 1M dispatches as
+is copied to a temporary file and the document released (a plain file is mapped, not
+read), then DuckDB's JSON reader turns the lists into typed Arrow columns (no Python object per record: 1M dispatches as
 structs and lists cost ~3 s, this ~1 s), two lists at a time in worker threads while
 the main thread stores the ones already read. Device records name their agent by handle;
 agents map handles to HSA node ids and GPU ordinals. A HIP call and the dispatch it

@@ -337,9 +337,9 @@ class _Builder(WaitEdges):
             parent = np.where(ev["parent_id_null"][ue], -1, parent)
         owner = np.where(us, ue, parent)
         cls = np.full(u.size, CLS["host.gap"], dtype=np.int64)
-        owned = owner >= 0
-        cls[owned & is_one_of(ev, "kind", ("cpu_op",), np.maximum(owner, 0))] = CLS["host.op"]
-        cls[owned & is_one_of(ev, "kind", ("runtime",), np.maximum(owner, 0))] = CLS["host.runtime"]
+        owned, owner_at = owner >= 0, np.maximum(owner, 0)
+        cls[owned & is_one_of(ev, "kind", ("cpu_op",), owner_at)] = CLS["host.op"]
+        cls[owned & is_one_of(ev, "kind", ("runtime",), owner_at)] = CLS["host.runtime"]
         sync_min = np.full(u.size, -1, dtype=np.int64)
         # Blocking calls: the awaited device work's end -> the call's end.
         s_src, s_dst, s_w = [], [], []
