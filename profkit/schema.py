@@ -37,6 +37,9 @@ class Column:
     type: str
     doc: str
     unit: str = ""
+    # DuckDB compression for a store file (DuckDB's choice when empty). A physical detail,
+    # not part of the schema: in memory DuckDB has no ZSTD and would store it uncompressed.
+    file_compression: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,10 @@ TABLES: tuple[Table, ...] = (
         C("step", "INTEGER", "Step (iteration) the event belongs to, from `steps`; device events take their launch's step."),
         C("category", "VARCHAR", "Shared classifier's category for device work: " + ", ".join(f"`{c}`" for c in CATEGORIES) + "; for host events, NULL."),
         C("source_cat", "VARCHAR", "The input's own category for the record (Kineto `cat`, Nsight table, rocprof domain)."),
-        C("args", "JSON", "Every other field the input gave for the record, as written."),
+        C("args", "JSON", "Every other field the input gave for the record, as written.",
+          # Copying a 5M-event store to a file: 1.7 CPU-s and 37 MB for this column, against
+          # 3.4 CPU-s and 101 MB with DuckDB's choice (dictionary + FSST); reads as fast.
+          file_compression="zstd"),
     ), grain="event"),
     Table("kernel_info", "Launch configuration of kernels.", (
         C("event_id", "BIGINT", "The kernel event."),
@@ -229,15 +235,23 @@ VIEWS: tuple[View, ...] = (
 )
 
 
-def ddl() -> list[str]:
-    """The CREATE statements for every table and view, in dependency order."""
+def ddl(in_file: bool = False, database: str = "") -> list[str]:
+    """The CREATE statements for every table and view, in dependency order: for a store
+    file (`in_file`) with each column's `file_compression`; in `database` if named."""
+    prefix = f'"{database}".main.' if database else ""
     statements = []
     for table in TABLES:
-        cols = ",\n  ".join(f"{c.name} {c.type}" for c in table.columns)
-        statements.append(f"CREATE TABLE IF NOT EXISTS {table.name} (\n  {cols}\n)")
+        cols = ",\n  ".join(_column_ddl(c, in_file) for c in table.columns)
+        statements.append(f"CREATE TABLE IF NOT EXISTS {prefix}{table.name} (\n  {cols}\n)")
     for view in VIEWS:
-        statements.append(f"CREATE OR REPLACE VIEW {view.name} AS {view.sql.strip()}")
+        statements.append(f"CREATE OR REPLACE VIEW {prefix}{view.name} AS {view.sql.strip()}")
     return statements
+
+
+def _column_ddl(column: Column, in_file: bool) -> str:
+    if in_file and column.file_compression:
+        return f"{column.name} {column.type} USING COMPRESSION {column.file_compression}"
+    return f"{column.name} {column.type}"
 
 
 def table(name: str) -> Table:

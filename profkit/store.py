@@ -58,7 +58,7 @@ class Store:
         return store
 
     def create_schema(self) -> None:
-        for statement in schema.ddl():
+        for statement in schema.ddl(in_file=self.path is not None):
             self.con.execute(statement)
         self.con.execute("DELETE FROM meta WHERE key = 'schema_version'")
         self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(schema.SCHEMA_VERSION)])

@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 
 import duckdb
 import pytest
 
 from profkit import cache
 from profkit.cache import _CacheCopy
+from profkit.ingest import ingest
+from profkit.store import Store
 from tests.conftest import shared_trace
 
 TRACE = "kineto/cuda/h100_bert_small.json.gz"
@@ -53,6 +56,35 @@ def test_first_run_is_in_memory_and_the_second_opens_the_cache(trace, tmp_path):
             second.scalar("SELECT count(*) FROM events WHERE kind = 'kernel'") > 0
     finally:
         second.close()
+
+
+def test_the_cache_file_compresses_args_with_zstd_and_keeps_tables_outside_the_schema(trace, tmp_path):
+    """The file's tables come from the schema with their file compression (in memory
+    DuckDB has no ZSTD, so the in-memory store keeps its own choice); a table someone
+    added to the store is copied as it is."""
+    store = Store.open(None)
+    try:
+        ingest([trace], store)
+        store.con.execute("CREATE TABLE my_notes AS SELECT 7 AS answer")
+        assert "USING COMPRESSION" not in store.scalar(
+            "SELECT sql FROM duckdb_tables() WHERE table_name = 'events'")
+        target = tmp_path / "copy.duckdb"
+        copy = _CacheCopy(store, Path(trace), target, {"input": "test"})
+        copy.start()
+        copy.join()
+        counts = _table_counts(store.con)
+    finally:
+        store.close()
+    con = duckdb.connect(str(target), read_only=True)
+    try:
+        assert con.execute("SELECT answer FROM my_notes").fetchall() == [(7,)]
+        assert _table_counts(con) == {**counts, "meta": counts["meta"] + 2}
+        compressions = {c for (c,) in con.execute(
+            "SELECT DISTINCT compression FROM pragma_storage_info('events') WHERE column_name = 'args' "
+            "AND segment_type = 'JSON'").fetchall()}
+        assert compressions == {"ZSTD"}
+    finally:
+        con.close()
 
 
 def test_writes_after_load_never_reach_the_cache(trace, tmp_path, monkeypatch):
