@@ -113,6 +113,7 @@ def add_collectives(store: Store, trace_id: int) -> None:
 
 
 _NEST_UPDATE_ROWS = 1 << 19  # rows per UPDATE: bounds the join's hash table
+_NO_TIME = np.iinfo(np.int64).min  # an event without a start falls in no step
 # What makes a lane: host events nest per thread, device events per device and stream.
 _LANE_KEYS = ("dev", "pid", "tid", "device", "stream")
 
@@ -297,18 +298,54 @@ def assign_steps(store: Store, trace_id: int) -> None:
     """events.step: host events by the step window they start in; device events by the
     step of the call that launched them, else by the window they start in."""
     con = store.con
-    if not con.execute("SELECT count(*) FROM steps WHERE trace_id = ?", [trace_id]).fetchone()[0]:
+    windows = con.execute("""
+        SELECT start_ns, end_ns, step FROM steps WHERE trace_id = ? ORDER BY start_ns, step
+    """, [trace_id]).fetchnumpy()
+    if not len(windows["step"]):
         return
-    con.execute("""
-        UPDATE events SET step = w.step FROM (
-            SELECT e.event_id, s.step
-            FROM events e ASOF JOIN steps s
-              ON s.trace_id = e.trace_id AND e.start_ns >= s.start_ns
-            WHERE e.trace_id = ? AND e.start_ns < s.end_ns
-        ) w WHERE events.event_id = w.event_id
+    events = store.arrow("SELECT event_id, start_ns FROM events WHERE trace_id = ?", [trace_id])
+    ids = events.column("event_id").to_numpy()
+    step = _window_steps(events.column("start_ns").fill_null(_NO_TIME).to_numpy(), windows)
+    del events
+    launches = store.arrow("""
+        SELECT src_event, dst_event FROM links WHERE trace_id = ? AND kind = 'launch'
     """, [trace_id])
-    con.execute("""
-        UPDATE events SET step = r.step FROM links l JOIN events r ON r.event_id = l.src_event
-        WHERE events.event_id = l.dst_event AND l.trace_id = ? AND l.kind = 'launch'
-          AND r.step IS NOT NULL
-    """, [trace_id])
+    if launches.num_rows:
+        by_id = np.argsort(ids, kind="stable")
+        src = _positions(ids, by_id, launches.column("src_event").to_numpy())
+        dst = _positions(ids, by_id, launches.column("dst_event").to_numpy())
+        inherit = (src >= 0) & (dst >= 0)
+        src, dst = src[inherit], dst[inherit]
+        inherit = step[src] >= 0
+        step[dst[inherit]] = step[src[inherit]]
+    # Written in event order, in slices: an UPDATE joining in event order costs far less,
+    # and each slice bounds the join's hash table. One pass against the two joins the
+    # ASOF and launch UPDATEs took (5M events: 1.4 s in SQL).
+    rows = np.flatnonzero(step >= 0)
+    rows = rows[np.argsort(ids[rows], kind="stable")]
+    result = pa.table({"event_id": ids[rows], "step": pa.array(step[rows], pa.int32())})
+    del ids, step, rows
+    for lo in range(0, result.num_rows, _NEST_UPDATE_ROWS):
+        con.register("_profkit_steps", result.slice(lo, _NEST_UPDATE_ROWS))
+        try:
+            con.execute("UPDATE events SET step = s.step FROM _profkit_steps s WHERE events.event_id = s.event_id")
+        finally:
+            con.unregister("_profkit_steps")
+
+
+def _window_steps(starts: np.ndarray, windows: dict) -> np.ndarray:
+    """The step whose window [start, end) holds each time, -1 for none; where windows
+    overlap, the one that started last."""
+    first = windows["start_ns"].astype(np.int64)
+    last = windows["end_ns"].astype(np.int64)
+    number = windows["step"].astype(np.int64)
+    idx = np.searchsorted(first, starts, side="right") - 1
+    held = np.clip(idx, 0, None)
+    return np.where((idx >= 0) & (starts < last[held]), number[held], -1)
+
+
+def _positions(ids: np.ndarray, by_id: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each wanted event id in `ids` (sorted by `by_id`), -1 where absent."""
+    at = np.clip(np.searchsorted(ids, wanted, sorter=by_id), 0, max(len(ids) - 1, 0))
+    found = by_id[at]
+    return np.where(ids[found] == wanted, found, -1)
