@@ -1,7 +1,7 @@
 """Analysis benchmark (issue 5): end-to-end `profkit analyze` against HTA's load plus
 temporal breakdown, on the same inputs.
 
-    python bench/analyze.py [--no-hta] [--tiles 1,5]
+    python bench/analyze.py [--no-hta] [--tiles 1,5] [--repeat N] [--only WORDS]
 
 Each measurement is one fresh process, timed from its start to its exit (interpreter start
 and imports included, for both tools):
@@ -12,8 +12,11 @@ and imports included, for both tools):
   apart (no cache file; imports not timed);
 - HTA: `TraceAnalysis(...)` + `get_temporal_breakdown()` (imports included).
 Inputs: the largest shared Kineto traces and tiles of v100_nccl_rank1_of2 (bench/tile_trace.py):
-1M events by default, `--tiles 1,5` adds 5M. Prints a Markdown table and writes it with the
-raw numbers to bench/out/. Target: >= 10x faster than HTA (first run against HTA).
+1M events by default, `--tiles 1,5` adds 5M. With `--repeat N` each input gets N rounds
+(profkit first run, again, then HTA), and the table gives medians with their ranges, the
+ratio being the median of the rounds' ratios: this machine's speed drifts by 10-30% over
+minutes, so one round can be off either way. Prints a Markdown table and writes it with
+the raw numbers to bench/out/. Target: >= 10x faster than HTA (first run against HTA).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import tile_trace as tt  # noqa: E402
 
-from tile_trace import OUT, TILE_SOURCE, TRACES  # noqa: E402  (shared by the benchmarks)
+from tile_trace import OUT, TILE_SOURCE, TRACES, median_range  # noqa: E402  (shared by the benchmarks)
 
 
 def worker(which: str, path: str) -> None:
@@ -91,7 +94,7 @@ def cli_runs(path: Path) -> tuple[dict, dict]:
     return first, again
 
 
-def run(with_hta: bool, tiles: list[int]) -> list[dict]:
+def run(with_hta: bool, tiles: list[int], repeat: int = 1, only: list[str] | None = None) -> list[dict]:
     inputs = [(p.name.split(".json")[0], p, tt.count_events(p)) for p in TRACES]
     for millions in tiles:
         tile = OUT / f"tile_v100_{millions}M.json"
@@ -99,37 +102,57 @@ def run(with_hta: bool, tiles: list[int]) -> list[dict]:
             print(f"tiling {TILE_SOURCE.name} to {millions}M events -> {tile}", file=sys.stderr)
             tt.tile(TILE_SOURCE, millions * 1_000_000, tile)
         inputs.append((f"v100 tile {millions}M", tile, millions * 1_000_000))
+    if only:
+        inputs = [i for i in inputs if any(word in i[0] for word in only)]
     rows = []
     for label, path, events in inputs:
-        first, again = cli_runs(path)
+        # Rounds alternate the tools, so the machine's drift over minutes hits both alike;
+        # each round's ratio compares runs made minutes apart at most.
+        rounds = []
+        for _ in range(repeat):
+            first, again = cli_runs(path)
+            theirs = child("hta", tt.hta_dir(path, OUT / "hta_dirs")) if with_hta else None
+            rounds.append({"profkit_first": first, "profkit_again": again, "hta": theirs})
         split = child("profkit", path)
-        row = {"trace": label, "events": events, "profkit_first": first, "profkit_again": again, "profkit_split": split}
-        if "error" in first:
-            row["profkit_s"] = "error: " + first["error"]
-        else:
-            row.update(profkit_s=round(first["wall_s"], 2), profkit_cpu_s=round(first["cpu_s"], 1),
-                       rss_mb=round(first["peak_rss_bytes"] / 1e6))
-        if "error" not in again:
-            row["profkit_again_s"] = round(again["wall_s"], 2)
+        row = {"trace": label, "events": events, "rounds": rounds, "profkit_split": split}
+        row.update(_summary(rounds))
         if "error" not in split:
             row.update(profkit_load_s=round(split["load_s"], 2), profkit_passes_s=round(split["analyze_s"], 2),
                        passes=",".join(split["passes"]))
-        if with_hta:
-            theirs = child("hta", tt.hta_dir(path, OUT / "hta_dirs"))
-            row["hta"] = theirs
-            if "error" in theirs:
-                row["hta_s"] = "error: " + theirs["error"]
-            else:
-                row.update(hta_s=round(theirs["wall_s"], 2), hta_cpu_s=round(theirs["cpu_s"], 1),
-                           hta_breakdown_s=round(theirs["analyze_s"], 2),
-                           hta_rss_mb=round(theirs["peak_rss_bytes"] / 1e6))
-                if "error" not in first:
-                    row["ratio"] = f"{theirs['wall_s'] / first['wall_s']:.1f}x"
-                if "error" not in again:
-                    row["ratio_again"] = f"{theirs['wall_s'] / again['wall_s']:.1f}x"
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), file=sys.stderr)
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (dict, list))}), file=sys.stderr)
     return rows
+
+
+def _summary(rounds: list[dict]) -> dict:
+    """Medians over the rounds (with the range when there are several); ratios per round."""
+    out = {}
+    firsts = [r["profkit_first"] for r in rounds]
+    agains = [r["profkit_again"] for r in rounds]
+    hta = [r["hta"] for r in rounds if r["hta"] is not None]
+    errors = [r.get("error") for r in firsts + agains + hta if "error" in r]
+    if errors:
+        out["error"] = errors[0]
+    ok_first = [r for r in firsts if "error" not in r]
+    ok_again = [r for r in agains if "error" not in r]
+    ok_hta = [r for r in hta if "error" not in r]
+    if ok_first:
+        out.update(profkit_s=median_range([r["wall_s"] for r in ok_first], ".2f"),
+                   profkit_cpu_s=median_range([r["cpu_s"] for r in ok_first], ".1f"),
+                   rss_mb=round(max(r["peak_rss_bytes"] for r in ok_first) / 1e6))
+    if ok_again:
+        out["profkit_again_s"] = median_range([r["wall_s"] for r in ok_again], ".2f")
+    if ok_hta:
+        out.update(hta_s=median_range([r["wall_s"] for r in ok_hta], ".2f"),
+                   hta_cpu_s=median_range([r["cpu_s"] for r in ok_hta], ".1f"),
+                   hta_breakdown_s=median_range([r["analyze_s"] for r in ok_hta], ".2f"),
+                   hta_rss_mb=round(max(r["peak_rss_bytes"] for r in ok_hta) / 1e6))
+        pairs = [r for r in rounds if r["hta"] and "error" not in r["hta"]]
+        for key, run in (("ratio", "profkit_first"), ("ratio_again", "profkit_again")):
+            ratios = [r["hta"]["wall_s"] / r[run]["wall_s"] for r in pairs if "error" not in r[run]]
+            if ratios:
+                out[key] = median_range(ratios, ".1f", "x")
+    return out
 
 
 COLUMNS = [("trace", "trace"), ("events", "events"),
@@ -147,13 +170,18 @@ def main() -> None:
     parser.add_argument("--tiles", default="1", help="sizes of the tiled inputs in millions of events, "
                         "comma-separated (default 1; 1,5 adds the 5M tile: HTA needs ~5.5 GB and took 455 s "
                         "there on the project's machine)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per input, each profkit (first run, "
+                        "again) then HTA; medians and ranges are printed (default 1)")
+    parser.add_argument("--only", default="", help="comma-separated words: only inputs whose label has one "
+                        "(e.g. 'tile 5M')")
     parser.add_argument("--worker", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
         worker(*a.worker)
         return
     OUT.mkdir(exist_ok=True)
-    rows = run(not a.no_hta, [int(x) for x in a.tiles.split(",") if x])
+    rows = run(not a.no_hta, [int(x) for x in a.tiles.split(",") if x], a.repeat,
+               [w.strip() for w in a.only.split(",") if w.strip()])
     text = tt.table(rows, COLUMNS) + "\n"
     print(text)
     (OUT / "analyze.md").write_text(text)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tile_trace import median_range  # shared by the benchmarks (this directory)
 
 
 def measure(path: str) -> dict:
@@ -86,23 +87,16 @@ def main() -> None:
         r = runs[0]
 
         def spread(key: str) -> str:
-            return _median_range([run[key] for run in runs], "g")
+            return median_range([run[key] for run in runs], "g")
 
         def rate(key: str) -> str:  # rows per second
-            return _median_range([r["events"] / run[key] for run in runs], ",.0f")
+            return median_range([r["events"] / run[key] for run in runs], ",.0f")
 
         print(f"{r['input']}: {r['events']:,} events ({r['dispatches']:,} dispatches, {r['links']:,} links); "
               f"median of {len(runs)} runs (range): parse {spread('parse_s')} s = {rate('parse_s')} rows/s; "
               f"with derivations {spread('total_s')} s = {rate('total_s')} rows/s; CPU {spread('cpu_s')} s "
               f"(all threads); peak RSS {spread('peak_rss_mb')} MB; start-up (imports, not in the rates) "
               f"{spread('imports_s')} s")
-
-
-def _median_range(values: list[float], fmt: str) -> str:
-    """`median (lowest-highest)` of several runs, or the one value."""
-    values = sorted(values)
-    median = format(statistics.median(values), fmt)
-    return median if len(values) == 1 else f"{median} ({values[0]:{fmt}}-{values[-1]:{fmt}})"
 
 
 if __name__ == "__main__":

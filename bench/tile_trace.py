@@ -17,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -207,6 +208,13 @@ def hta_dir(path: Path, root: Path) -> Path:
     if not link.exists():
         link.symlink_to(path.resolve())
     return d
+
+
+def median_range(values: list[float], fmt: str, unit: str = "") -> str:
+    """`median (lowest-highest)` of several runs, or the one value; `unit` after each."""
+    values = sorted(values)
+    median = format(statistics.median(values), fmt) + unit
+    return median if len(values) == 1 else f"{median} ({values[0]:{fmt}}-{values[-1]:{fmt}}{unit})"
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
