@@ -80,10 +80,18 @@ def group_codes(*keys) -> tuple[np.ndarray, np.ndarray]:
     return code, order[change]
 
 
+def positions(values: np.ndarray, items: np.ndarray, sorter: np.ndarray | None = None) -> np.ndarray:
+    """For each item, its position in `values` (-1 where absent), by a binary search per
+    item: `values` is sorted, or `sorter` is the order that sorts it (np.argsort)."""
+    items = np.asarray(items)
+    if values.size == 0:
+        return np.full(items.shape, -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(values, items, sorter=sorter), values.size - 1)
+    if sorter is not None:
+        at = sorter[at]
+    return np.where(values[at] == items, at, -1)
+
+
 def contains(sorted_values: np.ndarray, items: np.ndarray) -> np.ndarray:
     """For each item, whether it is in `sorted_values` (a binary search per item)."""
-    items = np.asarray(items)
-    if sorted_values.size == 0:
-        return np.zeros(items.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_values, items), sorted_values.size - 1)
-    return sorted_values[at] == items
+    return positions(sorted_values, items) >= 0

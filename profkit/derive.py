@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import classify
-from .columns import lexsort
+from .columns import lexsort, positions
 from .store import Store
 
 # Annotation names that define steps, tried in order; the first that matches any
@@ -112,7 +112,7 @@ def add_collectives(store: Store, trace_id: int) -> None:
         con.unregister("_profkit_ops")
 
 
-_NEST_UPDATE_ROWS = 1 << 19  # rows per UPDATE: bounds the join's hash table
+_UPDATE_ROWS = 1 << 19  # rows per UPDATE: bounds the join's hash table
 _NO_TIME = np.iinfo(np.int64).min  # an event without a start falls in no step
 # What makes a lane: host events nest per thread, device events per device and stream.
 _LANE_KEYS = ("dev", "pid", "tid", "device", "stream")
@@ -152,17 +152,20 @@ def nest(store: Store, trace_id: int) -> None:
     result = pa.table({"event_id": ids[nested], "parent": ids[parent_pos[nested]],
                        "depth": pa.array(depths[nested], pa.int32())})
     del ids, parent_pos, depths, nested
-    for lo in range(0, result.num_rows, _NEST_UPDATE_ROWS):
-        con.register("_profkit_nest", result.slice(lo, _NEST_UPDATE_ROWS))
-        try:
-            con.execute("""
-                UPDATE events SET parent_id = n.parent, depth = n.depth
-                FROM _profkit_nest n WHERE events.event_id = n.event_id
-            """)
-        finally:
-            con.unregister("_profkit_nest")
+    _update_events(con, result, "parent_id = u.parent, depth = u.depth")
     # What is still without a parent is what was nested above and found none.
     con.execute("UPDATE events SET depth = 0 WHERE trace_id = ? AND parent_id IS NULL", [trace_id])
+
+
+def _update_events(con, rows: pa.Table, assignments: str) -> None:
+    """UPDATE events SET `assignments` (reading `u.<column>`) for the rows' event ids, in
+    slices of _UPDATE_ROWS. Rows in event order make the UPDATE's join far cheaper."""
+    for lo in range(0, rows.num_rows, _UPDATE_ROWS):
+        con.register("_profkit_update", rows.slice(lo, _UPDATE_ROWS))
+        try:
+            con.execute(f"UPDATE events SET {assignments} FROM _profkit_update u WHERE events.event_id = u.event_id")
+        finally:
+            con.unregister("_profkit_update")
 
 
 def _lane_numbers(table: pa.Table) -> np.ndarray:
@@ -312,25 +315,19 @@ def assign_steps(store: Store, trace_id: int) -> None:
     """, [trace_id])
     if launches.num_rows:
         by_id = np.argsort(ids, kind="stable")
-        src = _positions(ids, by_id, launches.column("src_event").to_numpy())
-        dst = _positions(ids, by_id, launches.column("dst_event").to_numpy())
+        src = positions(ids, launches.column("src_event").to_numpy(), by_id)
+        dst = positions(ids, launches.column("dst_event").to_numpy(), by_id)
         inherit = (src >= 0) & (dst >= 0)
         src, dst = src[inherit], dst[inherit]
         inherit = step[src] >= 0
         step[dst[inherit]] = step[src[inherit]]
-    # Written in event order, in slices: an UPDATE joining in event order costs far less,
-    # and each slice bounds the join's hash table. One pass against the two joins the
-    # ASOF and launch UPDATEs took (5M events: 1.4 s in SQL).
+    # One pass in event order, against the two joins the ASOF and launch UPDATEs took
+    # (5M events: 1.4 s in SQL).
     rows = np.flatnonzero(step >= 0)
     rows = rows[np.argsort(ids[rows], kind="stable")]
     result = pa.table({"event_id": ids[rows], "step": pa.array(step[rows], pa.int32())})
     del ids, step, rows
-    for lo in range(0, result.num_rows, _NEST_UPDATE_ROWS):
-        con.register("_profkit_steps", result.slice(lo, _NEST_UPDATE_ROWS))
-        try:
-            con.execute("UPDATE events SET step = s.step FROM _profkit_steps s WHERE events.event_id = s.event_id")
-        finally:
-            con.unregister("_profkit_steps")
+    _update_events(con, result, "step = u.step")
 
 
 def _window_steps(starts: np.ndarray, windows: dict) -> np.ndarray:
@@ -343,9 +340,3 @@ def _window_steps(starts: np.ndarray, windows: dict) -> np.ndarray:
     held = np.clip(idx, 0, None)
     return np.where((idx >= 0) & (starts < last[held]), number[held], -1)
 
-
-def _positions(ids: np.ndarray, by_id: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each wanted event id in `ids` (sorted by `by_id`), -1 where absent."""
-    at = np.clip(np.searchsorted(ids, wanted, sorter=by_id), 0, max(len(ids) - 1, 0))
-    found = by_id[at]
-    return np.where(ids[found] == wanted, found, -1)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .columns import dictionary_codes, group_codes, lexsort, per_value
+from .columns import dictionary_codes, group_codes, lexsort, per_value, positions
 from .store import Store
 
 from .graph_model import (CLS, COPY_CALL, matches, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION, E_HOST, E_LAUNCH,
@@ -179,10 +179,7 @@ class _Builder(WaitEdges):
             at = ids - first
             inside = (at >= 0) & (at < self._id_table.size)
             return np.where(inside, self._id_table[np.where(inside, at, 0)], -1).astype(np.int64, copy=False)
-        pos = np.searchsorted(self.ev["event_id"], ids)
-        pos = np.clip(pos, 0, max(self.n - 1, 0))
-        ok = (self.n > 0) & (self.ev["event_id"][pos] == ids) if self.n else np.zeros(ids.size, bool)
-        return np.where(ok, pos, -1)
+        return positions(self.ev["event_id"], ids)
 
     def add(self, src, dst, weight, kind, cls, event, sync_min=None, gap_trim=None, exposed=0):
         src = np.asarray(src, dtype=np.int64)
