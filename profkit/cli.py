@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, schema
+from . import __version__, no_pandas, schema
 from .errors import ProfkitError
 
 
@@ -371,6 +371,7 @@ def schema_cmd(markdown: bool) -> None:
 
 def main() -> None:
     """Entry point: every error a user can cause is one line on stderr and exit code 2."""
+    no_pandas.block()
     try:
         cli.main(standalone_mode=False, prog_name="profkit")
     except click.exceptions.Exit as exc:
