@@ -15,7 +15,10 @@ Choices (documented here and in kineto_categories.csv):
 Speed: the input is memory-mapped (a gzip is first decompressed block by block into a
 temporary file), and the ordinary records go from JSON to `events` inside DuckDB
 (kineto_sql.py); only the rest is decoded with msgspec into `Ev` records and handled
-record by record (kineto_events.py).
+record by record (kineto_events.py). A large input's events array is located without
+first checking the whole document (kineto_read.Document, check_all=False): its pieces are
+checked as they are read, and should the location not hold, the parse starts again with
+the whole-document check, which also gives the precise error for a malformed file.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from profkit.errors import TraceError
 
 from . import kineto_meta
 from .kineto_events import EventBuilder
-from .kineto_read import CHUNK_BYTES, GZIP_MAGIC, Document, Input, decode_piece
+from .kineto_read import CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, decode_piece
 from .kineto_sql import SQL_PIECE_BYTES, FastPathFailed, SqlPieces
 
 FORMAT = "kineto"
@@ -67,17 +70,21 @@ def _gunzip_head(path: Path) -> bytes:
 
 def parse(path: Path, sink) -> None:
     # profkit.ingest pauses the garbage collector around every parser (millions of small objects).
+    # A failed attempt is rolled back (sink.trace removes the trace) before the next.
     path = Path(path)
     try:
-        _parse(path, sink, fast=True)
+        try:
+            _parse(path, sink, fast=True, check_all=False)
+        except RangeUnverified:
+            _parse(path, sink, fast=True, check_all=True)
     except FastPathFailed:
-        _parse(path, sink, fast=False)  # the failed attempt was rolled back
+        _parse(path, sink, fast=False, check_all=True)
 
 
-def _parse(path: Path, sink, fast: bool) -> None:
+def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
     src = Input(path)
     try:
-        doc = Document(path, src.data)
+        doc = Document(path, src.data, check_all)
         src.release()  # the top-level pass touched every page; pieces are read again
         with sink.trace(path, FORMAT) as w:
             builder = EventBuilder(w)

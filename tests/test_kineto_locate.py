@@ -1,0 +1,124 @@
+"""Large Kineto inputs locate their events array without checking the whole document
+first (kineto_read.Document, check_all=False): the stores must be those of the checked
+parse, on real traces of every shape of tail, and odd or broken documents must fall back
+to the checked parse, with its results and its error messages."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from profkit.errors import TraceError
+from profkit.ingest import ingest
+from profkit.parsers import kineto, kineto_read
+from profkit.store import Store
+
+from conftest import shared_trace
+from helpers import table_digests
+
+# Tails after the events array in the shared traces: none (`] }`), traceName only, a list
+# of log lines whose text holds `]`, and several keys with a hex id.
+REAL = ["cuda/regression_pair/control_a100_rank3_of8.json.gz", "cuda/v100_nccl_rank1_of2.json.gz",
+        "cuda/a100_event_sync.json.gz", "cuda/h100_qwen1.5_0.5b_chat.json.gz", "mtia/mtia_inference_rank0.json.gz",
+        "rocm/mi300x_sglang_qwen3_8b_decode.json.gz"]
+
+
+def _store(path: Path, locate: bool, monkeypatch) -> Store:
+    monkeypatch.setattr(kineto_read, "LOCATE_MIN_BYTES", 0 if locate else 1 << 62)
+    store = Store.open(None)
+    ingest([path], store)
+    return store
+
+
+def _error(path: Path, locate: bool, monkeypatch) -> str:
+    monkeypatch.setattr(kineto_read, "LOCATE_MIN_BYTES", 0 if locate else 1 << 62)
+    with pytest.raises(TraceError) as info:
+        ingest([path], Store.open(None))
+    return info.value.problem
+
+
+def _located(path: Path) -> bool:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    original = kineto_read.LOCATE_MIN_BYTES
+    try:
+        kineto_read.LOCATE_MIN_BYTES = 0
+        return not kineto_read.Document(path, data, check_all=False).checked
+    finally:
+        kineto_read.LOCATE_MIN_BYTES = original
+
+
+@pytest.mark.parametrize("relative", REAL)
+def test_real_traces_are_located_and_store_the_same(relative, monkeypatch):
+    path = shared_trace("kineto/" + relative)
+    assert _located(path)
+    assert table_digests(_store(path, True, monkeypatch)) == table_digests(_store(path, False, monkeypatch))
+
+
+def event(i: int, **extra) -> dict:
+    return {"ph": "X", "cat": "kernel", "name": f"k{i}", "pid": 0, "tid": 7, "ts": 10 * i, "dur": 5,
+            "args": {"device": 0, "stream": 7, "correlation": i, **extra}}
+
+
+def _write(tmp_path: Path, text: str, name: str = "t.json") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _same_either_way(path: Path, monkeypatch) -> Store:
+    located = _store(path, True, monkeypatch)
+    assert table_digests(located) == table_digests(_store(path, False, monkeypatch))
+    return located
+
+
+def test_an_array_of_objects_after_the_events_falls_back_to_the_checked_parse(tmp_path, monkeypatch):
+    # The last `]` closes "extra", not traceEvents: located so, the last piece has trailing
+    # characters, and the parse starts again with the whole-document check.
+    doc = {"schemaVersion": 1, "traceEvents": [event(i) for i in range(50)],
+           "extra": [{"a": 1}, {"b": [2]}], "traceName": "x"}
+    path = _write(tmp_path, json.dumps(doc))
+    attempts = []
+    parse = kineto._parse
+    monkeypatch.setattr(kineto, "_parse", lambda *a, **k: attempts.append(k["check_all"]) or parse(*a, **k))
+    store = _same_either_way(path, monkeypatch)
+    assert attempts[:2] == [False, True]  # located (wrongly), then checked
+    assert store.scalar("SELECT count(*) FROM events WHERE kind = 'kernel'") == 50
+
+
+def test_a_nested_traceevents_key_before_the_real_one(tmp_path, monkeypatch):
+    doc = {"meta": {"traceEvents": [{"ph": "X"}]}, "traceEvents": [event(i) for i in range(5)]}
+    path = _write(tmp_path, json.dumps(doc))
+    assert not _located(path)  # the emptied document does not hold together: full check
+    assert _same_either_way(path, monkeypatch).scalar("SELECT count(*) FROM events") == 5
+
+
+def test_strings_that_look_like_boundaries_and_control_characters(tmp_path, monkeypatch):
+    events = [event(i, note="},{\"x\": [1]}],") for i in range(30)]
+    text = json.dumps({"traceEvents": events, "traceName": "a ] b"})
+    _same_either_way(_write(tmp_path, text), monkeypatch)
+    # A raw control character in a string: msgspec refuses it, the stdlib reads it.
+    raw = text.replace("k7", "k\x017", 1)
+    store = _same_either_way(_write(tmp_path, raw, "ctl.json"), monkeypatch)
+    assert store.scalar("SELECT count(*) FROM events WHERE name = 'k\x017'") == 1
+
+
+@pytest.mark.parametrize("broken", [
+    lambda t: t.replace('"dur": 5', '"dur" 5', 1),          # malformed inside the events
+    lambda t: t[:len(t) // 2],                               # truncated
+    lambda t: t.replace('"traceName"', '"traceName" "', 1),  # malformed after the events
+])
+def test_broken_documents_give_the_checked_parse_error(tmp_path, monkeypatch, broken):
+    text = json.dumps({"traceEvents": [event(i) for i in range(40)], "traceName": "x"})
+    path = _write(tmp_path, broken(text))
+    located = _error(path, True, monkeypatch)
+    assert located == _error(path, False, monkeypatch)
+    assert str(len(path.read_bytes())) in located or "malformed JSON" in located
+
+
+def test_small_inputs_keep_the_whole_document_check(tmp_path):
+    path = _write(tmp_path, json.dumps({"traceEvents": [event(1)]}))
+    assert kineto_read.LOCATE_MIN_BYTES > path.stat().st_size
+    assert kineto_read.Document(path, path.read_bytes(), check_all=False).checked
+    assert kineto.detect(path)
