@@ -5,7 +5,9 @@ The input is a read-only memory map (of the file, or of a temporary file a gzip 
 decompressed into), so pages already read can be dropped from memory. msgspec splits the
 top level into raw values (no copy), then the events array is cut at `},{` boundaries
 into pieces: kineto_sql.py reads them with DuckDB; otherwise each is decoded into `Ev`
-structs whose `args` stay raw JSON bytes. Slow path (control characters in strings, which msgspec
+structs whose `args` stay raw JSON bytes. A large input skips the top-level pass over the
+events array: the array is located, and its pieces' own checks stand for it (`Document`,
+check_all=False). Slow path (control characters in strings, which msgspec
 rejects, or array elements that are not objects): the stdlib decoder with strict=False.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 LOCATE_MIN_BYTES = 32 << 20
 _EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _LOCATE_KEY_WITHIN = 64 << 20  # the key is looked for in the document's head only
+_LOCATE_TAIL_WITHIN = 16 << 20  # and its end in the last 16 MB (each try copies what follows)
 _LOCATE_CANDIDATES = 64  # `]` tried from the end
 _LEADING_SPACE = re.compile(rb"[\s\xef\xbb\xbf]*")
 
@@ -195,8 +198,9 @@ class Document:
             return False
         start = key.end() - 1
         end = len(data)
+        lowest = max(start + 1, len(data) - _LOCATE_TAIL_WITHIN)
         for _ in range(_LOCATE_CANDIDATES):
-            end = data.rfind(b"]", start + 1, end)
+            end = data.rfind(b"]", lowest, end)
             if end < 0:
                 return False
             before = data[max(start, end - 64):end].rstrip()

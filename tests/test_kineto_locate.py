@@ -122,3 +122,11 @@ def test_small_inputs_keep_the_whole_document_check(tmp_path):
     assert kineto_read.LOCATE_MIN_BYTES > path.stat().st_size
     assert kineto_read.Document(path, path.read_bytes(), check_all=False).checked
     assert kineto.detect(path)
+
+
+def test_an_end_far_from_the_end_of_the_file_keeps_the_whole_document_check(tmp_path, monkeypatch):
+    # Each try copies what follows the candidate `]`: only the file's last bytes are tried.
+    monkeypatch.setattr(kineto_read, "_LOCATE_TAIL_WITHIN", 100)
+    path = _write(tmp_path, json.dumps({"traceEvents": [event(i) for i in range(5)], "traceName": "x" * 500}))
+    assert not _located(path)
+    _same_either_way(path, monkeypatch)
