@@ -370,27 +370,47 @@ def schema_cmd(markdown: bool) -> None:
 
 
 def main() -> None:
-    """Entry point: every error a user can cause is one line on stderr and exit code 2."""
+    """Entry point: every error a user can cause is one line on stderr and exit code 2.
+    Ends the process (see _exit)."""
     no_pandas.block()
+    _exit(_run_command())
+
+
+def _run_command() -> int:
+    """Run the command line; its exit code."""
     try:
         cli.main(standalone_mode=False, prog_name="profkit")
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("profkit: aborted", err=True)
-        sys.exit(130)
+        return 130
     except ProfkitError as exc:
         click.echo(f"profkit: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        return 0
     except Exception as exc:  # a bug: still one line, with a way to see more
         if os.environ.get("PROFKIT_DEBUG"):
             raise
         click.echo(f"profkit: internal error: {type(exc).__name__}: {exc} "
                    f"(set PROFKIT_DEBUG=1 for the traceback, and please report it)", err=True)
-        sys.exit(70)
+        return 70
+    return 0
+
+
+def _exit(code: int) -> None:
+    """Flush the output and end the process without the interpreter's teardown, which
+    frees every object one by one (0.5-0.7 s after a 1M-event analysis here). Nothing is
+    left to it: every command closes its store (waiting for a cache file being written)
+    before it returns, and temporary files are removed where they are made."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: nothing more can be said there
+    os._exit(code)

@@ -13,20 +13,20 @@ from profkit import no_pandas
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_traces" / "synthetic_llm_decode_4ranks"
 HAVE_PANDAS = importlib.util.find_spec("pandas") is not None
 
-# Runs the command's entry point in a fresh interpreter, then reports on stderr whether
-# pandas got loaded. `block` False runs the same click command without the entry point's guard.
+# Runs the command's entry point in a fresh interpreter and reports on stderr whether pandas
+# got loaded; mode "click" runs the same click command without the entry point's guard.
 _RUN = """
-import sys
+import os, sys
 from profkit import cli
 sys.argv = ["profkit", *sys.argv[2:]]
-try:
-    if sys.argv_mode == "main":
-        cli.main()
-    else:
-        cli.cli.main(standalone_mode=False, prog_name="profkit")
-except SystemExit as exc:
-    assert not exc.code, exc.code
-print("pandas loaded:", "pandas" in sys.modules, file=sys.stderr)
+report = lambda: print("pandas loaded:", "pandas" in sys.modules, file=sys.stderr, flush=True)
+if sys.argv_mode == "main":
+    real_exit = os._exit  # the entry point ends the process with os._exit: report first
+    os._exit = lambda code: (report(), real_exit(code))
+    cli.main()
+else:
+    cli.cli.main(standalone_mode=False, prog_name="profkit")
+    report()
 """
 
 
@@ -64,3 +64,15 @@ def test_a_refused_import_says_why():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "the profkit command does not load pandas" in done.stdout
+
+
+def test_the_command_ends_the_process_with_all_its_output_and_its_exit_code(tmp_path):
+    # cli._exit skips the interpreter's teardown: what was printed must still all arrive.
+    profkit = Path(sys.executable).parent / "profkit"
+    done = subprocess.run([str(profkit), "--no-cache", "analyze", str(SAMPLE), "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["schema"] == "profkit.analysis/1"
+    missing = subprocess.run([str(profkit), "info", str(tmp_path / "absent.json")], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
