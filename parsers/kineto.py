@@ -85,7 +85,7 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
     src = Input(path)
     try:
         doc = Document(path, src.data, check_all)
-        src.release()  # the top-level pass touched every page; pieces are read again
+        src.release()  # a whole-document check touched every page; pieces are read again
         with sink.trace(path, FORMAT) as w:
             builder = EventBuilder(w)
             sql = SqlPieces(builder) if fast else None

@@ -174,9 +174,7 @@ class Document:
         self.top = {k: _ANY.decode(v) for k, v in top.items()}
         if raw_events is None:
             return
-        base = np.frombuffer(data, np.uint8).ctypes.data
-        view = np.frombuffer(raw_events, np.uint8)
-        start = view.ctypes.data - base
+        start = _offset(raw_events, data)
         if not 0 <= start < len(data) or data[start:start + 1] != b"[":
             # Not a view into the input (or not an array): decode it by itself.
             value = _ANY.decode(raw_events)
@@ -184,7 +182,7 @@ class Document:
                 raise TraceError(self.path, "traceEvents is not a JSON array")
             self._events_list = value
             return
-        self._events_range = (start, start + len(view))
+        self._events_range = (start, start + len(raw_events))
 
     def _locate(self, data) -> bool:
         """Find the events array without reading it: the first `"traceEvents": [`, and the
@@ -212,8 +210,7 @@ class Document:
             except msgspec.DecodeError:
                 continue
             events = top.pop("traceEvents", None)
-            if events is None or (np.frombuffer(events, np.uint8).ctypes.data
-                                  - np.frombuffer(emptied, np.uint8).ctypes.data) != start:
+            if events is None or _offset(events, emptied) != start:
                 return False
             self.top = {k: _ANY.decode(v) for k, v in top.items()}
             self._events_range = (start, end + 1)
@@ -290,6 +287,12 @@ class Document:
                 if release:
                     release(pos, end)
                 return
+
+
+def _offset(part, whole) -> int:
+    """Where `part` (a msgspec.Raw view) starts inside the buffer `whole` (outside it when
+    msgspec copied the value)."""
+    return np.frombuffer(part, np.uint8).ctypes.data - np.frombuffer(whole, np.uint8).ctypes.data
 
 
 def _piece(data, lo: int, hi: int) -> bytes:

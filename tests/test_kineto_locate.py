@@ -25,35 +25,42 @@ REAL = ["cuda/regression_pair/control_a100_rank3_of8.json.gz", "cuda/v100_nccl_r
         "rocm/mi300x_sglang_qwen3_8b_decode.json.gz"]
 
 
-def _store(path: Path, locate: bool, monkeypatch) -> Store:
+def _locating(monkeypatch, locate: bool) -> None:
+    """Every input (locate) or none (the whole-document check) takes the located path."""
     monkeypatch.setattr(kineto_read, "LOCATE_MIN_BYTES", 0 if locate else 1 << 62)
+
+
+def _store(path: Path, locate: bool, monkeypatch) -> Store:
+    _locating(monkeypatch, locate)
     store = Store.open(None)
     ingest([path], store)
     return store
 
 
 def _error(path: Path, locate: bool, monkeypatch) -> str:
-    monkeypatch.setattr(kineto_read, "LOCATE_MIN_BYTES", 0 if locate else 1 << 62)
+    _locating(monkeypatch, locate)
     with pytest.raises(TraceError) as info:
         ingest([path], Store.open(None))
     return info.value.problem
 
 
-def _located(path: Path) -> bool:
+def _located(path: Path, monkeypatch) -> bool:
     data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    original = kineto_read.LOCATE_MIN_BYTES
-    try:
-        kineto_read.LOCATE_MIN_BYTES = 0
-        return not kineto_read.Document(path, data, check_all=False).checked
-    finally:
-        kineto_read.LOCATE_MIN_BYTES = original
+    _locating(monkeypatch, True)
+    return not kineto_read.Document(path, data, check_all=False).checked
+
+
+def _same_either_way(path: Path, monkeypatch) -> Store:
+    located = _store(path, True, monkeypatch)
+    assert table_digests(located) == table_digests(_store(path, False, monkeypatch))
+    return located
 
 
 @pytest.mark.parametrize("relative", REAL)
 def test_real_traces_are_located_and_store_the_same(relative, monkeypatch):
     path = shared_trace("kineto/" + relative)
-    assert _located(path)
-    assert table_digests(_store(path, True, monkeypatch)) == table_digests(_store(path, False, monkeypatch))
+    assert _located(path, monkeypatch)
+    _same_either_way(path, monkeypatch)
 
 
 def event(i: int, **extra) -> dict:
@@ -65,12 +72,6 @@ def _write(tmp_path: Path, text: str, name: str = "t.json") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def _same_either_way(path: Path, monkeypatch) -> Store:
-    located = _store(path, True, monkeypatch)
-    assert table_digests(located) == table_digests(_store(path, False, monkeypatch))
-    return located
 
 
 def test_an_array_of_objects_after_the_events_falls_back_to_the_checked_parse(tmp_path, monkeypatch):
@@ -90,7 +91,7 @@ def test_an_array_of_objects_after_the_events_falls_back_to_the_checked_parse(tm
 def test_a_nested_traceevents_key_before_the_real_one(tmp_path, monkeypatch):
     doc = {"meta": {"traceEvents": [{"ph": "X"}]}, "traceEvents": [event(i) for i in range(5)]}
     path = _write(tmp_path, json.dumps(doc))
-    assert not _located(path)  # the emptied document does not hold together: full check
+    assert not _located(path, monkeypatch)  # the emptied document does not hold together: full check
     assert _same_either_way(path, monkeypatch).scalar("SELECT count(*) FROM events") == 5
 
 
@@ -128,5 +129,5 @@ def test_an_end_far_from_the_end_of_the_file_keeps_the_whole_document_check(tmp_
     # Each try copies what follows the candidate `]`: only the file's last bytes are tried.
     monkeypatch.setattr(kineto_read, "_LOCATE_TAIL_WITHIN", 100)
     path = _write(tmp_path, json.dumps({"traceEvents": [event(i) for i in range(5)], "traceName": "x" * 500}))
-    assert not _located(path)
+    assert not _located(path, monkeypatch)
     _same_either_way(path, monkeypatch)
