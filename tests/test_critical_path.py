@@ -57,6 +57,24 @@ def test_pass_and_refine_impacts_on_synthetic():
     f = by_rule["host.sync_in_steady_state"]
     assert f.impact_basis == "replay"
     assert abs(f.impact_ns - sync["step_time_saving_ns"]) <= 0.05 * sync["step_time_saving_ns"]
+    assert f.details["replay"]["observed_step_ns"] > 0 and "used" not in f.details["replay"]
+
+
+def test_unfaithful_replay_keeps_the_estimate():
+    """The llama.cpp rocpd capture has kernels only: the replay runs them back to back
+    (24% shorter than observed), so it cannot price the host gaps. The idle finding keeps
+    its own figure, says why, and ranks first as the launch-bound decode it is."""
+    store = _store(shared_trace("rocprof/rocpd_r9700_llamacpp_decode"))
+    metrics, findings = analyze_trace(store, 0)
+    assert metrics["critical_path"]["replay_error_pct"] < -20
+    host_bound = next(f for f in findings if f.rule == "idle.host_bound")
+    assert host_bound.impact_basis == "bound"
+    assert host_bound.impact_ns == host_bound.evidence["host_bound_ns_per_step"] > 2_000_000
+    replay = host_bound.details["replay"]
+    assert replay["used"] is False and "does not reproduce" in replay["reason"]
+    assert replay["replayed_step_ns"] < 0.8 * replay["observed_step_ns"]
+    assert "estimate_before_replay" not in host_bound.details
+    assert max(findings, key=lambda f: f.impact_ns) is host_bound
 
 
 # -- HTA ------------------------------------------------------------------------------
