@@ -75,10 +75,15 @@ def _graph(store):
     return cached[1]
 
 
+# Step sources whose windows are drawn on the device timeline, not by host annotations.
+DEVICE_TIME_SOURCES = ("kernel_pattern",)
+
+
 def _windows(ctx: Context) -> dict:
     windows = store_windows(ctx.store, ctx.store.trace_ids())
     if ctx.steps and all(s.source != "whole_trace" for s in ctx.steps):
-        windows[ctx.trace_id] = [(s.step, s.start_ns, s.end_ns) for s in ctx.steps]
+        windows[ctx.trace_id] = [(s.step, s.start_ns, s.end_ns, s.source in DEVICE_TIME_SOURCES)
+                                 for s in ctx.steps]
     return windows
 
 
@@ -133,14 +138,9 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             continue
         replay = {"changes": changes, "observed_step_ns": r["observed_step_ns"],
                   "replayed_step_ns": r["replayed_step_ns"], "predicted_step_ns": r["predicted_step_ns"]}
-        error = _replay_error_pct(r)
-        if error is None or abs(error) > REPLAY_FIDELITY_PCT:
-            # E.g. a kernel-only rocprof capture: the replay runs the kernels back to back,
-            # so removing host gaps saves nothing there although they cost real time.
-            f.details["replay"] = {**replay, "used": False, "reason": (
-                f"the replay does not reproduce the observed step (error {error:+.1f}%, more than "
-                f"{REPLAY_FIDELITY_PCT:g}%): the graph lacks edges, so the estimate stands"
-                if error is not None else "no observed step to check the replay against")}
+        unused = _replay_unusable(f, r)
+        if unused:
+            f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
         f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
         f.details["replay"] = replay
@@ -150,8 +150,19 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
     return findings
 
 
-def _replay_error_pct(r: dict[str, Any]) -> float | None:
+def _replay_unusable(f: Finding, r: dict[str, Any]) -> str | None:
+    """Why the replayed saving cannot stand for this finding's impact, or None."""
     observed = r.get("observed_step_ns")
     if not observed:
-        return None
-    return 100.0 * (r["replayed_step_ns"] - observed) / observed
+        return "no observed step to check the replay against: the estimate stands"
+    error = 100.0 * (r["replayed_step_ns"] - observed) / observed
+    if abs(error) > REPLAY_FIDELITY_PCT:
+        # E.g. a kernel-only rocprof capture: the replay runs the kernels back to back,
+        # so removing host gaps saves nothing there although they cost real time.
+        return (f"the replay does not reproduce the observed step (error {error:+.1f}%, more than "
+                f"{REPLAY_FIDELITY_PCT:g}%): the graph lacks edges, so the estimate stands")
+    if f.evidence.get("inferred"):
+        # The what-if moves launches; gaps with no launch record are not in the graph.
+        return ("most of these gaps lack launch records, so the replay cannot move them: "
+                "the estimate stands")
+    return None

@@ -464,6 +464,7 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 "idle_ns_per_step": summary["steady_step_median_idle_ns"], f"{cause}_ns_per_step": per_step,
                 "step_ns": step_ref, "gaps": summary["gaps_by_cause"][cause],
                 "fallback_gaps": int((per_device.fallback[mask] > 0).sum()), "fallback_ns": fallback_ns,
+                "inferred": guessed,
                 "by_next_stream_ns": {str(k): int(v) for k, v in sorted(by_stream.items(), key=lambda kv: -kv[1])},
                 "example_gaps": examples,
             },

@@ -177,7 +177,11 @@ class StepIndex:
 def step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> StepIndex:
     """`windows`: trace id -> [(step, start_ns, end_ns)] on the trace's own clock. Host
     events belong to the window they start in, device activities to the window their
-    launch call started in. Traces without windows get one step: the whole trace.
+    launch call started in. Windows drawn on the device's own timeline (a fourth element
+    true, as for steps inferred from a repeating kernel sequence) hold device activities
+    only, each in the window it starts in: where the host runs far ahead, launches of one
+    step fall into an earlier window, and a step would "finish" before the one before it.
+    Traces without windows get one step: the whole trace.
     Memoised on the graph per windows: the report and every what-if ask for the same."""
     key = ("step_index", tuple(sorted((tid, tuple(map(tuple, wins))) for tid, wins in windows.items())))
     if key not in graph.memo:
@@ -193,8 +197,13 @@ def _step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) ->
         mine = np.flatnonzero(graph.trace_id == tid)
         if mine.size == 0:
             continue
-        anchor = graph.launch_time[mine]
         wins = sorted(windows.get(tid) or [])
+        device_time = bool(wins) and all(len(w) > 3 and w[3] for w in wins)
+        if device_time:
+            mine = mine[graph.is_device[mine]]
+            if mine.size == 0:
+                continue
+        anchor = graph.start[mine] if device_time else graph.launch_time[mine]
         if not wins:
             t_ids.append(tid); steps.append(-1); members.append(mine)
             first.append(int(mine[np.argmin(graph.start[mine])]))
