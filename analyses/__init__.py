@@ -100,7 +100,8 @@ def analyze_trace(store: Store, trace_id: int, selected_step: int | None = None,
         # Where a what-if removes a finding's cause, its impact is the replayed saving.
         from .critical_path import _windows, refine_impacts
 
-        findings = refine_impacts(store, trace_id, findings, windows=_windows(ctx))
+        findings = refine_impacts(store, trace_id, findings, windows=_windows(ctx),
+                                  report=ctx.results.get("critical_path"))
     return ctx.results, findings
 
 

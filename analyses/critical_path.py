@@ -38,6 +38,10 @@ HOTSPOT_SPEEDUP = 2.0
 # missing (device activities with no launch record: docs/graph.md); its savings are
 # measured from the wrong baseline, so a finding keeps its own estimate.
 REPLAY_FIDELITY_PCT = 2.0
+# A critical path that is mostly unexplained waiting (vertices that keep their observed
+# time because nothing in the graph leads to them) matches the observed step by pinning,
+# not by modelling it: a change to the graph's edges can then move almost nothing.
+REPLAY_MAX_UNEXPLAINED_PCT = 50.0
 
 
 def prefetch(store) -> None:
@@ -105,13 +109,19 @@ def _hotspot_kernel(store, trace_id: int, f: Finding) -> str | None:
     return m.group(1).replace("''", "'") if m else None
 
 
-def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict | None = None) -> list[Finding]:
+def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict | None = None,
+                   report: dict[str, Any] | None = None) -> list[Finding]:
     """Replace the impacts of findings whose cause a what-if removes by the replayed saving
     per step (impact_basis 'replay'); the earlier estimate stays in `details`. Hotspots
-    keep impact 0 (nothing says they can be faster) and get the 2x replay saving as evidence."""
+    keep impact 0 (nothing says they can be faster) and get the 2x replay saving as evidence.
+    `report`: the trace's critical_path section, whose attribution says how much of the
+    path the graph explains (computed here when not given)."""
     graph = _graph(store)
     if windows is None:
         windows = store_windows(store, store.trace_ids())
+    if report is None:
+        report = critical_path_report(store, trace_id, graph=graph, windows=windows)
+    unexplained = _unexplained_pct(report)
     cache: dict[tuple, dict[str, Any]] = {}
 
     def saving(changes: list) -> dict[str, Any] | None:
@@ -138,7 +148,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             continue
         replay = {"changes": changes, "observed_step_ns": r["observed_step_ns"],
                   "replayed_step_ns": r["replayed_step_ns"], "predicted_step_ns": r["predicted_step_ns"]}
-        unused = _replay_unusable(f, r)
+        unused = _replay_unusable(f, r, unexplained)
         if unused:
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
@@ -150,19 +160,31 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
     return findings
 
 
-def _replay_unusable(f: Finding, r: dict[str, Any]) -> str | None:
-    """Why the replayed saving cannot stand for this finding's impact, or None."""
+def _unexplained_pct(report: dict[str, Any]) -> float:
+    """Share of the critical path that is waiting the graph does not explain."""
+    length = report.get("length_ns") or 0
+    if not report.get("available") or length <= 0:
+        return 0.0
+    return 100.0 * (report.get("attribution") or {}).get("idle", 0) / length
+
+
+def _replay_unusable(f: Finding, r: dict[str, Any], unexplained_pct: float) -> str | None:
+    """Why the replayed saving cannot stand for this finding's impact (every reason that
+    applies), or None."""
     observed = r.get("observed_step_ns")
     if not observed:
         return "no observed step to check the replay against: the estimate stands"
+    reasons = []
     error = 100.0 * (r["replayed_step_ns"] - observed) / observed
     if abs(error) > REPLAY_FIDELITY_PCT:
         # E.g. a kernel-only rocprof capture: the replay runs the kernels back to back,
         # so removing host gaps saves nothing there although they cost real time.
-        return (f"the replay does not reproduce the observed step (error {error:+.1f}%, more than "
-                f"{REPLAY_FIDELITY_PCT:g}%): the graph lacks edges, so the estimate stands")
+        reasons.append(f"the replay does not reproduce the observed step (error {error:+.1f}%, more than "
+                       f"{REPLAY_FIDELITY_PCT:g}%): the graph lacks edges")
+    if unexplained_pct > REPLAY_MAX_UNEXPLAINED_PCT:
+        reasons.append(f"{unexplained_pct:.0f}% of the critical path is waiting the graph does not explain "
+                       "(activities without launch, stream or wait edges)")
     if f.evidence.get("inferred"):
         # The what-if moves launches; gaps with no launch record are not in the graph.
-        return ("most of these gaps lack launch records, so the replay cannot move them: "
-                "the estimate stands")
-    return None
+        reasons.append("most of these gaps lack launch records, so the replay cannot move them")
+    return "; ".join(reasons) + ": the estimate stands" if reasons else None

@@ -97,11 +97,18 @@ def test_unfaithful_replay_keeps_the_estimate():
 
 def test_gaps_without_launch_records_keep_the_estimate():
     """The MI350X rocprofv3 JSON has dispatches but no HIP calls: its replay matches the
-    observed step (-0.9%) only because nothing moves, so the what-if cannot price the
-    inferred host-bound gaps either."""
+    observed step (-0.9%) only because nothing moves (its critical path is all unexplained
+    waiting), so the what-if can price neither the inferred host-bound gaps nor the
+    exposed communication."""
     store = _store(shared_trace("rocprof/v3_json_mi350x/908_results.json.gz"))
     metrics, findings = analyze_trace(store, 0)
-    assert abs(metrics["critical_path"]["replay_error_pct"]) <= 2.0
+    report = metrics["critical_path"]
+    assert abs(report["replay_error_pct"]) <= 2.0
+    assert report["attribution"]["idle"] > 0.5 * report["length_ns"]
+    exposed = next(f for f in findings if f.rule == "comm.exposed")
+    assert exposed.impact_basis == "bound" and exposed.impact_ns > 3e9  # 3.96 s of a 15 s capture
+    assert exposed.details["replay"]["used"] is False
+    assert "does not explain" in exposed.details["replay"]["reason"]
     host_bound = next(f for f in findings if f.rule == "idle.host_bound")
     assert host_bound.evidence["inferred"] and "inferred" in host_bound.title
     assert host_bound.impact_basis == "bound" and host_bound.impact_ns > 0
