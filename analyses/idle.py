@@ -17,6 +17,8 @@ device add up to its idle time to the nanosecond. The rules, in order of precede
      the previous launch and this one, an activity on another stream of the device that
      ended at most DEPENDENCY_WINDOW_NS before it started, or it is a communication
      kernel), else `launch_latency`.
+   A device-side wait longer than any launch takes (LAUNCH_LATENCY_MAX_NS), here or in
+   rule 3, is `dependency` on work the trace does not record (`unrecorded_dependency_*`).
 3. No known launch (a fallback, counted per reason in the metrics): `dependency` on the
    launch-free evidence above; `launch_latency` for graph-launched kernels or when the
    trace is a graph replay (gaps inside a replay are device-side); `sync` if any host
@@ -57,6 +59,10 @@ WAIT_RECORD_PATTERN = r"(?i)wait"
 # A next activity starting this soon after another stream's activity ended is taken to
 # have waited on it (when the device side of the gap dominates).
 DEPENDENCY_WINDOW_NS = 10_000
+# A launched activity that waits longer than this on an idle device waited on something:
+# runtime launch latency is microseconds (p50 1-52 us on the shared traces), while the
+# waits inside CUDA graph replays and behind unrecorded events there last milliseconds.
+LAUNCH_LATENCY_MAX_NS = 200_000
 _NULL_ID = -(1 << 62)  # a null pid or tid, as a number no real one takes
 # Findings: a cause must cost at least this share of a step and this much time per step.
 FINDING_MIN_PCT = 2.0
@@ -78,6 +84,7 @@ class Gaps:
     launch_event: np.ndarray  # -1 when the next activity has no known launch
     cause: np.ndarray
     fallback: np.ndarray   # 0 = rules applied to a known launch; else 1 + FALLBACK_REASONS index
+    unrecorded: np.ndarray  # dependency only because the device-side wait exceeds any launch latency
 
     @property
     def dur(self) -> np.ndarray:
@@ -282,16 +289,22 @@ def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, dev
         cause = np.where(un, fb_cause, cause)
         fallback = np.where(un, reason, 0).astype(np.int8)
 
+    # Launched in time but waited longer than a launch takes: on something not recorded.
+    device_part = np.where(has, dur - host_part, dur)
+    unrecorded = (cause == LATENCY) & (device_part > LAUNCH_LATENCY_MAX_NS)
+    cause = np.where(unrecorded, DEPENDENCY, cause)
+
     if steps:
         s, e = intervals.union([st.start_ns for st in steps], [st.end_ns for st in steps])
         inside = _covered(s, e, g1) - _covered(s, e, g0)
         outside = inside * 2 < dur
         cause = np.where(outside, OUTSIDE, cause)
         fallback = np.where(outside, 0, fallback).astype(np.int8)
+        unrecorded &= ~outside
 
     return Gaps(device=dev, stream=np.full(n.size, -1) if device_level else stm, next_stream=stm, start=g0, end=g1,
                 next_event=a["event_id"][n], launch_event=a["launch_event"][n],
-                cause=cause.astype(np.int8), fallback=fallback)
+                cause=cause.astype(np.int8), fallback=fallback, unrecorded=unrecorded)
 
 
 def attribute(store, trace_id, steps, graph_replay=False):
@@ -320,6 +333,8 @@ def _summary(gaps: Gaps, mask, span_ns, busy_ns, windows):
         "gaps_by_cause": {c: int((cause == i).sum()) for i, c in enumerate(CAUSES)},
         "fallback_gaps": int((fb > 0).sum()),
         "fallback_by_reason": {r: int((fb == i + 1).sum()) for i, r in enumerate(FALLBACK_REASONS)},
+        "unrecorded_dependency_gaps": int(gaps.unrecorded[mask].sum()),
+        "unrecorded_dependency_ns": int(dur[gaps.unrecorded[mask]].sum()),
     }
     s0, s1 = gaps.start[mask], gaps.end[mask]
     lo = np.array([w.start_ns for w in windows], dtype=np.int64)
@@ -373,8 +388,9 @@ def run(ctx: Context) -> PassResult:
         "causes": list(CAUSES),
         "graph_replay": graph_replay,
         "steady_steps": [w.step for w in windows],
-        "thresholds": {"dependency_window_ns": DEPENDENCY_WINDOW_NS, "finding_min_pct": FINDING_MIN_PCT,
-                       "finding_min_ns": FINDING_MIN_NS},
+        "thresholds": {"dependency_window_ns": DEPENDENCY_WINDOW_NS,
+                       "launch_latency_max_ns": LAUNCH_LATENCY_MAX_NS,
+                       "finding_min_pct": FINDING_MIN_PCT, "finding_min_ns": FINDING_MIN_NS},
         **_worst_device(devices_out),
         "devices": devices_out,
     }
@@ -452,11 +468,15 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
         steps = [w.step for w in windows if w.step is not None]
         # Say so in the title when most of this time was attributed without launch records.
         fallback_ns = int(per_device.dur[mask][per_device.fallback[mask] > 0].sum())
-        guessed = fallback_ns * 2 > int(per_device.dur[mask].sum())
+        cause_ns = int(per_device.dur[mask].sum())
+        guessed = fallback_ns * 2 > cause_ns
+        unrecorded_ns = int(per_device.dur[mask][per_device.unrecorded[mask]].sum())
+        note = (" (inferred: most gaps lack launch records)" if guessed else
+                " (no recorded wait: launched work started too late for launch latency)"
+                if unrecorded_ns * 2 > cause_ns else "")
         out.append(Finding(
             rule=f"idle.{cause}",
-            title=_TITLES[cause].format(d=device, pct=pct) + (" (inferred: most gaps lack launch records)"
-                                                              if guessed else ""),
+            title=_TITLES[cause].format(d=device, pct=pct) + note,
             impact_ns=per_step,
             share_pct=ctx.share(per_step) if ctx.step_ns else pct,
             scope=ctx.base_scope(device=device, stream=main_stream, steps=steps),
@@ -464,7 +484,7 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 "idle_ns_per_step": summary["steady_step_median_idle_ns"], f"{cause}_ns_per_step": per_step,
                 "step_ns": step_ref, "gaps": summary["gaps_by_cause"][cause],
                 "fallback_gaps": int((per_device.fallback[mask] > 0).sum()), "fallback_ns": fallback_ns,
-                "inferred": guessed,
+                "inferred": guessed, "unrecorded_dependency_ns": unrecorded_ns,
                 "by_next_stream_ns": {str(k): int(v) for k, v in sorted(by_stream.items(), key=lambda kv: -kv[1])},
                 "example_gaps": examples,
             },

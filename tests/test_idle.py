@@ -213,8 +213,29 @@ def test_known_launch_gaps_follow_the_launch_rule(rel, stores):
             assert ls > g0 and 2 * host_part >= g1 - g0
         elif name in ("launch_latency", "dependency"):
             assert 2 * host_part < g1 - g0
+        if name == "launch_latency":
+            assert g1 - g0 - host_part <= idle.LAUNCH_LATENCY_MAX_NS
         checked += 1
     assert checked > 0
+
+
+def test_waits_too_long_for_launch_latency_are_unrecorded_dependencies(stores):
+    """Rank 0 of 16 replays CUDA graphs launched tens of ms ahead; inside them the GPU sits
+    idle up to 64 ms with no activity on any stream. That is no launch latency (its gaps
+    are 4 us at the median) but a wait the trace does not record."""
+    store = stores("kineto/cuda/a100_80gb_rank0_of16.json.gz")
+    result = idle.run(make_context(store, 0))
+    (dev,) = result.metrics["devices"]
+    assert result.metrics["thresholds"]["launch_latency_max_ns"] == idle.LAUNCH_LATENCY_MAX_NS
+    assert dev["unrecorded_dependency_ns"] > 0.8 * dev["by_cause_ns"]["dependency"] > 0
+    assert dev["by_cause_ns"]["launch_latency"] < 0.1 * dev["by_cause_ns"]["dependency"]
+    _, _, per_device = idle.attribute(store, 0, make_context(store, 0).steps)
+    longest = np.argmax(np.where(per_device.cause == idle.OUTSIDE, 0, per_device.dur))
+    assert per_device.dur[longest] > 60_000_000 and per_device.cause[longest] == idle.DEPENDENCY
+    assert per_device.unrecorded[longest] and per_device.launch_event[longest] >= 0
+    finding = next(f for f in result.findings if f.rule == "idle.dependency")
+    assert "no recorded wait" in finding.title
+    assert finding.evidence["unrecorded_dependency_ns"] > 0
 
 
 def test_idle_matches_raw_kineto_json():
