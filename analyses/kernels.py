@@ -9,6 +9,7 @@ import numpy as np
 from profkit import intervals
 from profkit.findings import Finding
 from profkit.schema import CATEGORIES
+from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
 from . import Context, PassResult
 
@@ -20,7 +21,7 @@ TINY_KERNEL_NS = 10_000          # a kernel shorter than this is "tiny"
 STORM_MIN_PER_STEP = 50          # tiny kernels per step before they are a storm
 GRAPH_LAUNCH_PATTERN = "GraphLaunch"
 LAUNCH_LATENCY_HIGH_NS = 20_000  # p50 launch-to-start on an idle stream above this is high
-LAUNCH_LATENCY_TYPICAL_NS = 5_000  # what a launch to an idle stream usually costs
+LAUNCH_LATENCY_TYPICAL_NS = TYPICAL_LAUNCH_LATENCY_NS  # what a launch to an idle stream usually costs
 HOTSPOT_SHARE_PCT = 30.0         # one kernel name above this share of busy time
 HOTSPOT_SPEEDUP = 2.0            # the what-if behind a hotspot's impact
 LONG_KERNEL_NS = 20_000          # grids/occupancy judged only for kernels this long

@@ -191,12 +191,15 @@ def _write_timeline(store, path: str, result: dict) -> None:
 @click.option("--no-host-overhead", is_flag=True, help="Host work between launches and launch calls cost nothing "
                                                         "(as if the step were graph-captured).")
 @click.option("--no-host-gaps", is_flag=True, help="Only the host gaps that starve the device removed.")
+@click.option("--launch-latency", "launch_latency", type=int, metavar="NS", default=None,
+              help="Every launch (call start to device start) takes at most NS nanoseconds (5000 is typical).")
 @click.option("--comm-overlap", is_flag=True, help="Communication fully overlapped with compute.")
 @click.option("--no-sync", is_flag=True, help="Host synchronisation removed.")
 @click.option("--straggler", is_flag=True, help="The slowest rank brought to the median (multi-rank inputs).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...], no_host_overhead: bool,
-           no_host_gaps: bool, comm_overlap: bool, no_sync: bool, straggler: bool, fmt: str) -> None:
+           no_host_gaps: bool, launch_latency: int | None, comm_overlap: bool, no_sync: bool, straggler: bool,
+           fmt: str) -> None:
     """Predicted step time of TRACE with changes applied, by replaying its dependency graph.
 
     Example: profkit whatif trace.json.gz --speedup gemm=2 --no-host-overhead"""
@@ -207,6 +210,8 @@ def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...]
     changes += [name for flag, name in ((no_host_overhead, "no-host-overhead"), (no_host_gaps, "host-gaps"),
                                         (comm_overlap, "comm-overlap"), (no_sync, "no-sync"),
                                         (straggler, "straggler")) if flag]
+    if launch_latency is not None:
+        changes.append(f"launch-latency:{launch_latency}")
     if not changes:
         raise click.UsageError("name at least one change (see --help)")
     store = _load(trace)

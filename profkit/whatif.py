@@ -5,6 +5,8 @@
 Changes (strings as the CLI takes them, or dicts):
 - `no-host-overhead`          host time to zero, as if the step were graph-captured
                               (every host-thread edge; launch latency and device work stay)
+- `launch-latency[:NS]`       every launch (call start -> device start) takes at most NS
+                              (default 5 us, a typical launch to an idle stream)
 - `host-gaps`                 Python/untraced host gaps after a step's first launch trimmed
                               to the trace's median gap (the gaps that starve launches)
 - `speedup:CATEGORY=K`        kernels of a category (gemm, attention, communication, ...) K times faster
@@ -22,11 +24,14 @@ import numpy as np
 
 from .columns import per_value
 from .graph_build import Graph, build_graph
-from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_SYNC, E_TRANSFER
+from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_LAUNCH, E_SYNC, E_TRANSFER
 from .graph_replay import NEG, replay, steady, step_index, step_times
 from .store import Store
 
-CHANGE_KINDS = ("no_host_overhead", "host_gaps", "speedup", "comm_overlap", "no_sync", "straggler")
+CHANGE_KINDS = ("no_host_overhead", "host_gaps", "launch_latency", "speedup", "comm_overlap", "no_sync",
+                "straggler")
+# What a launch to an idle stream usually costs (CUDA and HIP, call start to kernel start).
+TYPICAL_LAUNCH_LATENCY_NS = 5_000
 
 
 def parse_change(spec: str | dict) -> dict[str, Any]:
@@ -44,6 +49,11 @@ def parse_change(spec: str | dict) -> dict[str, Any]:
             raise ValueError(f"what-if {spec!r}: expected {head.replace('_', '-')}:TARGET=FACTOR")
         key = "category" if head == "speedup" else "kernel"
         return {"kind": "speedup", key: target, "factor": float(factor)}
+    if head == "launch_latency":
+        try:
+            return {"kind": head, "ns": int(rest) if rest else TYPICAL_LAUNCH_LATENCY_NS}
+        except ValueError:
+            raise ValueError(f"what-if {spec!r}: expected launch-latency or launch-latency:NS") from None
     if head in CHANGE_KINDS and not rest:
         return {"kind": head}
     raise ValueError(f"unknown what-if change {spec!r}")
@@ -65,6 +75,9 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
         elif kind == "host_gaps":
             trim = graph.gap_trim >= 0
             w[trim] = np.minimum(w[trim], graph.gap_trim[trim])
+        elif kind == "launch_latency":
+            launch = graph.ekind == E_LAUNCH
+            w[launch] = np.minimum(w[launch], int(ch.get("ns", TYPICAL_LAUNCH_LATENCY_NS)))
         elif kind == "speedup":
             factor = float(ch.get("factor", 2.0))
             if factor <= 0:

@@ -95,6 +95,17 @@ def test_unfaithful_replay_keeps_the_estimate():
     assert max(findings, key=lambda f: f.impact_ns) is host_bound
 
 
+def test_slow_launches_are_priced_by_capping_launches():
+    """The CK batched-GEMM rocpd trace is host-bound (its path is 99.9% host): pricing its
+    52 us launches by removing all host time gave 4.2 s per step. Capping every launch at
+    a typical latency gives what the launches cost on the path: no more than the estimate."""
+    store = _store(shared_trace("rocprof/rocpd_mi300x_ck_bmm/28_results.db"))
+    _, findings = analyze_trace(store, 0)
+    f = next(f for f in findings if f.rule == "kernels.launch_latency")
+    assert f.impact_basis == "replay" and f.details["replay"]["changes"] == ["launch-latency"]
+    assert 0 < f.impact_ns <= f.details["estimate_before_replay"]["impact_ns"]
+
+
 def test_gaps_without_launch_records_keep_the_estimate():
     """The MI350X rocprofv3 JSON has dispatches but no HIP calls: its replay matches the
     observed step (-0.9%) only because nothing moves (its critical path is all unexplained

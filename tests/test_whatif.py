@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from profkit.graph import build_graph
 from profkit.ingest import ingest
 from profkit.store import Store
-from profkit.whatif import parse_change, whatif
+from profkit.graph_model import E_LAUNCH
+from profkit.whatif import apply_changes, parse_change, whatif
 
 from conftest import SAMPLE_TRACES
 
@@ -61,5 +63,18 @@ def test_parse_change():
     assert parse_change("speedup:gemm=2") == {"kind": "speedup", "category": "gemm", "factor": 2.0}
     assert parse_change("speedup-kernel:my=kernel=3") == {"kind": "speedup", "kernel": "my=kernel", "factor": 3.0}
     assert parse_change("no-host-overhead") == {"kind": "no_host_overhead"}
-    with pytest.raises(ValueError):
-        parse_change("faster")
+    assert parse_change("launch-latency") == {"kind": "launch_latency", "ns": 5000}
+    assert parse_change("launch-latency:2000") == {"kind": "launch_latency", "ns": 2000}
+    for bad in ("faster", "launch-latency:fast", "no-sync:1"):
+        with pytest.raises(ValueError):
+            parse_change(bad)
+
+
+def test_launch_latency_caps_launch_edges_only(synthetic):
+    store, g, _ = synthetic
+    launch = g.ekind == E_LAUNCH
+    capped = apply_changes(g, [parse_change("launch-latency:1000")])
+    assert (capped[launch] == np.minimum(g.weight[launch], 1000)).all() and (g.weight[launch] > 1000).any()
+    assert (capped[~launch] == g.weight[~launch]).all()
+    result = whatif(store, graph=g, changes=["launch-latency:1000"])
+    assert all(t["saving_ns"] >= 0 for t in result["traces"].values())
