@@ -36,9 +36,11 @@ MAX_SQL_WINDOWS = 20             # windows listed in a finding's SQL
 
 # Annotation names that say which phase of LLM serving a step is (the vLLM/TraceLens
 # `execute_N_context_P(...)_generation_D(...)` form counts prefill and decode requests).
+# Whole words only: a recommendation model's `## decoder ##` module is no decode step.
 PHASE_PATTERNS = (
-    ("decode", re.compile(r"decode|context_0\b.*generation_[1-9]", re.IGNORECASE)),
-    ("prefill", re.compile(r"prefill|extend|context_[1-9]\d*\b.*generation_0\b", re.IGNORECASE)),
+    ("decode", re.compile(r"(?<![a-z])decod(e|ing)(?![a-z])|context_0\b.*generation_[1-9]", re.IGNORECASE)),
+    ("prefill", re.compile(r"(?<![a-z])(prefill(ing)?|extend)(?![a-z])|context_[1-9]\d*\b.*generation_0\b",
+                           re.IGNORECASE)),
 )
 _PHASE_SQL = "prefill|decode|extend|generation_"
 
@@ -169,8 +171,11 @@ def _inter_step_gaps(per_step: list[dict], busy) -> None:
 def classify_phases(ctx: Context, windows: list[Window], per_step: list[dict],
                     dev: DeviceEvents, owner: np.ndarray) -> list[str | None]:
     """prefill / decode per step: from annotation names overlapping the step, else (for
-    LLM inference traces: attention kernels and no backward pass) from the step's shape."""
+    LLM inference traces: attention kernels and no backward pass) from the step's shape.
+    A training trace (one with a backward pass) has no serving phases."""
     phases: list[str | None] = [None] * len(windows)
+    if _has_backward(ctx):
+        return phases
     named = ctx.store.con.execute("""
         SELECT name, start_ns, end_ns FROM events
         WHERE trace_id = ? AND kind = 'annotation' AND regexp_matches(name, ?, 'i')
@@ -197,12 +202,13 @@ def classify_phases(ctx: Context, windows: list[Window], per_step: list[dict],
 
 
 def _looks_like_llm_inference(ctx: Context, dev: DeviceEvents) -> bool:
-    if "attention" not in set(dev.category):
-        return False
-    backward = ctx.store.scalar("""
+    return "attention" in set(dev.category) and not _has_backward(ctx)
+
+
+def _has_backward(ctx: Context) -> bool:
+    return bool(ctx.store.scalar("""
         SELECT count(*) FROM events WHERE trace_id = ? AND name ILIKE '%backward%'
-    """, [ctx.trace_id])
-    return not backward
+    """, [ctx.trace_id]))
 
 
 def _phase_breakdown(per_step: list[dict]) -> dict:

@@ -176,3 +176,22 @@ def test_outliers_and_variance_rules_on_nsys_kernel_pattern():
     assert result.metrics["source"] == "kernel_pattern"
     assert result.metrics["count"] >= 3
     check_invariants(store, ctx, result)
+
+
+def test_training_steps_have_no_serving_phase():
+    """The 128-rank recommendation-model job names a module `## decoder fp8 None ##`; its
+    ProfilerSteps (with a backward pass) were labelled decode steps."""
+    path = shared_trace("kineto/cuda/sampled_2ranks")
+    _, ctx, result = run_steps(path)
+    assert result.metrics["source"] == "profiler_step" and len(ctx.steps) == 2
+    assert result.metrics["phases"] == {} and all(s.phase is None for s in ctx.steps)
+
+
+@pytest.mark.parametrize("name, phases", [
+    ("## decoder fp8 None ##", []), ("Decoder.forward", []), ("extended_mask", []),
+    ("step[DECODE bs=32]", ["decode"]), ("run_decode_step", ["decode"]), ("forward_extend", ["prefill"]),
+    ("prefill", ["prefill"]), ("execute_32_context_0(sq0)_generation_32(sq32)", ["decode"]),
+    ("execute_context_1(1_2)_generation_0(0)", ["prefill"]),
+])
+def test_phase_names_are_whole_words(name, phases):
+    assert [phase for phase, pattern in steps_pass.PHASE_PATTERNS if pattern.search(name)] == phases
