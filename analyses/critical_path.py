@@ -123,7 +123,6 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
         windows = store_windows(store, store.trace_ids())
     if report is None:
         report = critical_path_report(store, trace_id, graph=graph, windows=windows)
-    unexplained = _unexplained_pct(report)
     cache: dict[tuple, dict[str, Any]] = {}
 
     def saving(changes: list) -> dict[str, Any] | None:
@@ -150,7 +149,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             continue
         replay = {"changes": changes, "observed_step_ns": r["observed_step_ns"],
                   "replayed_step_ns": r["replayed_step_ns"], "predicted_step_ns": r["predicted_step_ns"]}
-        unused = _replay_unusable(f, r, unexplained)
+        unused = _replay_unusable(f, r, report)
         if unused:
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
@@ -170,7 +169,7 @@ def _unexplained_pct(report: dict[str, Any]) -> float:
     return 100.0 * (report.get("attribution") or {}).get("idle", 0) / length
 
 
-def _replay_unusable(f: Finding, r: dict[str, Any], unexplained_pct: float) -> str | None:
+def _replay_unusable(f: Finding, r: dict[str, Any], report: dict[str, Any]) -> str | None:
     """Why the replayed saving cannot stand for this finding's impact (every reason that
     applies), or None."""
     observed = r.get("observed_step_ns")
@@ -183,9 +182,16 @@ def _replay_unusable(f: Finding, r: dict[str, Any], unexplained_pct: float) -> s
         # so removing host gaps saves nothing there although they cost real time.
         reasons.append(f"the replay does not reproduce the observed step (error {error:+.1f}%, more than "
                        f"{REPLAY_FIDELITY_PCT:g}%): the graph lacks edges")
+    unexplained_pct = _unexplained_pct(report)
     if unexplained_pct > REPLAY_MAX_UNEXPLAINED_PCT:
         reasons.append(f"{unexplained_pct:.0f}% of the critical path is waiting the graph does not explain "
                        "(activities without launch, stream or wait edges)")
+    median_error = report.get("median_latency_replay_error_pct")
+    if median_error is not None and abs(median_error) > REPLAY_FIDELITY_PCT:
+        # The replay matches only by the measured launch latencies, which hide waits the
+        # graph has no edge for: a change upstream of a launch cannot move its kernel.
+        reasons.append(f"measured launch latencies hide waits the graph does not model (with median "
+                       f"latencies the replayed step changes by {median_error:+.1f}%)")
     if f.evidence.get("inferred"):
         # The what-if moves launches; gaps with no launch record are not in the graph.
         reasons.append("most of these gaps lack launch records, so the replay cannot move them")
