@@ -12,6 +12,7 @@ from profkit.schema import CATEGORIES
 from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
 from . import Context, PassResult
+from .copy_time import copy_bound_findings, copy_time
 
 NAME = "kernels"
 
@@ -296,11 +297,12 @@ def run(ctx: Context) -> PassResult:
     tiny = [tiny_kernels(acts, launches, windows, d) for d in np.unique(acts["device"])]
     small_grids, low_occ = grids(store, tid, windows)
     hot = hotspots(store, tid, devices)
+    copies = copy_time(store, tid, acts, windows)
     metrics = {
         "busy_ns": trace_cats["busy_ns"], "kernel_sum_ns": kernel_sum,
         "by_category": trace_cats["by_category"], "devices": devices,
         "top_kernels": top, "by_op": ops, "launch_latency": latency, "tiny_kernels": tiny,
-        "hotspots": hot, "small_grids": small_grids[:TOP_N], "low_occupancy": low_occ,
+        "hotspots": hot, "small_grids": small_grids[:TOP_N], "low_occupancy": low_occ, "copies": copies,
         "steady_steps": [w[0] for w in windows if w[0] is not None],
     }
     step_ref = ctx.step_ns if have_steps and ctx.step_ns else int(np.median([hi - lo for _, lo, hi in windows]))
@@ -309,6 +311,7 @@ def run(ctx: Context) -> PassResult:
     findings += _latency_findings(ctx, latency, launches, windows, step_ref)
     findings += _hotspot_findings(ctx, acts, hot, windows, step_ref)
     findings += _grid_findings(ctx, small_grids, acts, windows, step_ref)
+    findings += copy_bound_findings(ctx, copies, windows, step_ref, lambda ns: _share(ctx, ns, step_ref))
     return PassResult(metrics=metrics, findings=findings)
 
 

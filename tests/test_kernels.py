@@ -156,6 +156,33 @@ def test_nsight_kernel_totals_match_sqlite():
     assert sum(k["count"] for k in result.metrics["top_kernels"]) <= count
 
 
+def test_copy_bound_checked_against_sqlite():
+    """The T4 vector add spends its time copying vectors over PCIe: its copies, bytes and
+    durations per direction come straight from CUPTI's memcpy table (the whole trace is one
+    step), and compute overlaps almost none of them."""
+    rel = "nsys/t4_vectoradd_streams.sqlite"
+    path, store, (_, result) = analysed(rel)
+    with sqlite3.connect(path) as db:
+        raw = {kind: (n, b, t) for kind, n, b, t in db.execute(
+            "SELECT copyKind, count(*), sum(bytes), sum(end - start) FROM CUPTI_ACTIVITY_KIND_MEMCPY GROUP BY 1")}
+    (copies,) = result.metrics["copies"]
+    htod, dtoh = copies["by_direction"]["HtoD"], copies["by_direction"]["DtoH"]
+    assert (htod["bytes_per_step"], htod["ns_per_step"]) == raw[1][1:]   # CUPTI copyKind 1: HtoD
+    assert (dtoh["bytes_per_step"], dtoh["ns_per_step"]) == raw[2][1:]   # 2: DtoH
+    assert copies["copies_per_step"] == raw[1][0] + raw[2][0]
+    assert htod["gb_per_s"] == round(raw[1][1] / raw[1][2], 3)
+    (f,) = [f for f in result.findings if f.rule == "kernels.copy_bound"]
+    assert f.impact_ns == copies["exposed_ns_per_step"] <= copies["copy_ns_per_step"] <= raw[1][2] + raw[2][2]
+    assert f.impact_basis == "bound" and "most copy time HtoD" in f.title and store.rows(f.sql)
+
+
+def test_copy_bound_needs_exposed_copies():
+    """On the H100 Qwen trace copies are a sliver of the step: no finding."""
+    _, _, (_, result) = analysed(H100)
+    assert result.metrics["copies"]
+    assert not [f for f in result.findings if f.rule == "kernels.copy_bound"]
+
+
 def test_rocpd_kernel_totals_match_sqlite():
     rel = "rocprof/rocpd_r9700_llamacpp_decode/results.db"
     path, store, (_, result) = analysed(rel)
@@ -178,7 +205,7 @@ def test_findings_are_well_formed_and_their_sql_runs(rel):
     json.dumps(result.metrics)
     for f in result.findings:
         assert f.rule in {"kernels.tiny_kernel_storm", "kernels.launch_latency", "kernels.hotspot",
-                          "kernels.small_grid"}
+                          "kernels.small_grid", "kernels.copy_bound"}
         if f.rule == "kernels.hotspot":  # information: ranks with impact 0, the 2x what-if as evidence
             assert f.impact_ns == 0 and f.evidence["saving_if_2x_faster_ns_per_step"] >= kernels.FINDING_MIN_NS
         else:
@@ -215,3 +242,16 @@ def test_synthetic_tiny_kernels_and_launches():
             manifest["model"]["launch_latency_ns"], rel=0.2)
         for f in result.findings:
             assert store.rows(f.sql)
+
+
+def test_copy_bound_tops_the_fastvideo_capture():
+    """In the FastVideo window both GPUs spend ~97% of each step on copies (HtoD from the
+    host at ~28 GB/s): that, not any kernel, is what to fix first."""
+    from profkit.analyses import analyze
+
+    store = Store.open(None)
+    ingest([shared_trace("nsys/h100_2gpu_fastvideo_1s_window.sqlite")], store)
+    top = analyze(store)["findings"][:2]
+    assert [f["rule"] for f in top] == ["kernels.copy_bound"] * 2
+    assert sorted(f["scope"]["device"] for f in top) == [0, 1]
+    assert all(f["share_pct"] > 90 for f in top)
