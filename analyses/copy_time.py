@@ -9,8 +9,6 @@ bytes moved by direction and the achieved bandwidth.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from profkit import intervals
@@ -24,62 +22,56 @@ MAX_EXAMPLES = 5
 def copy_time(store, trace_id: int, acts: dict, windows: list) -> list[dict]:
     """Per device with copies: median per steady step of copy time, exposed copy time,
     copies and bytes; per direction, bytes and copy time per step and the bandwidth over
-    all the steps' copies (bytes / summed copy durations of that direction)."""
+    all the steps' copies (bytes / summed copy durations of that direction). A copy
+    belongs to the step window it starts in."""
     copies = acts["kind"] == "memcpy"
-    if not copies.any():
+    if not copies.any() or not windows:
         return []
-    info = {r["event_id"]: r for r in store.rows("""
+    info = {r["event_id"]: (r["direction"] or "unknown", int(r["bytes"] or 0)) for r in store.rows("""
         SELECT c.event_id, c.bytes, c.direction FROM copies c JOIN events e USING (event_id)
         WHERE e.trace_id = ? AND e.kind = 'memcpy'
     """, [trace_id])}
+    lo = np.array([w[1] for w in windows], dtype=np.int64)
+    hi = np.array([w[2] for w in windows], dtype=np.int64)
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], hi[order]
     out = []
     for d in np.unique(acts["device"][copies]):
         on_dev = acts["device"] == d
-        mine = on_dev & copies
+        mine = np.flatnonzero(on_dev & copies)
         compute = on_dev & (acts["kind"] == "kernel") & ~np.isin(acts["category"], NOT_COMPUTE)
         copy_set = intervals.union(acts["start_ns"][mine], acts["end_ns"][mine])
         exposed_set = intervals.subtract(copy_set, intervals.union(acts["start_ns"][compute], acts["end_ns"][compute]))
-        per_step = []
-        for _, lo, hi in windows:
-            inside = mine & (acts["start_ns"] >= lo) & (acts["start_ns"] < hi)
-            moved: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # direction -> [bytes, ns]
-            for e, ns in zip(acts["event_id"][inside].tolist(), acts["dur_ns"][inside].tolist()):
-                row = info.get(e) or {}
-                entry = moved[row.get("direction") or "unknown"]
-                entry[0] += int(row.get("bytes") or 0)
-                entry[1] += int(ns)
-            per_step.append({"copy_ns": intervals.covered(copy_set, lo, hi),
-                             "exposed_ns": intervals.covered(exposed_set, lo, hi),
-                             "copies": int(inside.sum()), "moved": dict(moved)})
-        directions = sorted({k for s in per_step for k in s["moved"]})
-        totals = {k: [sum(s["moved"].get(k, [0, 0])[i] for s in per_step) for i in (0, 1)] for k in directions}
-        in_steps = mine & _in_windows(acts["start_ns"], windows)
-        largest = np.argsort(-acts["dur_ns"][in_steps])[:MAX_EXAMPLES]
+        # Each copy's window: the last to start at or before it, if it has not ended yet.
+        k = np.searchsorted(lo, acts["start_ns"][mine], side="right") - 1
+        inside = (k >= 0) & (acts["start_ns"][mine] < hi[np.maximum(k, 0)])
+        mine, k = mine[inside], k[inside]
+        rows = [info.get(int(e), ("unknown", 0)) for e in acts["event_id"][mine].tolist()]
+        direction = np.array([r[0] for r in rows], dtype=object)
+        moved_bytes = np.array([r[1] for r in rows], dtype=np.float64)
+        dur = acts["dur_ns"][mine].astype(np.float64)
+        n = lo.size
+        count = np.bincount(k, minlength=n)
+        per_dir = {}
+        for name in sorted(set(direction.tolist())):
+            sel = direction == name
+            b = np.bincount(k[sel], weights=moved_bytes[sel], minlength=n)
+            t = np.bincount(k[sel], weights=dur[sel], minlength=n)
+            per_dir[name] = {
+                "bytes_per_step": _median(b), "ns_per_step": _median(t),
+                "gb_per_s": round(float(b.sum() / t.sum()), 3) if t.sum() and b.sum() else None,
+            }
+        largest = mine[np.argsort(-acts["dur_ns"][mine], kind="stable")[:MAX_EXAMPLES]]
         out.append({
             "device": int(d),
-            "copy_ns_per_step": _median(per_step, "copy_ns"),
-            "exposed_ns_per_step": _median(per_step, "exposed_ns"),
-            "copies_per_step": _median(per_step, "copies"),
-            "bytes_per_step": int(np.median([sum(b for b, _ in s["moved"].values()) for s in per_step])),
-            "by_direction": {k: {
-                "bytes_per_step": int(np.median([s["moved"].get(k, [0, 0])[0] for s in per_step])),
-                "ns_per_step": int(np.median([s["moved"].get(k, [0, 0])[1] for s in per_step])),
-                "gb_per_s": round(totals[k][0] / totals[k][1], 3) if totals[k][1] and totals[k][0] else None,
-            } for k in directions},
-            "largest": [int(e) for e in acts["event_id"][in_steps][largest]],
+            "copy_ns_per_step": _median([intervals.covered(copy_set, a, b) for a, b in zip(lo, hi)]),
+            "exposed_ns_per_step": _median([intervals.covered(exposed_set, a, b) for a, b in zip(lo, hi)]),
+            "copies_per_step": _median(count),
+            "bytes_per_step": _median(np.bincount(k, weights=moved_bytes, minlength=n)),
+            "by_direction": per_dir,
+            "largest": [int(e) for e in acts["event_id"][largest]],
         })
     return out
-
-
-def _in_windows(starts: np.ndarray, windows: list) -> np.ndarray:
-    inside = np.zeros(starts.size, dtype=bool)
-    for _, lo, hi in windows:
-        inside |= (starts >= lo) & (starts < hi)
-    return inside
-
-
-def _median(per_step: list[dict], key: str) -> int:
-    return int(round(np.median([s[key] for s in per_step]))) if per_step else 0
 
 
 def copy_bound_findings(ctx, copies: list[dict], windows: list, step_ref: int, share) -> list[Finding]:
@@ -116,3 +108,7 @@ def copy_bound_findings(ctx, copies: list[dict], windows: list, step_ref: int, s
                             "precision, only what changed)."),
             impact_basis="bound", count=c["copies_per_step"]))
     return out
+
+
+def _median(values) -> int:
+    return int(round(float(np.median(values))))
