@@ -174,7 +174,7 @@ class Document:
         self.top = {k: _ANY.decode(v) for k, v in top.items()}
         if raw_events is None:
             return
-        start = _offset(raw_events, data)
+        start = raw_offset(raw_events, data)
         if not 0 <= start < len(data) or data[start:start + 1] != b"[":
             # Not a view into the input (or not an array): decode it by itself.
             value = _ANY.decode(raw_events)
@@ -210,7 +210,7 @@ class Document:
             except msgspec.DecodeError:
                 continue
             events = top.pop("traceEvents", None)
-            if events is None or _offset(events, emptied) != start:
+            if events is None or raw_offset(events, emptied) != start:
                 return False
             self.top = {k: _ANY.decode(v) for k, v in top.items()}
             self._events_range = (start, end + 1)
@@ -289,7 +289,7 @@ class Document:
                 return
 
 
-def _offset(part, whole) -> int:
+def raw_offset(part, whole) -> int:
     """Where `part` (a msgspec.Raw view) starts inside the buffer `whole` (outside it when
     msgspec copied the value)."""
     return np.frombuffer(part, np.uint8).ctypes.data - np.frombuffer(whole, np.uint8).ctypes.data
