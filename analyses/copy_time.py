@@ -64,8 +64,8 @@ def copy_time(store, trace_id: int, acts: dict, windows: list) -> list[dict]:
         largest = mine[np.argsort(-acts["dur_ns"][mine], kind="stable")[:MAX_EXAMPLES]]
         out.append({
             "device": int(d),
-            "copy_ns_per_step": _median([intervals.covered(copy_set, a, b) for a, b in zip(lo, hi)]),
-            "exposed_ns_per_step": _median([intervals.covered(exposed_set, a, b) for a, b in zip(lo, hi)]),
+            "copy_ns_per_step": _median(intervals.overlap_sums(*copy_set, lo, hi)),
+            "exposed_ns_per_step": _median(intervals.overlap_sums(*exposed_set, lo, hi)),
             "copies_per_step": _median(count),
             "bytes_per_step": _median(np.bincount(k, weights=moved_bytes, minlength=n)),
             "by_direction": per_dir,

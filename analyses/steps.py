@@ -190,7 +190,8 @@ def classify_phases(ctx: Context, windows: list[Window], per_step: list[dict],
                 found |= {phase for phase, pattern in PHASE_PATTERNS if pattern.search(name)}
         if found:
             phases[i] = found.pop() if len(found) == 1 else "mixed"
-    if any(phases) or len(windows) < 3 or not _looks_like_llm_inference(ctx, dev):
+    # Shape rule only for LLM inference: attention kernels (no backward pass: checked above).
+    if any(phases) or len(windows) < 3 or "attention" not in set(dev.category):
         return phases
     durations = np.array([w.end_ns - w.start_ns for w in windows], dtype=np.float64)
     gemm = np.array([f["gemm_ns"] for f in per_step], dtype=np.float64)
@@ -199,10 +200,6 @@ def classify_phases(ctx: Context, windows: list[Window], per_step: list[dict],
     if prefill.sum() * 2 >= len(windows):
         return phases
     return ["prefill" if p else "decode" for p in prefill]
-
-
-def _looks_like_llm_inference(ctx: Context, dev: DeviceEvents) -> bool:
-    return "attention" in set(dev.category) and not _has_backward(ctx)
 
 
 def _has_backward(ctx: Context) -> bool:
