@@ -186,7 +186,10 @@ def _replay_unusable(f: Finding, r: dict[str, Any], report: dict[str, Any]) -> s
     if unexplained_pct > REPLAY_MAX_UNEXPLAINED_PCT:
         reasons.append(f"{unexplained_pct:.0f}% of the critical path is waiting the graph does not explain "
                        "(activities without launch, stream or wait edges)")
-    median_error = report.get("median_latency_replay_error_pct")
+    # Against the replay with measured latencies, not the observed step: a replay that is
+    # off by itself is the first reason, and would otherwise be counted twice.
+    replayed, strict = report.get("replayed_step_ns"), report.get("median_latency_replayed_step_ns")
+    median_error = 100.0 * (strict - replayed) / replayed if replayed and strict is not None else None
     if median_error is not None and abs(median_error) > REPLAY_FIDELITY_PCT:
         # The replay matches only by the measured launch latencies, which hide waits the
         # graph has no edge for: a change upstream of a launch cannot move its kernel.

@@ -24,7 +24,7 @@ import numpy as np
 
 from .columns import per_value
 from .graph_build import Graph, build_graph
-from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_LAUNCH, E_SYNC, E_TRANSFER
+from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_LAUNCH, E_STREAM, E_SYNC, E_TRANSFER
 from .graph_replay import NEG, replay, steady, step_index, step_times
 from .store import Store
 
@@ -82,7 +82,7 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
             factor = float(ch.get("factor", 2.0))
             if factor <= 0:
                 raise ValueError("speedup factor must be positive")
-            timed = (graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER)
+            timed = _device_time_edges(graph)
             # Events are matched per distinct name or category (codes), not per edge.
             if ch.get("category"):
                 target = ch["category"]
@@ -98,7 +98,7 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
         elif kind == "comm_overlap":
             # Transfers cost nothing; and collectives that compute waited on (exposed) no
             # longer hold it back at all, not even for the other ranks' arrival.
-            comm = (graph.ecls == CLS["communication"]) & ((graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER))
+            comm = (graph.ecls == CLS["communication"]) & _device_time_edges(graph)
             w[comm] = 0
             exposed = (graph.exposed == 1) & np.isin(graph.ekind, (E_ARRIVE, E_TRANSFER))
             w[exposed] = NEG
@@ -111,6 +111,13 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
         else:
             raise ValueError(f"unknown what-if change {ch!r}")
     return w
+
+
+def _device_time_edges(graph: Graph) -> np.ndarray:
+    """Edges that carry device running time: durations, collective transfers, and the
+    stream edges from an activity's start to the next one that overlapped its end."""
+    return ((graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER)
+            | ((graph.ekind == E_STREAM) & (graph.ecls != CLS["idle"])))
 
 
 def _straggler(graph: Graph, w: np.ndarray) -> None:
@@ -126,7 +133,8 @@ def _straggler(graph: Graph, w: np.ndarray) -> None:
     median = float(np.median(list(per_trace.values())))
     if per_trace[worst] <= median or per_trace[worst] == 0:
         return
-    sel = compute & (edge_trace == worst)
+    # Totals count durations only; overlap edges of the same kernels are scaled with them.
+    sel = _device_time_edges(graph) & (graph.ecls < CLS["communication"]) & (edge_trace == worst)
     w[sel] = np.round(w[sel] * (median / per_trace[worst])).astype(np.int64)
 
 
