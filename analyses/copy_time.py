@@ -74,15 +74,16 @@ def copy_time(store, trace_id: int, acts: dict, windows: list) -> list[dict]:
     return out
 
 
-def copy_bound_findings(ctx, copies: list[dict], windows: list, step_ref: int, share) -> list[Finding]:
+def copy_bound_findings(ctx, copies: list[dict], windows: list, step_ref: int, share, keep) -> list[Finding]:
     """`kernels.copy_bound` for each device whose exposed copy time is at least
-    COPY_BOUND_MIN_PCT of a step. Impact: that exposed time (a bound: hiding or removing
-    the copies wins back at most what no compute already overlaps)."""
+    COPY_BOUND_MIN_PCT of a step and passes the kernels pass's noise floor (`keep`: on a
+    step of tens of microseconds 10% is a few). Impact: that exposed time (a bound: hiding
+    or removing the copies wins back at most what no compute already overlaps)."""
     out = []
     for c in copies:
         impact = c["exposed_ns_per_step"]
         pct = 100.0 * impact / step_ref if step_ref else 0.0
-        if pct < COPY_BOUND_MIN_PCT:
+        if pct < COPY_BOUND_MIN_PCT or not keep(impact):
             continue
         d = c["device"]
         by_dir = c["by_direction"]

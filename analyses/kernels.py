@@ -311,7 +311,8 @@ def run(ctx: Context) -> PassResult:
     findings += _latency_findings(ctx, latency, launches, windows, step_ref)
     findings += _hotspot_findings(ctx, acts, hot, windows, step_ref)
     findings += _grid_findings(ctx, small_grids, acts, windows, step_ref)
-    findings += copy_bound_findings(ctx, copies, windows, step_ref, lambda ns: _share(ctx, ns, step_ref))
+    findings += copy_bound_findings(ctx, copies, windows, step_ref, lambda ns: _share(ctx, ns, step_ref),
+                                    lambda ns: _keep(ns, step_ref))
     return PassResult(metrics=metrics, findings=findings)
 
 

@@ -176,6 +176,20 @@ def test_copy_bound_checked_against_sqlite():
     assert f.impact_basis == "bound" and "most copy time HtoD" in f.title and store.rows(f.sql)
 
 
+def test_copy_bound_has_the_kernels_noise_floor():
+    """The T4's copies scaled down to a 40 us step: 25% of it is still 10 us or more only
+    above the floor (kernels.FINDING_MIN_NS)."""
+    from profkit.analyses.copy_time import copy_bound_findings
+
+    _, store, (ctx, result) = analysed("nsys/t4_vectoradd_streams.sqlite")
+    (copies,) = result.metrics["copies"]
+    step_ref = 40_000
+    keep = lambda ns: kernels._keep(ns, step_ref)  # noqa: E731  (what the pass passes)
+    for exposed, found in ((9_999, 0), (kernels.FINDING_MIN_NS, 1)):
+        scaled = dict(copies, exposed_ns_per_step=exposed)
+        assert len(copy_bound_findings(ctx, [scaled], [], step_ref, lambda ns: 0.0, keep)) == found
+
+
 def test_copy_bound_needs_exposed_copies():
     """On the H100 Qwen trace copies are a sliver of the step: no finding."""
     _, _, (_, result) = analysed(H100)
