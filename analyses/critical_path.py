@@ -13,6 +13,7 @@ from typing import Any
 from profkit.findings import Finding
 from profkit.graph import build_graph, critical_path_report
 from profkit.graph_replay import replay
+from profkit.render import human_ns
 from profkit.store import Store
 from profkit.whatif import store_windows, whatif
 
@@ -34,6 +35,12 @@ RULE_CHANGES = {
     "idle.sync": ["no-sync"],
     "comm.exposed": ["comm-overlap"],
     "comm.rank_skew": ["straggler"],
+}
+# The part of the critical path (report attribution) each of those rules' cause is.
+RULE_PATH_CAUSE = {
+    "idle.host_bound": "host", "host.launch_bound_idle": "host", "kernels.tiny_kernel_storm": "host",
+    "kernels.launch_latency": "launch", "host.sync_in_steady_state": "sync", "idle.sync": "sync",
+    "comm.exposed": "communication", "comm.rank_skew": "compute",
 }
 HOTSPOT_SPEEDUP = 2.0
 # A replay whose steady step differs from the observed one by more than this has edges
@@ -154,11 +161,33 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
         f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
-        f.details["replay"] = replay
+        note = _small_saving_note(f.rule, f.impact_ns, max(0, int(r["saving_ns"])), report)
+        f.details["replay"] = replay | ({"note": note} if note else {})
         f.impact_ns = max(0, int(r["saving_ns"]))
         f.share_pct = round(100.0 * f.impact_ns / r["replayed_step_ns"], 3) if r["replayed_step_ns"] else 0.0
         f.impact_basis = "replay"
     return findings
+
+
+# A replayed saving below this share of the finding's own estimate gets a note saying why.
+SMALL_SAVING_FRACTION = 0.5
+
+
+def _small_saving_note(rule: str, estimate_ns: int, saving_ns: int, report: dict[str, Any]) -> str | None:
+    """Why a finding that costs `estimate_ns` per step wins back only `saving_ns` when
+    replayed, where the reason is that something else holds the step's critical path (a
+    collective 100% exposed on a host-bound step: overlapping it moves nothing until the
+    host is faster). Not when the finding's own cause leads the path: then the what-if
+    removes only part of it, which its evidence says."""
+    if estimate_ns <= 0 or saving_ns >= SMALL_SAVING_FRACTION * estimate_ns:
+        return None
+    length = report.get("length_ns") or 0
+    parts = sorted(((ns, cause) for cause, ns in (report.get("attribution") or {}).items() if ns > 0), reverse=True)
+    if length <= 0 or not parts or parts[0][1] == RULE_PATH_CAUSE.get(rule):
+        return None
+    path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)
+    return (f"Replaying the step without it saves {human_ns(saving_ns)} of the {human_ns(estimate_ns)} it takes "
+            f"per step: the critical path is {path}, so this pays off only once that is shorter.")
 
 
 def _unexplained_pct(report: dict[str, Any]) -> float:

@@ -41,6 +41,12 @@ def rank(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (-f.impact_ns, f.rule, str(f.scope)))
 
 
+def replay_note(finding: dict[str, Any]) -> str | None:
+    """Why a replayed impact is far below what the finding costs, when it is (set by
+    analyses.critical_path.refine_impacts); renderers print it under the finding."""
+    return ((finding.get("details") or {}).get("replay") or {}).get("note")
+
+
 _PER_RANK_SCOPE = ("trace_id", "rank", "device", "steps")
 
 

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from . import __version__
-from .findings import group_across_ranks
+from .findings import group_across_ranks, replay_note
 from .render import human_bytes, human_ns
 from .report_html_parts import (CSS, SORT_JS, cell, colour, esc, evidence_table, meter, ns_cell, num, pct,
                                 stacked_bar, step_chart, table)
@@ -163,6 +163,7 @@ def _card(i: int, f: dict[str, Any], trace_arg: str) -> str:
             f'impact <b>{esc(_impact(f))}</b> per step ({esc(f.get("impact_basis"))}, {esc(pct(f.get("share_pct")))} '
             f'of a step) · {esc(f.get("count"))} occurrence(s) · {esc(_scope(f.get("scope") or {}))}</p>'
             f'<p><b>Recommendation:</b> {esc(f.get("recommendation"))}</p>'
+            + (f'<p><b>Why {esc(_impact(f))}:</b> {esc(replay_note(f))}</p>' if replay_note(f) else "")
             + (f'<p class="help">{esc(help_text)}</p>' if help_text else "")
             + (f'<p class="sub">Evidence</p>{evidence_table(f.get("evidence") or {})}' if f.get("evidence") else "")
             + (f'<p class="sub">Query <span class="muted">run it with <code>profkit sql {esc(trace_arg)} "QUERY"'

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings import group_across_ranks
+from .findings import group_across_ranks, replay_note
 from .render import human_ns
 
 
@@ -36,6 +36,8 @@ def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
                    f"{_cell(f['title'])} | `{f['rule']}`" + "".join(f" (also `{r}`)" for r in f.get("also_rules", [])) + " |")
     out.append("")
     for i, f in enumerate(findings[:top], 1):
-        out += [f"### {i}. {f['title']}", "", f"**Recommendation:** {f['recommendation']}", "",
-                "```sql", f["sql"].strip(), "```", ""]
+        out += [f"### {i}. {f['title']}", "", f"**Recommendation:** {f['recommendation']}", ""]
+        if replay_note(f):
+            out += [f"**Why {human_ns(f['impact_ns'])}:** {replay_note(f)}", ""]
+        out += ["```sql", f["sql"].strip(), "```", ""]
     return "\n".join(out)

@@ -6,7 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .findings import group_across_ranks
+from .findings import group_across_ranks, replay_note
 from .render import human_ns
 
 
@@ -109,5 +109,8 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
     for i, f in enumerate(findings[:min(top, 5)], 1):
         console.print(f"[bold]{i}. {f['title']}[/bold]")
         console.print(f"   [green]Do:[/green] {f['recommendation']}")
+        note = replay_note(f)
+        if note:
+            console.print(f"   [yellow]Why {human_ns(f['impact_ns'])}:[/yellow] {note}")
     console.print("[dim]≤ marks an upper bound, ~ an estimate. `--format markdown` adds the SQL that shows each "
                   "finding's evidence in `profkit sql`; `--format json` has every finding of every rank.[/dim]")

@@ -140,6 +140,35 @@ def test_gaps_without_launch_records_keep_the_estimate():
     assert "lack launch records" in host_bound.details["replay"]["reason"]
 
 
+
+def test_a_saving_held_back_by_the_critical_path_says_why():
+    """B200 vLLM eager decode: its all_reduce is 100% exposed (2.12 ms per step), but the
+    step is host-bound (critical path host 100%), so overlapping it wins back nothing. The
+    0 gets a note naming what holds the path, and the renderers print it. The host-bound
+    finding, whose own cause leads the path, gets none."""
+    from profkit.analyses import analyze
+    from profkit.report_markdown import analysis_markdown
+
+    store = _store(shared_trace("kineto/cuda/b200_eager_rank0_of8.json.gz"))
+    result = analyze(store)
+    by_rule = {f["rule"]: f for f in result["findings"]}
+    comm = by_rule["comm.exposed"]
+    note = comm["details"]["replay"]["note"]
+    assert comm["impact_ns"] == 0 and comm["details"]["estimate_before_replay"]["impact_ns"] > 2_000_000
+    assert "saves 0 ns of the 2.12 ms" in note and "critical path is host 100%" in note
+    host = by_rule["idle.host_bound"]
+    assert host["impact_basis"] == "replay" and "note" not in host["details"]["replay"]
+    assert f"**Why 0 ns:** {note}" in analysis_markdown(result)
+    from io import StringIO
+
+    from rich.console import Console
+
+    from profkit.report_terminal import print_analysis
+
+    out = StringIO()
+    print_analysis(result, console=Console(file=out, width=400))
+    assert f"Why 0 ns: {note}" in out.getvalue()
+
 # -- HTA ------------------------------------------------------------------------------
 
 HTA_CASES = [
