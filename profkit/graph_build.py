@@ -97,31 +97,23 @@ def build_graph(store: Store, trace_ids: list[int] | None = None) -> Graph:
 
 def _load_events(store: Store, trace_ids: list[int]) -> dict[str, np.ndarray]:
     ids = ",".join(str(int(t)) for t in trace_ids) or "NULL"
-    # Host lanes with nothing but annotations (the profiler's own spans and markers) are
-    # left out: they are not program order of anything.
+    # No ORDER BY and no lane filter in SQL: both are cheaper on the arrays (1M-event tile:
+    # 0.61 -> 0.34 CPU-s for the query; rows come back nearly in id order).
     table = store.arrow(f"""
-        WITH lanes AS (
-            SELECT DISTINCT trace_id, pid, tid FROM events
-            WHERE trace_id IN ({ids}) AND kind IN ('cpu_op', 'python', 'runtime') AND tid IS NOT NULL
-        )
         SELECT e.event_id, e.trace_id, e.kind, e.name, e.category,
                e.start_ns + coalesce(t.clock_offset_ns, 0) AS start,
                e.dur_ns AS dur, e.pid, e.tid, e.device, e.stream, e.parent_id, coalesce(e.depth, 0) AS depth,
                e.correlation
         FROM events e JOIN traces t USING (trace_id)
         WHERE e.trace_id IN ({ids}) AND e.dur_ns >= 0 AND e.start_ns IS NOT NULL
-          AND ((e.kind IN {HOST_KINDS} AND e.tid IS NOT NULL
-                AND (e.trace_id, e.pid, e.tid) IN (SELECT (trace_id, pid, tid) FROM lanes))
-            OR (e.kind IN {DEVICE_KINDS} AND e.tid IS NULL))
-        ORDER BY e.event_id
+          AND ((e.kind IN {HOST_KINDS} AND e.tid IS NOT NULL) OR (e.kind IN {DEVICE_KINDS} AND e.tid IS NULL))
     """)
     out = {}
     for name in table.column_names:
         col = table.column(name)
         if name in ("kind", "name", "category"):
-            # Few distinct strings: decode each once (codes + values), then index.
+            # Few distinct strings: decode each once (codes + values); rows index them below.
             out[name + "_code"], out[name + "_values"] = dictionary_codes(col)
-            out[name] = out[name + "_values"][out[name + "_code"]]
         else:
             out[name] = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else \
                 np.asarray(col.fill_null(-1).to_numpy(), dtype=np.int64)
@@ -129,7 +121,30 @@ def _load_events(store: Store, trace_ids: list[int]) -> dict[str, np.ndarray]:
                 out[name + "_null"] = np.asarray(col.is_null().to_numpy(zero_copy_only=False))
     for name in ("event_id", "trace_id", "start", "dur", "pid", "tid", "device", "stream", "parent_id", "depth"):
         out[name] = np.asarray(out[name], dtype=np.int64)
+    keep = _program_lanes(out)
+    eid = out["event_id"]
+    in_order = eid.size < 2 or bool((eid[1:] > eid[:-1]).all())
+    rows = keep if in_order else np.argsort(eid, kind="stable")[keep[np.argsort(eid, kind="stable")]]
+    if not (in_order and keep.all()):
+        out = {k: v if k.endswith("_values") else v[rows] for k, v in out.items()}
+    for name in ("kind", "name", "category"):
+        out[name] = out[name + "_values"][out[name + "_code"]]
     return out
+
+
+def _program_lanes(ev: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows to keep: device activities, and host events on lanes (trace, pid, tid) with
+    an op, Python frame or runtime call. Lanes holding nothing but annotations (the
+    profiler's own spans and markers) are left out: they are not program order of anything."""
+    device = np.isin(ev["kind_code"], np.flatnonzero(np.isin(ev["kind_values"], DEVICE_KINDS)))
+    program = np.isin(ev["kind_code"], np.flatnonzero(np.isin(ev["kind_values"], ("cpu_op", "python", "runtime"))))
+    if device.all():
+        return device
+    # NULL pids form lanes of their own (the SQL this replaces compared them as equal too).
+    pid = np.where(ev.get("pid_null", np.zeros(device.size, bool)), np.iinfo(np.int64).min, ev["pid"])
+    lane, _ = group_codes(ev["trace_id"], pid, ev["tid"])
+    has_program = np.bincount(lane, weights=program, minlength=int(lane.max()) + 1) > 0
+    return device | has_program[lane]
 
 
 def _thread_codes(ev: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
