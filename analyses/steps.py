@@ -51,6 +51,11 @@ def run(ctx: Context) -> PassResult:
     host_side = source not in ("kernel_pattern", "whole_trace")
     owner = assign(dev.anchor(host_side), windows)
     per_step = [_step_facts(w, dev, owner == i) for i, w in enumerate(windows)]
+    partial = _partial_last_step(source, per_step, windows)
+    if partial:
+        windows = windows[:-1]
+        owner = assign(dev.anchor(host_side), windows)
+        per_step = per_step[:-1]
     phases = classify_phases(ctx, windows, per_step, dev, owner)
     numbers = [w.number for w in windows]
     if None in numbers or len(set(numbers)) != len(numbers):
@@ -80,6 +85,7 @@ def run(ctx: Context) -> PassResult:
         "outliers": [f["step"] for f in outliers],
         "inter_step_gap": _stats([f["gap_before_ns"] for f in steady_facts if f["gap_before_ns"] is not None]),
         "device_events_outside_steps": int((owner < 0).sum()),
+        "partial_last_step": partial,
         "steps": per_step,
     }
     findings = []
@@ -115,6 +121,40 @@ def find_windows(ctx: Context, dev: DeviceEvents) -> tuple[str, list[Window]]:
         if windows:
             return source, windows
     return "whole_trace", []
+
+
+# -- a last step the capture cut short --------------------------------------------------------
+
+# An inferred last window shorter than this share of the median of the others is the
+# capture ending inside a step.
+PARTIAL_STEP_MAX_SHARE = 0.5
+
+
+def _partial_last_step(source: str, per_step: list[dict], windows: list[Window]) -> dict | None:
+    """The last step when the capture cut it short, to leave out of every per-step figure
+    (HTA leaves the last step out of its breakdown for the same reason): for steps the
+    host marks, one without device work while earlier steps have some (the MI250 trace's
+    second ProfilerStep, 49 us of host time after a 9.3 ms step, halved its replayed step
+    time); for steps inferred from a repeating kernel sequence, a last window under half
+    the others' median (the capture stopped mid-step: 2.5 ms of a 16.6 ms step). None
+    otherwise, and never for the only step."""
+    if len(per_step) < 2:
+        return None
+    last, others = per_step[-1], per_step[:-1]
+    w = windows[-1]
+    if source == "kernel_pattern":
+        median = float(np.median([o["device_dur_ns"] for o in others]))
+        if last["device_dur_ns"] >= PARTIAL_STEP_MAX_SHARE * median:
+            return None
+        reason = f"its device time is under {PARTIAL_STEP_MAX_SHARE:.0%} of the other steps' median"
+    elif source not in ("whole_trace", "graph_replay") and last["device_events"] == 0 \
+            and any(o["device_events"] for o in others):
+        reason = "no device work, while the steps before it have some"
+    else:
+        return None
+    return {"name": w.name, "start_ns": int(w.start_ns), "end_ns": int(w.end_ns),
+            "dur_ns": int(w.end_ns - w.start_ns), "device_events": last["device_events"],
+            "device_dur_ns": last["device_dur_ns"], "reason": reason}
 
 
 # -- per step ------------------------------------------------------------------------------

@@ -111,12 +111,29 @@ def test_latencies_that_hide_waits_keep_the_estimate():
 def test_slow_launches_are_priced_by_capping_launches():
     """The CK batched-GEMM rocpd trace is host-bound (its path is 99.9% host): pricing its
     52 us launches by removing all host time gave 4.2 s per step. Capping every launch at
-    a typical latency gives what the launches cost on the path: no more than the estimate."""
+    a typical latency gives what the launches cost on the path: no more than the estimate;
+    in its one step (the device span, 15.7 ms) nothing, as the host holds the path, which
+    the finding's note says."""
     store = _store(shared_trace("rocprof/rocpd_mi300x_ck_bmm/28_results.db"))
-    _, findings = analyze_trace(store, 0)
+    metrics, findings = analyze_trace(store, 0)
     f = next(f for f in findings if f.rule == "kernels.launch_latency")
     assert f.impact_basis == "replay" and f.details["replay"]["changes"] == ["launch-latency"]
-    assert 0 < f.impact_ns <= f.details["estimate_before_replay"]["impact_ns"]
+    assert 0 <= f.impact_ns <= f.details["estimate_before_replay"]["impact_ns"] < 0.02 * metrics["steps"]["step_ns"]
+    assert "critical path is host" in f.details["replay"]["note"]
+
+
+def test_a_trace_without_steps_is_replayed_over_its_device_span():
+    """Savings are per the step every other figure is per. Without steps that is the device
+    span (15.7 ms on the CK batched GEMM); the graph used to replay the whole capture,
+    seconds of host time before the first kernel included, and priced the host-bound idle
+    at 1.69 s "per step"."""
+    store = _store(shared_trace("rocprof/rocpd_mi300x_ck_bmm/28_results.db"))
+    metrics, findings = analyze_trace(store, 0)
+    step = metrics["steps"]["step_ns"]
+    assert metrics["steps"]["source"] == "whole_trace"
+    assert metrics["critical_path"]["observed_step_ns"] == step
+    f = next(f for f in findings if f.rule == "idle.host_bound")
+    assert f.impact_basis == "replay" and 0 < f.impact_ns <= f.evidence["idle_ns_per_step"] < step
 
 
 def test_gaps_without_launch_records_keep_the_estimate():

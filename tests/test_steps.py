@@ -178,6 +178,33 @@ def test_outliers_and_variance_rules_on_nsys_kernel_pattern():
     check_invariants(store, ctx, result)
 
 
+
+def test_a_last_step_the_capture_cut_short_is_left_out():
+    """MI250: the second ProfilerStep is 49 us of host time with no device work after a
+    9.3 ms step (the profiler stopped inside it): it halved the replayed step time and the
+    findings' shares. CloverLeaf's last inferred window is the capture stopping mid-step:
+    with it, step time varied by CV 0.36. Both are reported, neither is a step."""
+    path = shared_trace("kineto/rocm/mi250_minitoy_train.json.gz")
+    raw = sorted((e for e in raw_events(path) if e.get("ph") == "X" and e.get("cat") == "user_annotation"
+                  and re.fullmatch(r"ProfilerStep#\d+", str(e.get("name")))), key=lambda e: float(e["ts"]))
+    store, ctx, result = run_steps(path)
+    m = result.metrics
+    assert len(raw) == 2 and m["count"] == 1 and [s.step for s in ctx.steps] == [1]
+    assert m["partial_last_step"]["name"] == raw[-1]["name"] == "ProfilerStep#2"
+    assert m["partial_last_step"]["dur_ns"] == round(float(raw[-1]["dur"]) * 1000)
+    assert m["partial_last_step"]["device_events"] == 0
+    check_invariants(store, ctx, result)
+
+    store, ctx, result = run_steps(shared_trace("nsys/a100x4_cloverleaf_nsys2024.5.sqlite"))
+    m = result.metrics
+    cut = m["partial_last_step"]
+    assert m["source"] == "kernel_pattern" and cut["device_dur_ns"] < 0.5 * m["device_duration"]["p50_ns"]
+    assert cut["start_ns"] >= ctx.steps[-1].end_ns
+    assert not [f for f in result.findings if f.rule == "steps.variance"]
+    # a trace whose steps are all whole keeps them all
+    _, _, whole = run_steps(shared_trace("kineto/cuda/v100_nccl_rank1_of2.json.gz"))
+    assert whole.metrics["partial_last_step"] is None and whole.metrics["count"] == 5
+
 def test_training_steps_have_no_serving_phase():
     """The 128-rank recommendation-model job names a module `## decoder fp8 None ##`; its
     ProfilerSteps (with a backward pass) were labelled decode steps."""
