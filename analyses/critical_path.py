@@ -173,7 +173,29 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
         f.impact_ns = max(0, int(r["saving_ns"]))
         f.share_pct = round(100.0 * f.impact_ns / r["replayed_step_ns"], 3) if r["replayed_step_ns"] else 0.0
         f.impact_basis = "replay"
+    combined = _combined_replay(trace_id, findings, saving)
+    if combined:
+        report["combined_replay"] = combined
     return findings
+
+
+def _combined_replay(trace_id: int, findings: list[Finding], saving) -> dict[str, Any] | None:
+    """What the findings priced by replay win back together: one replay with all their
+    changes. Their impacts overlap where they share a cause (a tiny-kernel storm and the
+    host-bound idle it causes), so their sum says nothing; this does. None with fewer than
+    two distinct changes."""
+    used = [f for f in findings if f.scope.get("trace_id") == trace_id and f.impact_basis == "replay"
+            and (f.details.get("replay") or {}).get("changes")]
+    changes = sorted({c for f in used for c in f.details["replay"]["changes"]})
+    if len(changes) < 2:
+        return None
+    r = saving(changes)
+    if not r or not r["replayed_step_ns"]:
+        return None
+    won = max(0, int(r["saving_ns"]))
+    return {"changes": changes, "rules": sorted({f.rule for f in used}), "findings": len(used),
+            "saving_ns": won, "saving_pct": round(100.0 * won / r["replayed_step_ns"], 3),
+            "predicted_step_ns": int(r["predicted_step_ns"]), "sum_of_impacts_ns": int(sum(f.impact_ns for f in used))}
 
 
 # A replayed saving below this share of the finding's own estimate gets a note saying why.

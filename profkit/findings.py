@@ -47,6 +47,32 @@ def replay_note(finding: dict[str, Any]) -> str | None:
     return ((finding.get("details") or {}).get("replay") or {}).get("note")
 
 
+def combined_lines(traces: list[dict[str, Any]]) -> list[str]:
+    """What the replay-priced findings win back together (`critical_path.combined_replay`),
+    as one line for the renderers (ranks as a range). Their impacts overlap where they share
+    a cause, so their sum says little; the joint replay is the figure to plan with."""
+    from .render import human_ns
+
+    rows = [(t.get("rank"), t["critical_path"]["combined_replay"]) for t in traces
+            if (t.get("critical_path") or {}).get("combined_replay")]
+    if not rows:
+        return []
+
+    def span(values, fmt):
+        lo, hi = min(values), max(values)
+        return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
+
+    won = span([c["saving_ns"] for _, c in rows], human_ns)
+    pct = span([c["saving_pct"] for _, c in rows], lambda v: f"{v:.1f}%")
+    summed = span([c["sum_of_impacts_ns"] for _, c in rows], human_ns)
+    n = span([c["findings"] for _, c in rows], str)
+    who = f"On {len(rows)} ranks, the" if len(rows) > 1 else "The"
+    overlap = all(c["saving_ns"] <= c["sum_of_impacts_ns"] for _, c in rows)
+    tail = (f"less than their impacts add up to ({summed}), which overlap" if overlap else
+            f"against {summed} for their impacts one by one: removing one lets the next matter")
+    return [f"{who} {n} findings priced by replay, fixed together, win back {won} per step ({pct}); {tail}."]
+
+
 _PER_RANK_SCOPE = ("trace_id", "rank", "device", "steps")
 
 

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from . import __version__
-from .findings import group_across_ranks, replay_note
+from .findings import combined_lines, group_across_ranks, replay_note
 from .render import human_bytes, human_ns
 from .report_html_parts import (CSS, SORT_JS, cell, colour, esc, evidence_table, meter, ns_cell, num, pct,
                                 stacked_bar, step_chart, table)
@@ -136,7 +136,7 @@ def _impact(f: dict[str, Any]) -> str:
     return BASIS_MARK.get(f.get("impact_basis"), "") + human_ns(f["impact_ns"])
 
 
-def _findings(findings: list[dict[str, Any]], top: int, trace_arg: str) -> str:
+def _findings(findings: list[dict[str, Any]], top: int, trace_arg: str, traces: list[dict[str, Any]] = ()) -> str:
     head = (f'<h2>Findings <span class="muted">top {min(top, len(findings))} of {len(findings)}, by time per step '
             "that could be won back</span></h2>")
     if not findings:
@@ -150,8 +150,9 @@ def _findings(findings: list[dict[str, Any]], top: int, trace_arg: str) -> str:
     legend = ('<p class="muted">≤ marks an upper bound, ~ an estimate; <i>replay</i> is predicted by replaying the '
               "dependency graph with the cause removed; <i>measured</i> is the waste itself.</p>")
     cards = "".join(_card(i, f, trace_arg) for i, f in enumerate(findings[:top], 1))
+    together = "".join(f"<p><b>{esc(line)}</b></p>" for line in combined_lines(list(traces)))
     return (head + table(["#", "impact / step", "basis", "share", "finding", "scope", "rule"], rows,
-                         numeric=(0, 1, 3)) + legend + cards)
+                         numeric=(0, 1, 3)) + legend + together + cards)
 
 
 def _card(i: int, f: dict[str, Any], trace_arg: str) -> str:
@@ -248,7 +249,7 @@ def analysis_html(result: dict[str, Any], top: int = 10) -> str:
     traces = result.get("traces") or []
     findings = group_across_ranks(result.get("findings") or [])
     body = (_header(traces) + _summary(traces) + _where_time_goes(traces)
-            + _findings(findings, top, _trace_arg(traces)) + _rank_details(traces))
+            + _findings(findings, top, _trace_arg(traces), traces) + _rank_details(traces))
     return ("<!DOCTYPE html>\n"
             '<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings import group_across_ranks, replay_note
+from .findings import combined_lines, group_across_ranks, replay_note
 from .render import human_ns
 
 
@@ -35,6 +35,8 @@ def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
         out.append(f"| {i} | {human_ns(f['impact_ns'])} ({f.get('impact_basis')}) | {_pct(f.get('share_pct'))} | "
                    f"{_cell(f['title'])} | `{f['rule']}`" + "".join(f" (also `{r}`)" for r in f.get("also_rules", [])) + " |")
     out.append("")
+    for line in combined_lines(result["traces"]):
+        out += [line, ""]
     for i, f in enumerate(findings[:top], 1):
         out += [f"### {i}. {f['title']}", "", f"**Recommendation:** {f['recommendation']}", ""]
         if replay_note(f):

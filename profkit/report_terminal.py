@@ -6,7 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .findings import group_across_ranks, replay_note
+from .findings import combined_lines, group_across_ranks, replay_note
 from .render import human_ns
 
 
@@ -106,6 +106,8 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
         console.print("No findings above the noise floor.")
         return
     console.print(findings_table(findings, top))
+    for line in combined_lines(result["traces"]):
+        console.print(line)
     for i, f in enumerate(findings[:min(top, 5)], 1):
         console.print(f"[bold]{i}. {f['title']}[/bold]")
         console.print(f"   [green]Do:[/green] {f['recommendation']}")

@@ -186,6 +186,28 @@ def test_a_saving_held_back_by_the_critical_path_says_why():
     print_analysis(result, console=Console(file=out, width=400))
     assert f"Why 0 ns: {note}" in out.getvalue()
 
+
+def test_findings_fixed_together_are_one_replay():
+    """The replay-priced findings of a trace overlap (a sync finding and the idle it causes
+    share a what-if; a tiny-kernel storm and host-bound idle share host time), so their sum
+    overstates what can be won. One replay with all their changes says what fixing them
+    together wins: at least the best of them alone, never the whole step."""
+    from profkit.analyses import analyze
+    from profkit.report_markdown import analysis_markdown
+
+    for path in (SAMPLE_TRACES / "synthetic_llm_decode_4ranks", shared_trace("kineto/cuda/b200_eager_rank0_of8.json.gz")):
+        result = analyze(_store(path))
+        for t in result["traces"]:
+            c = t["critical_path"]["combined_replay"]
+            mine = [f for f in result["findings"] if f["scope"]["trace_id"] == t["trace_id"]
+                    and f["impact_basis"] == "replay"]
+            assert c["findings"] == len(mine) >= 2 and set(c["rules"]) == {f["rule"] for f in mine}
+            assert set(c["changes"]) == {ch for f in mine for ch in f["details"]["replay"]["changes"]}
+            assert max(f["impact_ns"] for f in mine) <= c["saving_ns"] < t["critical_path"]["replayed_step_ns"]
+            assert c["predicted_step_ns"] == t["critical_path"]["replayed_step_ns"] - c["saving_ns"]
+            assert c["sum_of_impacts_ns"] == sum(f["impact_ns"] for f in mine)
+        assert "fixed together, win back" in analysis_markdown(result)
+
 # -- HTA ------------------------------------------------------------------------------
 
 HTA_CASES = [
