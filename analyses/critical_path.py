@@ -107,6 +107,21 @@ def _windows(ctx: Context) -> dict:
     return windows
 
 
+def analysis_windows(store: Store) -> dict:
+    """The step windows `profkit analyze` replays, for every trace (the steps pass's), so
+    that `profkit whatif` predicts per the same step as the findings' replayed impacts
+    (a store's own `steps` table has no steps for most traces: the whole capture)."""
+    from . import pass_module
+
+    windows = store_windows(store, store.trace_ids())
+    for trace_id in store.trace_ids():
+        trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
+        ctx = Context(store=store, trace_id=trace_id, trace=trace)
+        pass_module("steps").run(ctx)
+        windows[trace_id] = _windows(ctx)[trace_id] if ctx.steps else windows.get(trace_id, [])
+    return windows
+
+
 def run(ctx: Context) -> PassResult:
     graph = _graph(ctx.store)
     report = critical_path_report(ctx.store, ctx.trace_id, graph=graph, windows=_windows(ctx))

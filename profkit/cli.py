@@ -216,8 +216,10 @@ def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...]
         raise click.UsageError("name at least one change (see --help)")
     store = _load(trace)
     try:
+        from .analyses.critical_path import analysis_windows
+
         try:
-            result = run_whatif(store, changes=changes)
+            result = run_whatif(store, changes=changes, windows=analysis_windows(store))
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
         ranks = {r["trace_id"]: r["rank"] for r in store.rows("SELECT trace_id, rank FROM traces")}

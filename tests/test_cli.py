@@ -141,6 +141,22 @@ def test_whatif_and_timeline_from_the_command_line(tmp_path):
     assert out.stat().st_size > 100_000 and "critical-path segments" in proc.stderr
 
 
+
+def test_whatif_predicts_per_the_step_analyze_uses():
+    """`profkit whatif` replays the steps `profkit analyze` finds: on the CK batched GEMM
+    (no steps in the store: one step, its device span) its host-gaps saving is the
+    host-bound finding's replayed impact, not a saving over the whole capture (1.69 s)."""
+    from conftest import shared_trace
+
+    trace = shared_trace("rocprof/rocpd_mi300x_ck_bmm/28_results.db")
+    whatif = json.loads(run("whatif", trace, "--no-host-gaps", "--format", "json").stdout)
+    analysis = json.loads(run("analyze", trace, "--format", "json").stdout)
+    (t,) = whatif["traces"].values()
+    assert t["observed_step_ns"] == analysis["traces"][0]["steps"]["step_ns"]
+    finding = next(f for f in analysis["findings"] if f["rule"] == "idle.host_bound")
+    assert finding["details"]["replay"]["changes"] == ["host-gaps"]
+    assert t["saving_ns"] == finding["impact_ns"] > 0
+
 def test_no_cache_writes_no_store_file(tmp_path):
     """`--no-cache` (or PROFKIT_NO_CACHE=1) parses afresh and leaves no cache file, with the
     same analysis as the default run, which does leave one."""
