@@ -185,6 +185,10 @@ def test_a_saving_held_back_by_the_critical_path_says_why():
     out = StringIO()
     print_analysis(result, console=Console(file=out, width=400))
     assert f"Why 0 ns: {note}" in out.getvalue()
+    from profkit.report_html import analysis_html
+
+    page = analysis_html(result)
+    assert f"<p><b>Why 0 ns:</b> {note}</p>" in page and "fixed together, win back" in page
 
 
 def test_findings_fixed_together_are_one_replay():
