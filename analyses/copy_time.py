@@ -42,10 +42,8 @@ def copy_time(store, trace_id: int, acts: dict, windows: list) -> list[dict]:
         compute = on_dev & (acts["kind"] == "kernel") & ~np.isin(acts["category"], NOT_COMPUTE)
         copy_set = intervals.union(acts["start_ns"][mine], acts["end_ns"][mine])
         exposed_set = intervals.subtract(copy_set, intervals.union(acts["start_ns"][compute], acts["end_ns"][compute]))
-        # Each copy's window: the last to start at or before it, if it has not ended yet.
-        k = np.searchsorted(lo, acts["start_ns"][mine], side="right") - 1
-        inside = (k >= 0) & (acts["start_ns"][mine] < hi[np.maximum(k, 0)])
-        mine, k = mine[inside], k[inside]
+        k = intervals.containing(lo, hi, acts["start_ns"][mine])  # the window each copy starts in
+        mine, k = mine[k >= 0], k[k >= 0]
         rows = [info.get(int(e), ("unknown", 0)) for e in acts["event_id"][mine].tolist()]
         direction = np.array([r[0] for r in rows], dtype=object)
         moved_bytes = np.array([r[1] for r in rows], dtype=np.float64)

@@ -36,12 +36,9 @@ RULE_CHANGES = {
     "comm.exposed": ["comm-overlap"],
     "comm.rank_skew": ["straggler"],
 }
-# The part of the critical path (report attribution) each of those rules' cause is.
-RULE_PATH_CAUSE = {
-    "idle.host_bound": "host", "host.launch_bound_idle": "host", "kernels.tiny_kernel_storm": "host",
-    "kernels.launch_latency": "launch", "host.sync_in_steady_state": "sync", "idle.sync": "sync",
-    "comm.exposed": "communication", "comm.rank_skew": "compute",
-}
+# The part of the critical path (report attribution) each change removes time from.
+CHANGE_PATH_CAUSE = {"host-gaps": "host", "no-host-overhead": "host", "launch-latency": "launch",
+                     "no-sync": "sync", "comm-overlap": "communication", "straggler": "compute"}
 HOTSPOT_SPEEDUP = 2.0
 # A replay whose steady step differs from the observed one by more than this has edges
 # missing (device activities with no launch record: docs/graph.md); its savings are
@@ -99,12 +96,19 @@ def _windows(ctx: Context) -> dict:
     first kernel included: the CK batched GEMM's host-bound idle came out at 1.69 s "per
     step" beside a 15.7 ms step (its device span), the RTX 2070 capture's at 259 ms
     beside 5.3 ms."""
-    windows = store_windows(ctx.store, ctx.store.trace_ids())
-    if ctx.steps:
-        device = len(ctx.device_events()) > 0
-        windows[ctx.trace_id] = [(s.step, s.start_ns, s.end_ns, device and s.source in DEVICE_TIME_SOURCES)
-                                 for s in ctx.steps]
-    return windows
+    if "windows" not in ctx.memo:  # the report and refine_impacts both ask
+        windows = store_windows(ctx.store, ctx.store.trace_ids())
+        if ctx.steps:
+            windows[ctx.trace_id] = _step_windows(ctx)
+        ctx.memo["windows"] = windows
+    return ctx.memo["windows"]
+
+
+def _step_windows(ctx: Context) -> list[tuple]:
+    """The steps pass's steps of ctx's trace as replay windows (step, start, end, drawn on
+    the device timeline)."""
+    device = len(ctx.device_events()) > 0
+    return [(s.step, s.start_ns, s.end_ns, device and s.source in DEVICE_TIME_SOURCES) for s in ctx.steps]
 
 
 def analysis_windows(store: Store) -> dict:
@@ -118,7 +122,8 @@ def analysis_windows(store: Store) -> dict:
         trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
         ctx = Context(store=store, trace_id=trace_id, trace=trace)
         pass_module("steps").run(ctx)
-        windows[trace_id] = _windows(ctx)[trace_id] if ctx.steps else windows.get(trace_id, [])
+        if ctx.steps:
+            windows[trace_id] = _step_windows(ctx)
     return windows
 
 
@@ -183,7 +188,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
         f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
-        note = _small_saving_note(f.rule, f.impact_ns, max(0, int(r["saving_ns"])), report)
+        note = _small_saving_note(changes, f.impact_ns, max(0, int(r["saving_ns"])), report)
         f.details["replay"] = replay | ({"note": note} if note else {})
         f.impact_ns = max(0, int(r["saving_ns"]))
         f.share_pct = round(100.0 * f.impact_ns / r["replayed_step_ns"], 3) if r["replayed_step_ns"] else 0.0
@@ -217,7 +222,7 @@ def _combined_replay(trace_id: int, findings: list[Finding], saving) -> dict[str
 SMALL_SAVING_FRACTION = 0.5
 
 
-def _small_saving_note(rule: str, estimate_ns: int, saving_ns: int, report: dict[str, Any]) -> str | None:
+def _small_saving_note(changes: list[str], estimate_ns: int, saving_ns: int, report: dict[str, Any]) -> str | None:
     """Why a finding that costs `estimate_ns` per step wins back only `saving_ns` when
     replayed, where the reason is that something else holds the step's critical path (a
     collective 100% exposed on a host-bound step: overlapping it moves nothing until the
@@ -227,7 +232,7 @@ def _small_saving_note(rule: str, estimate_ns: int, saving_ns: int, report: dict
         return None
     length = report.get("length_ns") or 0
     parts = sorted(((ns, cause) for cause, ns in (report.get("attribution") or {}).items() if ns > 0), reverse=True)
-    if length <= 0 or not parts or parts[0][1] == RULE_PATH_CAUSE.get(rule):
+    if length <= 0 or not parts or parts[0][1] in {CHANGE_PATH_CAUSE.get(c) for c in changes}:
         return None
     path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)
     return (f"Replaying the step without it saves {human_ns(saving_ns)} of the {human_ns(estimate_ns)} it takes "

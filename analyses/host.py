@@ -103,9 +103,8 @@ def _window_index(times: np.ndarray, windows) -> np.ndarray:
     ends = np.array([w[1] for w in windows], dtype=np.int64)
     order = np.argsort(starts, kind="stable")
     starts, ends = starts[order], ends[order]
-    idx = np.searchsorted(starts, times, side="right") - 1
-    ok = (idx >= 0) & (times < ends[np.clip(idx, 0, None)])
-    return np.where(ok, order[np.clip(idx, 0, None)], -1)
+    idx = intervals.containing(starts, ends, times)
+    return np.where(idx >= 0, order[np.clip(idx, 0, None)], -1)
 
 
 def _runtime_calls(ctx: Context) -> dict:

@@ -225,8 +225,9 @@ def _count_in(sorted_values, lo, hi):
     return np.searchsorted(sorted_values, hi, side="right") - np.searchsorted(sorted_values, lo, side="left")
 
 
-def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, device_level):
-    """Find and attribute the gaps on every stream (or, with device_level, every device)."""
+def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, device_level, busy):
+    """Find and attribute the gaps on every stream (or, with device_level, every device).
+    `busy`: per device, the union of its activities (`_device_busy`)."""
     order = lexsort((acts["end_ns"], acts["start_ns"], acts["device"])) if device_level \
         else np.arange(acts["start_ns"].size)
     a = {k: v[order] for k, v in acts.items()}
@@ -252,8 +253,6 @@ def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, dev
     dep_free = a["dep_link"][n] | a["comm"][n] | other_stream
 
     # Evidence needing the launching thread: previous launch on it, waits, syncs.
-    busy = {int(d): intervals.union(acts["start_ns"][acts["device"] == d], acts["end_ns"][acts["device"] == d])
-            for d in np.unique(dev)}
     wait_ev = np.zeros(n.size, bool)
     sync_ev = np.zeros(n.size, bool)
     prev_launch = np.full(n.size, np.iinfo(np.int64).min)
@@ -322,10 +321,14 @@ def _busy_at(busy: dict, devices: np.ndarray, t: np.ndarray) -> np.ndarray:
     out = np.zeros(t.size, bool)
     for d in np.unique(devices):
         m = devices == d
-        s, e = busy[int(d)]
-        k = np.searchsorted(s, t[m], side="right") - 1
-        out[m] = (k >= 0) & (t[m] < e[np.clip(k, 0, None)])
+        out[m] = intervals.containing(*busy[int(d)], t[m]) >= 0
     return out
+
+
+def _device_busy(acts) -> dict:
+    """Per device, the union of its activities' intervals."""
+    return {int(d): intervals.union(acts["start_ns"][acts["device"] == d], acts["end_ns"][acts["device"] == d])
+            for d in np.unique(acts["device"])}
 
 
 def attribute(store, trace_id, steps, graph_replay=False):
@@ -333,8 +336,9 @@ def attribute(store, trace_id, steps, graph_replay=False):
     acts, threads = _load_activities(store, trace_id)
     host, everything = _load_host(store, trace_id, threads)
     waits = _load_wait_records(store, trace_id)
-    per_stream = classify_gaps(acts, host, everything, waits, steps, graph_replay, device_level=False)
-    per_device = classify_gaps(acts, host, everything, waits, steps, graph_replay, device_level=True)
+    busy = _device_busy(acts)
+    per_stream = classify_gaps(acts, host, everything, waits, steps, graph_replay, device_level=False, busy=busy)
+    per_device = classify_gaps(acts, host, everything, waits, steps, graph_replay, device_level=True, busy=busy)
     return acts, per_stream, per_device
 
 

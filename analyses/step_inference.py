@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from profkit import intervals
 from profkit.columns import dictionary_codes, per_value
-
 from profkit.store import Store
 
 MIN_REPEATS = 3                 # occurrences before a name or pattern makes steps
@@ -125,11 +125,8 @@ def assign(anchor: np.ndarray, windows: list[Window]) -> np.ndarray:
     Windows are sorted and do not overlap."""
     if not windows or anchor.size == 0:
         return np.full(anchor.size, -1, dtype=np.int64)
-    starts = np.array([w.start_ns for w in windows], dtype=np.int64)
-    ends = np.array([w.end_ns for w in windows], dtype=np.int64)
-    idx = np.searchsorted(starts, anchor, side="right") - 1
-    ok = (idx >= 0) & (anchor < ends[np.clip(idx, 0, None)])
-    return np.where(ok, idx, -1)
+    return intervals.containing(np.array([w.start_ns for w in windows], dtype=np.int64),
+                                np.array([w.end_ns for w in windows], dtype=np.int64), anchor)
 
 
 # -- (a) repeating annotations ------------------------------------------------------

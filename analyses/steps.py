@@ -53,9 +53,8 @@ def run(ctx: Context) -> PassResult:
     per_step = [_step_facts(w, dev, owner == i) for i, w in enumerate(windows)]
     partial = _partial_last_step(source, per_step, windows)
     if partial:
-        windows = windows[:-1]
-        owner = assign(dev.anchor(host_side), windows)
-        per_step = per_step[:-1]
+        windows, per_step = windows[:-1], per_step[:-1]
+        owner = np.where(owner == len(windows), -1, owner)
     phases = classify_phases(ctx, windows, per_step, dev, owner)
     numbers = [w.number for w in windows]
     if None in numbers or len(set(numbers)) != len(numbers):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .render import human_ns
+
 IMPACT_BASES = ("measured", "estimate", "bound", "replay")
 
 
@@ -51,8 +53,6 @@ def combined_lines(traces: list[dict[str, Any]]) -> list[str]:
     """What the replay-priced findings win back together (`critical_path.combined_replay`),
     as one line for the renderers (ranks as a range). Their impacts overlap where they share
     a cause, so their sum says little; the joint replay is the figure to plan with."""
-    from .render import human_ns
-
     rows = [(t.get("rank"), t["critical_path"]["combined_replay"]) for t in traces
             if (t.get("critical_path") or {}).get("combined_replay")]
     if not rows:

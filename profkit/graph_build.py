@@ -124,7 +124,11 @@ def _load_events(store: Store, trace_ids: list[int]) -> dict[str, np.ndarray]:
     keep = _program_lanes(out)
     eid = out["event_id"]
     in_order = eid.size < 2 or bool((eid[1:] > eid[:-1]).all())
-    rows = keep if in_order else np.argsort(eid, kind="stable")[keep[np.argsort(eid, kind="stable")]]
+    if in_order:
+        rows = keep
+    else:
+        by_id = np.argsort(eid, kind="stable")
+        rows = by_id[keep[by_id]]
     if not (in_order and keep.all()):
         out = {k: v if k.endswith("_values") else v[rows] for k, v in out.items()}
     for name in ("kind", "name", "category"):
@@ -136,8 +140,8 @@ def _program_lanes(ev: dict[str, np.ndarray]) -> np.ndarray:
     """Rows to keep: device activities, and host events on lanes (trace, pid, tid) with
     an op, Python frame or runtime call. Lanes holding nothing but annotations (the
     profiler's own spans and markers) are left out: they are not program order of anything."""
-    device = np.isin(ev["kind_code"], np.flatnonzero(np.isin(ev["kind_values"], DEVICE_KINDS)))
-    program = np.isin(ev["kind_code"], np.flatnonzero(np.isin(ev["kind_values"], ("cpu_op", "python", "runtime"))))
+    device = is_one_of(ev, "kind", DEVICE_KINDS)
+    program = is_one_of(ev, "kind", ("cpu_op", "python", "runtime"))
     if device.all():
         return device
     # NULL pids form lanes of their own (the SQL this replaces compared them as equal too).

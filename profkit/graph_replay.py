@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import intervals
 from .columns import group_codes
 from .graph_build import Graph
 from .graph_model import CLASS_NAMES
@@ -210,8 +211,8 @@ def _step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) ->
             continue
         starts = np.asarray([w[1] for w in wins], dtype=np.int64) + offsets[tid]
         ends = np.asarray([w[2] for w in wins], dtype=np.int64) + offsets[tid]
-        k = np.searchsorted(starts, anchor, side="right") - 1
-        inside = (k >= 0) & (anchor < ends[np.maximum(k, 0)])
+        k = intervals.containing(starts, ends, anchor)
+        inside = k >= 0
         # Members of each window in index order: one stable sort by window, then split
         # (not a scan of the whole trace per window).
         kept, window = mine[inside], k[inside]

@@ -102,6 +102,15 @@ def clip(intervals: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[np
     return s[keep], e[keep]
 
 
+def containing(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For each time in `t`, the index of the interval [starts[i], ends[i]) holding it, -1
+    where none does. The intervals are sorted by start and do not overlap."""
+    if len(starts) == 0:  # e.g. a device whose activities all take 0 ns: union() drops them
+        return np.full(np.shape(t), -1, dtype=np.int64)
+    k = np.searchsorted(starts, t, side="right") - 1
+    return np.where((k >= 0) & (t < ends[np.clip(k, 0, None)]), k, -1)
+
+
 def covered(intervals: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> int:
     """How much of [lo, hi) a disjoint sorted interval set covers: O(log n) to find the
     overlapping intervals, so it can be called once per event on large sets."""

@@ -61,3 +61,14 @@ def test_overlap_sums_equal_a_clip_per_window(pairs, windows):
     hi = np.array([a + w for a, w in windows], dtype=np.int64)
     expected = [int(np.clip(np.minimum(e, h) - np.maximum(s, l), 0, None).sum()) for l, h in zip(lo, hi)]
     assert intervals.overlap_sums(s, e, lo, hi).tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans, st.lists(st.integers(-10, 270), max_size=30))
+def test_containing_names_the_interval_holding_each_time(pairs, times):
+    s, e = intervals.union(*as_arrays(pairs))
+    t = np.array(times, dtype=np.int64)
+    got = intervals.containing(s, e, t)
+    for time, k in zip(times, got.tolist()):
+        holders = [i for i in range(s.size) if s[i] <= time < e[i]]
+        assert k == (holders[0] if holders else -1)
