@@ -182,7 +182,8 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
         if r is None:
             continue
         replay = {"changes": changes, "observed_step_ns": r["observed_step_ns"],
-                  "replayed_step_ns": r["replayed_step_ns"], "predicted_step_ns": r["predicted_step_ns"]}
+                  "replayed_step_ns": r["replayed_step_ns"], "predicted_step_ns": r["predicted_step_ns"],
+                  **{k: r[k] for k in ("capacity_bound", "replayed_with_changes_ns") if r.get(k)}}
         unused = _replay_unusable(f, r, report)
         if unused:
             f.details["replay"] = {**replay, "used": False, "reason": unused}

@@ -234,12 +234,21 @@ def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...]
 
     table = Table("rank", "observed step", "replayed step", "predicted step", "saving", "saving %",
                   title=f"What if: {', '.join(changes)}", title_justify="left")
+    bound = []
     for trace_id, t in sorted(result["traces"].items()):
+        mark = ""
+        if t.get("capacity_bound"):
+            mark = " *"
+            bound.append(f"{render.human_ns(t['replayed_with_changes_ns'])} for rank {ranks.get(trace_id)}")
         table.add_row(str(ranks.get(trace_id)), render.human_ns(t["observed_step_ns"]),
-                      render.human_ns(t["replayed_step_ns"]), render.human_ns(t["predicted_step_ns"]),
+                      render.human_ns(t["replayed_step_ns"]), render.human_ns(t["predicted_step_ns"]) + mark,
                       render.human_ns(t["saving_ns"]), f"{t['saving_pct']:.1f}%")
     console = make_console()
     console.print(table)
+    if bound:
+        console.print("* held at the device's capacity: no shorter than the step's compute kernels took on "
+                      "their busiest device, overlapped as observed (without that floor the replay predicts "
+                      + "; ".join(bound) + ").")
     console.print("[dim]Step times are means over the steady-state steps; the saving is against the replayed "
                   "step (replay error is in `profkit analyze --format json`, critical_path).[/dim]")
 

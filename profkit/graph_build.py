@@ -48,6 +48,7 @@ class Graph:
     start: np.ndarray           # common clock
     end: np.ndarray
     is_device: np.ndarray
+    device: np.ndarray          # the activity's device (-1 for host events and an unknown device)
     launch_time: np.ndarray     # device: start of the launching call (else own start); host: start
     # vertices
     vtime: np.ndarray
@@ -518,5 +519,6 @@ class _Builder(WaitEdges):
             name_code=self.ev["name_code"], name_values=self.ev["name_values"],
             category=self.ev["category"], category_code=self.ev["category_code"],
             category_values=self.ev["category_values"], start=self.start, end=self.end, is_device=self.is_device,
+            device=np.where(self.is_device, self.ev["device"], -1),
             launch_time=self.launch_time, vtime=vtime, vevent=vevent, order=order, pos=pos,
             **edges, traces=self.traces, stats=self.stats)

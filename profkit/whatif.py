@@ -15,6 +15,13 @@ Changes (strings as the CLI takes them, or dicts):
                               still meet at each collective)
 - `no-sync`                   host synchronisation removed: blocking calls do not wait for the device
 - `straggler`                 the rank with the most compute time brought to the median rank
+
+The replay lets a device's streams run side by side as far as their dependencies allow,
+but knows nothing of the device's capacity: streams that took turns on it (their kernels
+barely overlapped) would all run at once once their launches came sooner. So no step is
+predicted shorter than its busiest device's compute: the union of the step's compute
+kernels there (communication and copies can hide behind compute, so they are left out),
+scaled by how much the changes shrink those kernels' time (`capacity_floors`).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .columns import per_value
+from . import intervals as iv
 from .graph_build import Graph, build_graph
 from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_LAUNCH, E_STREAM, E_SYNC, E_TRANSFER
 from .graph_replay import NEG, replay, steady, step_index, step_times
@@ -145,6 +153,41 @@ def straggler_trace(graph: Graph) -> int | None:
     return max(totals, key=totals.get) if len(totals) >= 2 else None
 
 
+def capacity_floors(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
+    """Per step of `index`: the least time it can take with edge weights `weight`, by
+    device capacity. Per device, the union of the step's compute kernels as observed, times
+    the ratio of their durations under `weight` to their observed ones; the largest over
+    the step's devices (0 for a step without compute kernels)."""
+    durations = np.flatnonzero(graph.ekind == E_DURATION)
+    per_event = np.zeros((2, graph.n_events), dtype=np.int64)
+    per_event[:, graph.eevent[durations]] = graph.weight[durations], weight[durations]
+    floors = np.zeros(index.step.size, dtype=np.int64)
+    for i, groups in enumerate(_compute_unions(graph, index)):
+        for events, union_ns in groups:
+            observed, changed = per_event[:, events].sum(axis=1)
+            if observed > 0:
+                floors[i] = max(floors[i], int(round(union_ns * changed / observed)))
+    return floors
+
+
+def _compute_unions(graph: Graph, index) -> list[list[tuple[np.ndarray, int]]]:
+    """Per step: per device, (its compute kernels, the length of their union). The
+    observed part of `capacity_floors`, the same for every change: memoised on the graph."""
+    key = ("compute_unions", id(index))
+    if key not in graph.memo:
+        compute = (graph.is_device & (graph.device >= 0) & (graph.kind == "kernel")
+                   & ~per_value(lambda c: c == "communication", graph.category_code, graph.category_values, bool))
+        steps = []
+        for members in index.members:
+            mine = members[compute[members]]
+            by_device = mine[np.argsort(graph.device[mine], kind="stable")]
+            bounds = np.flatnonzero(np.diff(graph.device[by_device])) + 1
+            steps.append([(events, iv.length(graph.start[events], graph.end[events]))
+                          for events in np.split(by_device, bounds) if events.size])
+        graph.memo[key] = (index, steps)  # the index kept alive: its id stays its own
+    return graph.memo[key][1]
+
+
 def store_windows(store: Store, trace_ids: list[int]) -> dict[int, list[tuple[int, int, int]]]:
     ids = ",".join(str(int(t)) for t in trace_ids) or "NULL"
     out: dict[int, list] = {}
@@ -179,17 +222,32 @@ def whatif(store: Store, trace_ids: list[int] | None = None, changes: list | Non
     index = step_index(graph, windows)
     observed = step_times(graph, graph.vtime, index)
     base = step_times(graph, replay(graph).time, index)
-    pred = step_times(graph, replay(graph, apply_changes(graph, parsed)).time, index) if parsed else base
+    pred = base
+    if parsed:
+        weight = apply_changes(graph, parsed)
+        pred = step_times(graph, replay(graph, weight).time, index)
+        for row, floor in zip(pred, capacity_floors(graph, index, weight)):
+            row["floor_ns"] = int(floor)
     so, sb, sp = summarise(observed), summarise(base), summarise(pred)
     traces = {}
     for tid in sb:
-        steps = [{"step": o["step"], "observed_ns": o["dur_ns"], "replayed_ns": b["dur_ns"], "predicted_ns": p["dur_ns"]}
+        steps = [{"step": o["step"], "observed_ns": o["dur_ns"], "replayed_ns": b["dur_ns"], "predicted_ns": p["dur_ns"],
+                  **({"capacity_floor_ns": p["floor_ns"]} if "floor_ns" in p else {})}
                  for o, b, p in zip(so[tid]["steps"], sb[tid]["steps"], sp[tid]["steps"])]
-        saving = sb[tid]["step_ns"] - sp[tid]["step_ns"]
+        predicted, capacity = sp[tid]["step_ns"], {}
+        if parsed:
+            # The floor is held against the mean, not each step: a step's kernels may run
+            # while the one before completes, so one step alone can beat its own floor.
+            # Never above the replay without changes: a floor is no reason to predict a loss.
+            floor = min(int(round(np.mean([st["capacity_floor_ns"] for st in steps]))), sb[tid]["step_ns"])
+            capacity = {"capacity_floor_ns": floor, "capacity_bound": predicted < floor}
+            if predicted < floor:
+                capacity["replayed_with_changes_ns"], predicted = predicted, floor
+        saving = sb[tid]["step_ns"] - predicted
         traces[tid] = {"observed_step_ns": so[tid]["step_ns"], "replayed_step_ns": sb[tid]["step_ns"],
-                       "predicted_step_ns": sp[tid]["step_ns"], "saving_ns": int(saving),
+                       "predicted_step_ns": predicted, "saving_ns": int(saving),
                        "saving_pct": round(100.0 * saving / sb[tid]["step_ns"], 3) if sb[tid]["step_ns"] else 0.0,
-                       "steps": steps}
+                       **capacity, "steps": steps}
     mean = {k: int(round(np.mean([t[k] for t in traces.values()]))) if traces else 0
             for k in ("observed_step_ns", "replayed_step_ns", "predicted_step_ns", "saving_ns")}
     return {"changes": parsed, "traces": traces, "mean": mean}
