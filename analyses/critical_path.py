@@ -184,7 +184,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
         replay = {"changes": changes, "observed_step_ns": r["observed_step_ns"],
                   "replayed_step_ns": r["replayed_step_ns"], "predicted_step_ns": r["predicted_step_ns"],
                   **{k: r[k] for k in ("capacity_bound", "replayed_with_changes_ns") if r.get(k)}}
-        unused = _replay_unusable(f, r, report)
+        unused = _replay_unusable(f, r, report, windows.get(trace_id))
         if unused:
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
@@ -248,13 +248,29 @@ def _unexplained_pct(report: dict[str, Any]) -> float:
     return 100.0 * (report.get("attribution") or {}).get("idle", 0) / length
 
 
-def _replay_unusable(f: Finding, r: dict[str, Any], report: dict[str, Any]) -> str | None:
+def _evidence_windows(f: Finding) -> list[tuple[int, int]]:
+    """The idle the finding's examples show: sync calls' idle windows, gaps."""
+    out = [tuple(ex["idle_window"]) for ex in f.evidence.get("examples") or []
+           if isinstance(ex, dict) and ex.get("idle_window")]
+    return out + [(g["gap_start_ns"], g["gap_end_ns"]) for g in f.evidence.get("example_gaps") or []
+                  if isinstance(g, dict) and "gap_start_ns" in g]
+
+
+def _replay_unusable(f: Finding, r: dict[str, Any], report: dict[str, Any],
+                     windows: list[tuple] | None = None) -> str | None:
     """Why the replayed saving cannot stand for this finding's impact (every reason that
-    applies), or None."""
+    applies), or None. `windows`: the trace's replayed steps."""
     observed = r.get("observed_step_ns")
     if not observed:
         return "no observed step to check the replay against: the estimate stands"
     reasons = []
+    shown = _evidence_windows(f)
+    if windows and shown:
+        first, last = min(w[1] for w in windows), max(w[2] for w in windows)
+        if all(end <= first or start >= last for start, end in shown):
+            # E.g. the SGLang decode capture: its one step is a graph replay, and the sync's
+            # idle comes 0.26 ms before it; the replay of the step cannot see it at all.
+            reasons.append("the idle it causes lies before or after the replayed steps")
     error = 100.0 * (r["replayed_step_ns"] - observed) / observed
     if abs(error) > REPLAY_FIDELITY_PCT:
         # E.g. a kernel-only rocprof capture: the replay runs the kernels back to back,

@@ -298,6 +298,7 @@ class _Builder(WaitEdges):
         self.add(2 * dev, 2 * dev + 1, self.end[dev] - self.start[dev], E_DURATION, cls, dev)
         cls_of = np.full(self.n, CLS["compute.other"], dtype=np.int64)
         cls_of[dev] = cls
+        follows = self._launch_followers()
         # stream order
         s = self.dev_sorted
         if s.size > 1:
@@ -317,9 +318,23 @@ class _Builder(WaitEdges):
             self.add(2 * over_prev, 2 * over_next, self.start[over_next] - self.start[over_prev], E_STREAM,
                      cls_of[over_prev], over_prev)
             prev, nxt, gap = prev[ok], nxt[ok], gap[ok]
-            self.add(2 * prev + 1, 2 * nxt, np.where(gap <= STREAM_GAP_MAX_NS, gap, 0), E_STREAM, CLS["idle"], prev)
+            short = gap <= STREAM_GAP_MAX_NS
+            # A longer gap before an activity that was already enqueued when the one ahead
+            # of it ended (a graph launch's follower, or launched before that end) is a wait
+            # for something the trace does not record: device-side dispatch, or a dependency
+            # with no event wait (not a collective: its waits have edges of their own). It is
+            # kept whole on the stream edge, as `wait`. As a launch latency it put the whole
+            # queueing time on the critical path as launch (SGLang's decode step: an argmax
+            # launched 8.26 ms before it ran, behind a graph replay, made the path 82% launch)
+            # and pinned the activity, so that no faster kernel ahead of it could move it.
+            enqueued = follows[nxt] | ((self.launcher[nxt] >= 0) & (self.launch_time[nxt] < self.end[prev]))
+            queued = (~short & enqueued & (self.waiting_start[nxt] == np.iinfo(np.int64).min)
+                      & (cls_of[nxt] != CLS["communication"]))
+            self.add(2 * prev + 1, 2 * nxt, np.where(short | queued, gap, 0), E_STREAM,
+                     np.where(queued, CLS["wait"], CLS["idle"]), prev)
+            self.stats["queued_waits"] = int(queued.sum())
             blocked = np.zeros(self.n, dtype=bool)
-            blocked[nxt[gap <= STREAM_GAP_MAX_NS]] = True
+            blocked[nxt[short | queued]] = True
             blocked[over_next] = True  # held by the stream, as a short gap is
         else:
             blocked = np.zeros(self.n, dtype=bool)
@@ -335,10 +350,37 @@ class _Builder(WaitEdges):
         free = ~blocked[dst]
         median = int(np.median(delta[free])) if free.any() else 0
         weight = np.where(free, delta, np.minimum(delta, median))
+        # A follower is released with its call's first activity on the stream, not later.
+        first = self._first_delta[dst]
+        weight = np.where(follows[dst] & (first >= 0), np.minimum(weight, first), weight)
         self.add(2 * src, 2 * dst, weight, E_LAUNCH, CLS["launch"], dst)
         self.stats["launches"] = int(src.size)
         self.stats["median_launch_latency_ns"] = median
         self.stats["device_without_launch"] = int((self.is_device & (self.launcher < 0)).sum())
+
+    def _launch_followers(self) -> np.ndarray:
+        """Per event: is it a graph launch's follower, i.e. not the first activity that its
+        launch call enqueued on its stream? One call (cudaGraphLaunch, hipGraphLaunch)
+        releases all of a graph's nodes; after the first, each starts when the device has
+        dispatched it after the one before, whatever the call's latency. Measured launch
+        latencies for those pinned every node at its observed start: a 2x faster GEMM moved
+        nothing in a graph-replayed decode step. Also sets `_first_delta` (per event: the
+        latency of its call's first activity on the stream; -1 where none)."""
+        ev = self.ev
+        src, dst = self.launch_src, self.launch_dst
+        follows = np.zeros(self.n, dtype=bool)
+        self._first_delta = np.full(self.n, -1, dtype=np.int64)
+        if src.size < 2:
+            return follows
+        order = lexsort((self.start[dst], ev["stream"][dst], ev["device"][dst], ev["trace_id"][dst], src))
+        src, dst = src[order], dst[order]
+        same = np.r_[False, (src[1:] == src[:-1]) & (ev["trace_id"][dst[1:]] == ev["trace_id"][dst[:-1]])
+                     & (ev["device"][dst[1:]] == ev["device"][dst[:-1]]) & (ev["stream"][dst[1:]] == ev["stream"][dst[:-1]])]
+        follows[dst[same]] = True
+        head = np.maximum.accumulate(np.where(same, 0, np.arange(dst.size)))
+        self._first_delta[dst] = self.start[dst[head]] - self.start[src[head]]
+        self.stats["launch_followers"] = int(same.sum())
+        return follows
 
     def _host_chains_and_syncs(self):
         ev = self.ev
