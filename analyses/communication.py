@@ -395,7 +395,7 @@ def _low_bandwidth_finding(ctx: Context, group) -> Finding | None:
 
 def _group_sql(trace_id: int, op: str, pg, min_bytes: int | None = None) -> str:
     pg_sql = "IS NULL" if pg is None else f"= '{str(pg).replace(chr(39), chr(39) * 2)}'"
-    extra = f" AND coalesce(bytes, in_elems, out_elems) IS NOT NULL" if min_bytes else ""
+    extra = " AND coalesce(bytes, in_elems, out_elems) IS NOT NULL" if min_bytes else ""
     return (f"SELECT event_id, name, start_ns, dur_ns, device, stream, step, op, process_group, "
             f"group_size, bytes, in_elems, out_elems, dtype FROM comms "
             f"WHERE trace_id = {int(trace_id)} AND op = '{op}' AND process_group {pg_sql}{extra} "

@@ -11,7 +11,6 @@ _VERDICT = {0: "all budgets hold", 1: "budget exceeded", 3: "some budgets could 
 
 
 def print_check(outcomes: list[Outcome], result: dict[str, Any], code: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("", "budget", "value", "details", title="profkit budgets", title_justify="left")

@@ -57,7 +57,7 @@ def _header(traces: list[dict[str, Any]]) -> str:
             f'ranks <b>{esc(", ".join(str(r) for r in ranks))}</b>'
             + (f" of world size <b>{esc(', '.join(str(w) for w in world))}</b>" if world else "")
             + f" · devices <b>{esc(device_text)}</b></p>"
-            + f"<details><summary>Traces</summary>"
+            + "<details><summary>Traces</summary>"
             + table(["rank", "format", "version", "vendor", "device(s)", "path"], rows, cls="")
             + "</details>")
 

@@ -2,10 +2,8 @@
 and finding impacts from replay."""
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-import warnings
 
 import pytest
 

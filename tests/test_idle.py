@@ -286,7 +286,7 @@ def test_idle_matches_raw_kineto_json():
     (dev,) = idle.run(make_context(store, 0)).metrics["devices"]
     for lane in dev["streams"]:
         spans = sorted(by_stream[lane["stream"]])
-        busy, end = 0, None
+        busy = 0
         cur_s, cur_e = spans[0]
         for s, e in spans[1:]:
             if s > cur_e:
