@@ -36,6 +36,7 @@ import numpy as np
 from profkit import intervals
 from profkit.columns import group_codes, lexsort
 from profkit.findings import Finding
+from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
 
 from . import Context, PassResult
 
@@ -60,10 +61,6 @@ WAIT_RECORD_PATTERN = r"(?i)wait"
 # A next activity starting this soon after another stream's activity ended is taken to
 # have waited on it (when the device side of the gap dominates).
 DEPENDENCY_WINDOW_NS = 10_000
-# A launched activity that waits longer than this on an idle device waited on something:
-# runtime launch latency is microseconds (p50 1-52 us on the shared traces), while the
-# waits inside CUDA graph replays and behind unrecorded events there last milliseconds.
-LAUNCH_LATENCY_MAX_NS = 200_000
 _NULL_ID = -(1 << 62)  # a null pid or tid, as a number no real one takes
 # Findings: a cause must cost at least this share of a step and this much time per step.
 FINDING_MIN_PCT = 2.0

@@ -25,6 +25,12 @@ CLS = {name: i for i, name in enumerate(CLASS_NAMES)}
 # (kept as the stream edge's latency); a longer gap means the activity waited for something
 # else (its launch, an event) and the stream edge gets no latency.
 STREAM_GAP_MAX_NS = 2_000
+# A launched activity that waits longer than this on an idle device waited on something:
+# runtime launch latency is microseconds (p50 1-52 us on the shared traces), while the
+# waits inside CUDA graph replays and behind unrecorded events there last milliseconds.
+# The idle pass calls such gaps `dependency`; the graph attributes such launch edges to
+# `wait`, and the launch-latency what-if leaves them alone.
+LAUNCH_LATENCY_MAX_NS = 200_000
 # A blocked sync call's own cost when the trace has no unblocked call of that name to measure.
 DEFAULT_SYNC_OVERHEAD_NS = 2_000
 

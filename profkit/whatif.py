@@ -5,7 +5,8 @@
 Changes (strings as the CLI takes them, or dicts):
 - `no-host-overhead`          host time to zero, as if the step were graph-captured
                               (every host-thread edge; launch latency and device work stay)
-- `launch-latency[:NS]`       every launch (call start -> device start) takes at most NS
+- `launch-latency[:NS]`       every launch (call start -> device start) takes at most NS (not the
+                              waits over LAUNCH_LATENCY_MAX_NS that the graph attributes to `wait`)
                               (default 5 us, a typical launch to an idle stream)
 - `host-gaps`                 Python/untraced host gaps after a step's first launch trimmed
                               to the trace's median gap (the gaps that starve launches)
@@ -84,7 +85,7 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
             trim = graph.gap_trim >= 0
             w[trim] = np.minimum(w[trim], graph.gap_trim[trim])
         elif kind == "launch_latency":
-            launch = graph.ekind == E_LAUNCH
+            launch = (graph.ekind == E_LAUNCH) & (graph.ecls == CLS["launch"])  # not the waits (graph_model)
             w[launch] = np.minimum(w[launch], int(ch.get("ns", TYPICAL_LAUNCH_LATENCY_NS)))
         elif kind == "speedup":
             factor = float(ch.get("factor", 2.0))

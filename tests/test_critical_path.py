@@ -276,3 +276,23 @@ def test_against_hta_critical_path(trace, annotation, tmp_path):
     # both host-bound: host time is most of either path
     assert hta_cpu_ns > 0.9 * hta_len_ns
     assert rep["attribution"]["host"] > 0.9 * rep["length_ns"]
+
+
+def test_a_launch_longer_than_any_launch_takes_is_a_wait():
+    """vLLM's decode capture: its first copy ran 7.8 ms after its call, behind device work
+    from before the capture; as launch latency that made 39% of the step's critical path
+    "launch" on a device 99.8% busy. Beyond LAUNCH_LATENCY_MAX_NS it is a wait the trace
+    does not explain (idle), and capping launch latencies does not remove it."""
+    from profkit.graph_model import CLS, E_LAUNCH, LAUNCH_LATENCY_MAX_NS
+    from profkit.whatif import whatif
+
+    store = _store(shared_trace("kineto/rocm/mi300x_vllm_decode_graph_replay.json.gz"))
+    g = build_graph(store)
+    launch = g.ekind == E_LAUNCH
+    assert (g.ecls[launch & (g.weight > LAUNCH_LATENCY_MAX_NS)] == CLS["wait"]).all()
+    assert (g.ecls[launch & (g.weight <= LAUNCH_LATENCY_MAX_NS)] == CLS["launch"]).all()
+    rep = critical_path_report(store, 0, graph=g)
+    assert rep["attribution"]["launch"] < 0.01 * rep["length_ns"]
+    assert rep["attribution"]["idle"] > 0.35 * rep["length_ns"]
+    (t,) = whatif(store, graph=g, changes=["launch-latency"])["traces"].values()
+    assert t["saving_ns"] < 0.01 * t["replayed_step_ns"]
