@@ -25,6 +25,10 @@ CLS = {name: i for i, name in enumerate(CLASS_NAMES)}
 # (kept as the stream edge's latency); a longer gap means the activity waited for something
 # else (its launch, an event) and the stream edge gets no latency.
 STREAM_GAP_MAX_NS = 2_000
+# A device whose compute kernels on several streams never overlapped, with at least this many
+# changes of stream from one kernel to the next, ran one kernel at a time: its kernels get
+# device-order edges (graph_build._serial_device_edges).
+SERIAL_DEVICE_MIN_SWITCHES = 20
 # A launched activity that waits longer than this on an idle device waited on something:
 # runtime launch latency is microseconds (p50 1-52 us on the shared traces), while the
 # waits inside CUDA graph replays and behind unrecorded events there last milliseconds.

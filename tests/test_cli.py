@@ -158,16 +158,24 @@ def test_whatif_predicts_per_the_step_analyze_uses():
     assert t["saving_ns"] == finding["impact_ns"] > 0
 
 
-def test_whatif_says_when_the_device_capacity_holds_the_prediction():
-    """MTIA's streams took turns on the device: the table marks the prediction held at the
-    capacity floor and prints what the replay alone said; the JSON has both."""
-    from conftest import shared_trace
+def test_whatif_says_when_the_device_capacity_holds_the_prediction(monkeypatch):
+    """MTIA's streams took turns on the device; without its device-order edges the replay
+    runs them at once, and the table marks the prediction held at the capacity floor and
+    prints what the replay alone said; the JSON has both. In process (the patch)."""
+    from click.testing import CliRunner
 
-    trace = shared_trace("kineto/mtia/mtia_inference_rank0.json.gz")
-    table = run("whatif", trace, "--no-host-overhead").stdout
+    from conftest import shared_trace
+    from profkit import graph_build
+
+    monkeypatch.setattr(graph_build, "SERIAL_DEVICE_MIN_SWITCHES", 1 << 40)
+    trace = str(shared_trace("kineto/mtia/mtia_inference_rank0.json.gz"))
+    runner = CliRunner()
+    table = runner.invoke(cli, ["whatif", trace, "--no-host-overhead"]).output
     assert "414.1 ms *" in table and "held at the device's capacity" in " ".join(table.split())
-    (t,) = json.loads(run("whatif", trace, "--no-host-overhead", "--format", "json").stdout)["traces"].values()
+    out = runner.invoke(cli, ["whatif", trace, "--no-host-overhead", "--format", "json"]).output
+    (t,) = json.loads(out)["traces"].values()
     assert t["capacity_bound"] and t["predicted_step_ns"] == t["capacity_floor_ns"] > t["replayed_with_changes_ns"]
+
 
 def test_no_cache_writes_no_store_file(tmp_path):
     """`--no-cache` (or PROFKIT_NO_CACHE=1) parses afresh and leaves no cache file, with the

@@ -148,17 +148,37 @@ def mtia():
     return store, build_graph(store)
 
 
-def test_streams_that_took_turns_are_not_predicted_to_run_at_once(mtia):
+def test_streams_that_took_turns_keep_their_device_order(mtia):
     """MTIA: 12 streams whose kernels took turns on the device (never two at once: their
-    durations sum to their union, 414.1 ms), each stream mostly waiting for its launches. Without host time the replay ran them side by
-    side (256.7 ms for a 442.6 ms step; 305.7 ms with only the gaps trimmed), which it never did; the prediction is held
-    at the union of its compute kernels, and the host-bound finding with it (177.6 ms, 40%
-    of the step, before the floor)."""
+    durations sum to their union, 414.1 ms), each stream mostly waiting for its launches.
+    Without host time the replay ran them side by side (256.7 ms for a 442.6 ms step; 305.7 ms
+    with only the gaps trimmed), which the device never did, and the host-bound finding
+    claimed 177.6 ms (40% of the step). The device gets device-order edges, so no prediction
+    goes below its kernels' union and the capacity floor need not hold it."""
     store, g = mtia
     union = store.scalar(COMPUTE_UNION_SQL)
     summed = store.scalar("SELECT sum(dur_ns) FROM device_events WHERE kind = 'kernel'")
-    assert summed == union
+    assert summed == union and g.stats["serial_devices"] == 1
     windows = analysis_windows(store)  # the device span, as profkit analyze replays it
+    for change in ("no-host-overhead", "host-gaps"):
+        (t,) = whatif(store, graph=g, changes=[change], windows=windows)["traces"].values()
+        assert not t["capacity_bound"] and union <= t["predicted_step_ns"]
+        assert 0 < t["saving_ns"] < 0.05 * t["replayed_step_ns"]
+
+
+def test_capacity_floor_holds_what_the_graph_lets_run_at_once(monkeypatch):
+    """The same trace without device-order edges (as for streams that never switched often
+    enough to tell): the replay runs the streams at once, and the floor holds each prediction
+    at the union of the compute kernels."""
+    from profkit import graph_build
+
+    monkeypatch.setattr(graph_build, "SERIAL_DEVICE_MIN_SWITCHES", 1 << 40)
+    store = Store.open(None)
+    ingest([shared_trace("kineto/mtia/mtia_inference_rank0.json.gz")], store)
+    g = build_graph(store)
+    assert "serial_devices" not in g.stats or g.stats["serial_devices"] == 0
+    union = store.scalar(COMPUTE_UNION_SQL)
+    windows = analysis_windows(store)
     for change in ("no-host-overhead", "host-gaps"):
         (t,) = whatif(store, graph=g, changes=[change], windows=windows)["traces"].values()
         assert t["capacity_bound"] and t["replayed_with_changes_ns"] < 0.8 * union
