@@ -26,8 +26,9 @@ import numpy as np
 from .columns import dictionary_codes, group_codes, lexsort, per_value, positions
 from .store import Store
 
-from .graph_model import (CLS, COPY_CALL, matches, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, LAUNCH_LATENCY_MAX_NS, E_DURATION, E_HOST, E_LAUNCH,
-                          E_STREAM, E_SYNC, HOST_KINDS, SERIAL_DEVICE_MIN_SWITCHES, STREAM_GAP_MAX_NS)
+from .graph_model import (CLS, COPY_CALL, matches, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION,
+                          E_HOST, E_LAUNCH, E_STREAM, E_SYNC, HOST_KINDS, LAUNCH_LATENCY_MAX_NS,
+                          SERIAL_DEVICE_MIN_SWITCHES, STREAM_GAP_MAX_NS)
 from .graph_waits import WaitEdges
 
 
@@ -298,7 +299,7 @@ class _Builder(WaitEdges):
         self.add(2 * dev, 2 * dev + 1, self.end[dev] - self.start[dev], E_DURATION, cls, dev)
         cls_of = np.full(self.n, CLS["compute.other"], dtype=np.int64)
         cls_of[dev] = cls
-        follows = self._launch_followers()
+        follows, first_delta = self._launch_followers()
         held = self._serial_device_edges(cls_of)
         # stream order
         s = self.dev_sorted
@@ -353,7 +354,7 @@ class _Builder(WaitEdges):
         median = int(np.median(delta[free])) if free.any() else 0
         weight = np.where(free, delta, np.minimum(delta, median))
         # A follower is released with its call's first activity on the stream, not later.
-        first = self._first_delta[dst]
+        first = first_delta[dst]
         weight = np.where(follows[dst] & (first >= 0), np.minimum(weight, first), weight)
         # A "latency" longer than any launch takes is a wait for something the trace does not
         # record (vLLM's decode capture: its first copy ran 7.8 ms after its call, behind
@@ -403,29 +404,29 @@ class _Builder(WaitEdges):
         held[nxt[short]] = True
         return held
 
-    def _launch_followers(self) -> np.ndarray:
+    def _launch_followers(self) -> tuple[np.ndarray, np.ndarray]:
         """Per event: is it a graph launch's follower, i.e. not the first activity that its
         launch call enqueued on its stream? One call (cudaGraphLaunch, hipGraphLaunch)
         releases all of a graph's nodes; after the first, each starts when the device has
         dispatched it after the one before, whatever the call's latency. Measured launch
         latencies for those pinned every node at its observed start: a 2x faster GEMM moved
-        nothing in a graph-replayed decode step. Also sets `_first_delta` (per event: the
-        latency of its call's first activity on the stream; -1 where none)."""
+        nothing in a graph-replayed decode step. Also returns, per event, the latency of its
+        call's first activity on its stream (-1 where none)."""
         ev = self.ev
         src, dst = self.launch_src, self.launch_dst
         follows = np.zeros(self.n, dtype=bool)
-        self._first_delta = np.full(self.n, -1, dtype=np.int64)
+        first_delta = np.full(self.n, -1, dtype=np.int64)
         if src.size < 2:
-            return follows
+            return follows, first_delta
         order = lexsort((self.start[dst], ev["stream"][dst], ev["device"][dst], ev["trace_id"][dst], src))
         src, dst = src[order], dst[order]
         same = np.r_[False, (src[1:] == src[:-1]) & (ev["trace_id"][dst[1:]] == ev["trace_id"][dst[:-1]])
                      & (ev["device"][dst[1:]] == ev["device"][dst[:-1]]) & (ev["stream"][dst[1:]] == ev["stream"][dst[:-1]])]
         follows[dst[same]] = True
         head = np.maximum.accumulate(np.where(same, 0, np.arange(dst.size)))
-        self._first_delta[dst] = self.start[dst[head]] - self.start[src[head]]
+        first_delta[dst] = self.start[dst[head]] - self.start[src[head]]
         self.stats["launch_followers"] = int(same.sum())
-        return follows
+        return follows, first_delta
 
     def _host_chains_and_syncs(self):
         ev = self.ev

@@ -17,12 +17,13 @@ Changes (strings as the CLI takes them, or dicts):
 - `no-sync`                   host synchronisation removed: blocking calls do not wait for the device
 - `straggler`                 the rank with the most compute time brought to the median rank
 
-The replay lets a device's streams run side by side as far as their dependencies allow,
-but knows nothing of the device's capacity: streams that took turns on it (their kernels
-barely overlapped) would all run at once once their launches came sooner. So no step is
-predicted shorter than its busiest device's compute: the union of the step's compute
-kernels there (communication and copies can hide behind compute, so they are left out),
-scaled by how much the changes shrink those kernels' time (`capacity_floors`).
+The replay lets a device's streams run side by side as far as their dependencies allow;
+of the device's capacity it knows only the order of a device seen to run one kernel at a
+time (graph_build._serial_device_edges). Streams that took turns on any other device would
+all run at once once their launches came sooner. So no step is predicted shorter than its
+busiest device's compute: the union of the step's compute kernels there (communication and
+copies can hide behind compute, so they are left out), scaled by how much the changes
+shrink those kernels' time (`capacity_floors`).
 """
 from __future__ import annotations
 
@@ -212,7 +213,9 @@ def whatif(store: Store, trace_ids: list[int] | None = None, changes: list | Non
 
     Returns {"changes": [...], "traces": {trace_id: {observed_step_ns, replayed_step_ns,
     predicted_step_ns, saving_ns, saving_pct, steps: [{step, observed_ns, replayed_ns,
-    predicted_ns}]}}, "mean": {...}}. Step times are means over the steady steps (after the
+    predicted_ns}]}}, "mean": {...}}; with changes also capacity_floor_ns and capacity_bound
+    per trace (and replayed_with_changes_ns where the floor held the prediction), and
+    capacity_floor_ns per step. Step times are means over the steady steps (after the
     first when there are three or more)."""
     parsed = [parse_change(c) for c in (changes or [])]
     if trace_ids is None:
