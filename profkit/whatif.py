@@ -156,6 +156,26 @@ def straggler_trace(graph: Graph) -> int | None:
     return max(totals, key=totals.get) if len(totals) >= 2 else None
 
 
+def _within_steps(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
+    """`weight` with the edges into each trace's first step's begin, and into anything
+    before it, back at their observed weights: changes apply from the first step on. A
+    trace's first step is measured from its own first event, and changes before it moved
+    that event earlier than the step's end, so a change could read as a longer step: on the
+    SGLang decode capture (one step) removing the sync let the host reach the graph launch
+    463 ms sooner, into a copy that had waited as long for nothing recorded: 472.7 ms
+    instead of 10 ms; on the MI300X Qwen step, fixing host time, syncs and gaps together
+    won less than fixing the syncs alone. With the begin fixed, no change lengthens a step."""
+    begin = np.full(int(graph.trace_id.max()) + 1 if graph.n_events else 0, np.iinfo(np.int64).min)
+    for i in np.unique(index.trace_id, return_index=True)[1]:  # each trace's first step
+        begin[index.trace_id[i]] = graph.vtime[2 * index.first[i]]
+    event = graph.vevent[graph.dst]
+    trace = graph.trace_id[np.maximum(event, 0)]
+    before = (event >= 0) & (graph.vtime[graph.dst] <= begin[trace])
+    out = weight.copy()
+    out[before] = graph.weight[before]
+    return out
+
+
 def capacity_floors(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
     """Per step of `index`: the least time it can take with edge weights `weight`, by
     device capacity. Per device, the union of the step's compute kernels as observed, times
@@ -229,19 +249,10 @@ def whatif(store: Store, trace_ids: list[int] | None = None, changes: list | Non
     base = step_times(graph, replay(graph).time, index)
     pred = base
     if parsed:
-        weight = apply_changes(graph, parsed)
+        weight = _within_steps(graph, index, apply_changes(graph, parsed))
         pred = step_times(graph, replay(graph, weight).time, index)
-        first = set()
-        for row, floor, b in zip(pred, capacity_floors(graph, index, weight), base):
+        for row, floor in zip(pred, capacity_floors(graph, index, weight)):
             row["floor_ns"] = int(floor)
-            if row["trace_id"] not in first:
-                # Changes only shorten edges, so no step ends later; but a trace's first step
-                # is measured from its own first event, which can move earlier than the step's
-                # end does (SGLang decode: without the sync the host launched the graph 463 ms
-                # sooner, into a copy that had waited 463 ms for nothing recorded), which read
-                # as a step 47x longer. It is held at its length in the replay without changes.
-                first.add(row["trace_id"])
-                row["dur_ns"] = min(row["dur_ns"], b["dur_ns"])
     so, sb, sp = summarise(observed), summarise(base), summarise(pred)
     traces = {}
     for tid in sb:
