@@ -73,7 +73,7 @@ def run(ctx: Context) -> PassResult:
         finding = _exposed_finding(ctx, group, steps)
         if finding:
             findings.append(finding)
-        finding = _low_bandwidth_finding(ctx, group)
+        finding = _low_bandwidth_finding(ctx, group, comms)
         if finding:
             findings.append(finding)
     groups.sort(key=lambda g: -g["total_ns"])
@@ -253,13 +253,14 @@ def _group_metrics(ctx, comms, mask, key, compute, steps: _StepMap, devices) -> 
         "exposed_device": worst["device"],
         "streams": sorted({int(x) for x in comms["stream"][mask].tolist() if x is not None}),
     }
-    group["bytes_total"], group["bandwidth"] = _bandwidth(comms, mask, op, steps, devices)
-    group["_internal"] = {"mask": mask, "exposed_steps": worst["exposed_steps"]}
+    group["bytes_total"], group["bandwidth"], large = _bandwidth(comms, mask, op, steps, devices)
+    group["_internal"] = {"mask": mask, "exposed_steps": worst["exposed_steps"], "large": large}
     group["_internal"]["examples"] = _examples(comms, mask, compute)
     return group
 
 
-def _bandwidth(comms, mask, op, steps: _StepMap, devices) -> tuple[int | None, dict[str, Any]]:
+def _bandwidth(comms, mask, op, steps: _StepMap, devices) -> tuple[int | None, dict[str, Any], list[int]]:
+    """(bytes in all, bandwidth metrics, positions of the large collectives in `comms`)."""
     idx = np.flatnonzero(mask)
     sizes, algs, buses, large_idx = [], [], [], []
     for i in idx.tolist():
@@ -279,7 +280,7 @@ def _bandwidth(comms, mask, op, steps: _StepMap, devices) -> tuple[int | None, d
                 large_idx.append((i, b))
     out: dict[str, Any] = {"sized_count": len(sizes)}
     if not sizes:
-        return None, out
+        return None, out, []
     out.update({
         "message_bytes_p50": int(np.percentile(sizes, 50)),
         "message_bytes_max": int(max(sizes)),
@@ -310,7 +311,7 @@ def _bandwidth(comms, mask, op, steps: _StepMap, devices) -> tuple[int | None, d
         out["large_ns_per_step"] = int(round(iv.total(u) / max(1, len(steps.steady))))
         out["large_examples"] = [int(comms["event_id"][i]) for i, _ in
                                  sorted(large_idx, key=lambda t: t[1])[:EXAMPLES]]
-    return int(sum(sizes)), out
+    return int(sum(sizes)), out, [i for i, _ in large_idx]
 
 
 def _examples(comms, mask, compute) -> list[dict[str, int]]:
@@ -358,7 +359,21 @@ def _exposed_finding(ctx: Context, group, steps: _StepMap) -> Finding | None:
     )
 
 
-def _low_bandwidth_finding(ctx: Context, group) -> Finding | None:
+def _speedup_whatif(comms, large: list[int], factor: float) -> dict[str, Any]:
+    """{"whatif": [speedup-kernel:NAME=FACTOR, ...]} for the large collectives' kernel names,
+    or {} when a collective outside them has one of those names."""
+    names = set(comms["name"][large].tolist())
+    outside = np.ones(comms["name"].size, dtype=bool)
+    outside[large] = False
+    if not names or any(n in names for n in comms["name"][outside].tolist()):
+        return {}
+    return {"whatif": [f"speedup-kernel:{n}={factor:.2f}" for n in sorted(names)]}
+
+
+def _low_bandwidth_finding(ctx: Context, group, comms) -> Finding | None:
+    """Also names the what-if that prices it (`details.whatif`): the group's large
+    collectives sped up to the expected bandwidth, by kernel name, where no other
+    collective of the trace shares those names (else the speedup would reach them too)."""
     bw = group["bandwidth"]
     achieved, peak = bw.get("large_busbw_p50_bytes_per_s"), bw.get("link_peak_bytes_per_s")
     if not achieved or not peak or bw.get("group_may_cross_hosts"):
@@ -390,6 +405,7 @@ def _low_bandwidth_finding(ctx: Context, group) -> Finding | None:
             "shares the links; batch small collectives into larger ones (bucketing)."),
         impact_basis="estimate",
         count=bw["large_count"],
+        details=_speedup_whatif(comms, group["_internal"]["large"], expected / achieved),
     )
 
 

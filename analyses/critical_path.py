@@ -175,7 +175,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
                 if r:
                     f.evidence["replay_saving_if_2x_faster_ns_per_step"] = r["saving_ns"]
             continue
-        changes = RULE_CHANGES.get(f.rule)
+        changes = RULE_CHANGES.get(f.rule) or f.details.get("whatif")
         if not changes:
             continue
         r = saving(changes)
@@ -189,7 +189,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
         f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
-        note = _small_saving_note(changes, f.impact_ns, max(0, int(r["saving_ns"])), report)
+        note = _small_saving_note(changes, f.impact_ns, max(0, int(r["saving_ns"])), report, f.rule)
         f.details["replay"] = replay | ({"note": note} if note else {})
         f.impact_ns = max(0, int(r["saving_ns"]))
         f.share_pct = round(100.0 * f.impact_ns / r["replayed_step_ns"], 3) if r["replayed_step_ns"] else 0.0
@@ -223,7 +223,8 @@ def _combined_replay(trace_id: int, findings: list[Finding], saving) -> dict[str
 SMALL_SAVING_FRACTION = 0.5
 
 
-def _small_saving_note(changes: list[str], estimate_ns: int, saving_ns: int, report: dict[str, Any]) -> str | None:
+def _small_saving_note(changes: list[str], estimate_ns: int, saving_ns: int, report: dict[str, Any],
+                       rule: str = "") -> str | None:
     """Why a finding that costs `estimate_ns` per step wins back only `saving_ns` when
     replayed, where the reason is that something else holds the step's critical path (a
     collective 100% exposed on a host-bound step: overlapping it moves nothing until the
@@ -233,7 +234,9 @@ def _small_saving_note(changes: list[str], estimate_ns: int, saving_ns: int, rep
         return None
     length = report.get("length_ns") or 0
     parts = sorted(((ns, cause) for cause, ns in (report.get("attribution") or {}).items() if ns > 0), reverse=True)
-    if length <= 0 or not parts or parts[0][1] in {CHANGE_PATH_CAUSE.get(c) for c in changes}:
+    # A finding's own what-if (details.whatif: a collective's speedup) removes communication.
+    causes = {CHANGE_PATH_CAUSE.get(c) for c in changes} | ({"communication"} if rule.startswith("comm.") else set())
+    if length <= 0 or not parts or parts[0][1] in causes:
         return None
     path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)
     return (f"Replaying the step without it saves {human_ns(saving_ns)} of the {human_ns(estimate_ns)} it takes "
