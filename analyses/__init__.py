@@ -50,6 +50,12 @@ class Context:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)  # what several passes load, loaded once
 
+    @classmethod
+    def of(cls, store: Store, trace_id: int, selected_step: int | None = None) -> "Context":
+        """A fresh context for one trace of the store (its traces row read here)."""
+        trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
+        return cls(store=store, trace_id=trace_id, trace=trace, selected_step=selected_step)
+
     def device_events(self):
         """The trace's device activities with their launches (step_inference.DeviceEvents),
         loaded once for all passes."""
@@ -89,8 +95,7 @@ def pass_module(name: str):
 def analyze_trace(store: Store, trace_id: int, selected_step: int | None = None,
                   passes: tuple[str, ...] = PASSES) -> tuple[dict[str, Any], list[Finding]]:
     """Run every pass on one trace: (metrics by section, findings)."""
-    trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
-    ctx = Context(store=store, trace_id=trace_id, trace=trace, selected_step=selected_step)
+    ctx = Context.of(store, trace_id, selected_step)
     findings: list[Finding] = []
     for name in passes:
         result = pass_module(name).run(ctx)

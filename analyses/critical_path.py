@@ -15,7 +15,7 @@ from profkit.graph import build_graph, critical_path_report
 from profkit.graph_replay import replay
 from profkit.render import human_ns
 from profkit.store import Store
-from profkit.whatif import store_windows, whatif
+from profkit.whatif import parse_change, store_windows, whatif
 
 from . import Context, PassResult
 
@@ -119,8 +119,7 @@ def analysis_windows(store: Store) -> dict:
 
     windows = store_windows(store, store.trace_ids())
     for trace_id in store.trace_ids():
-        trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
-        ctx = Context(store=store, trace_id=trace_id, trace=trace)
+        ctx = Context.of(store, trace_id)
         pass_module("steps").run(ctx)
         if ctx.steps:
             windows[trace_id] = _step_windows(ctx)
@@ -189,7 +188,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
         f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
-        note = _small_saving_note(changes, f.impact_ns, max(0, int(r["saving_ns"])), report, f.rule)
+        note = _small_saving_note(_path_causes(graph, changes), f.impact_ns, max(0, int(r["saving_ns"])), report)
         f.details["replay"] = replay | ({"note": note} if note else {})
         f.impact_ns = max(0, int(r["saving_ns"]))
         f.share_pct = round(100.0 * f.impact_ns / r["replayed_step_ns"], 3) if r["replayed_step_ns"] else 0.0
@@ -223,8 +222,23 @@ def _combined_replay(trace_id: int, findings: list[Finding], saving) -> dict[str
 SMALL_SAVING_FRACTION = 0.5
 
 
-def _small_saving_note(changes: list[str], estimate_ns: int, saving_ns: int, report: dict[str, Any],
-                       rule: str = "") -> str | None:
+def _path_causes(graph, changes: list[str]) -> set[str]:
+    """The parts of the critical path (report attribution) the changes remove time from: by
+    the table for the fixed changes; a speedup of kernels, from their category (a finding's
+    own what-if, `details.whatif`, speeds up named collectives: communication)."""
+    causes = set()
+    for change in changes:
+        if change in CHANGE_PATH_CAUSE:
+            causes.add(CHANGE_PATH_CAUSE[change])
+            continue
+        spec = parse_change(change)
+        if spec["kind"] == "speedup":
+            category = spec.get("category") or next(iter(set(graph.category[graph.name == spec["kernel"]])), None)
+            causes.add("communication" if category == "communication" else "compute")
+    return causes
+
+
+def _small_saving_note(causes: set[str], estimate_ns: int, saving_ns: int, report: dict[str, Any]) -> str | None:
     """Why a finding that costs `estimate_ns` per step wins back only `saving_ns` when
     replayed, where the reason is that something else holds the step's critical path (a
     collective 100% exposed on a host-bound step: overlapping it moves nothing until the
@@ -234,8 +248,6 @@ def _small_saving_note(changes: list[str], estimate_ns: int, saving_ns: int, rep
         return None
     length = report.get("length_ns") or 0
     parts = sorted(((ns, cause) for cause, ns in (report.get("attribution") or {}).items() if ns > 0), reverse=True)
-    # A finding's own what-if (details.whatif: a collective's speedup) removes communication.
-    causes = {CHANGE_PATH_CAUSE.get(c) for c in changes} | ({"communication"} if rule.startswith("comm.") else set())
     if length <= 0 or not parts or parts[0][1] in causes:
         return None
     path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profkit import intervals
-from profkit.columns import group_codes, lexsort
+from profkit.columns import group_codes, lexsort, run_starts
 from profkit.findings import Finding
 from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
 
@@ -195,7 +195,7 @@ def _load_wait_records(store, trace_id):
 def _lane_gaps(lane_keys, start, end):
     """Gaps within each lane of activities sorted by (lane, start): (index of next, gap start)."""
     idx, g0 = [], []
-    boundaries = np.flatnonzero(np.r_[True, np.any(lane_keys[1:] != lane_keys[:-1], axis=1), True])
+    boundaries = np.flatnonzero(np.r_[run_starts(*lane_keys.T), True])
     for a, b in zip(boundaries[:-1], boundaries[1:]):
         running = np.maximum.accumulate(end[a:b])
         inside = np.flatnonzero(start[a + 1:b] > running[:-1])
@@ -324,8 +324,11 @@ def _busy_at(busy: dict, devices: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def _device_busy(acts) -> dict:
     """Per device, the union of its activities' intervals."""
-    return {int(d): intervals.union(acts["start_ns"][acts["device"] == d], acts["end_ns"][acts["device"] == d])
-            for d in np.unique(acts["device"])}
+    out = {}
+    for d in np.unique(acts["device"]):
+        mine = acts["device"] == d
+        out[int(d)] = intervals.union(acts["start_ns"][mine], acts["end_ns"][mine])
+    return out
 
 
 def attribute(store, trace_id, steps, graph_replay=False):

@@ -63,6 +63,18 @@ def _offset(key: np.ndarray, lo: int) -> np.ndarray:
     return key.astype(np.int64) - lo if lo else key.astype(np.int64, copy=False)
 
 
+def run_starts(*keys) -> np.ndarray:
+    """For rows sorted by `keys` (equal-length arrays): True where a row's keys differ from
+    the row before, and at the first row; so each run of equal keys starts at a True."""
+    n = len(keys[0])
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+        for key in keys:
+            change[1:] |= key[1:] != key[:-1]
+    return change
+
+
 def group_codes(*keys) -> tuple[np.ndarray, np.ndarray]:
     """A dense code per row for its combination of `keys` (integer arrays, the first the
     most significant), numbered in key order, and the index of one row of each code."""
@@ -70,11 +82,7 @@ def group_codes(*keys) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     order = lexsort(keys[::-1])
-    change = np.zeros(n, dtype=bool)
-    change[0] = True
-    for key in keys:
-        sorted_key = key[order]
-        change[1:] |= sorted_key[1:] != sorted_key[:-1]
+    change = run_starts(*(key[order] for key in keys))
     code = np.empty(n, dtype=np.int64)
     code[order] = np.cumsum(change) - 1
     return code, order[change]

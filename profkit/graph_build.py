@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .columns import dictionary_codes, group_codes, lexsort, per_value, positions
+from .columns import dictionary_codes, group_codes, lexsort, per_value, positions, run_starts
 from .store import Store
 
 from .graph_model import (CLS, COPY_CALL, matches, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION,
@@ -243,13 +243,12 @@ class _Builder(WaitEdges):
         ev = self.ev
         dev = np.flatnonzero(self.is_device)
         order = lexsort((self.end[dev], self.start[dev], ev["stream"][dev], ev["device"][dev], ev["trace_id"][dev]))
-        self.dev_sorted = dev[order]
-        keys = np.stack([ev["trace_id"][self.dev_sorted], ev["device"][self.dev_sorted], ev["stream"][self.dev_sorted]], 1)
+        self.dev_sorted = s = dev[order]
+        # Where each stream's run starts (the stream edges in _device_edges use it too).
+        self.lane_start = run_starts(ev["trace_id"][s], ev["device"][s], ev["stream"][s])
         self.lanes: dict[tuple, dict] = {}
-        if self.dev_sorted.size:
-            change = np.ones(self.dev_sorted.size, dtype=bool)
-            change[1:] = np.any(keys[1:] != keys[:-1], axis=1)
-            bounds = np.append(np.flatnonzero(change), self.dev_sorted.size)
+        if s.size:
+            bounds = np.append(np.flatnonzero(self.lane_start), s.size)
             for a, z in zip(bounds[:-1], bounds[1:]):
                 members = self.dev_sorted[a:z]
                 by_launch = members[np.argsort(self.launch_time[members], kind="stable")]
@@ -257,7 +256,8 @@ class _Builder(WaitEdges):
                 run = np.maximum.accumulate(ends)
                 # Where the running max is reached, the latest such activity (ties: the later one).
                 arg = np.maximum.accumulate(np.where(ends == run, np.arange(ends.size), 0))
-                self.lanes[tuple(int(x) for x in keys[a])] = {
+                first = s[a]
+                self.lanes[(int(ev["trace_id"][first]), int(ev["device"][first]), int(ev["stream"][first]))] = {
                     "members": members, "by_launch": by_launch, "ltime": self.launch_time[by_launch],
                     "runmax": run, "runarg": by_launch[arg]}
         self.lane_of = {}
@@ -304,8 +304,7 @@ class _Builder(WaitEdges):
         # stream order
         s = self.dev_sorted
         if s.size > 1:
-            keys = np.stack([ev["trace_id"][s], ev["device"][s], ev["stream"][s]], 1)
-            same = np.all(keys[1:] == keys[:-1], axis=1)
+            same = ~self.lane_start[1:]
             prev, nxt = s[:-1][same], s[1:][same]
             gap = self.start[nxt] - self.end[prev]
             ok = gap >= 0
@@ -381,9 +380,7 @@ class _Builder(WaitEdges):
         if kern.size < 2:
             return held
         kern = kern[lexsort((self.end[kern], self.start[kern], ev["device"][kern], ev["trace_id"][kern]))]
-        lane = np.r_[True, (ev["trace_id"][kern[1:]] != ev["trace_id"][kern[:-1]])
-                     | (ev["device"][kern[1:]] != ev["device"][kern[:-1]])]
-        bounds = np.r_[np.flatnonzero(lane), kern.size]
+        bounds = np.r_[np.flatnonzero(run_starts(ev["trace_id"][kern], ev["device"][kern])), kern.size]
         prev_all, next_all = [], []
         for a, z in zip(bounds[:-1], bounds[1:]):
             k = kern[a:z]
@@ -420,8 +417,7 @@ class _Builder(WaitEdges):
             return follows, first_delta
         order = lexsort((self.start[dst], ev["stream"][dst], ev["device"][dst], ev["trace_id"][dst], src))
         src, dst = src[order], dst[order]
-        same = np.r_[False, (src[1:] == src[:-1]) & (ev["trace_id"][dst[1:]] == ev["trace_id"][dst[:-1]])
-                     & (ev["device"][dst[1:]] == ev["device"][dst[:-1]]) & (ev["stream"][dst[1:]] == ev["stream"][dst[:-1]])]
+        same = ~run_starts(src, ev["trace_id"][dst], ev["device"][dst], ev["stream"][dst])
         follows[dst[same]] = True
         head = np.maximum.accumulate(np.where(same, 0, np.arange(dst.size)))
         first_delta[dst] = self.start[dst[head]] - self.start[src[head]]

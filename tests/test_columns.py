@@ -4,7 +4,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profkit.columns import contains, dictionary_codes, group_codes, lexsort, per_value
+from profkit.columns import contains, dictionary_codes, group_codes, lexsort, per_value, run_starts
 
 _KEY = st.sampled_from(["small", "bool", "wide", "wide_ties", "huge", "uint_top", "uint_high", "float"])
 
@@ -78,3 +78,11 @@ def test_contains():
     values = np.array([3, 5, 9])
     assert contains(values, np.array([1, 3, 4, 9, 10])).tolist() == [False, True, False, True, False]
     assert contains(np.zeros(0, np.int64), np.array([1])).tolist() == [False]
+
+
+def test_run_starts_marks_the_first_row_of_each_run_of_equal_keys():
+    a = np.array([0, 0, 1, 1, 1, 2])
+    b = np.array([5, 6, 6, 6, 7, 7])
+    assert run_starts(a).tolist() == [True, False, True, False, False, True]
+    assert run_starts(a, b).tolist() == [True, True, True, False, True, True]
+    assert run_starts(np.zeros(0, np.int64)).tolist() == []

@@ -21,8 +21,7 @@ SYNC_NAME = re.compile(r"^(cuda|hip)(Device|Stream|Event)Synchronize$|^(cuda|hip
 
 def run_host(store, trace_index: int = 0):
     trace_id = store.trace_ids()[trace_index]
-    trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
-    ctx = Context(store=store, trace_id=trace_id, trace=trace)
+    ctx = Context.of(store, trace_id)
     ctx.results["steps"] = steps_pass.run(ctx).metrics
     result = host_pass.run(ctx)
     for finding in result.findings:

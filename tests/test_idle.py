@@ -19,8 +19,7 @@ SYNTHETIC = SAMPLE_TRACES / "synthetic_llm_decode_4ranks"
 
 def make_context(store: Store, trace_id: int, graph_replay: bool = False) -> Context:
     """A context with the steps the store records (the steps pass is tested elsewhere)."""
-    trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
-    ctx = Context(store=store, trace_id=trace_id, trace=trace)
+    ctx = Context.of(store, trace_id)
     ctx.steps = [Step(r["step"], r["start_ns"], r["end_ns"], r["source"])
                  for r in store.rows("SELECT * FROM steps WHERE trace_id = ? ORDER BY start_ns", [trace_id])]
     ctx.results["steps"] = {"graph_replay": graph_replay}

@@ -18,8 +18,7 @@ from conftest import SAMPLE_TRACES, shared_trace
 def run_steps(path: Path, trace_index: int = 0):
     store = profkit.load(path)
     trace_id = store.trace_ids()[trace_index]
-    trace = store.rows("SELECT * FROM traces WHERE trace_id = ?", [trace_id])[0]
-    ctx = Context(store=store, trace_id=trace_id, trace=trace)
+    ctx = Context.of(store, trace_id)
     result = steps_pass.run(ctx)
     ctx.results["steps"] = result.metrics
     return store, ctx, result
