@@ -7,6 +7,7 @@ publishes per-step facts in its metrics (`steps[i].graph_replay`, `device_start_
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 
@@ -49,8 +50,11 @@ def run(ctx: Context) -> PassResult:
     dev = ctx.device_events()
     source, windows = find_windows(ctx, dev)
     host_side = source not in ("kernel_pattern", "whole_trace")
+    adjusted = _clip_unrecorded_tail(ctx, windows) if host_side else []
     owner = assign(dev.anchor(host_side), windows)
     per_step = [_step_facts(w, dev, owner == i) for i, w in enumerate(windows)]
+    if host_side:
+        adjusted += _extend_lone_step(windows, per_step)
     partial = _partial_last_step(source, per_step, windows)
     if partial:
         windows, per_step = windows[:-1], per_step[:-1]
@@ -85,6 +89,7 @@ def run(ctx: Context) -> PassResult:
         "inter_step_gap": _stats([f["gap_before_ns"] for f in steady_facts if f["gap_before_ns"] is not None]),
         "device_events_outside_steps": int((owner < 0).sum()),
         "partial_last_step": partial,
+        "adjusted_windows": adjusted,
         "steps": per_step,
     }
     findings = []
@@ -154,6 +159,50 @@ def _partial_last_step(source: str, per_step: list[dict], windows: list[Window])
     return {"name": w.name, "start_ns": int(w.start_ns), "end_ns": int(w.end_ns),
             "dur_ns": int(w.end_ns - w.start_ns), "device_events": last["device_events"],
             "device_dur_ns": last["device_dur_ns"], "reason": reason}
+
+
+# -- host windows that do not describe the recorded step ----------------------------------------
+
+def _clip_unrecorded_tail(ctx: Context, windows: list[Window]) -> list[dict]:
+    """A host step whose window runs on past the last recorded event by more than the
+    part recorded is cut at that event's end: the step range stayed open after the
+    profiler stopped recording (the A100 Triton trace's ProfilerStep#1 ends 13.3 s after
+    its 1.5 ms of recorded work), so its length describes nothing in the trace. A short
+    tail is kept: host time after the last event is still step time."""
+    if not windows:
+        return []
+    recorded_end = ctx.store.con.execute(
+        "SELECT max(end_ns) FROM events WHERE trace_id = ? AND kind NOT IN ('annotation', 'gpu_annotation')",
+        [ctx.trace_id]).fetchone()[0]
+    if recorded_end is None:
+        return []
+    changes = []
+    for i, w in enumerate(windows):
+        tail, recorded = w.end_ns - recorded_end, recorded_end - w.start_ns
+        if recorded > 0 and tail > recorded:
+            changes.append(_adjustment(w, recorded_end, "cut_at_recording_end"))
+            windows[i] = replace(w, end_ns=int(recorded_end))
+    return changes
+
+
+def _extend_lone_step(windows: list[Window], per_step: list[dict]) -> list[dict]:
+    """The only step of a trace ends with its device work: the host range around a call
+    that runs asynchronously (a compiled graph called in 0.79 ms whose kernels run for
+    12.5 ms on the MI300X) would otherwise leave most of that work outside its step.
+    With several steps each step's work spills into the next step's host window, and
+    host windows are the steps' lengths as HTA takes them."""
+    if len(windows) != 1 or per_step[0]["device_end_ns"] is None:
+        return []
+    w, device_end = windows[0], per_step[0]["device_end_ns"]
+    if device_end <= w.end_ns:
+        return []
+    windows[0] = replace(w, end_ns=int(device_end))
+    return [_adjustment(w, device_end, "extended_to_device_work")]
+
+
+def _adjustment(w: Window, end_ns: int, kind: str) -> dict:
+    return {"name": w.name, "kind": kind, "start_ns": int(w.start_ns), "host_end_ns": int(w.end_ns),
+            "end_ns": int(end_ns)}
 
 
 # -- per step ------------------------------------------------------------------------------

@@ -73,6 +73,27 @@ def combined_lines(traces: list[dict[str, Any]]) -> list[str]:
     return [f"{who} {n} findings priced by replay, fixed together, win back {won} per step ({pct}); {tail}."]
 
 
+def step_notes(traces: list[dict[str, Any]]) -> list[str]:
+    """Where a trace's steps are not its host ranges as recorded (the steps pass's
+    `adjusted_windows` and `partial_last_step`), one line each, so a step time that differs
+    from the timeline's step range is explained where it is shown."""
+    lines = []
+    for t in traces:
+        steps, who = t.get("steps") or {}, f"Rank {t.get('rank')}"
+        for a in steps.get("adjusted_windows") or []:
+            if a["kind"] == "cut_at_recording_end":
+                lines.append(f"{who}: step {a['name']} is cut at the last recorded event; its range runs on "
+                             f"{human_ns(a['host_end_ns'] - a['end_ns'])} past it, with nothing recorded.")
+            else:
+                lines.append(f"{who}: the only step ({a['name']}) ends with its device work, "
+                             f"{human_ns(a['end_ns'] - a['host_end_ns'])} after its host range.")
+        partial = steps.get("partial_last_step")
+        if partial:
+            lines.append(f"{who}: last step {partial['name']} left out, cut short by the capture "
+                         f"({partial['reason']}).")
+    return lines
+
+
 _PER_RANK_SCOPE = ("trace_id", "rank", "device", "steps")
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .findings import combined_lines, group_across_ranks, replay_note
+from .findings import combined_lines, group_across_ranks, replay_note, step_notes
 from .render import human_ns
 
 
@@ -101,6 +101,8 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
         line = critical_path_bar(trace)
         if line:
             console.print(line)
+    for line in step_notes(result["traces"]):
+        console.print(f"[dim]{line}[/dim]")
     findings = group_across_ranks(result["findings"])
     if not findings:
         console.print("No findings above the noise floor.")

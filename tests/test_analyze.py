@@ -132,3 +132,13 @@ def test_display_groups_ranks_and_merges_one_cause_seen_by_two_passes():
     assert [f["rule"] for f in shown] == ["host.sync_in_steady_state", "idle.host_bound"]
     assert shown[0]["impact_ns"] == 120 and shown[0]["scope"]["ranks"] == [0, 1]
     assert shown[0]["also_rules"] == ["idle.sync"] and "also_rules" not in shown[1]
+
+
+def test_step_windows_that_differ_from_their_host_range_are_explained_in_both_reports():
+    path = shared_trace("kineto/cuda/a100_triton_kernel.json.gz")
+    terminal = subprocess.run([PROFKIT, "analyze", str(path)], capture_output=True, text=True)
+    markdown = subprocess.run([PROFKIT, "analyze", str(path), "--format", "markdown"], capture_output=True, text=True)
+    assert terminal.returncode == markdown.returncode == 0
+    for out in (" ".join(terminal.stdout.split()), markdown.stdout):
+        assert "step ProfilerStep#1 is cut at the last recorded event; its range runs on 13.3 s past it" in out
+    assert "1.53 ms" in markdown.stdout  # the step time shown is the recorded step's

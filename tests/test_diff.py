@@ -38,8 +38,14 @@ def case(request):
 # -- independent recomputation ----------------------------------------------------
 
 def steady(store):
-    """Steady steps straight from the steps table: all but the first when there are >= 3."""
-    steps = store.rows("SELECT step, end_ns - start_ns AS dur FROM steps WHERE trace_id = 0 ORDER BY start_ns")
+    """Steady steps straight from the steps table: all but the first when there are >= 3.
+    The only step of a trace ends with its device work (the Qwen traces' generate runs
+    2.2 ms on H100 and 4.2 ms on MI300X past its host range)."""
+    steps = store.rows("SELECT step, start_ns, end_ns - start_ns AS dur FROM steps WHERE trace_id = 0 ORDER BY start_ns")
+    if len(steps) == 1:
+        device_end = store.scalar("SELECT max(end_ns) FROM events WHERE trace_id = 0 AND step = ? "
+                                  "AND kind IN ('kernel', 'memcpy', 'memset')", [steps[0]["step"]])
+        steps[0]["dur"] = max(steps[0]["dur"], device_end - steps[0]["start_ns"])
     return steps[1:] if len(steps) >= 3 else steps
 
 

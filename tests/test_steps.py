@@ -221,3 +221,47 @@ def test_training_steps_have_no_serving_phase():
 ])
 def test_phase_names_are_whole_words(name, phases):
     assert [phase for phase, pattern in steps_pass.PHASE_PATTERNS if pattern.search(name)] == phases
+
+
+def _ns(us) -> int:
+    return round(float(us) * 1000)
+
+
+def test_a_step_range_open_long_after_the_recording_is_cut_at_its_last_event():
+    """A100 Triton: ProfilerStep#1 stays open 13.3 s after its 1.5 ms of recorded work (past
+    Kineto's Record Window End); its step time was 13.3 s against a 1.52 ms critical path."""
+    path = shared_trace("kineto/cuda/a100_triton_kernel.json.gz")
+    raw = raw_events(path)
+    step = next(e for e in raw if e.get("name") == "ProfilerStep#1")
+    recorded_end = max(_ns(e["ts"]) + _ns(e["dur"]) for e in raw
+                       if e.get("ph") == "X" and e.get("cat") not in ("user_annotation", "Trace"))
+    store, ctx, result = run_steps(path)
+    (adjusted,) = result.metrics["adjusted_windows"]
+    assert adjusted["kind"] == "cut_at_recording_end" and adjusted["name"] == "ProfilerStep#1"
+    assert adjusted["host_end_ns"] - adjusted["start_ns"] == _ns(step["dur"])
+    assert abs((ctx.steps[0].dur_ns) - (recorded_end - _ns(step["ts"]))) <= 2
+    assert 1.4e6 < ctx.steps[0].dur_ns < 1.6e6
+    check_invariants(store, ctx, result)
+    # a short tail after the last event stays step time (the sampled ranks: 4.4 ms of 623 ms)
+    _, _, kept = run_steps(shared_trace("kineto/cuda/sampled_2ranks/sampled_rank-0.json.gz"))
+    assert kept.metrics["adjusted_windows"] == []
+
+
+def test_the_only_step_ends_with_its_device_work():
+    """MI300X torch.compile: the one step is the 0.79 ms host call of a compiled graph whose
+    kernels run ~12.5 ms after it; the step ends with them. Several steps keep host windows."""
+    path = shared_trace("kineto/rocm/mi300x_torch_compile_triton.json.gz")
+    raw = raw_events(path)
+    call = next(e for e in raw if str(e.get("name")).startswith("## Call CompiledFxGraph"))
+    kernels_end = max(_ns(e["ts"]) + _ns(e["dur"]) for e in raw if e.get("ph") == "X" and e.get("cat") == "kernel")
+    store, ctx, result = run_steps(path)
+    (adjusted,) = result.metrics["adjusted_windows"]
+    assert adjusted["kind"] == "extended_to_device_work"
+    assert adjusted["host_end_ns"] - adjusted["start_ns"] == _ns(call["dur"])
+    assert abs(ctx.steps[0].end_ns - adjusted["end_ns"]) == 0
+    assert abs(ctx.steps[0].dur_ns - (kernels_end - _ns(call["ts"]))) <= 2
+    assert result.metrics["steps"][0]["device_events"] == sum(
+        1 for e in raw if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    check_invariants(store, ctx, result)
+    _, _, several = run_steps(shared_trace("kineto/cuda/v100_nccl_rank1_of2.json.gz"))
+    assert several.metrics["adjusted_windows"] == []
