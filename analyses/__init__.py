@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
+from profkit.errors import ProfkitError
 from profkit.findings import Finding, rank
 from profkit.gc_pause import paused_gc
+from profkit.render import number_ranges
 from profkit.store import Store
 
 PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host", "critical_path")
@@ -101,6 +103,10 @@ def analyze_trace(store: Store, trace_id: int, selected_step: int | None = None,
         result = pass_module(name).run(ctx)
         ctx.results[name] = result.metrics
         findings.extend(result.findings)
+        if name == "steps" and selected_step is not None and not ctx.steady_steps:
+            # --step N on a trace without a step N: a mistake to say, not a whole-trace analysis
+            raise ProfkitError(f"{ctx.trace.get('path')}: no step {selected_step} "
+                               f"(steps: {number_ranges(s.step for s in ctx.steps)})")
     if "critical_path" in passes:
         # Where a what-if removes a finding's cause, its impact is the replayed saving.
         from .critical_path import _windows, refine_impacts

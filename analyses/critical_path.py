@@ -62,6 +62,9 @@ def prefetch(store) -> None:
     future = pool.submit(_build_and_replay, cursor, list(ids))
     pool.shutdown(wait=False)
     store._profkit_graph = (ids, future)
+    # The worker's cursor shares the connection: closing the store under it (an analysis
+    # stopped by an error) would fail, so closing waits for the worker.
+    store.before_close.append(future.exception)
 
 
 def _build_and_replay(store, trace_ids):

@@ -136,7 +136,7 @@ def _worth_reporting(ctx: Context, impact: float) -> bool:
 
 def _step_numbers(ctx: Context, idx: np.ndarray) -> list[int]:
     steady = ctx.steady_steps
-    if len(ctx.steps) <= 1 and ctx.selected_step is None:
+    if len(ctx.steps) <= 1 and ctx.selected_step is None or not steady:  # as _windows: the whole trace
         return [s.step for s in ctx.steps]
     return sorted({steady[i].step for i in np.unique(idx[idx >= 0]).tolist()})
 

@@ -132,7 +132,8 @@ def sql(trace: str, query: str, fmt: str) -> None:
                                       "one self-contained page.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Findings to show.")
 @click.option("--step", "step", default="all", show_default=True,
-              help="Restrict per-step figures to step N, or 'all' for the steady state.")
+              help="Restrict per-step figures to step N (an error if a trace has no step N), or 'all' "
+                   "for the steady state.")
 @click.option("--timeline", "timeline", type=click.Path(dir_okay=False),
               help="Also write a Perfetto timeline (.pftrace) with the critical path and findings drawn in.")
 def analyze(trace: str, fmt: str, top: int, step: str, timeline: str | None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .render import human_ns
+from .render import human_ns, number_ranges
 
 IMPACT_BASES = ("measured", "estimate", "bound", "replay")
 
@@ -144,9 +144,4 @@ def _merge_same_cause(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _ranges(ranks: list[int]) -> str:
     """[0, 1, 2, 5] -> 'ranks 0-2, 5'."""
-    parts, start = [], ranks[0]
-    for prev, cur in zip(ranks, ranks[1:] + [None]):
-        if cur != prev + 1 if cur is not None else True:
-            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-            start = cur
-    return "ranks " + ", ".join(parts)
+    return "ranks " + number_ranges(ranks)

@@ -93,3 +93,16 @@ def info_tables(traces: list[dict[str, Any]], out=None) -> None:
                 issues.add_row(i["reason"], f"{i['count']:,}", (i["example"] or "")[:80])
             console.print(issues)
         console.print()
+
+
+def number_ranges(numbers: Iterable[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5' (sorted, repeats dropped)."""
+    values = sorted(set(numbers))
+    if not values:
+        return "none"
+    parts, start = [], values[0]
+    for prev, cur in zip(values, values[1:] + [None]):
+        if cur is None or cur != prev + 1:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = cur
+    return ", ".join(parts)

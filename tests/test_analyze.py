@@ -142,3 +142,13 @@ def test_step_windows_that_differ_from_their_host_range_are_explained_in_both_re
     for out in (" ".join(terminal.stdout.split()), markdown.stdout):
         assert "step ProfilerStep#1 is cut at the last recorded event; its range runs on 13.3 s past it" in out
     assert "1.53 ms" in markdown.stdout  # the step time shown is the recorded step's
+
+
+def test_a_step_the_trace_does_not_have_is_a_one_line_error():
+    """--step 30 on a 12-step trace used to crash the host pass (no steady steps); the error
+    is raised while the graph is still being built on its worker thread, which the store's
+    close must wait for (it failed with 'connection is busy')."""
+    proc = subprocess.run([PROFKIT, "analyze", str(SYNTHETIC), "--step", "30"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"profkit: error: {SYNTHETIC / 'synthetic_llm_decode_rank0.json.gz'}: "
+                                   "no step 30 (steps: 0-11)")
