@@ -2,17 +2,17 @@
 CPU time between launches, and the time from a step's start to its first device work.
 
 The steady state is `ctx.steady_steps`; a trace with a single step is analysed whole.
-API names of every vendor are matched through `API_RULES`, one table, never per vendor.
+API names of every vendor are matched through one table, `profkit/data/runtime_calls.csv`
+(`classify.runtime_role`), never per vendor.
 """
 from __future__ import annotations
 
-import functools
-import re
 from collections import Counter
 
 import numpy as np
 
 from profkit import intervals
+from profkit.classify import runtime_role as api_role
 from profkit.columns import contains, group_codes
 from profkit.findings import Finding
 
@@ -20,17 +20,6 @@ from . import Context, PassResult
 
 NAME = "host"
 
-# (role, pattern, exclude): a runtime call has the first role whose pattern matches its name
-# (searched from the start; Nsight's version suffixes such as `_v3020` are allowed) and whose
-# exclude pattern does not.
-API_RULES = (
-    ("sync", re.compile(r"^(cuda|hip|cu|hsa|ze|mtia|xpu|acl(rt)?)\w*?(Synchroni[sz]e|_signal_wait)", re.I), None),
-    ("blocking_copy", re.compile(r"^(cuda|hip|cu)Memcpy", re.I), re.compile(r"Async", re.I)),
-    ("allocator", re.compile(
-        r"^(cuda|hip|cu)(Malloc|Free|HostAlloc|HostMalloc|HostFree|MallocHost|FreeHost|MallocManaged|"
-        r"MallocPitch|Malloc3D|MallocArray|FreeArray|ExtMallocWithFlags|MemAlloc|MemFree|MemHostAlloc|"
-        r"MemFreeHost|MemCreate|MemRelease)", re.I), re.compile(r"Async", re.I)),
-)
 # Framework operators that block the host on a device value (`.item()`, `.tolist()`, ...).
 SYNC_OPS = ("aten::item", "aten::_local_scalar_dense")
 
@@ -40,16 +29,6 @@ PAGEABLE_SAVING = 0.5             # pinned copies take about half the time of pa
 STEP_START_GAP_MIN_NS = 20_000    # host.step_start_gap only above 20 us of GPU idle per step ...
 STEP_START_GAP_MIN_SHARE = 2.0    # ... and 2% of the median step
 MAX_EXAMPLES = 5
-
-
-@functools.lru_cache(maxsize=4096)  # few distinct API names, called once per runtime call
-def api_role(name: str | None) -> str | None:
-    if not name:
-        return None
-    for role, pattern, exclude in API_RULES:
-        if pattern.search(name) and not (exclude and exclude.search(name)):
-            return role
-    return None
 
 
 def run(ctx: Context) -> PassResult:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profkit import intervals
+from profkit.classify import runtime_role
 from profkit.columns import group_codes, lexsort, run_starts
 from profkit.findings import Finding
 from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
@@ -45,16 +46,6 @@ NAME = "idle"
 CAUSES = ("host_bound", "launch_latency", "sync", "dependency", "outside_step")
 HOST, LATENCY, SYNC, DEPENDENCY, OUTSIDE = range(len(CAUSES))
 
-# Host runtime calls that block the calling thread until device work finishes: explicit
-# synchronisation and synchronous (non-Async) copies. Names may carry Nsight's version
-# suffix (`cudaStreamSynchronize_v3020`), hence prefix matches.
-SYNC_CALL_PATTERNS = (
-    r"^(cuda|hip)(Stream|Device|Event|Thread|Ctx)Synchronize",
-    r"^cu(Stream|Ctx|Event)Synchronize",
-    r"^(cuda|hip)Memcpy(2D|3D|Peer|ToSymbol|FromSymbol|DtoH|HtoD|DtoD)?(_v\d+)?$",
-    r"^hipMemcpyWithStream",
-    r"^cuMemcpy(DtoH|HtoD|DtoD|2D|3D|Peer)?(_v\d+)?$",
-)
 # Calls and device records by which a stream waits on another stream's event.
 WAIT_CALL_PATTERN = r"StreamWaitEvent|StreamWaitValue|WaitExternalSemaphores"
 WAIT_RECORD_PATTERN = r"(?i)wait"
@@ -142,21 +133,28 @@ def _thread_codes(pids, tids, threads: dict[tuple, int], rows=None) -> np.ndarra
     return np.asarray(known, dtype=np.int64)[code]
 
 
+def blocking_call_names(store, trace_id) -> list[str]:
+    """Names of the trace's runtime calls that block the calling thread until device work
+    finishes: explicit synchronisation and synchronous copies (classify.runtime_role)."""
+    names = store.con.execute("SELECT DISTINCT name FROM events WHERE trace_id = ? AND kind = 'runtime'",
+                              [trace_id]).fetchall()
+    return sorted(n for (n,) in names if runtime_role(n) in ("sync", "blocking_copy"))
+
+
 def _load_host(store, trace_id, threads):
     """Per host thread: launch starts, blocking sync calls, stream-wait calls."""
-    sync_re = "|".join(f"({p})" for p in SYNC_CALL_PATTERNS)
     rows = store.arrow("""
         WITH launch AS (SELECT DISTINCT src_event FROM links WHERE trace_id = ? AND kind = 'launch'),
         host AS (
             SELECT e.pid, e.tid, e.start_ns, e.end_ns,
                    launch.src_event IS NOT NULL AS is_launch,
-                   e.kind = 'sync' OR regexp_matches(e.name, ?) AS is_sync,
+                   e.kind = 'sync' OR list_contains(?, e.name) AS is_sync,
                    e.kind = 'runtime' AND regexp_matches(e.name, ?) AS is_wait
             FROM events e LEFT JOIN launch ON launch.src_event = e.event_id
             WHERE e.trace_id = ? AND e.tid IS NOT NULL AND e.kind IN ('runtime', 'sync')
         )
         SELECT * FROM host WHERE is_launch OR is_sync OR is_wait ORDER BY pid, tid, start_ns
-    """, [trace_id, sync_re, WAIT_CALL_PATTERN, trace_id])
+    """, [trace_id, blocking_call_names(store, trace_id), WAIT_CALL_PATTERN, trace_id])
     code = _thread_codes(rows.column("pid"), rows.column("tid"), threads)
     start = rows.column("start_ns").to_numpy()
     end = rows.column("end_ns").to_numpy()

@@ -47,6 +47,27 @@ def collective_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
                  for row in _read_csv("collective_ops.csv"))
 
 
+@lru_cache(maxsize=1)
+def runtime_rules() -> tuple[tuple[str, re.Pattern[str], re.Pattern[str] | None], ...]:
+    """(role, pattern, exclude) rows of runtime_calls.csv, in file order."""
+    return tuple((row["role"], re.compile(row["pattern"], re.IGNORECASE),
+                  re.compile(row["exclude"], re.IGNORECASE) if row["exclude"] else None)
+                 for row in _read_csv("runtime_calls.csv"))
+
+
+@lru_cache(maxsize=4096)  # few distinct API names, asked about once per call
+def runtime_role(name: str | None) -> str | None:
+    """What a host runtime call does to the calling thread, from its name: `sync`,
+    `blocking_copy`, `allocator`, or None. One table (data/runtime_calls.csv) for every
+    vendor, read by the host and idle passes and the dependency graph alike."""
+    if not name:
+        return None
+    for role, pattern, exclude in runtime_rules():
+        if pattern.search(name) and not (exclude and exclude.search(name)):
+            return role
+    return None
+
+
 def base_name(name: str) -> str:
     """A kernel's own name, without template arguments and parameter list.
 

@@ -38,7 +38,6 @@ LAUNCH_LATENCY_MAX_NS = 200_000
 # A blocked sync call's own cost when the trace has no unblocked call of that name to measure.
 DEFAULT_SYNC_OVERHEAD_NS = 2_000
 
-SYNC_CALL = re.compile(r"(?i)(Stream|Device|Thread|Event|Ctx)Synchronize")
 STREAM_WAIT_CALL = re.compile(r"(?i)StreamWaitEvent")
 EVENT_RECORD_CALL = re.compile(r"(?i)EventRecord")
 COPY_CALL = re.compile(r"(?i)Memcpy")

@@ -42,6 +42,27 @@ def test_api_roles_table():
     assert role("cudaMemcpyAsync") is None and role("hipMemcpyAsync") is None
     assert role("cudaMalloc") == role("hipHostMalloc") == role("cudaFree_v3020") == "allocator"
     assert role("cudaMallocAsync") is None and role("cudaLaunchKernel") is None
+    assert role("synchronizeStream") == role("synchronize") == role("hsa_signal_wait_scacquire") == "sync"
+    assert role("synchronizeStreamLater") is None and role("enqueueCommand waitOnEvent") is None
+
+
+def test_a_new_runtimes_sync_calls_are_a_table_row_read_by_every_pass():
+    """MTIA's runtime names its blocking calls `synchronizeStream` and `synchronize`, without
+    a vendor prefix: no pass saw them (no sync finding, no sync edge in the graph) until one
+    row of data/runtime_calls.csv named them. Counted against the raw trace."""
+    from profkit.analyses import idle
+    from profkit.graph_build import build_graph
+
+    path = shared_trace("kineto/mtia/mtia_inference_rank0.json.gz")
+    raw = [e for e in raw_events(path) if e.get("ph") == "X" and e.get("cat") == "mtia_runtime"
+           and e.get("name") in ("synchronizeStream", "synchronize")]
+    store = profkit.load(path)
+    ctx, result = run_host(store)
+    assert result.metrics["sync"]["calls"] == len(raw) == 226
+    assert result.metrics["sync"]["by_name"] == {"synchronizeStream": 113, "synchronize": 113}
+    assert idle.blocking_call_names(store, store.trace_ids()[0]) == ["synchronize", "synchronizeStream"]
+    graph = build_graph(store)
+    assert graph.stats["sync_waits"] == len(raw)
 
 
 @pytest.mark.parametrize("name", ["kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz",

@@ -232,8 +232,8 @@ def test_sync_gaps_follow_a_sync_that_waited(rel, stores):
     _, per_stream, _ = idle.attribute(store, trace_id, make_context(store, trace_id).steps)
     sync_calls = store.rows("""
         SELECT start_ns, end_ns FROM events WHERE trace_id = ? AND tid IS NOT NULL
-          AND (kind = 'sync' OR kind = 'runtime' AND regexp_matches(name, ?)) ORDER BY end_ns""",
-                            [trace_id, "|".join(f"({p})" for p in idle.SYNC_CALL_PATTERNS)])
+          AND (kind = 'sync' OR kind = 'runtime' AND list_contains(?, name)) ORDER BY end_ns""",
+                            [trace_id, idle.blocking_call_names(store, trace_id)])
     busy = store.rows("SELECT start_ns, end_ns FROM device_events WHERE trace_id = ?", [trace_id])
     launch_start = dict(store.con.execute(
         "SELECT runtime_event, launch_start_ns FROM launches WHERE trace_id = ?", [trace_id]).fetchall())
