@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 
 from profkit import intervals
-from profkit.classify import runtime_role as api_role
+from profkit.classify import runtime_role
 from profkit.columns import contains, group_codes
 from profkit.findings import Finding
 
@@ -38,7 +38,7 @@ def run(ctx: Context) -> PassResult:
     dev = ctx.device_events()
     busy = intervals.union(dev.start, dev.end)
     calls = _runtime_calls(ctx)
-    roles = np.array([api_role(n) for n in calls["name"]], dtype=object)
+    roles = np.array([runtime_role(n) for n in calls["name"]], dtype=object)
     step_of_call = _window_index(calls["start"], windows)
 
     metrics: dict = {"scope": "whole_trace" if steps is None else "steady_steps",

@@ -13,6 +13,7 @@ import pytest
 
 import profkit
 from profkit.analyses import Context, host as host_pass, steps as steps_pass
+from profkit.classify import runtime_role
 from conftest import shared_trace
 from helpers import store_with_events
 
@@ -35,7 +36,7 @@ def raw_events(path: Path) -> list[dict]:
 
 
 def test_api_roles_table():
-    role = host_pass.api_role
+    role = runtime_role
     assert role("cudaStreamSynchronize") == role("hipEventSynchronize") == role("cuCtxSynchronize") == "sync"
     assert role("cudaDeviceSynchronize_v3020") == "sync"
     assert role("cudaMemcpy") == role("hipMemcpyWithStream") == role("cuMemcpyDtoH_v2") == "blocking_copy"
