@@ -46,8 +46,8 @@ NAME = "idle"
 CAUSES = ("host_bound", "launch_latency", "sync", "dependency", "outside_step")
 HOST, LATENCY, SYNC, DEPENDENCY, OUTSIDE = range(len(CAUSES))
 
-# Calls and device records by which a stream waits on another stream's event.
-WAIT_CALL_PATTERN = r"StreamWaitEvent|StreamWaitValue|WaitExternalSemaphores"
+# Device records by which a stream waits on another stream's event (the calls that make a
+# stream wait are roles stream_wait and device_wait in data/runtime_calls.csv).
 WAIT_RECORD_PATTERN = r"(?i)wait"
 # A next activity starting this soon after another stream's activity ended is taken to
 # have waited on it (when the device side of the gap dominates).
@@ -133,12 +133,17 @@ def _thread_codes(pids, tids, threads: dict[tuple, int], rows=None) -> np.ndarra
     return np.asarray(known, dtype=np.int64)[code]
 
 
-def blocking_call_names(store, trace_id) -> list[str]:
-    """Names of the trace's runtime calls that block the calling thread until device work
-    finishes: explicit synchronisation and synchronous copies (classify.runtime_role)."""
+def runtime_call_names(store, trace_id, *roles: str) -> list[str]:
+    """Names of the trace's runtime calls with one of `roles` (classify.runtime_role)."""
     names = store.con.execute("SELECT DISTINCT name FROM events WHERE trace_id = ? AND kind = 'runtime'",
                               [trace_id]).fetchall()
-    return sorted(n for (n,) in names if runtime_role(n) in ("sync", "blocking_copy"))
+    return sorted(n for (n,) in names if runtime_role(n) in roles)
+
+
+def blocking_call_names(store, trace_id) -> list[str]:
+    """Names of the trace's runtime calls that block the calling thread until device work
+    finishes: explicit synchronisation and synchronous copies."""
+    return runtime_call_names(store, trace_id, "sync", "blocking_copy")
 
 
 def _load_host(store, trace_id, threads):
@@ -149,12 +154,13 @@ def _load_host(store, trace_id, threads):
             SELECT e.pid, e.tid, e.start_ns, e.end_ns,
                    launch.src_event IS NOT NULL AS is_launch,
                    e.kind = 'sync' OR list_contains(?, e.name) AS is_sync,
-                   e.kind = 'runtime' AND regexp_matches(e.name, ?) AS is_wait
+                   e.kind = 'runtime' AND list_contains(?, e.name) AS is_wait
             FROM events e LEFT JOIN launch ON launch.src_event = e.event_id
             WHERE e.trace_id = ? AND e.tid IS NOT NULL AND e.kind IN ('runtime', 'sync')
         )
         SELECT * FROM host WHERE is_launch OR is_sync OR is_wait ORDER BY pid, tid, start_ns
-    """, [trace_id, blocking_call_names(store, trace_id), WAIT_CALL_PATTERN, trace_id])
+    """, [trace_id, blocking_call_names(store, trace_id),
+          runtime_call_names(store, trace_id, "stream_wait", "device_wait"), trace_id])
     code = _thread_codes(rows.column("pid"), rows.column("tid"), threads)
     start = rows.column("start_ns").to_numpy()
     end = rows.column("end_ns").to_numpy()

@@ -26,7 +26,7 @@ import numpy as np
 from .columns import dictionary_codes, group_codes, lexsort, per_value, positions, run_starts
 from .store import Store
 
-from .graph_model import (CLS, COPY_CALL, matches, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION,
+from .graph_model import (CLS, has_role, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION,
                           E_HOST, E_LAUNCH, E_STREAM, E_SYNC, HOST_KINDS, LAUNCH_LATENCY_MAX_NS,
                           SERIAL_DEVICE_MIN_SWITCHES, STREAM_GAP_MAX_NS)
 from .graph_waits import WaitEdges
@@ -502,7 +502,7 @@ class _Builder(WaitEdges):
         src, dst = self.launch_src, self.launch_dst
         if src.size == 0:
             return set()
-        is_copy = matches(self.ev, "name", COPY_CALL, src)
+        is_copy = has_role(self.ev, src, "blocking_copy", "copy")
         waited = is_copy & (self.end[dst] <= self.end[src]) & (self.end[dst] >= self.start[src]) & is_one_of(self.ev, "kind", ("memcpy",), dst)
         self.copy_wait = dict(zip(src[waited].tolist(), dst[waited].tolist()))
         return set(self.copy_wait)

@@ -1,11 +1,11 @@
 """Names shared by the graph modules: event kinds, edge kinds, attribution classes, and
-the runtime-call patterns the graph recognises."""
+the tests of event columns they all use (runtime calls by their role in
+data/runtime_calls.csv)."""
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
+from .classify import runtime_role
 from .columns import per_value
 
 HOST_KINDS = ("cpu_op", "python", "annotation", "runtime")
@@ -38,15 +38,12 @@ LAUNCH_LATENCY_MAX_NS = 200_000
 # A blocked sync call's own cost when the trace has no unblocked call of that name to measure.
 DEFAULT_SYNC_OVERHEAD_NS = 2_000
 
-STREAM_WAIT_CALL = re.compile(r"(?i)StreamWaitEvent")
-EVENT_RECORD_CALL = re.compile(r"(?i)EventRecord")
-COPY_CALL = re.compile(r"(?i)Memcpy")
 
 
-def matches(ev: dict[str, np.ndarray], column: str, pattern, where: np.ndarray) -> np.ndarray:
-    """Whether the string `column` of the events `where` matches the regex `pattern`,
-    testing each distinct value once."""
-    return per_value(lambda v: bool(pattern.search(v or "")), ev[column + "_code"][where], ev[column + "_values"], bool)
+def has_role(ev: dict[str, np.ndarray], where: np.ndarray, *roles: str) -> np.ndarray:
+    """Whether the runtime calls `where` have one of `roles` in data/runtime_calls.csv
+    (classify.runtime_role), testing each distinct name once."""
+    return per_value(lambda name: runtime_role(name) in roles, ev["name_code"][where], ev["name_values"], bool)
 
 
 def is_one_of(ev: dict[str, np.ndarray], column: str, values, where=slice(None)) -> np.ndarray:

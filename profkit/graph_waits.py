@@ -7,10 +7,8 @@ import re
 
 import numpy as np
 
-from .classify import runtime_role
-from .columns import lexsort, per_value
-from .graph_model import CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER, EVENT_RECORD_CALL, STREAM_GAP_MAX_NS, \
-    STREAM_WAIT_CALL, is_one_of, matches
+from .columns import lexsort
+from .graph_model import CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER, STREAM_GAP_MAX_NS, has_role, is_one_of
 
 
 class WaitEdges:
@@ -111,10 +109,9 @@ class WaitEdges:
         ev = self.ev
         host = ~self.is_device
         runtime = np.flatnonzero(host & is_one_of(ev, "kind", ("runtime",)))
-        is_rec = matches(ev, "name", EVENT_RECORD_CALL, runtime)
-        is_wait = matches(ev, "name", STREAM_WAIT_CALL, runtime)
-        is_sync = per_value(lambda name: runtime_role(name) == "sync", ev["name_code"][runtime],
-                            ev["name_values"], bool)
+        is_rec = has_role(ev, runtime, "event_record")
+        is_wait = has_role(ev, runtime, "stream_wait")
+        is_sync = has_role(ev, runtime, "sync")
         self.event_records = self._by_thread(runtime[is_rec], runtime[is_rec])
         self.sync_records = self._sync_records()
         self.sync_calls = set(int(i) for i in runtime[is_sync])

@@ -40,11 +40,17 @@ def test_api_roles_table():
     assert role("cudaStreamSynchronize") == role("hipEventSynchronize") == role("cuCtxSynchronize") == "sync"
     assert role("cudaDeviceSynchronize_v3020") == "sync"
     assert role("cudaMemcpy") == role("hipMemcpyWithStream") == role("cuMemcpyDtoH_v2") == "blocking_copy"
-    assert role("cudaMemcpyAsync") is None and role("hipMemcpyAsync") is None
     assert role("cudaMalloc") == role("hipHostMalloc") == role("cudaFree_v3020") == "allocator"
     assert role("cudaMallocAsync") is None and role("cudaLaunchKernel") is None
     assert role("synchronizeStream") == role("synchronize") == role("hsa_signal_wait_scacquire") == "sync"
     assert role("synchronizeStreamLater") is None and role("enqueueCommand waitOnEvent") is None
+    # The graph's and the idle pass's calls, from the same table: the first row that matches wins.
+    assert role("cudaMemcpyAsync") == "copy" and role("cudaMemcpy") == "blocking_copy"
+    assert role("hipMemcpyAsync") == role("cudaMemcpy2DAsync_v3020") == role("cuMemcpyHtoDAsync_v2") == "copy"
+    assert role("cudaStreamWaitEvent") == role("hipStreamWaitEvent") == "stream_wait"
+    assert role("cuStreamWaitValue32") == role("cudaWaitExternalSemaphoresAsync") == "device_wait"
+    assert role("cudaEventRecord") == role("hipEventRecordWithFlags") == "event_record"
+    assert role("cudaEventSynchronize") == "sync" and role("cudaLaunchKernel") is None
 
 
 def test_a_new_runtimes_sync_calls_are_a_table_row_read_by_every_pass():
