@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profkit import intervals
-from profkit.classify import runtime_role
+from profkit.classify import runtime_call_names
 from profkit.columns import group_codes, lexsort, run_starts
 from profkit.findings import Finding
 from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
@@ -131,13 +131,6 @@ def _thread_codes(pids, tids, threads: dict[tuple, int], rows=None) -> np.ndarra
     code, first = group_codes(pid, tid)
     known = [threads.setdefault((int(pid[i]), int(tid[i])), len(threads)) for i in first.tolist()]
     return np.asarray(known, dtype=np.int64)[code]
-
-
-def runtime_call_names(store, trace_id, *roles: str) -> list[str]:
-    """Names of the trace's runtime calls with one of `roles` (classify.runtime_role)."""
-    names = store.con.execute("SELECT DISTINCT name FROM events WHERE trace_id = ? AND kind = 'runtime'",
-                              [trace_id]).fetchall()
-    return sorted(n for (n,) in names if runtime_role(n) in roles)
 
 
 def blocking_call_names(store, trace_id) -> list[str]:

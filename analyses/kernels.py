@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from profkit import intervals
+from profkit.classify import runtime_call_names
 from profkit.findings import Finding
 from profkit.schema import CATEGORIES
 from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
@@ -20,7 +21,6 @@ TOP_N = 20                       # kernel names and operators listed
 TOP_SHAPES = 3                   # input-shape variants listed per operator
 TINY_KERNEL_NS = 10_000          # a kernel shorter than this is "tiny"
 STORM_MIN_PER_STEP = 50          # tiny kernels per step before they are a storm
-GRAPH_LAUNCH_PATTERN = "GraphLaunch"
 LAUNCH_LATENCY_HIGH_NS = 20_000  # p50 launch-to-start on an idle stream above this is high
 LAUNCH_LATENCY_TYPICAL_NS = TYPICAL_LAUNCH_LATENCY_NS  # what a launch to an idle stream usually costs
 HOTSPOT_SHARE_PCT = 30.0         # one kernel name above this share of busy time
@@ -178,9 +178,9 @@ def launch_table(store, trace_id):
         FROM launches l JOIN a ON a.event_id = l.device_event JOIN fan USING (runtime_event)
         JOIN events d ON d.event_id = l.device_event
         LEFT JOIN kernel_info ki ON ki.event_id = l.device_event
-        WHERE l.trace_id = ? AND fan.n = 1 AND NOT regexp_matches(l.runtime_name, '{GRAPH_LAUNCH_PATTERN}')
+        WHERE l.trace_id = ? AND fan.n = 1 AND NOT list_contains(?, l.runtime_name)
           AND ki.graph_id IS NULL AND ki.graph_node_id IS NULL
-    """, [trace_id, trace_id, trace_id])
+    """, [trace_id, trace_id, trace_id, runtime_call_names(store, trace_id, "graph_launch")])
     return {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profkit import intervals
+from profkit.classify import runtime_role
 from profkit.columns import dictionary_codes, per_value
 from profkit.store import Store
 
@@ -33,11 +34,6 @@ ANNOTATION_MIN_DEVICE_SHARE = 0.5  # step annotations must enclose half the devi
 # Ranges the profiler itself records, never the program's iterations.
 PROFILER_RANGES = re.compile(r"^(PyTorch Profiler|Iteration Start|Lazy Function Loading|Activity Buffer Request)")
 
-# Runtime calls that replay a captured graph, across vendors.
-GRAPH_LAUNCH_CALLS = (
-    re.compile(r"^(cuda|hip|cu)GraphLaunch", re.IGNORECASE),
-)
-
 _DIGITS = re.compile(r"\d+")
 
 
@@ -51,7 +47,8 @@ class Window:
 
 
 def is_graph_launch(name: str | None) -> bool:
-    return bool(name) and any(p.search(name) for p in GRAPH_LAUNCH_CALLS)
+    """A runtime call that replays a captured graph (role graph_launch in data/runtime_calls.csv)."""
+    return runtime_role(name) == "graph_launch"
 
 
 @dataclass

@@ -68,6 +68,14 @@ def runtime_role(name: str | None) -> str | None:
     return None
 
 
+def runtime_call_names(store, trace_id: int, *roles: str) -> list[str]:
+    """The names of a trace's runtime calls whose role is one of `roles`: a short list for
+    SQL (`list_contains`), each distinct name tested once."""
+    names = store.con.execute("SELECT DISTINCT name FROM events WHERE trace_id = ? AND kind = 'runtime'",
+                              [trace_id]).fetchall()
+    return sorted(n for (n,) in names if runtime_role(n) in roles)
+
+
 def base_name(name: str) -> str:
     """A kernel's own name, without template arguments and parameter list.
 

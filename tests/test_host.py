@@ -51,6 +51,7 @@ def test_api_roles_table():
     assert role("cuStreamWaitValue32") == role("cudaWaitExternalSemaphoresAsync") == "device_wait"
     assert role("cudaEventRecord") == role("hipEventRecordWithFlags") == "event_record"
     assert role("cudaEventSynchronize") == "sync" and role("cudaLaunchKernel") is None
+    assert role("cudaGraphLaunch") == role("hipGraphLaunch") == role("cudaGraphLaunch_v10000") == "graph_launch"
 
 
 def test_a_new_runtimes_sync_calls_are_a_table_row_read_by_every_pass():
