@@ -1,4 +1,4 @@
-"""The shared classifier on kernel names from every vendor's libraries."""
+"""The shared classifiers: kernel names from every vendor's libraries, and the roles of runtime calls."""
 import pytest
 
 from profkit import classify
@@ -61,3 +61,23 @@ def test_collective_op(name, op):
 def test_every_rule_names_a_known_category_and_compiles():
     rules = classify.category_rules()
     assert rules and all(r.category in classify.CATEGORIES for r in rules)
+
+
+def test_runtime_call_roles_table():
+    """Every pass reads runtime calls through one table (data/runtime_calls.csv)."""
+    role = classify.runtime_role
+    assert role("cudaStreamSynchronize") == role("hipEventSynchronize") == role("cuCtxSynchronize") == "sync"
+    assert role("cudaDeviceSynchronize_v3020") == "sync"
+    assert role("cudaMemcpy") == role("hipMemcpyWithStream") == role("cuMemcpyDtoH_v2") == "blocking_copy"
+    assert role("cudaMalloc") == role("hipHostMalloc") == role("cudaFree_v3020") == "allocator"
+    assert role("cudaMallocAsync") is None and role("cudaLaunchKernel") is None
+    assert role("synchronizeStream") == role("synchronize") == role("hsa_signal_wait_scacquire") == "sync"
+    assert role("synchronizeStreamLater") is None and role("enqueueCommand waitOnEvent") is None
+    # The graph's and the idle pass's calls, from the same table: the first row that matches wins.
+    assert role("cudaMemcpyAsync") == "copy" and role("cudaMemcpy") == "blocking_copy"
+    assert role("hipMemcpyAsync") == role("cudaMemcpy2DAsync_v3020") == role("cuMemcpyHtoDAsync_v2") == "copy"
+    assert role("cudaStreamWaitEvent") == role("hipStreamWaitEvent") == "stream_wait"
+    assert role("cuStreamWaitValue32") == role("cudaWaitExternalSemaphoresAsync") == "device_wait"
+    assert role("cudaEventRecord") == role("hipEventRecordWithFlags") == "event_record"
+    assert role("cudaEventSynchronize") == "sync" and role("cudaLaunchKernel") is None
+    assert role("cudaGraphLaunch") == role("hipGraphLaunch") == role("cudaGraphLaunch_v10000") == "graph_launch"

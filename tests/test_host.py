@@ -13,7 +13,6 @@ import pytest
 
 import profkit
 from profkit.analyses import Context, host as host_pass, steps as steps_pass
-from profkit.classify import runtime_role
 from conftest import shared_trace
 from helpers import store_with_events
 
@@ -33,25 +32,6 @@ def run_host(store, trace_index: int = 0):
 
 def raw_events(path: Path) -> list[dict]:
     return json.loads(gzip.open(path).read(), strict=False)["traceEvents"]
-
-
-def test_api_roles_table():
-    role = runtime_role
-    assert role("cudaStreamSynchronize") == role("hipEventSynchronize") == role("cuCtxSynchronize") == "sync"
-    assert role("cudaDeviceSynchronize_v3020") == "sync"
-    assert role("cudaMemcpy") == role("hipMemcpyWithStream") == role("cuMemcpyDtoH_v2") == "blocking_copy"
-    assert role("cudaMalloc") == role("hipHostMalloc") == role("cudaFree_v3020") == "allocator"
-    assert role("cudaMallocAsync") is None and role("cudaLaunchKernel") is None
-    assert role("synchronizeStream") == role("synchronize") == role("hsa_signal_wait_scacquire") == "sync"
-    assert role("synchronizeStreamLater") is None and role("enqueueCommand waitOnEvent") is None
-    # The graph's and the idle pass's calls, from the same table: the first row that matches wins.
-    assert role("cudaMemcpyAsync") == "copy" and role("cudaMemcpy") == "blocking_copy"
-    assert role("hipMemcpyAsync") == role("cudaMemcpy2DAsync_v3020") == role("cuMemcpyHtoDAsync_v2") == "copy"
-    assert role("cudaStreamWaitEvent") == role("hipStreamWaitEvent") == "stream_wait"
-    assert role("cuStreamWaitValue32") == role("cudaWaitExternalSemaphoresAsync") == "device_wait"
-    assert role("cudaEventRecord") == role("hipEventRecordWithFlags") == "event_record"
-    assert role("cudaEventSynchronize") == "sync" and role("cudaLaunchKernel") is None
-    assert role("cudaGraphLaunch") == role("hipGraphLaunch") == role("cudaGraphLaunch_v10000") == "graph_launch"
 
 
 def test_a_new_runtimes_sync_calls_are_a_table_row_read_by_every_pass():
