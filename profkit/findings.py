@@ -111,7 +111,9 @@ def group_across_ranks(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         worst = max(members, key=lambda f: f["impact_ns"])
         ranks = sorted({(m.get("scope") or {}).get("rank") for m in members} - {None})
         if len(ranks) > 1:
-            worst = {**worst, "title": f"{worst['title']} (worst of {len(ranks)} ranks: {_ranges(ranks)})",
+            # The title is the worst rank's (its GPU number is that rank's): say which rank.
+            where = (worst.get("scope") or {}).get("rank")
+            worst = {**worst, "title": f"{worst['title']} (rank {where}; worst of {_ranges(ranks)})",
                      "scope": {**worst.get("scope", {}), "ranks": ranks}}
         out.append(worst)
     return _merge_same_cause(sorted(out, key=lambda f: (-f["impact_ns"], f["rule"])))

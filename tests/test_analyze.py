@@ -131,6 +131,7 @@ def test_display_groups_ranks_and_merges_one_cause_seen_by_two_passes():
     ])
     assert [f["rule"] for f in shown] == ["host.sync_in_steady_state", "idle.host_bound"]
     assert shown[0]["impact_ns"] == 120 and shown[0]["scope"]["ranks"] == [0, 1]
+    assert shown[0]["title"] == "host.sync_in_steady_state on GPU 1 (rank 1; worst of ranks 0-1)"
     assert shown[0]["also_rules"] == ["idle.sync"] and "also_rules" not in shown[1]
 
 
