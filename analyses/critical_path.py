@@ -191,9 +191,11 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             f.details["replay"] = {**replay, "used": False, "reason": unused}
             continue
         f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
-        note = _small_saving_note(_path_causes(graph, changes), f.impact_ns, max(0, int(r["saving_ns"])), report)
+        won = max(0, int(r["saving_ns"]))
+        note = (_small_saving_note(_path_causes(graph, changes), f.impact_ns, won, report)
+                or _large_saving_note(changes, f.impact_ns, won))
         f.details["replay"] = replay | ({"note": note} if note else {})
-        f.impact_ns = max(0, int(r["saving_ns"]))
+        f.impact_ns = won
         f.share_pct = round(100.0 * f.impact_ns / r["replayed_step_ns"], 3) if r["replayed_step_ns"] else 0.0
         f.impact_basis = "replay"
     combined = _combined_replay(trace_id, findings, saving)
@@ -221,8 +223,23 @@ def _combined_replay(trace_id: int, findings: list[Finding], saving) -> dict[str
             "predicted_step_ns": int(r["predicted_step_ns"]), "sum_of_impacts_ns": int(sum(f.impact_ns for f in used))}
 
 
-# A replayed saving below this share of the finding's own estimate gets a note saying why.
+# A replayed saving below this share of the finding's own estimate gets a note saying why,
+# and so does one above this multiple of it.
 SMALL_SAVING_FRACTION = 0.5
+LARGE_SAVING_FACTOR = 1.5
+# What each change of RULE_CHANGES does to the step, and why its saving can exceed what
+# the finding measures, for the notes.
+CHANGE_WORDS = {
+    "host-gaps": ("with its host gaps after the first launch trimmed to the median gap",
+                  "the launches after each trimmed gap, and what waits on them, move earlier too"),
+    "no-host-overhead": ("with no host time between launches, as if it were captured as a graph,",
+                         "that removes all of the step's host time, not only these launches'"),
+    "launch-latency": ("with every launch at a typical latency", None),
+    "no-sync": ("without its host synchronisation",
+                "the host, no longer blocked, issues the work after it earlier too"),
+    "comm-overlap": ("with its communication fully overlapped", None),
+    "straggler": ("with the slowest rank's compute brought to the median rank's", None),
+}
 
 
 def _path_causes(graph, changes: list[str]) -> set[str]:
@@ -256,6 +273,19 @@ def _small_saving_note(causes: set[str], estimate_ns: int, saving_ns: int, repor
     path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)
     return (f"Replaying the step without it saves {human_ns(saving_ns)} of the {human_ns(estimate_ns)} it takes "
             f"per step: the critical path is {path}, so this pays off only once that is shorter.")
+
+
+def _large_saving_note(changes: list, estimate_ns: int, saving_ns: int) -> str | None:
+    """Why a finding's replayed saving is well above what the finding measures itself (a
+    sync's idle, a storm's launch calls): the replay also moves earlier whatever waited
+    behind the cause, and for `no-host-overhead` it removes all the step's host time."""
+    if estimate_ns <= 0 or saving_ns <= LARGE_SAVING_FACTOR * estimate_ns:
+        return None
+    words = [CHANGE_WORDS.get(str(c), (f"with {c}", None)) for c in changes]
+    how = " and ".join(w[0] for w in words)
+    why = "; ".join(w[1] for w in words if w[1]) or "what waited behind it moves earlier too"
+    return (f"Replaying the step {how} saves {human_ns(saving_ns)} per step, {saving_ns / estimate_ns:.1f}x "
+            f"the {human_ns(estimate_ns)} this finding measures directly: {why}.")
 
 
 def _unexplained_pct(report: dict[str, Any]) -> float:

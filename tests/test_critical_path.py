@@ -188,16 +188,21 @@ def test_gaps_without_launch_records_keep_the_estimate():
 
 
 
-def test_a_saving_held_back_by_the_critical_path_says_why():
+@pytest.fixture(scope="module")
+def b200_eager():
+    from profkit.analyses import analyze
+
+    return analyze(_store(shared_trace("kineto/cuda/b200_eager_rank0_of8.json.gz")))
+
+
+def test_a_saving_held_back_by_the_critical_path_says_why(b200_eager):
     """B200 vLLM eager decode: its all_reduce is 100% exposed (2.12 ms per step), but the
     step is host-bound (critical path host 100%), so overlapping it wins back nothing. The
     0 gets a note naming what holds the path, and the renderers print it. The host-bound
     finding, whose own cause leads the path, gets none."""
-    from profkit.analyses import analyze
     from profkit.report_markdown import analysis_markdown
 
-    store = _store(shared_trace("kineto/cuda/b200_eager_rank0_of8.json.gz"))
-    result = analyze(store)
+    result = b200_eager
     by_rule = {f["rule"]: f for f in result["findings"]}
     comm = by_rule["comm.exposed"]
     note = comm["details"]["replay"]["note"]
@@ -219,6 +224,32 @@ def test_a_saving_held_back_by_the_critical_path_says_why():
 
     page = analysis_html(result)
     assert f"<p><b>Why 0 ns:</b> {note}</p>" in page and "fixed together, win back" in page
+
+
+def test_a_saving_far_above_what_the_finding_measures_says_why(b200_eager):
+    """B200 vLLM eager decode: the tiny-kernel storm's launch calls cost 3.88 ms per step,
+    but its what-if (no host time, as graph capture would) wins back 75 ms, because it
+    removes all of the step's host time: the note says so, so that the impact and the
+    title do not seem to disagree. A replayed saving within 0.5-1.5x of the finding's own
+    measure gets no note (below it, only where another cause holds the path)."""
+    from profkit.analyses.critical_path import LARGE_SAVING_FACTOR, SMALL_SAVING_FRACTION
+    from profkit.render import human_ns
+
+    storm = next(f for f in b200_eager["findings"] if f["rule"] == "kernels.tiny_kernel_storm")
+    own = storm["details"]["estimate_before_replay"]["impact_ns"]
+    assert own == storm["evidence"]["launch_overhead_ns_per_step"] and storm["impact_ns"] > 10 * own
+    note = storm["details"]["replay"]["note"]
+    assert note.startswith("Replaying the step with no host time between launches, as if it were captured as a graph,")
+    assert f"{storm['impact_ns'] / own:.1f}x the {human_ns(own)} this finding measures directly" in note
+    assert "all of the step's host time" in note
+    for f in b200_eager["findings"]:
+        replay, before = f["details"].get("replay") or {}, f["details"].get("estimate_before_replay")
+        if before and before["impact_ns"] > 0 and replay.get("used", True):
+            ratio = f["impact_ns"] / before["impact_ns"]
+            if ratio > LARGE_SAVING_FACTOR:
+                assert "this finding measures directly" in replay["note"], f["rule"]
+            elif ratio >= SMALL_SAVING_FRACTION:
+                assert "note" not in replay, f["rule"]
 
 
 def test_findings_fixed_together_are_one_replay():
