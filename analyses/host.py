@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 
 from profkit import intervals
-from profkit.classify import runtime_role
+from profkit.classify import blocking_async_copies, runtime_role
 from profkit.columns import contains, group_codes
 from profkit.findings import Finding
 
@@ -39,6 +39,7 @@ def run(ctx: Context) -> PassResult:
     busy = intervals.union(dev.start, dev.end)
     calls = _runtime_calls(ctx)
     roles = np.array([runtime_role(n) for n in calls["name"]], dtype=object)
+    roles[np.isin(calls["event_id"], blocking_async_copies(ctx.store, ctx.trace_id))] = "blocking_copy"
     step_of_call = _window_index(calls["start"], windows)
 
     metrics: dict = {"scope": "whole_trace" if steps is None else "steady_steps",
@@ -129,7 +130,8 @@ def _in_list(names) -> str:
 def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
     is_sync = ((roles == "sync") | (roles == "blocking_copy")) & (step_of_call >= 0)
     sel = np.flatnonzero(is_sync)
-    origin = _sync_origins(ctx, calls, sel)
+    origin_ops = _sync_origins(ctx, calls, sel)
+    origin = [o[0] if o else None for o in origin_ops]
     after_dtoh = _after_dtoh(ctx, calls, sel)
     idle_windows = []
     idle_each = []
@@ -152,11 +154,13 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
     unmeasured = len(set(step_of_call[sel].tolist()) - measured_windows)
     n_measured = max(1, n_steps - unmeasured)
     blocked_total = intervals.length(calls["start"][sel], calls["end"][sel]) if sel.size else 0
+    points = _sync_points(ctx, calls, sel)
     by_name = Counter(calls["name"][i] for i in sel)
-    by_origin = Counter(o for o in origin if o)
+    by_origin = Counter(o[0] for o in set(origin_ops) if o)  # an op whose copy and sync both block counts once
     metrics = {
         "calls": int(sel.size),
         "calls_per_step": round(sel.size / n_steps, 3),
+        "points": points, "points_per_step": round(points / n_steps, 3),
         "by_name": dict(by_name.most_common()),
         "by_origin_op": dict(by_origin.most_common()),
         "after_dtoh_copy": int(sum(after_dtoh)),
@@ -178,27 +182,38 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
         device, stream = _waited_lane(dev, calls, sel)
         findings.append(Finding(
             rule="host.sync_in_steady_state",
-            title=(f"{sel.size / n_steps:.1f} host synchronisations per step ({names}{origin_text}) "
+            title=(f"{points / n_steps:.1f} host synchronisations per step ({names}{origin_text}) "
                    f"leave the GPU idle {_ms(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=device, stream=stream, steps=_step_numbers(ctx, step_of_call[sel])),
             evidence={"calls": int(sel.size), "calls_per_step": round(sel.size / n_steps, 3),
-                      "by_name": dict(by_name), "by_origin_op": dict(by_origin),
+                      "points_per_step": metrics["points_per_step"], "by_name": dict(by_name), "by_origin_op": dict(by_origin),
                       "after_dtoh_copy": int(sum(after_dtoh)),
                       "blocked_ns_per_step": metrics["blocked_ns_per_step"],
                       "bound_ns_per_step": metrics["blocked_ns_per_step"],
                       "gpu_idle_caused_ns_per_step": int(impact), "examples": examples},
             sql=(f"SELECT event_id, kind, name, start_ns, dur_ns, tid FROM events WHERE trace_id = {ctx.trace_id} "
-                 f"AND ((kind = 'runtime' AND name IN ({_in_list(by_name)})) "
+                 f"AND ((kind = 'runtime' AND {_named_or_listed(calls, sel)}) "
                  f"OR (kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)}))) "
                  f"AND start_ns >= {lo} AND start_ns <= {hi} ORDER BY start_ns"),
             recommendation=("Remove host synchronisation from the loop: keep values on the device instead of "
                             "calling .item()/.cpu()/.tolist() every step, copy results with non_blocking=True "
                             "into pinned memory and wait on an event only when the value is needed, and drop "
                             "explicit torch.cuda.synchronize() outside timing code."),
-            impact_basis="estimate", count=int(sel.size),
+            impact_basis="estimate", count=points,
         ))
     return {"metrics": metrics, "findings": findings, "idle": idle_union}
+
+
+def _named_or_listed(calls, sel) -> str:
+    """SQL for the calls `sel`: by name where the name blocks (roles sync, blocking_copy),
+    by event id for asynchronous copies that blocked (classify.blocking_async_copies)."""
+    names = {calls["name"][i] for i in sel}
+    blocking = sorted(n for n in names if runtime_role(n) in ("sync", "blocking_copy"))
+    listed = [str(int(calls["event_id"][i])) for i in sel if calls["name"][i] not in blocking]
+    parts = ([f"name IN ({_in_list(blocking)})"] if blocking else []) + (
+        [f"event_id IN ({', '.join(listed)})"] if listed else [])
+    return "(" + " OR ".join(parts) + ")"
 
 
 def _idle_after_sync(start: int, end: int, dev) -> tuple[int, int]:
@@ -242,8 +257,29 @@ def _waited_device(dev, *_unused) -> int | None:
     return int(Counter(devices.tolist()).most_common(1)[0][0]) if devices.size else None
 
 
-def _sync_origins(ctx, calls, sel) -> list[str | None]:
-    """The framework op (`aten::item`, ...) enclosing each sync call on its thread."""
+def _sync_points(ctx, calls, sel: np.ndarray) -> int:
+    """How many times the host waited: blocking calls one after another on a thread with no
+    launch between them wait once, as the later ones find nothing new queued (`.item()` is
+    a blocking device-to-host copy, then a stream synchronize). `sel` in start order."""
+    if sel.size == 0:
+        return 0
+    launches = ctx.store.con.execute("SELECT DISTINCT src_event FROM links WHERE trace_id = ? AND kind = 'launch'",
+                                     [ctx.trace_id]).fetchnumpy()["src_event"]
+    launched = np.isin(calls["event_id"], launches)
+    thread, _ = group_codes(calls["pid"], calls["tid"])
+    points = 0
+    for t in np.unique(thread[sel]):
+        mine = sel[thread[sel] == t]
+        starts = calls["start"][launched & (thread == t)]  # in start order, as calls are
+        between = (np.searchsorted(starts, calls["start"][mine[1:]], "left")
+                   - np.searchsorted(starts, calls["end"][mine[:-1]], "right"))
+        points += 1 + int((between > 0).sum())
+    return points
+
+
+def _sync_origins(ctx, calls, sel) -> list[tuple | None]:
+    """The framework op (`aten::item`, ...) enclosing each sync call on its thread, as
+    (name, start, pid, tid)."""
     ops = ctx.store.con.execute(f"""
         SELECT name, start_ns, end_ns, coalesce(pid, -1), coalesce(tid, -1) FROM events
         WHERE trace_id = ? AND kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)})
@@ -251,7 +287,7 @@ def _sync_origins(ctx, calls, sel) -> list[str | None]:
     out = []
     for i in sel:
         s, e, pid, tid = calls["start"][i], calls["end"][i], calls["pid"][i], calls["tid"][i]
-        found = [n for n, os, oe, op, ot in ops if os <= s and e <= oe and ot == tid and op == pid]
+        found = [(n, os, op, ot) for n, os, oe, op, ot in ops if os <= s and e <= oe and ot == tid and op == pid]
         out.append(found[0] if found else None)
     return out
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profkit import intervals
-from profkit.classify import runtime_call_names
+from profkit.classify import blocking_async_copies, runtime_call_names
 from profkit.columns import group_codes, lexsort, run_starts
 from profkit.findings import Finding
 from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
@@ -146,13 +146,13 @@ def _load_host(store, trace_id, threads):
         host AS (
             SELECT e.pid, e.tid, e.start_ns, e.end_ns,
                    launch.src_event IS NOT NULL AS is_launch,
-                   e.kind = 'sync' OR list_contains(?, e.name) AS is_sync,
+                   e.kind = 'sync' OR list_contains(?, e.name) OR list_contains(?, e.event_id) AS is_sync,
                    e.kind = 'runtime' AND list_contains(?, e.name) AS is_wait
             FROM events e LEFT JOIN launch ON launch.src_event = e.event_id
             WHERE e.trace_id = ? AND e.tid IS NOT NULL AND e.kind IN ('runtime', 'sync')
         )
         SELECT * FROM host WHERE is_launch OR is_sync OR is_wait ORDER BY pid, tid, start_ns
-    """, [trace_id, blocking_call_names(store, trace_id),
+    """, [trace_id, blocking_call_names(store, trace_id), blocking_async_copies(store, trace_id),
           runtime_call_names(store, trace_id, "stream_wait", "device_wait"), trace_id])
     code = _thread_codes(rows.column("pid"), rows.column("tid"), threads)
     start = rows.column("start_ns").to_numpy()

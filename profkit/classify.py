@@ -76,6 +76,22 @@ def runtime_call_names(store, trace_id: int, *roles: str) -> list[str]:
     return sorted(n for (n,) in names if runtime_role(n) in roles)
 
 
+def blocking_async_copies(store, trace_id: int) -> list[int]:
+    """Event ids of a trace's asynchronous copy calls (role `copy`) that copied device
+    memory to pageable host memory: CUDA and HIP return from those only once the copy is
+    done, after the work queued before it (a `.cpu()` without pinned memory), so they block
+    the host like a synchronous copy. Read from the `copies` view, not from names."""
+    names = runtime_call_names(store, trace_id, "copy")
+    if not names:
+        return []
+    return [i for (i,) in store.con.execute("""
+        SELECT DISTINCT l.src_event FROM links l
+        JOIN copies c ON c.event_id = l.dst_event JOIN events r ON r.event_id = l.src_event
+        WHERE l.trace_id = ? AND l.kind = 'launch' AND c.direction = 'DtoH' AND c.dst_memory = 'pageable'
+          AND list_contains(?, r.name) ORDER BY 1
+    """, [trace_id, names]).fetchall()]
+
+
 def base_name(name: str) -> str:
     """A kernel's own name, without template arguments and parameter list.
 

@@ -75,13 +75,24 @@ def test_sync_counts_in_steady_steps_match_raw():
     events = raw_events(path)
     steps = sorted(((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events
                     if re.fullmatch(r"ProfilerStep#\d+", str(e.get("name")))))[1:]
-    raw = [e for e in events if e.get("cat") == "cuda_runtime" and SYNC_NAME.match(e["name"])
-           and any(lo <= float(e["ts"]) < hi for lo, hi in steps)]
+    in_steps = [e for e in events if e.get("cat") == "cuda_runtime" and any(lo <= float(e["ts"]) < hi for lo, hi in steps)]
+    raw = [e for e in in_steps if SYNC_NAME.match(e["name"])]
+    # cudaMemcpyAsync to pageable host memory returns only when its copy is done: a blocking copy.
+    to_pageable = {e["args"]["correlation"] for e in events
+                   if e.get("cat") == "gpu_memcpy" and e["name"] == "Memcpy DtoH (Device -> Pageable)"}
+    async_blocking = [e for e in in_steps if e["name"] == "cudaMemcpyAsync" and e["args"]["correlation"] in to_pageable]
     ctx, result = run_host(profkit.load(path))
     sync = result.metrics["sync"]
     assert result.metrics["steps_analysed"] == len(steps)
-    assert sync["calls"] == len(raw) > 0
-    assert sync["calls_per_step"] == pytest.approx(len(raw) / len(steps), abs=1e-3)
+    assert sync["calls"] == len(raw) + len(async_blocking) and len(raw) > 0 and len(async_blocking) == 24
+    assert sync["by_name"]["cudaMemcpyAsync"] == len(async_blocking)
+    assert sync["calls_per_step"] == pytest.approx(sync["calls"] / len(steps), abs=1e-3)
+    # One of them per step waits ~146 ms for the work queued before it: the host's longest block.
+    blocked = sum(float(e["dur"]) for e in raw + async_blocking) * 1000 / len(steps)
+    assert sync["blocked_ns_per_step"] == pytest.approx(blocked, rel=1e-3) and blocked > 140e6
+    # Each blocking copy is followed by a stream synchronize with nothing launched between:
+    # the host waits once there, so the points are the sync calls alone.
+    assert sync["points"] == len(raw)
 
 
 def test_allocator_after_first_step_only(tmp_path):
