@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 
 from profkit import intervals
-from profkit.classify import blocking_async_copies, runtime_role
+from profkit.classify import PAGEABLE_DTOH_LAUNCHES, blocking_async_copies, runtime_role
 from profkit.columns import contains, group_codes
 from profkit.findings import Finding
 
@@ -178,7 +178,8 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
                      "idle_window": list(map(int, idle_windows[k]))} for k in list(order)[:MAX_EXAMPLES]]
         names = ", ".join(f"{n} x{c}" for n, c in by_name.most_common(3))
         origin_text = f", from {', '.join(f'{n} x{c}' for n, c in by_origin.most_common(2))}" if by_origin else ""
-        lo = int(calls["start"][sel].min()); hi = int(calls["end"][sel].max())
+        # From the first enclosing op on, so that the SQL shows the op around the first call too.
+        lo = int(min([calls["start"][sel].min()] + [o[1] for o in origin_ops if o])); hi = int(calls["end"][sel].max())
         device, stream = _waited_lane(dev, calls, sel)
         findings.append(Finding(
             rule="host.sync_in_steady_state",
@@ -193,7 +194,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
                       "bound_ns_per_step": metrics["blocked_ns_per_step"],
                       "gpu_idle_caused_ns_per_step": int(impact), "examples": examples},
             sql=(f"SELECT event_id, kind, name, start_ns, dur_ns, tid FROM events WHERE trace_id = {ctx.trace_id} "
-                 f"AND ((kind = 'runtime' AND {_named_or_listed(calls, sel)}) "
+                 f"AND ((kind = 'runtime' AND {_blocking_calls_sql(ctx.trace_id, calls, sel)}) "
                  f"OR (kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)}))) "
                  f"AND start_ns >= {lo} AND start_ns <= {hi} ORDER BY start_ns"),
             recommendation=("Remove host synchronisation from the loop: keep values on the device instead of "
@@ -205,14 +206,16 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
     return {"metrics": metrics, "findings": findings, "idle": idle_union}
 
 
-def _named_or_listed(calls, sel) -> str:
-    """SQL for the calls `sel`: by name where the name blocks (roles sync, blocking_copy),
-    by event id for asynchronous copies that blocked (classify.blocking_async_copies)."""
+def _blocking_calls_sql(trace_id: int, calls, sel) -> str:
+    """SQL for the calls `sel`: by name where the name blocks (roles sync, blocking_copy);
+    asynchronous copies that blocked as the launches of copies to pageable memory
+    (classify.blocking_async_copies)."""
     names = {calls["name"][i] for i in sel}
     blocking = sorted(n for n in names if runtime_role(n) in ("sync", "blocking_copy"))
-    listed = [str(int(calls["event_id"][i])) for i in sel if calls["name"][i] not in blocking]
-    parts = ([f"name IN ({_in_list(blocking)})"] if blocking else []) + (
-        [f"event_id IN ({', '.join(listed)})"] if listed else [])
+    parts = [f"name IN ({_in_list(blocking)})"] if blocking else []
+    if names - set(blocking):
+        launches = " ".join(PAGEABLE_DTOH_LAUNCHES.format(trace_id=int(trace_id)).split())
+        parts.append(f"event_id IN ({launches})")
     return "(" + " OR ".join(parts) + ")"
 
 

@@ -76,6 +76,12 @@ def runtime_call_names(store, trace_id: int, *roles: str) -> list[str]:
     return sorted(n for (n,) in names if runtime_role(n) in roles)
 
 
+# The runtime calls that launched a copy from device to pageable host memory, as SQL.
+PAGEABLE_DTOH_LAUNCHES = """
+    SELECT l.src_event FROM links l JOIN copies c ON c.event_id = l.dst_event
+    WHERE l.trace_id = {trace_id} AND l.kind = 'launch' AND c.direction = 'DtoH' AND c.dst_memory = 'pageable'"""
+
+
 def blocking_async_copies(store, trace_id: int) -> list[int]:
     """Event ids of a trace's asynchronous copy calls (role `copy`) that copied device
     memory to pageable host memory: CUDA and HIP return from those only once the copy is
@@ -84,12 +90,10 @@ def blocking_async_copies(store, trace_id: int) -> list[int]:
     names = runtime_call_names(store, trace_id, "copy")
     if not names:
         return []
-    return [i for (i,) in store.con.execute("""
-        SELECT DISTINCT l.src_event FROM links l
-        JOIN copies c ON c.event_id = l.dst_event JOIN events r ON r.event_id = l.src_event
-        WHERE l.trace_id = ? AND l.kind = 'launch' AND c.direction = 'DtoH' AND c.dst_memory = 'pageable'
-          AND list_contains(?, r.name) ORDER BY 1
-    """, [trace_id, names]).fetchall()]
+    return [i for (i,) in store.con.execute(f"""
+        SELECT DISTINCT p.src_event FROM ({PAGEABLE_DTOH_LAUNCHES.format(trace_id=int(trace_id))}) p
+        JOIN events r ON r.event_id = p.src_event WHERE list_contains(?, r.name) ORDER BY 1
+    """, [names]).fetchall()]
 
 
 def base_name(name: str) -> str:
