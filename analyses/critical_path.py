@@ -192,7 +192,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
             continue
         f.details["estimate_before_replay"] = {"impact_ns": f.impact_ns, "impact_basis": f.impact_basis}
         won = max(0, int(r["saving_ns"]))
-        note = (_small_saving_note(_path_causes(graph, changes), f.impact_ns, won, report)
+        note = (_small_saving_note(changes, _path_causes(graph, changes), f.impact_ns, won, report)
                 or _large_saving_note(changes, f.impact_ns, won))
         f.details["replay"] = replay | ({"note": note} if note else {})
         f.impact_ns = won
@@ -240,6 +240,9 @@ CHANGE_WORDS = {
     "comm-overlap": ("with its communication fully overlapped", None),
     "straggler": ("with the slowest rank's compute brought to the median rank's", None),
 }
+# What a change leaves of its own cause, for the note when it saves little.
+CHANGE_LIMITS = {"host-gaps": "the host's own work, framework ops and launch calls, stays; only the gaps "
+                              "between them shrink"}
 
 
 def _path_causes(graph, changes: list[str]) -> set[str]:
@@ -258,19 +261,26 @@ def _path_causes(graph, changes: list[str]) -> set[str]:
     return causes
 
 
-def _small_saving_note(causes: set[str], estimate_ns: int, saving_ns: int, report: dict[str, Any]) -> str | None:
+def _small_saving_note(changes: list, causes: set[str], estimate_ns: int, saving_ns: int,
+                       report: dict[str, Any]) -> str | None:
     """Why a finding that costs `estimate_ns` per step wins back only `saving_ns` when
-    replayed, where the reason is that something else holds the step's critical path (a
-    collective 100% exposed on a host-bound step: overlapping it moves nothing until the
-    host is faster). Not when the finding's own cause leads the path: then the what-if
-    removes only part of it, which its evidence says."""
+    replayed: something else holds the step's critical path (a collective 100% exposed on
+    a host-bound step: overlapping it moves nothing until the host is faster), or the
+    finding's own cause leads the path and the change removes only part of it (host gaps
+    trimmed to the median on a step whose host time is mostly the host's own work)."""
     if estimate_ns <= 0 or saving_ns >= SMALL_SAVING_FRACTION * estimate_ns:
         return None
     length = report.get("length_ns") or 0
     parts = sorted(((ns, cause) for cause, ns in (report.get("attribution") or {}).items() if ns > 0), reverse=True)
-    if length <= 0 or not parts or parts[0][1] in causes:
+    if length <= 0 or not parts:
         return None
     path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)
+    if parts[0][1] in causes:
+        how = " and ".join(CHANGE_WORDS.get(str(c), (f"with {c}", None))[0] for c in changes)
+        limit = "; ".join(CHANGE_LIMITS[str(c)] for c in changes if str(c) in CHANGE_LIMITS)
+        return (f"Replaying the step {how} saves {human_ns(saving_ns)} of the {human_ns(estimate_ns)} it takes "
+                f"per step: the critical path is {path}, and most of that {parts[0][1]} time is not what this "
+                f"change removes" + (f" ({limit})." if limit else "."))
     return (f"Replaying the step without it saves {human_ns(saving_ns)} of the {human_ns(estimate_ns)} it takes "
             f"per step: the critical path is {path}, so this pays off only once that is shorter.")
 
