@@ -494,7 +494,7 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
         guessed = fallback_ns * 2 > cause_ns
         unrecorded_ns = int(per_device.dur[mask][per_device.unrecorded[mask]].sum())
         note = (" (inferred: most gaps lack launch records)" if guessed else
-                " (no recorded wait: launched work started too late for launch latency)"
+                " (no recorded wait: the work was queued in time but started later than any launch takes)"
                 if unrecorded_ns * 2 > cause_ns else "")
         out.append(Finding(
             rule=f"idle.{cause}",
