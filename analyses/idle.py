@@ -74,6 +74,7 @@ class Gaps:
     cause: np.ndarray
     fallback: np.ndarray   # 0 = rules applied to a known launch; else 1 + FALLBACK_REASONS index
     unrecorded: np.ndarray  # dependency only because the device-side wait exceeds any launch latency
+    in_graph: np.ndarray   # the next activity is a node of a graph replay
 
     @property
     def dur(self) -> np.ndarray:
@@ -98,7 +99,8 @@ def _load_activities(store, trace_id):
         )
         SELECT d.event_id, coalesce(d.device, -1) AS device, coalesce(d.stream, -1) AS stream,
                d.start_ns, d.end_ns, coalesce(d.category = 'communication', false) AS comm,
-               coalesce(ki.graph_id IS NOT NULL OR ki.graph_node_id IS NOT NULL, false) AS in_graph,
+               coalesce(ki.graph_id IS NOT NULL OR ki.graph_node_id IS NOT NULL, false)
+                   OR coalesce(list_contains(?, l.launch_name), false) AS in_graph,
                coalesce(l.launch_event, -1) AS launch_event, l.launch_start, l.launch_pid, l.launch_tid,
                l.launch_name, dep.dst_event IS NOT NULL AS dep_link
         FROM device_events d
@@ -107,7 +109,7 @@ def _load_activities(store, trace_id):
         LEFT JOIN dep ON dep.dst_event = d.event_id
         WHERE d.trace_id = ?
         ORDER BY device, stream, d.start_ns, d.end_ns, d.event_id
-    """, [trace_id, trace_id, trace_id])
+    """, [trace_id, trace_id, runtime_call_names(store, trace_id, "graph_launch"), trace_id])
     cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in
             ("event_id", "device", "stream", "start_ns", "end_ns", "comm", "in_graph", "launch_event", "dep_link")}
     acts = {k: np.asarray(v) for k, v in cols.items()}
@@ -304,7 +306,7 @@ def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, dev
 
     return Gaps(device=dev, stream=np.full(n.size, -1) if device_level else stm, next_stream=stm, start=g0, end=g1,
                 next_event=a["event_id"][n], launch_event=a["launch_event"][n],
-                cause=cause.astype(np.int8), fallback=fallback, unrecorded=unrecorded)
+                cause=cause.astype(np.int8), fallback=fallback, unrecorded=unrecorded, in_graph=a["in_graph"][n])
 
 
 def _busy_at(busy: dict, devices: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -493,7 +495,10 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
         cause_ns = int(per_device.dur[mask].sum())
         guessed = fallback_ns * 2 > cause_ns
         unrecorded_ns = int(per_device.dur[mask][per_device.unrecorded[mask]].sum())
+        graph_ns = int(per_device.dur[mask][per_device.in_graph[mask]].sum())
         note = (" (inferred: most gaps lack launch records)" if guessed else
+                " (before nodes of graph replays, whose waits the trace does not record)"
+                if cause == "dependency" and graph_ns * 2 > cause_ns else
                 " (no recorded wait: the work was queued in time but started later than any launch takes)"
                 if unrecorded_ns * 2 > cause_ns else "")
         out.append(Finding(
@@ -506,7 +511,7 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 "idle_ns_per_step": summary["steady_step_median_idle_ns"], f"{cause}_ns_per_step": per_step,
                 "step_ns": step_ref, "gaps": summary["gaps_by_cause"][cause],
                 "fallback_gaps": int((per_device.fallback[mask] > 0).sum()), "fallback_ns": fallback_ns,
-                "inferred": guessed, "unrecorded_dependency_ns": unrecorded_ns,
+                "inferred": guessed, "unrecorded_dependency_ns": unrecorded_ns, "graph_replay_ns": graph_ns,
                 "by_next_stream_ns": {str(k): int(v) for k, v in sorted(by_stream.items(), key=lambda kv: -kv[1])},
                 "example_gaps": examples,
             },
