@@ -39,7 +39,6 @@ LAUNCH_LATENCY_MAX_NS = 200_000
 DEFAULT_SYNC_OVERHEAD_NS = 2_000
 
 
-
 def has_role(ev: dict[str, np.ndarray], where: np.ndarray, *roles: str) -> np.ndarray:
     """Whether the runtime calls `where` have one of `roles` in data/runtime_calls.csv
     (classify.runtime_role), testing each distinct name once."""
