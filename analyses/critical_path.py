@@ -276,7 +276,7 @@ def _small_saving_note(changes: list, causes: set[str], estimate_ns: int, saving
         return None
     path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)
     if parts[0][1] in causes:
-        how = " and ".join(CHANGE_WORDS.get(str(c), (f"with {c}", None))[0] for c in changes)
+        how = " and ".join(what for what, _ in _change_words(changes))
         limit = "; ".join(CHANGE_LIMITS[str(c)] for c in changes if str(c) in CHANGE_LIMITS)
         return (f"Replaying the step {how} saves {human_ns(saving_ns)} of the {human_ns(estimate_ns)} it takes "
                 f"per step: the critical path is {path}, and most of that {parts[0][1]} time is not what this "
@@ -291,11 +291,16 @@ def _large_saving_note(changes: list, estimate_ns: int, saving_ns: int) -> str |
     behind the cause, and for `no-host-overhead` it removes all the step's host time."""
     if estimate_ns <= 0 or saving_ns <= LARGE_SAVING_FACTOR * estimate_ns:
         return None
-    words = [CHANGE_WORDS.get(str(c), (f"with {c}", None)) for c in changes]
-    how = " and ".join(w[0] for w in words)
-    why = "; ".join(w[1] for w in words if w[1]) or "what waited behind it moves earlier too"
+    words = _change_words(changes)
+    how = " and ".join(what for what, _ in words)
+    why = "; ".join(more for _, more in words if more) or "what waited behind it moves earlier too"
     return (f"Replaying the step {how} saves {human_ns(saving_ns)} per step, {saving_ns / estimate_ns:.1f}x "
             f"the {human_ns(estimate_ns)} this finding measures directly: {why}.")
+
+
+def _change_words(changes: list) -> list[tuple[str, str | None]]:
+    """CHANGE_WORDS of each change; a change not in it is named as it is."""
+    return [CHANGE_WORDS.get(str(c), (f"with {c}", None)) for c in changes]
 
 
 def _unexplained_pct(report: dict[str, Any]) -> float:

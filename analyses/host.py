@@ -154,7 +154,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
     unmeasured = len(set(step_of_call[sel].tolist()) - measured_windows)
     n_measured = max(1, n_steps - unmeasured)
     blocked_total = intervals.length(calls["start"][sel], calls["end"][sel]) if sel.size else 0
-    points = _sync_points(ctx, calls, sel)
+    points = _sync_points(calls, sel, _launched(calls, dev))
     by_name = Counter(calls["name"][i] for i in sel)
     by_origin = Counter(o[0] for o in set(origin_ops) if o)  # an op whose copy and sync both block counts once
     metrics = {
@@ -260,15 +260,18 @@ def _waited_device(dev, *_unused) -> int | None:
     return int(Counter(devices.tolist()).most_common(1)[0][0]) if devices.size else None
 
 
-def _sync_points(ctx, calls, sel: np.ndarray) -> int:
+def _launched(calls, dev) -> np.ndarray:
+    """Per runtime call: did it launch device work (the launches of `ctx.device_events()`)."""
+    return contains(np.sort(dev.launch_id[dev.launch_id >= 0]), calls["event_id"])
+
+
+def _sync_points(calls, sel: np.ndarray, launched: np.ndarray) -> int:
     """How many times the host waited: blocking calls one after another on a thread with no
     launch between them wait once, as the later ones find nothing new queued (`.item()` is
-    a blocking device-to-host copy, then a stream synchronize). `sel` in start order."""
+    a blocking device-to-host copy, then a stream synchronize). `sel` in start order;
+    `launched`: per call, whether it launched device work."""
     if sel.size == 0:
         return 0
-    launches = ctx.store.con.execute("SELECT DISTINCT src_event FROM links WHERE trace_id = ? AND kind = 'launch'",
-                                     [ctx.trace_id]).fetchnumpy()["src_event"]
-    launched = np.isin(calls["event_id"], launches)
     thread, _ = group_codes(calls["pid"], calls["tid"])
     points = 0
     for t in np.unique(thread[sel]):
@@ -410,8 +413,7 @@ def _allocator(ctx, calls, roles) -> dict:
 # -- (iv) CPU time between launches ------------------------------------------------------------------
 
 def _launch_gaps(ctx, calls, step_of_call, dev) -> dict:
-    launchers = np.sort(dev.launch_id[dev.launch_id >= 0])
-    is_launch = contains(launchers, calls["event_id"]) & (step_of_call >= 0)
+    is_launch = _launched(calls, dev) & (step_of_call >= 0)
     sel = np.flatnonzero(is_launch)
     if not sel.size:
         return {"launch_calls": 0}

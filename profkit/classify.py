@@ -57,9 +57,10 @@ def runtime_rules() -> tuple[tuple[str, re.Pattern[str], re.Pattern[str] | None]
 
 @lru_cache(maxsize=4096)  # few distinct API names, asked about once per call
 def runtime_role(name: str | None) -> str | None:
-    """What a host runtime call does to the calling thread, from its name: `sync`,
-    `blocking_copy`, `allocator`, or None. One table (data/runtime_calls.csv) for every
-    vendor, read by the host and idle passes and the dependency graph alike."""
+    """What a host runtime call does, from its name: a role of data/runtime_calls.csv
+    (`sync`, `blocking_copy`, `allocator`, `copy`, `stream_wait`, `device_wait`,
+    `event_record`, `graph_launch`), or None. One table for every vendor, read by the
+    passes and the dependency graph alike."""
     if not name:
         return None
     for role, pattern, exclude in runtime_rules():
