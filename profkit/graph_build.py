@@ -301,6 +301,7 @@ class _Builder(WaitEdges):
         cls_of[dev] = cls
         follows, first_delta = self._launch_followers()
         held = self._serial_device_edges(cls_of)
+        held |= self._synchronous_copy_edges(held)
         # stream order
         s = self.dev_sorted
         if s.size > 1:
@@ -399,6 +400,43 @@ class _Builder(WaitEdges):
         short = gap <= STREAM_GAP_MAX_NS
         self.add(2 * prev + 1, 2 * nxt, np.where(short, gap, 0), E_STREAM, CLS["idle"], prev)
         held[nxt[short]] = True
+        return held
+
+    def _synchronous_copy_edges(self, held_already: np.ndarray) -> np.ndarray:
+        """A copy made by a synchronous copy call (cudaMemcpy, hipMemcpy: the legacy default
+        stream; on AMD it may be a copy kernel) starts after the device's earlier work, whatever
+        its stream. Where such a copy did not wait on its own stream and starts at most
+        LAUNCH_LATENCY_MAX_NS after the end of the latest activity launched before its call on
+        another stream of its device, that activity's end -> the copy's start, the gap, as a
+        stream edge (a copy engine takes microseconds to start: 5 us on rocprof v1's MI300X).
+        Without it, rocprof v1 (copies and kernels on different lanes) had a 332 s kernel off
+        the critical path and the copy after it "waiting" 332 s on its launch. Returns per
+        event whether such an edge holds it."""
+        ev = self.ev
+        held = np.zeros(self.n, dtype=bool)
+        src, dst = self.launch_src, self.launch_dst
+        self.stats["synchronous_copy_waits"] = 0
+        if src.size == 0:
+            return held
+        # Held by its own stream: it follows the activity before it there closely (or overlaps it).
+        s = self.dev_sorted
+        same = ~self.lane_start[1:]
+        close = np.zeros(self.n, dtype=bool)
+        close[s[1:][same]] = self.start[s[1:][same]] - self.end[s[:-1][same]] <= STREAM_GAP_MAX_NS
+        m = has_role(ev, src, "blocking_copy") & ~held_already[dst] & ~close[dst]
+        prev_all, next_all = [], []
+        for d in dst[m].tolist():
+            key = (int(ev["trace_id"][d]), int(ev["device"][d]), int(ev["stream"][d]))
+            others = [k for k in self.lane_of.get(key[0], []) if k[1] == key[1] and k != key]
+            p = self.awaited(others, int(self.launch_time[d]), int(self.start[d]))
+            if p >= 0 and self.start[d] - self.end[p] <= LAUNCH_LATENCY_MAX_NS:
+                prev_all.append(p)
+                next_all.append(d)
+        self.stats["synchronous_copy_waits"] = len(next_all)
+        if next_all:
+            prev, nxt = np.array(prev_all, dtype=np.int64), np.array(next_all, dtype=np.int64)
+            self.add(2 * prev + 1, 2 * nxt, self.start[nxt] - self.end[prev], E_STREAM, CLS["idle"], prev)
+            held[nxt] = True
         return held
 
     def _launch_followers(self) -> tuple[np.ndarray, np.ndarray]:

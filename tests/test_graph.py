@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from profkit.graph import build_graph, replay, to_networkx
+from profkit.graph import build_graph, critical_path_report, replay, to_networkx
 from profkit.graph_model import E_DURATION, E_LAUNCH, E_STREAM, E_SYNC
 from profkit.ingest import ingest
 from profkit.store import Store
@@ -124,3 +124,28 @@ def test_compiled_critical_path_equals_python(monkeypatch):
         monkeypatch.setattr(graph_replay, "COMPILED_MIN_EDGES", threshold)
         reports.append(critical_path_report(store, store.trace_ids()[0], graph=build_graph(store)))
     assert reports[0]["available"] and reports[0] == reports[1]
+
+
+def test_a_synchronous_copy_follows_the_device_work_before_it():
+    """rocprof v1 puts copies (COPY lane, HIP stream id) and kernels (GPU lane, HSA queue id)
+    on different streams; a hipMemcpy still waits for the kernel launched before it. The
+    raw file: the device-to-host copy starts a few us after the 332 s kernel ends."""
+    path = shared_trace("rocprof/v1_mi300x_bmm")
+    raw = [e for e in json.load(open(f"{path}/results.json"))["traceEvents"] if e and e.get("ph") == "X"]
+    kernel = next(e for e in raw if e["name"].startswith("batched_matrix_multiplication"))
+    copy = next(e for e in raw if e["name"] == "CopyDeviceToHost")
+    gap = int(copy["args"]["BeginNs"]) - int(kernel["args"]["EndNs"])
+    assert 0 < gap < 10_000 and int(kernel["args"]["EndNs"]) - int(kernel["args"]["BeginNs"]) > 300e9
+    store = _store(path)
+    g = build_graph(store)
+    assert g.stats["synchronous_copy_waits"] == 1
+    ids = store.rows("SELECT name, event_id FROM events WHERE kind IN ('kernel', 'memcpy')")
+    kernel_id = next(r["event_id"] for r in ids if r["name"].startswith("batched"))
+    copy_id = next(r["event_id"] for r in ids if r["name"] == "CopyDeviceToHost")
+    k, c = (int(np.flatnonzero(g.event_id == i)[0]) for i in (kernel_id, copy_id))
+    edge = (g.ekind == E_STREAM) & (g.src == 2 * k + 1) & (g.dst == 2 * c)
+    assert int(g.weight[edge][0]) == gap
+    cp = critical_path_report(store, 0, g)
+    # The path runs through the kernel, not a 332 s "wait" on the copy's launch.
+    assert cp["attribution"]["compute"] > 0.99 * cp["length_ns"]
+    assert cp["attribution_detail"]["wait"] < 0.001 * cp["length_ns"]
