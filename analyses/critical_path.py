@@ -10,7 +10,7 @@ import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from profkit.findings import Finding
+from profkit.findings import Finding, path_parts
 from profkit.graph import build_graph, critical_path_report
 from profkit.graph_replay import replay
 from profkit.render import human_ns
@@ -271,7 +271,7 @@ def _small_saving_note(changes: list, causes: set[str], estimate_ns: int, saving
     if estimate_ns <= 0 or saving_ns >= SMALL_SAVING_FRACTION * estimate_ns:
         return None
     length = report.get("length_ns") or 0
-    parts = sorted(((ns, cause) for cause, ns in (report.get("attribution") or {}).items() if ns > 0), reverse=True)
+    parts = sorted(((ns, cause) for cause, ns in path_parts(report).items()), reverse=True)
     if length <= 0 or not parts:
         return None
     path = ", ".join(f"{cause} {100.0 * ns / length:.0f}%" for ns, cause in parts[:2] if ns >= 0.01 * length)

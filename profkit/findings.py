@@ -94,6 +94,49 @@ def step_notes(traces: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# A critical path this much waiting on what the trace does not record gets a note.
+WAIT_NOTE_MIN_SHARE = 0.10
+
+
+def path_parts(cp: dict[str, Any]) -> dict[str, int]:
+    """The critical path's composition for the renderers' bars: `attribution`, with its
+    `idle` split into gaps (`idle`) and waits on what the trace does not record (`wait`)."""
+    parts = {k: v for k, v in (cp.get("attribution") or {}).items() if v and v > 0}
+    wait = min((cp.get("attribution_detail") or {}).get("wait") or 0, parts.get("idle", 0))
+    if wait > 0:
+        parts["idle"] -= wait
+        parts["wait"] = wait
+    return {k: v for k, v in parts.items() if v > 0}
+
+
+def wait_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list[str]:
+    """Where a trace's critical path is mostly waiting on something the trace does not record
+    (`attribution_detail.wait`), one line naming where the largest wait is and what it can be.
+    `loaded`: how many ranks' traces the analysis had (default: `traces`)."""
+    loaded = len(traces) if loaded is None else loaded
+    lines = []
+    for t in traces:
+        cp = t.get("critical_path") or {}
+        length, wait = cp.get("length_ns") or 0, (cp.get("attribution_detail") or {}).get("wait") or 0
+        if not cp.get("available") or length <= 0 or wait < WAIT_NOTE_MIN_SHARE * length:
+            continue
+        line = (f"Rank {t.get('rank')}: {100 * wait / length:.0f}% of the critical path ({human_ns(wait)} per step) "
+                f"waits on something this trace does not record")
+        top = next((c for c in cp.get("top_contributors") or [] if c.get("cause") == "wait"), None)
+        if top:
+            line += f"; most of it before {top['name']} ({top['count']} on the path, {human_ns(top['ns'])} per step)"
+            if top.get("category") == "communication":
+                line += ", a collective waiting for its peer ranks"
+                world = t.get("world_size") or 0
+                if world > loaded:
+                    line += f": analyse all {world} ranks' traces together to see which rank arrives late"
+            else:
+                line += (", launched long before it ran: device work queued before the capture began, another "
+                         "process on the device, or a dependency with no recorded event")
+        lines.append(line + ".")
+    return lines
+
+
 _PER_RANK_SCOPE = ("trace_id", "rank", "device", "steps")
 
 

@@ -332,8 +332,9 @@ class _Builder(WaitEdges):
             enqueued = follows[nxt] | ((self.launcher[nxt] >= 0) & (self.launch_time[nxt] < self.end[prev]))
             queued = (~short & enqueued & ~held[nxt] & (self.waiting_start[nxt] == np.iinfo(np.int64).min)
                       & (cls_of[nxt] != CLS["communication"]))
+            # A wait is the waiting activity's (as a launch's wait is); a gap, the one before it's.
             self.add(2 * prev + 1, 2 * nxt, np.where(short | queued, gap, 0), E_STREAM,
-                     np.where(queued, CLS["wait"], CLS["idle"]), prev)
+                     np.where(queued, CLS["wait"], CLS["idle"]), np.where(queued, nxt, prev))
             self.stats["queued_waits"] = int(queued.sum())
             blocked = np.zeros(self.n, dtype=bool)
             blocked[nxt[short | queued]] = True

@@ -159,7 +159,8 @@ def top_contributors(graph: Graph, paths: list[dict], per: int = 1, limit: int =
     rows = sorted(acc.items(), key=lambda kv: -kv[1][0])[:limit]
     return [{"cause": k[0], "name": k[1], "ns": int(round(v[0] / per)), "count": v[1],
              "share_pct": round(100.0 * v[0] / total, 3),
-             "example_event_id": int(graph.event_id[v[2]]) if v[2] >= 0 else None}
+             "example_event_id": int(graph.event_id[v[2]]) if v[2] >= 0 else None,
+             "category": graph.category[v[2]] if v[2] >= 0 else None}
             for k, v in rows]
 
 

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from . import __version__
-from .findings import combined_lines, group_across_ranks, replay_note
+from .findings import combined_lines, group_across_ranks, path_parts, replay_note, wait_notes
 from .render import human_bytes, human_ns
 from .report_html_parts import (CSS, SORT_JS, cell, colour, esc, evidence_table, meter, ns_cell, num, pct,
                                 stacked_bar, step_chart, table)
@@ -80,9 +80,9 @@ def _summary(traces: list[dict[str, Any]]) -> str:
                      "memory"], rows, numeric=(0, 3, 4, 5, 6, 7, 8, 9)))
 
 
-def _critical_path(t: dict[str, Any]) -> str:
+def _critical_path(t: dict[str, Any], loaded: int) -> str:
     cp = t.get("critical_path") or {}
-    parts = [(k, v) for k, v in (cp.get("attribution") or {}).items() if v and v > 0]
+    parts = list(path_parts(cp).items())
     if not cp.get("available") or not parts:
         reason = f": {esc(cp['reason'])}" if cp.get("reason") else ""
         return f'<p class="muted">critical path not available{reason}</p>'
@@ -92,8 +92,9 @@ def _critical_path(t: dict[str, Any]) -> str:
         parts.append(("replay error", abs(observed - replayed)))
     caption = (f"length {human_ns(cp.get('length_ns'))}, observed step {human_ns(observed)}, replayed "
                f"{human_ns(replayed)} (replay error {cp.get('replay_error_pct') or 0:+.1f}%)")
+    notes = "".join(f'<p class="muted">{esc(line)}</p>' for line in wait_notes([t], loaded))
     return (f'<p class="sub">Critical path of a step <span class="muted">{esc(caption)}</span></p>'
-            + stacked_bar(parts, f"rank {t.get('rank')} critical path composition"))
+            + stacked_bar(parts, f"rank {t.get('rank')} critical path composition") + notes)
 
 
 def _idle(t: dict[str, Any]) -> str:
@@ -117,7 +118,7 @@ def _idle(t: dict[str, Any]) -> str:
 
 
 def _where_time_goes(traces: list[dict[str, Any]]) -> str:
-    blocks = [f'<div><h3>Rank {esc(t.get("rank"))}</h3>{_critical_path(t)}{_idle(t)}</div>' for t in traces]
+    blocks = [f'<div><h3>Rank {esc(t.get("rank"))}</h3>{_critical_path(t, len(traces))}{_idle(t)}</div>' for t in traces]
     return ("<h2>Where the time goes</h2>"
             '<p class="muted">The critical path of a steady-state step by what it waits on, and device idle '
             "time by its cause. Hover a segment for its time.</p>"

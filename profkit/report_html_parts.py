@@ -18,7 +18,7 @@ COLOURS = {
     "compute": "#4caf50", "gemm": "#2e7d32", "attention": "#66bb6a", "elementwise": "#9ccc65",
     "reduction": "#c0ca33", "normalization": "#26a69a", "communication": "#ab47bc", "memory": "#29b6f6",
     "host": "#ffb300", "host_bound": "#ffb300", "launch": "#26c6da", "launch_latency": "#26c6da",
-    "sync": "#e53935", "dependency": "#8d6e63", "idle": "#9e9e9e", "outside_step": "#bdbdbd",
+    "sync": "#e53935", "dependency": "#8d6e63", "wait": "#8d6e63", "idle": "#9e9e9e", "outside_step": "#bdbdbd",
     "other": "#78909c", "replay error": "#e0e0e0",
 }
 _CYCLE = ("#5c6bc0", "#ef6c00", "#d81b60", "#00897b", "#6d4c41", "#7cb342", "#3949ab", "#f4511e")

@@ -6,7 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .findings import combined_lines, group_across_ranks, replay_note, step_notes
+from .findings import combined_lines, group_across_ranks, path_parts, replay_note, step_notes, wait_notes
 from .render import human_ns
 
 
@@ -74,13 +74,13 @@ def make_console() -> Console:
 
 
 _BAR_COLOURS = {"compute": "green", "communication": "magenta", "host": "yellow", "launch_latency": "cyan",
-                "sync": "red", "idle": "bright_black"}
+                "sync": "red", "wait": "blue", "idle": "bright_black"}
 
 
 def critical_path_bar(trace: dict[str, Any], width: int = 40) -> str | None:
     """One line: the critical path's composition as a coloured bar with the shares."""
     cp = trace.get("critical_path") or {}
-    parts = {k: v for k, v in (cp.get("attribution") or {}).items() if v > 0}
+    parts = path_parts(cp)
     total = sum(parts.values())
     if not cp.get("available") or not total:
         return None
@@ -101,7 +101,7 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
         line = critical_path_bar(trace)
         if line:
             console.print(line)
-    for line in step_notes(result["traces"]):
+    for line in wait_notes(result["traces"]) + step_notes(result["traces"]):
         console.print(f"[dim]{line}[/dim]")
     findings = group_across_ranks(result["findings"])
     if not findings:

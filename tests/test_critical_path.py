@@ -335,3 +335,28 @@ def test_a_launch_longer_than_any_launch_takes_is_a_wait():
     assert rep["attribution"]["idle"] > 0.35 * rep["length_ns"]
     (t,) = whatif(store, graph=g, changes=["launch-latency"])["traces"].values()
     assert t["saving_ns"] < 0.01 * t["replayed_step_ns"]
+    # The renderers show that share as `wait`, not as idle, and say where it is.
+    from profkit.findings import path_parts, wait_notes
+
+    parts = path_parts(rep)
+    assert parts["wait"] == rep["attribution_detail"]["wait"] > 0.35 * rep["length_ns"]
+    assert sum(parts.values()) == sum(v for v in rep["attribution"].values() if v > 0)
+    (note,) = wait_notes([{"rank": 0, "critical_path": rep}])
+    share = round(100 * rep["attribution_detail"]["wait"] / rep["length_ns"])
+    assert note.startswith(f"Rank 0: {share}% of the critical path") and "before Memcpy DtoD" in note
+    assert "launched long before it ran" in note
+
+
+def test_a_collective_waiting_for_unloaded_ranks_says_so():
+    """a100_80gb rank 0 of 16: most of its path is pipeline send/recv kernels waiting for
+    peers whose traces are not loaded; the note names the collective and the 16 ranks."""
+    from profkit.findings import wait_notes
+
+    store = _store(shared_trace("kineto/cuda/a100_80gb_rank0_of16.json.gz"))
+    metrics, _ = analyze_trace(store, 0)
+    trace = {"rank": 0, "world_size": 16, "critical_path": metrics["critical_path"]}
+    top_wait = next(c for c in trace["critical_path"]["top_contributors"] if c["cause"] == "wait")
+    assert top_wait["category"] == "communication" and top_wait["name"].startswith("ncclKernel_SendRecv")
+    (note,) = wait_notes([trace])
+    assert "a collective waiting for its peer ranks: analyse all 16 ranks' traces together" in note
+    assert wait_notes([{**trace, "world_size": 1}]) == [note.split(": analyse")[0] + "."]
