@@ -3,7 +3,8 @@
 A trace is parsed once; the store is kept beside it as `NAME.profkit.duckdb` (or, where
 that directory is not writable, in the cache directory: `$PROFKIT_CACHE_DIR`, else
 `$XDG_CACHE_HOME/profkit`, else `~/.cache/profkit`) and reused while the input's size
-and modification time, the schema version and the profkit version are unchanged.
+and modification time, the schema version, the profkit version and the classifier tables
+applied at ingest (`classify.stored_rules_digest`) are unchanged.
 
 On a first run the trace is parsed into an in-memory store, which is returned at once;
 a background thread copies it to the cache file while the caller works, and
@@ -24,6 +25,7 @@ from pathlib import Path
 import duckdb
 
 from . import __version__, schema
+from .classify import stored_rules_digest
 from .errors import TraceError
 from .ingest import ProgressCallback, ingest, input_signature
 from .store import Store
@@ -82,7 +84,8 @@ def _signature(path: Path) -> dict:
         raise TraceError(path, "no such file or directory")
     size, mtime = input_signature(path)
     return {"path": str(path.resolve()), "bytes": size, "mtime_ns": mtime,
-            "schema_version": schema.SCHEMA_VERSION, "profkit_version": __version__}
+            "schema_version": schema.SCHEMA_VERSION, "profkit_version": __version__,
+            "rules": stored_rules_digest()}
 
 
 def cache_dir() -> Path:

@@ -8,6 +8,7 @@ one row away. Names are classified once per distinct (kind, name), not once per 
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +29,19 @@ class Rule:
 def _read_csv(name: str) -> list[dict[str, str]]:
     text = resources.files("profkit.data").joinpath(name).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
+
+
+# The tables whose rules are applied at ingest (stored categories and collective ops).
+STORED_TABLES = ("categories.csv", "collective_ops.csv")
+
+
+@lru_cache(maxsize=1)
+def stored_rules_digest() -> str:
+    """A digest of the tables applied at ingest: a cached store made under other rules is stale."""
+    digest = hashlib.sha1()
+    for name in STORED_TABLES:
+        digest.update(resources.files("profkit.data").joinpath(name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)

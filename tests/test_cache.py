@@ -58,6 +58,21 @@ def test_first_run_is_in_memory_and_the_second_opens_the_cache(trace, tmp_path):
         second.close()
 
 
+def test_a_cache_made_under_other_classifier_rules_is_parsed_again(trace, tmp_path, monkeypatch):
+    """Categories and collective ops are stored at ingest: a changed categories.csv (a user's
+    edit, or a new profkit in development with the same version) must not reuse old ones."""
+    cache.load(trace).close()
+    second = cache.load(trace)
+    assert second.path is not None  # reused
+    second.close()
+    monkeypatch.setattr(cache, "stored_rules_digest", lambda: "other-rules")
+    third = cache.load(trace)
+    try:
+        assert third.path is None  # parsed again
+    finally:
+        third.close()
+
+
 def test_the_cache_file_compresses_args_with_zstd_and_keeps_tables_outside_the_schema(trace, tmp_path):
     """The file's tables come from the schema with their file compression (in memory
     DuckDB has no ZSTD, so the in-memory store keeps its own choice); a table someone

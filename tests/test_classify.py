@@ -31,6 +31,10 @@ CASES = [
     ("kernel", "triton_poi_fused__unsafe_view_mul_silu_2", "elementwise"),
     ("kernel", "void at::native::vectorized_elementwise_kernel<4, at::native::bfloat16tofloat32_copy_kernel_cuda>", "elementwise"),
     ("kernel", "merge", "other"),
+    # fbgemm_gpu's namespace is not a GEMM (the regression pair's embedding permutes)
+    ("kernel", "void fbgemm_gpu::permute_2D_lengths_kernel<int>(int, int, int const*, int const*, int*)", "elementwise"),
+    ("kernel", "void fbgemm_gpu::_offsets_range_cuda_kernel<long>(long, long, long const*, long*)", "other"),
+    ("kernel", "void fbgemm_gpu::bf16_fast_gemv_kernel<64>(int, int)", "gemm"),
 ]
 
 
