@@ -28,7 +28,8 @@ from .store import Store
 
 from .graph_model import (CLS, has_role, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION,
                           E_HOST, E_LAUNCH, E_STREAM, E_SYNC, HOST_KINDS, LAUNCH_LATENCY_MAX_NS,
-                          SERIAL_DEVICE_MIN_SWITCHES, STREAM_GAP_MAX_NS)
+                          SERIAL_DEVICE_MIN_SWITCHES, STREAM_GAP_MAX_NS, AWAITED_SCAN, CLOCK_SKEW_MAX_NS,
+                          DEVICE_SYNC_CALL)
 from .graph_waits import WaitEdges
 
 
@@ -236,6 +237,38 @@ class _Builder(WaitEdges):
         self.launcher[dst] = src
         self.launch_time[dst] = self.start[src]
         self.launch_src, self.launch_dst = src, dst
+        self._launch_times_from_correlation()
+
+    def _launch_times_from_correlation(self):
+        """A device activity whose launch call is not in the trace (made before the capture
+        began, or not recorded) was launched before every recorded runtime call with a larger
+        correlation id: the ids number a process's runtime calls as they are made (CUPTI,
+        roctracer). Its launch time is taken as just before the earliest of those calls where
+        that is before its start; a sync's awaited activity is chosen by launch time. On the
+        H100 Qwen trace a cudaDeviceSynchronize waited 14 ms for 509 kernels queued before the
+        capture; by their start they seemed launched after it, and the sync seemed to wait for
+        a kernel that ended 14 ms before it returned (29% of the path "sync")."""
+        ev = self.ev
+        corr = ev["correlation"]
+        known = ~ev["correlation_null"] if "correlation_null" in ev else np.ones(self.n, dtype=bool)
+        orphans = np.flatnonzero(self.is_device & (self.launcher < 0) & known)
+        calls = np.flatnonzero(is_one_of(ev, "kind", ("runtime",)) & known)
+        moved = 0
+        for tid in np.unique(ev["trace_id"][orphans]).tolist():
+            c = calls[ev["trace_id"][calls] == tid]
+            o = orphans[ev["trace_id"][orphans] == tid]
+            if c.size == 0:
+                continue
+            c = c[np.argsort(corr[c], kind="stable")]
+            # The earliest start among the calls with an id at least this one's.
+            earliest = np.minimum.accumulate(self.start[c][::-1])[::-1]
+            k = np.searchsorted(corr[c], corr[o], side="right")
+            o, k = o[k < c.size], k[k < c.size]
+            bound = earliest[k] - 1
+            earlier = bound < self.launch_time[o]
+            self.launch_time[o[earlier]] = bound[earlier]
+            moved += int(earlier.sum())
+        self.stats["launch_times_from_correlation"] = moved
 
     def _device_lanes(self):
         """Device activities per (trace, device, stream), sorted by start; and per lane the
@@ -265,9 +298,12 @@ class _Builder(WaitEdges):
             self.lane_of.setdefault(key[0], []).append(key)
         self.waiting_start = np.full(self.n, np.iinfo(np.int64).min, dtype=np.int64)  # event-wait pred end
 
-    def awaited(self, lane_keys, cutoff: int, not_after: int | None) -> int:
+    def awaited(self, lane_keys, cutoff: int, not_after: int | None, skew: int = 0) -> int:
         """The activity with the latest end among those launched before `cutoff` on the
-        lanes (that ended by `not_after`, if given): what a sync on those lanes waits for."""
+        lanes (that ended by `not_after`, if given): what a sync on those lanes waits for.
+        Where an activity launched before `cutoff` ended after `not_after`, the lane is
+        skipped (the sync did not wait for it), unless by at most `skew` (device and host
+        clocks disagree): then its latest end by `not_after` among its last AWAITED_SCAN launches."""
         best, best_end = -1, None
         for key in lane_keys:
             lane = self.lanes.get(key)
@@ -276,11 +312,18 @@ class _Builder(WaitEdges):
             k = int(np.searchsorted(lane["ltime"], cutoff, side="left")) - 1
             if k < 0:
                 continue
-            end = int(lane["runmax"][k])
+            end, arg = int(lane["runmax"][k]), int(lane["runarg"][k])
             if not_after is not None and end > not_after:
-                continue
+                if end > not_after + skew:
+                    continue
+                tail = lane["by_launch"][max(0, k + 1 - AWAITED_SCAN):k + 1]
+                ends = np.where(self.end[tail] <= not_after, self.end[tail], np.iinfo(np.int64).min)
+                if ends.size == 0 or ends.max() == np.iinfo(np.int64).min:
+                    continue
+                at = int(np.flatnonzero(ends == ends.max())[-1])
+                end, arg = int(ends[at]), int(tail[at])
             if best_end is None or end > best_end:
-                best, best_end = int(lane["runarg"][k]), end
+                best, best_end = arg, end
         return best
 
     def next_on_lane(self, key, after: int) -> int:
@@ -564,7 +607,14 @@ class _Builder(WaitEdges):
             record = self._record_call(call, rec.get("record_corr"))
             if record >= 0:
                 cutoff = int(self.start[record])
-        return self.awaited(lanes, cutoff, int(self.end[call]))
+        # A device-wide sync returns after all its device's work: work "ending" a few us
+        # after it is the clocks' disagreement (the last kernel before a ROCm
+        # hipDeviceSynchronize ended 7.5 us after the call returned, MI300X Qwen), and the
+        # activity before it, which ended by the return, is the one kept (an edge from the
+        # late one would run back in time). Other calls may return first: a pageable
+        # cudaMemcpy's DMA still runs after it.
+        device_wide = typ == "contextsync" or bool(DEVICE_SYNC_CALL.search(str(ev["name"][call])))
+        return self.awaited(lanes, cutoff, int(self.end[call]), skew=CLOCK_SKEW_MAX_NS if device_wide else 0)
 
     def _first_launch_after_step_start(self, t: np.ndarray, thread: np.ndarray) -> np.ndarray:
         """For host points (grouped by thread, in time order within it): True when a launch

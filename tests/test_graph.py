@@ -149,3 +149,42 @@ def test_a_synchronous_copy_follows_the_device_work_before_it():
     # The path runs through the kernel, not a 332 s "wait" on the copy's launch.
     assert cp["attribution"]["compute"] > 0.99 * cp["length_ns"]
     assert cp["attribution_detail"]["wait"] < 0.001 * cp["length_ns"]
+
+
+def test_kernels_queued_before_the_capture_are_what_a_sync_waits_for():
+    """H100 Qwen: the step opens with a cudaDeviceSynchronize that waits 14 ms for 509 kernels
+    whose launch calls precede the capture (correlation ids below the sync's, no runtime
+    record). Their correlation ids put their launch before the call, so the sync waits for
+    the last of them, not for a recorded kernel that ended 14 ms before the call returned."""
+    path = shared_trace("kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz")
+    raw = _raw(path)
+    sync = next(e for e in raw if e.get("name") == "cudaDeviceSynchronize" and e["dur"] > 10_000)
+    runtime_corr = {e["args"]["correlation"] for e in raw if e.get("cat") == "cuda_runtime"}
+    queued = [e for e in raw if e.get("cat") == "kernel" and e["args"]["correlation"] not in runtime_corr
+              and e["args"]["correlation"] < sync["args"]["correlation"]]
+    assert len(queued) > 400
+    last = max(queued, key=lambda e: e["ts"] + e["dur"])
+    sync_end = sync["ts"] + sync["dur"]
+    assert 0 <= sync_end - (last["ts"] + last["dur"]) < 20  # us: it returned as the last one ended
+    store = _store(path)
+    g = build_graph(store)
+    assert g.stats["launch_times_from_correlation"] > 400
+    (call,) = [i for i in np.flatnonzero(g.name == "cudaDeviceSynchronize") if g.end[i] - g.start[i] > 10e6]
+    (edge,) = np.flatnonzero((g.ekind == E_SYNC) & (g.dst == 2 * call + 1))
+    assert g.weight[edge] < 20_000  # the return latency, not 14 ms
+    cp = critical_path_report(store, 0, g)
+    assert cp["attribution"]["sync"] < 0.01 * cp["length_ns"] < cp["attribution"]["compute"]
+
+
+def test_a_device_sync_waits_for_work_its_clock_shows_ending_just_after_it():
+    """MI300X Qwen: the last kernel before the first hipDeviceSynchronize ends 7.5 us after
+    the call returns (device and host clocks). The sync still waits for the device's work:
+    an edge from the kernel before it, which ended by the return, keeps the replay exact."""
+    store = _store(shared_trace("kineto/rocm/mi300x_qwen1.5_0.5b_chat.json.gz"))
+    g = build_graph(store)
+    calls = np.flatnonzero(g.name == "hipDeviceSynchronize")
+    synced = {int(g.dst[e]) // 2 for e in np.flatnonzero(g.ekind == E_SYNC)}
+    assert set(calls.tolist()) <= synced
+    cp = critical_path_report(store, 0, g)
+    assert abs(cp["replay_error_pct"]) < 0.1
+    assert cp["attribution"]["sync"] < 0.01 * cp["length_ns"]
