@@ -176,8 +176,12 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
                      "start_ns": int(calls["start"][sel[k]]), "blocked_ns": int(calls["end"][sel[k]] - calls["start"][sel[k]]),
                      "gpu_idle_ns": int(idle_each[k]), "origin_op": origin[k],
                      "idle_window": list(map(int, idle_windows[k]))} for k in list(order)[:MAX_EXAMPLES]]
-        names = ", ".join(f"{n} x{c}" for n, c in by_name.most_common(3))
-        origin_text = f", from {', '.join(f'{n} x{c}' for n, c in by_origin.most_common(2))}" if by_origin else ""
+        def each(count: int) -> str:  # per step, as the title's headline is
+            v = count / n_steps
+            return f"{v:.0f}" if abs(v - round(v)) < 0.05 else f"{v:.1f}"
+
+        names = ", ".join(f"{n} x{each(c)}" for n, c in by_name.most_common(3))
+        origin_text = f", from {', '.join(f'{n} x{each(c)}' for n, c in by_origin.most_common(2))}" if by_origin else ""
         # From the first enclosing op on, so that the SQL shows the op around the first call too.
         lo = int(min([calls["start"][sel].min()] + [o[1] for o in origin_ops if o])); hi = int(calls["end"][sel].max())
         device, stream = _waited_lane(dev, calls, sel)
