@@ -13,6 +13,7 @@ import numpy as np
 
 from profkit import intervals as iv
 from profkit.findings import Finding
+from profkit.render import human_ns
 
 from . import Context, PassResult
 from .comm_skew import cross_rank as _cross_rank, trace_metrics as _skew_trace_metrics
@@ -336,7 +337,7 @@ def _exposed_finding(ctx: Context, group, steps: _StepMap) -> Finding | None:
     internal = group["_internal"]
     return Finding(
         rule="comm.exposed",
-        title=f"{_op_text(op)} on {label} is {group['exposed_pct']:.0f}% exposed: {impact / 1e3:.0f} us per step "
+        title=f"{_op_text(op)} on {label} is {group['exposed_pct']:.0f}% exposed: {human_ns(impact)} per step "
               f"not overlapped by compute",
         impact_ns=impact,
         share_pct=ctx.share(impact),
@@ -419,7 +420,8 @@ def _group_sql(trace_id: int, op: str, pg, min_bytes: int | None = None) -> str:
 
 
 def _op_text(op: str) -> str:
-    return "communication of unknown op" if op == "other" else op
+    # RCCL's generic kernels (ncclDevKernel_Generic_1) do not name their collective.
+    return "communication (op not in its kernel names)" if op == "other" else op
 
 
 def _floor_share(ctx: Context, ns_per_step: float) -> float:
@@ -469,8 +471,8 @@ def _skew_finding(ctx: Context, skew: dict[str, Any]) -> Finding | None:
     return Finding(
         rule="comm.rank_skew",
         title=f"rank {rank} arrives last at {100 * straggler['last_share']:.0f}% of {op}s; the other "
-              f"ranks wait {straggler['others_wait_ns_per_step_median'] / 1e3:.0f} us per step for it, "
-              f"{impact / 1e3:.0f} us of it with no compute to overlap",
+              f"ranks wait {human_ns(straggler['others_wait_ns_per_step_median'])} per step for it, "
+              f"{human_ns(impact)} of it with no compute to overlap",
         impact_ns=impact,
         share_pct=ctx.share(impact),
         scope={"trace_id": straggler["trace_id"], "rank": rank, "ranks": skew["ranks"]},

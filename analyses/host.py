@@ -15,6 +15,7 @@ from profkit import intervals
 from profkit.classify import PAGEABLE_DTOH_LAUNCHES, blocking_async_copies, runtime_role
 from profkit.columns import contains, group_codes
 from profkit.findings import Finding
+from profkit.render import human_ns
 
 from . import Context, PassResult
 
@@ -106,10 +107,6 @@ def _per_step(value: float, n_steps: int) -> int:
     return int(round(value / n_steps)) if n_steps else 0
 
 
-def _ms(ns: float) -> str:
-    return f"{ns / 1e6:.3f} ms" if ns >= 1e5 else f"{ns / 1e3:.1f} us"
-
-
 def _worth_reporting(ctx: Context, impact: float) -> bool:
     return impact >= MIN_IMPACT_NS and (not ctx.step_ns or ctx.share(impact) >= MIN_SHARE_PCT)
 
@@ -188,7 +185,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
         findings.append(Finding(
             rule="host.sync_in_steady_state",
             title=(f"{points / n_steps:.1f} host synchronisations per step ({names}{origin_text}) "
-                   f"leave the GPU idle {_ms(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
+                   f"leave the GPU idle {human_ns(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=device, stream=stream, steps=_step_numbers(ctx, step_of_call[sel])),
             evidence={"calls": int(sel.size), "calls_per_step": round(sel.size / n_steps, 3),
@@ -359,7 +356,7 @@ def _pageable(ctx, dev, windows, host_side, n_steps) -> dict:
         findings.append(Finding(
             rule="host.pageable_memcpy",
             title=(f"{ids.size / n_steps:.1f} copies per step use pageable host memory "
-                   f"({total_bytes / n_steps / 1e6:.2f} MB, {_ms(total_ns / n_steps)} of copy time per step)"),
+                   f"({total_bytes / n_steps / 1e6:.2f} MB, {human_ns(total_ns / n_steps)} of copy time per step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=_waited_device(dev)),
             evidence={"copies": int(ids.size), "bytes_per_step": metrics["bytes_per_step"],
@@ -397,7 +394,7 @@ def _allocator(ctx, calls, roles) -> dict:
         findings.append(Finding(
             rule="host.allocator_in_steady_state",
             title=(f"{sel.size} device allocator calls after the first step ({', '.join(f'{n} x{c}' for n, c in by_name.most_common(3))}) "
-                   f"take {_ms(impact)} of host time per step"),
+                   f"take {human_ns(impact)} of host time per step"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(steps=steps_hit),
             evidence={"calls": int(sel.size), "by_name": dict(by_name), "host_ns_per_step": int(impact),
@@ -475,8 +472,8 @@ def _step_start_gap(ctx, busy, sync_idle) -> dict:
         values = ", ".join(f"({r[0]}, {r[3]}, {r[4]})" for r in rows[:20])
         findings.append(Finding(
             rule="host.step_start_gap",
-            title=(f"Each step waits {_ms(np.median(gap))} (median) before its first device work; the GPU "
-                   f"is idle {_ms(impact)} of it per step ({ctx.share(impact):.1f}%)"),
+            title=(f"Each step waits {human_ns(np.median(gap))} (median) before its first device work; the GPU "
+                   f"is idle {human_ns(impact)} of it per step ({ctx.share(impact):.1f}%)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(steps=[r[0] for r in rows if r[2] > 0]),
             evidence={"gap_ns": metrics["gap_ns"], "gpu_idle_ns": metrics["gpu_idle_ns"],

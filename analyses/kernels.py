@@ -9,6 +9,7 @@ import numpy as np
 from profkit import intervals
 from profkit.classify import runtime_call_names
 from profkit.findings import Finding
+from profkit.render import human_ns
 from profkit.schema import CATEGORIES
 from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
@@ -443,7 +444,7 @@ def _hotspot_findings(ctx, acts, hot, windows, step_ref):
         out.append(Finding(
             rule="kernels.hotspot",
             title=f"GPU {k['device']}: one kernel takes {k['share_of_device_busy_pct']:.0f}% of busy time "
-                  f"({per_step / 1e3:.0f} us per step): {short}",
+                  f"({human_ns(per_step)} per step): {short}",
             impact_ns=0, share_pct=0.0,
             scope=ctx.base_scope(device=k["device"], steps=_steps(windows)),
             evidence={**{x: k[x] for x in ("count", "total_ns", "p50_ns", "max_ns", "share_of_device_busy_pct",
@@ -456,7 +457,7 @@ def _hotspot_findings(ctx, acts, hot, windows, step_ref):
             recommendation="This kernel dominates GPU time: check it is the right implementation for the shapes "
                            "(tuned GEMM/attention library, dtype, tensor-core friendly sizes) and whether its "
                            "work can be reduced. It is ranked as information (impact 0): a 2x faster kernel would save "
-                           f"{potential / 1e3:.0f} us per step.",
+                           f"{human_ns(potential)} per step.",
             impact_basis="estimate", count=k["count"]))
     return out
 

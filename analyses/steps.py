@@ -13,6 +13,7 @@ import numpy as np
 
 from profkit import intervals
 from profkit.findings import Finding
+from profkit.render import human_ns
 
 from . import Context, PassResult, Step
 from .step_inference import (
@@ -365,10 +366,6 @@ def windows_sql(trace_id: int, facts: list[dict]) -> str:
             f"GROUP BY ALL ORDER BY dur_ns DESC, w.step")
 
 
-def _ms(ns: float) -> str:
-    return f"{ns / 1e6:.3f} ms" if ns >= 1e5 else f"{ns / 1e3:.1f} us"
-
-
 def _outlier_findings(ctx: Context, steady: list[dict], outliers: list[dict]) -> list[Finding]:
     if not outliers or not steady:
         return []
@@ -379,7 +376,7 @@ def _outlier_findings(ctx: Context, steady: list[dict], outliers: list[dict]) ->
     return [Finding(
         rule="steps.outliers",
         title=(f"{len(outliers)} of {len(steady)} steady steps are outliers (worst: step {worst['step']} "
-               f"{_ms(worst['dur_ns'])} vs median {_ms(p50)}), costing {_ms(impact)} per step on average"),
+               f"{human_ns(worst['dur_ns'])} vs median {human_ns(p50)}), costing {human_ns(impact)} per step on average"),
         impact_ns=int(impact), share_pct=ctx.share(impact),
         scope=ctx.base_scope(steps=[f["step"] for f in outliers]),
         evidence={"outlier_steps": [{"step": f["step"], "dur_ns": f["dur_ns"], "excess_ns": f["excess_ns"],
@@ -407,8 +404,8 @@ def _variance_findings(ctx: Context, steady: list[dict]) -> list[Finding]:
         label = f"{phase} steps" if phase else "Steps"
         found.append(Finding(
             rule="steps.variance",
-            title=(f"{label} vary: CV {cv:.2f} over {len(group)} steps (p50 {_ms(p50)}, "
-                   f"p95 {_ms(np.percentile(d, 95))}, max {_ms(d.max())})"),
+            title=(f"{label} vary: CV {cv:.2f} over {len(group)} steps (p50 {human_ns(p50)}, "
+                   f"p95 {human_ns(np.percentile(d, 95))}, max {human_ns(d.max())})"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(steps=[f["step"] for f in group], phase=phase),
             evidence={"cv": round(cv, 4), "mean_ns": int(mean), "p50_ns": int(p50),
@@ -439,8 +436,8 @@ def _gap_findings(ctx: Context, steady: list[dict]) -> list[Finding]:
            f"AND r.start_ns >= w.idle_from_ns AND r.start_ns < w.next_device_start_ns GROUP BY ALL ORDER BY w.step")
     return [Finding(
         rule="steps.inter_step_gap",
-        title=(f"The GPU idles {_ms(impact)} between steps on average ({ctx.share(impact):.1f}% of a step; "
-               f"worst {_ms(worst['gap_before_ns'])} before step {worst['step']})"),
+        title=(f"The GPU idles {human_ns(impact)} between steps on average ({ctx.share(impact):.1f}% of a step; "
+               f"worst {human_ns(worst['gap_before_ns'])} before step {worst['step']})"),
         impact_ns=int(impact), share_pct=ctx.share(impact),
         scope=ctx.base_scope(steps=[f["step"] for f in gaps]),
         evidence={"mean_gap_ns": int(impact), "gaps": len(gaps), "steady_steps": len(steady),
