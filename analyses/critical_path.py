@@ -132,7 +132,28 @@ def analysis_windows(store: Store) -> dict:
 def run(ctx: Context) -> PassResult:
     graph = _graph(ctx.store)
     report = critical_path_report(ctx.store, ctx.trace_id, graph=graph, windows=_windows(ctx))
+    caveat = _replay_caveat(report)
+    if caveat:
+        report["caveat"] = caveat
     return PassResult(metrics=report, findings=[])
+
+
+def _replay_caveat(report: dict[str, Any]) -> str | None:
+    """Why the path's composition is not to be read as the step's, when the replay does
+    not reproduce the step (the renderers print it under the path's bar)."""
+    error = report.get("replay_error_pct")
+    if not report.get("available") or error is None or abs(error) <= REPLAY_FIDELITY_PCT:
+        return None
+    graph = report.get("graph") or {}
+    missing, total = graph.get("device_without_launch") or 0, graph.get("device_events") or 0
+    if not missing:
+        why = ""
+    elif missing == total:
+        why = f": none of its {total:,} device activities has a launch record, so gaps between them collapse"
+    else:
+        why = f": {missing:,} of its {total:,} device activities have no launch record, so gaps before them collapse"
+    return (f"the replay does not reproduce the step (error {error:+.1f}%){why}; the path's composition is "
+            f"not a model of the step, and findings keep their own estimates")
 
 
 def _hotspot_kernel(store, trace_id: int, f: Finding) -> str | None:

@@ -109,6 +109,12 @@ def path_parts(cp: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in parts.items() if v > 0}
 
 
+def caveat_notes(traces: list[dict[str, Any]]) -> list[str]:
+    """A trace's `critical_path.caveat` (set where the replay does not reproduce its step)."""
+    return [f"Rank {t.get('rank')}: {t['critical_path']['caveat']}." for t in traces
+            if (t.get("critical_path") or {}).get("caveat")]
+
+
 def wait_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list[str]:
     """Where a trace's critical path is mostly waiting on something the trace does not record
     (`attribution_detail.wait`), one line naming where the largest wait is and what it can be.

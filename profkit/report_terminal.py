@@ -6,7 +6,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .findings import combined_lines, group_across_ranks, path_parts, replay_note, step_notes, wait_notes
+from .findings import (caveat_notes, combined_lines, group_across_ranks, path_parts, replay_note, step_notes,
+                       wait_notes)
 from .render import human_ns
 
 
@@ -101,7 +102,7 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
         line = critical_path_bar(trace)
         if line:
             console.print(line)
-    for line in wait_notes(result["traces"]) + step_notes(result["traces"]):
+    for line in caveat_notes(result["traces"]) + wait_notes(result["traces"]) + step_notes(result["traces"]):
         console.print(f"[dim]{line}[/dim]")
     findings = group_across_ranks(result["findings"])
     if not findings:

@@ -360,3 +360,23 @@ def test_a_collective_waiting_for_unloaded_ranks_says_so():
     (note,) = wait_notes([trace])
     assert "a collective waiting for its peer ranks: analyse all 16 ranks' traces together" in note
     assert wait_notes([{**trace, "world_size": 1}]) == [note.split(": analyse")[0] + "."]
+
+
+def test_a_replay_that_does_not_reproduce_the_step_carries_a_caveat():
+    """The llama.cpp rocpd decode links no dispatch to a HIP call: the replay runs its
+    kernels back to back (-24%), so its path's bar ("compute 100%") is no model of the step.
+    The section says so, and the renderers print it."""
+    from profkit.findings import caveat_notes
+
+    store = _store(shared_trace("rocprof/rocpd_r9700_llamacpp_decode/results.db"))
+    metrics, _ = analyze_trace(store, 0)
+    cp = metrics["critical_path"]
+    assert cp["replay_error_pct"] < -20
+    n = store.scalar("SELECT count(*) FROM events WHERE kind IN ('kernel', 'memcpy', 'memset')")
+    assert f"none of its {n:,} device activities has a launch record" in cp["caveat"]
+    (line,) = caveat_notes([{"rank": 0, "critical_path": cp}])
+    assert line.startswith(f"Rank 0: the replay does not reproduce the step (error {cp['replay_error_pct']:+.1f}%)")
+    # A faithful replay has none.
+    store = _store(shared_trace("kineto/cuda/a100_event_sync.json.gz"))
+    metrics, _ = analyze_trace(store, 0)
+    assert "caveat" not in metrics["critical_path"]
