@@ -109,6 +109,35 @@ def path_parts(cp: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in parts.items() if v > 0}
 
 
+# Idle outside the analysed steps above this share of device time gets a note.
+OUTSIDE_STEP_NOTE_MIN_PCT = 25.0
+
+
+def trace_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list[str]:
+    """Every per-trace note the reports print under the summary, in this order."""
+    return caveat_notes(traces) + wait_notes(traces, loaded) + outside_step_notes(traces) + step_notes(traces)
+
+
+def outside_step_notes(traces: list[dict[str, Any]]) -> list[str]:
+    """Where most of a trace's device time is idle outside its steps (a capture much longer
+    than the steps analysed), one line saying so and how busy the device is within them:
+    the summary's idle share is over the whole span of device activity (HTA's definition)."""
+    lines = []
+    for t in traces:
+        outside = ((t.get("idle") or {}).get("by_cause_pct") or {}).get("outside_step") or 0
+        steps = (t.get("steps") or {}).get("steps") or []
+        dur = sum(s.get("dur_ns") or 0 for s in steps)
+        if outside < OUTSIDE_STEP_NOTE_MIN_PCT or dur <= 0:
+            continue
+        busy = sum(s.get("device_busy_ns") or 0 for s in steps)
+        span = (t.get("breakdown") or {}).get("span_ns")
+        which = "the step" if len(steps) == 1 else f"the {len(steps)} steps"
+        lines.append(f"Rank {t.get('rank')}: {outside:.1f}% of device time is idle outside {which} analysed "
+                     f"({human_ns(dur)} of a {human_ns(span)} span of device activity); within "
+                     f"{'it' if len(steps) == 1 else 'them'} the device is {100 * busy / dur:.1f}% busy.")
+    return lines
+
+
 def caveat_notes(traces: list[dict[str, Any]]) -> list[str]:
     """A trace's `critical_path.caveat` (set where the replay does not reproduce its step)."""
     return [f"Rank {t.get('rank')}: {t['critical_path']['caveat']}." for t in traces

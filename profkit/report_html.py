@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from . import __version__
-from .findings import caveat_notes, combined_lines, group_across_ranks, path_parts, replay_note, wait_notes
+from .findings import combined_lines, group_across_ranks, path_parts, replay_note, trace_notes
 from .render import human_bytes, human_ns
 from .report_html_parts import (CSS, SORT_JS, cell, colour, esc, evidence_table, meter, ns_cell, num, pct,
                                 stacked_bar, step_chart, table)
@@ -92,7 +92,7 @@ def _critical_path(t: dict[str, Any], loaded: int) -> str:
         parts.append(("replay error", abs(observed - replayed)))
     caption = (f"length {human_ns(cp.get('length_ns'))}, observed step {human_ns(observed)}, replayed "
                f"{human_ns(replayed)} (replay error {cp.get('replay_error_pct') or 0:+.1f}%)")
-    notes = "".join(f'<p class="muted">{esc(line)}</p>' for line in caveat_notes([t]) + wait_notes([t], loaded))
+    notes = "".join(f'<p class="muted">{esc(line)}</p>' for line in trace_notes([t], loaded))
     return (f'<p class="sub">Critical path of a step <span class="muted">{esc(caption)}</span></p>'
             + stacked_bar(parts, f"rank {t.get('rank')} critical path composition") + notes)
 

@@ -6,8 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .findings import (caveat_notes, combined_lines, group_across_ranks, path_parts, replay_note, step_notes,
-                       wait_notes)
+from .findings import combined_lines, group_across_ranks, path_parts, replay_note, trace_notes
 from .render import human_ns
 
 
@@ -102,7 +101,7 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
         line = critical_path_bar(trace)
         if line:
             console.print(line)
-    for line in caveat_notes(result["traces"]) + wait_notes(result["traces"]) + step_notes(result["traces"]):
+    for line in trace_notes(result["traces"]):
         console.print(f"[dim]{line}[/dim]")
     findings = group_across_ranks(result["findings"])
     if not findings:

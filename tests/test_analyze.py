@@ -145,6 +145,26 @@ def test_step_windows_that_differ_from_their_host_range_are_explained_in_both_re
     assert "1.53 ms" in markdown.stdout  # the step time shown is the recorded step's
 
 
+def test_a_capture_mostly_idle_outside_its_steps_says_how_busy_the_steps_are():
+    """The SGLang decode capture spans 474 ms of device activity around one 10 ms graph-replay
+    step: the summary's 97.9% idle is HTA's whole-span figure, and within the step the
+    device is 97% busy. The reports say both, from the analysis's own numbers."""
+    result = analyze_json(shared_trace("kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz"))
+    (t,) = result["traces"]
+    (step,) = t["steps"]["steps"]
+    outside = t["idle"]["by_cause_pct"]["outside_step"]
+    assert outside > 90 and t["breakdown"]["idle_pct"] > 90
+    busy = 100 * step["device_busy_ns"] / step["dur_ns"]
+    assert busy > 90
+    markdown = subprocess.run([PROFKIT, "analyze", shared_trace("kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz"),
+                               "--format", "markdown"], capture_output=True, text=True).stdout
+    assert (f"Rank 0: {outside:.1f}% of device time is idle outside the step analysed" in markdown
+            and f"within it the device is {busy:.1f}% busy" in markdown)
+    # Where the steps cover the capture, nothing is said.
+    assert "idle outside" not in " ".join(subprocess.run([PROFKIT, "analyze", SYNTHETIC], capture_output=True,
+                                                           text=True).stdout.split())
+
+
 def test_a_step_the_trace_does_not_have_is_a_one_line_error():
     """--step 30 on a 12-step trace used to crash the host pass (no steady steps); the error
     is raised while the graph is still being built on its worker thread, which the store's
