@@ -177,6 +177,21 @@ def test_outliers_and_variance_rules_on_nsys_kernel_pattern():
     check_invariants(store, ctx, result)
 
 
+def test_spread_that_is_all_one_outlier_is_reported_once():
+    """FastVideo: 23 steady steps of ~29.3 ms and one of 185.6 ms. The outlier rule reports it;
+    the variance rule, whose CV 0.87 is all that step's, does not report it again. The
+    regression pair's V100 steps vary without it (CV of the rest above the threshold)."""
+    store, ctx, result = run_steps(shared_trace("nsys/h100_2gpu_fastvideo_1s_window.sqlite"))
+    steady = [s for s in result.metrics["steps"] if s.get("outlier") is not None]
+    durations = [s["dur_ns"] for s in steady]
+    assert max(durations) > 5 * sorted(durations)[len(durations) // 2]
+    (outliers,) = [f for f in result.findings if f.rule == "steps.outliers"]
+    assert outliers.count == 1
+    assert not [f for f in result.findings if f.rule == "steps.variance"]
+    _, _, other = run_steps(shared_trace("kineto/cuda/regression_pair/test_v100_rank1_of2.json.gz"))
+    (variance,) = [f for f in other.findings if f.rule == "steps.variance"]
+    assert variance.evidence["cv_without_outliers"] > 0.2
+
 
 def test_a_last_step_the_capture_cut_short_is_left_out():
     """MI250: the second ProfilerStep is 49 us of host time with no device work after a
