@@ -106,3 +106,9 @@ def number_ranges(numbers: Iterable[int]) -> str:
             parts.append(f"{start}-{prev}" if prev != start else f"{start}")
             start = cur
     return ", ".join(parts)
+
+
+def device_names(trace: dict) -> str:
+    """A trace's distinct device names for the reports' summary tables; `unnamed` where the
+    trace records none (an Nsight export without its GPU info table)."""
+    return ", ".join(sorted({d.get("name") or "unnamed" for d in trace.get("devices") or []})) or "-"

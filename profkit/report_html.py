@@ -12,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from .findings import combined_lines, group_across_ranks, path_parts, replay_note, trace_notes
-from .render import human_bytes, human_ns
+from .render import device_names, human_bytes, human_ns
 from .report_html_parts import (CSS, SORT_JS, cell, colour, esc, evidence_table, meter, ns_cell, num, pct,
                                 stacked_bar, step_chart, table)
 from .report_terminal import scope_text, device_figures
@@ -48,7 +48,7 @@ def _header(traces: list[dict[str, Any]]) -> str:
         f"; {'/'.join(str(n) for n in active)} active per rank" if active else "")
     rows = [
         cell(esc(t.get("rank"))) + cell(esc(t.get("format"))) + cell(esc(t.get("format_version")))
-        + cell(esc(t.get("vendor"))) + cell(esc(", ".join(d.get("name") or "?" for d in t.get("devices") or []) or "-"))
+        + cell(esc(t.get("vendor"))) + cell(esc(device_names(t)))
         + cell(f'<span class="mono">{esc(t.get("path"))}</span>')
         for t in traces
     ]
@@ -67,7 +67,7 @@ def _summary(traces: list[dict[str, Any]]) -> str:
     for t in traces:
         f = device_figures(t)
         s = t.get("steps") or {}
-        names = ", ".join(sorted({d.get("name") or "?" for d in t.get("devices") or []})) or "-"
+        names = device_names(t)
         steps = f"{s.get('count', 0)}" + (f" ({s['source']})" if s.get("source") else "")
         rows.append(num(t.get("rank")) + cell(esc(t.get("format"))) + cell(esc(names))
                     + cell(esc(steps), sort=s.get("count", 0), cls="num")

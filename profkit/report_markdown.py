@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .findings import combined_lines, group_across_ranks, replay_note, trace_notes
-from .render import human_ns
+from .render import device_names, human_ns
 
 
 def _cell(text: Any) -> str:
@@ -21,7 +21,7 @@ def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
     for t in result["traces"]:
         b = (t.get("breakdown") or {}).get("all_devices") or {}
         s = t.get("steps") or {}
-        names = ", ".join(sorted({d.get("name") or "?" for d in t.get("devices") or []})) or "-"
+        names = device_names(t)
         out.append(f"| {t.get('rank')} | {t.get('format')} | {_cell(names)} | {s.get('count', 0)} | "
                    f"{human_ns((s.get('duration') or {}).get('p50_ns'))} | {_pct(b.get('idle_pct'))} | {_pct(b.get('compute_pct'))} | "
                    f"{_pct(b.get('communication_pct'))} |")

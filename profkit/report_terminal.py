@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .findings import combined_lines, group_across_ranks, path_parts, replay_note, trace_notes
-from .render import human_ns
+from .render import device_names, human_ns
 
 
 def _pct(value: Any) -> str:
@@ -27,9 +27,8 @@ def summary_table(traces: list[dict[str, Any]]) -> Table:
     for t in traces:
         figures = device_figures(t)
         steps = t.get("steps") or {}
-        names = sorted({d.get("name") or "?" for d in t.get("devices") or []})
         table.add_row(
-            str(t.get("rank")), t.get("format") or "-", ", ".join(names)[:40] or "-",
+            str(t.get("rank")), t.get("format") or "-", device_names(t)[:40],
             f"{steps.get('count', 0)}" + (f" ({steps['source']})" if steps.get("source") else ""),
             human_ns((steps.get("duration") or {}).get("p50_ns")),
             _pct(figures.get("busy_pct")), _pct(figures.get("idle_pct")), _pct(figures.get("compute_pct")),

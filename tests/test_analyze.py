@@ -173,3 +173,15 @@ def test_a_step_the_trace_does_not_have_is_a_one_line_error():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (f"profkit: error: {SYNTHETIC / 'synthetic_llm_decode_rank0.json.gz'}: "
                                    "no step 30 (steps: 0-11)")
+
+
+def test_devices_the_trace_does_not_name_show_as_unnamed():
+    """The FastVideo Nsight export has no GPU info table: its devices are `unnamed`, not `?`."""
+    from profkit.render import device_names
+
+    assert device_names({"devices": [{"name": None}, {"name": None}]}) == "unnamed"
+    assert device_names({"devices": [{"name": "B"}, {"name": "A"}, {"name": "B"}]}) == "A, B"
+    assert device_names({"devices": []}) == "-"
+    markdown = subprocess.run([PROFKIT, "analyze", shared_trace("nsys/h100_2gpu_fastvideo_1s_window.sqlite"),
+                               "--format", "markdown"], capture_output=True, text=True).stdout
+    assert "| 0 | nsys | unnamed |" in markdown
