@@ -75,6 +75,7 @@ class Gaps:
     fallback: np.ndarray   # 0 = rules applied to a known launch; else 1 + FALLBACK_REASONS index
     unrecorded: np.ndarray  # dependency only because the device-side wait exceeds any launch latency
     in_graph: np.ndarray   # the next activity is a node of a graph replay
+    graph_head: np.ndarray  # ... and the first of its replay (launch call)
 
     @property
     def dur(self) -> np.ndarray:
@@ -120,6 +121,14 @@ def _load_activities(store, trace_id):
     acts["thread"] = np.full(has_launch.size, -1, dtype=np.int64)
     acts["thread"][has_launch] = _thread_codes(table.column("launch_pid"), table.column("launch_tid"),
                                                threads, has_launch)
+    # A graph replay's first node: the earliest activity of its launch call. The waits before
+    # the others are the graph's own edges; the wait before it, on what precedes the replay.
+    acts["graph_head"] = np.zeros(has_launch.size, dtype=bool)
+    nodes = np.flatnonzero(acts["in_graph"] & has_launch)
+    if nodes.size:
+        order = nodes[np.lexsort((acts["start_ns"][nodes], acts["launch_event"][nodes]))]
+        first = np.r_[True, acts["launch_event"][order][1:] != acts["launch_event"][order][:-1]]
+        acts["graph_head"][order[first]] = True
     return acts, threads
 
 
@@ -306,7 +315,8 @@ def classify_gaps(acts, host, everything, wait_records, steps, graph_replay, dev
 
     return Gaps(device=dev, stream=np.full(n.size, -1) if device_level else stm, next_stream=stm, start=g0, end=g1,
                 next_event=a["event_id"][n], launch_event=a["launch_event"][n],
-                cause=cause.astype(np.int8), fallback=fallback, unrecorded=unrecorded, in_graph=a["in_graph"][n])
+                cause=cause.astype(np.int8), fallback=fallback, unrecorded=unrecorded, in_graph=a["in_graph"][n],
+                graph_head=a["graph_head"][n])
 
 
 def _busy_at(busy: dict, devices: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -467,6 +477,15 @@ _RECOMMENDATIONS = {
                   "(the communication pass shows rank skew).",
 }
 
+# Dependency gaps that mostly precede nodes of graph replays: the graph's own edges, which no
+# trace records, hold them.
+_GRAPH_DEPENDENCY_RECOMMENDATION = (
+    "The device waits inside CUDA/HIP graph replays: a node starts only when the nodes it depends on "
+    "are done (a branch on another stream, a copy, memset or host node), and the trace records none of "
+    "the graph's edges. Print the graph's structure (cudaGraphDebugDotPrint / hipGraphDebugDotPrint) and "
+    "look for serial chains through slow or host nodes; make independent branches independent, and move "
+    "host callbacks out of the graph.")
+
 
 def _findings(ctx, device, summary, streams, per_device, per_stream, windows, have_steps):
     out = []
@@ -496,9 +515,12 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
         guessed = fallback_ns * 2 > cause_ns
         unrecorded_ns = int(per_device.dur[mask][per_device.unrecorded[mask]].sum())
         graph_ns = int(per_device.dur[mask][per_device.in_graph[mask]].sum())
+        head_ns = int(per_device.dur[mask][per_device.in_graph[mask] & per_device.graph_head[mask]].sum())
+        in_graphs = not guessed and cause == "dependency" and graph_ns * 2 > cause_ns
+        inside_graphs = in_graphs and (graph_ns - head_ns) * 2 > graph_ns
         note = (" (inferred: most gaps lack launch records)" if guessed else
-                " (before nodes of graph replays, whose waits the trace does not record)"
-                if cause == "dependency" and graph_ns * 2 > cause_ns else
+                " (inside graph replays, whose edges the trace does not record)" if inside_graphs else
+                " (before graph replays start, on something the trace does not record)" if in_graphs else
                 " (no recorded wait: the work was queued in time but started later than any launch takes)"
                 if unrecorded_ns * 2 > cause_ns else "")
         out.append(Finding(
@@ -512,11 +534,12 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 "step_ns": step_ref, "gaps": summary["gaps_by_cause"][cause],
                 "fallback_gaps": int((per_device.fallback[mask] > 0).sum()), "fallback_ns": fallback_ns,
                 "inferred": guessed, "unrecorded_dependency_ns": unrecorded_ns, "graph_replay_ns": graph_ns,
+                "graph_replay_start_ns": head_ns,
                 "by_next_stream_ns": {str(k): int(v) for k, v in sorted(by_stream.items(), key=lambda kv: -kv[1])},
                 "example_gaps": examples,
             },
             sql=_gap_sql(ctx.trace_id, device),
-            recommendation=_RECOMMENDATIONS[cause],
+            recommendation=_GRAPH_DEPENDENCY_RECOMMENDATION if inside_graphs else _RECOMMENDATIONS[cause],
             impact_basis="bound",
             count=summary["gaps_by_cause"][cause],
         ))

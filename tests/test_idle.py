@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_TRACES, shared_trace
-from profkit.analyses import Context, Step, idle
+from profkit.analyses import Context, Step, analyze_trace, idle
 from profkit.ingest import Sink, ingest
 from profkit.store import Store
 
@@ -268,9 +268,31 @@ def test_waits_too_long_for_launch_latency_are_unrecorded_dependencies(stores):
     assert per_device.dur[longest] > 60_000_000 and per_device.cause[longest] == idle.DEPENDENCY
     assert per_device.unrecorded[longest] and per_device.launch_event[longest] >= 0
     finding = next(f for f in result.findings if f.rule == "idle.dependency")
-    # The title says where: before the nodes of those graph replays (launched by cudaGraphLaunch).
-    assert finding.title.endswith("(before nodes of graph replays, whose waits the trace does not record)")
+    # The title says where: before those graph replays (launched by cudaGraphLaunch) start,
+    # at their first nodes, so not on the graphs' own edges.
+    assert finding.title.endswith("(before graph replays start, on something the trace does not record)")
     assert finding.evidence["graph_replay_ns"] > 0.9 * finding.evidence["unrecorded_dependency_ns"] > 0
+    assert finding.evidence["graph_replay_start_ns"] > 0.5 * finding.evidence["graph_replay_ns"]
+    assert finding.recommendation == idle._RECOMMENDATIONS["dependency"]
+
+
+def test_waits_inside_graph_replays_point_at_the_graph(stores):
+    """SGLang decode: one hipGraphLaunch replays the whole step; the device's idle lies before
+    nodes after the first, i.e. on the graph's own edges, which no trace records. The finding
+    says so and suggests printing the graph's structure."""
+    path = shared_trace("kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz")
+    raw = json.load(gzip.open(path), strict=False)["traceEvents"]
+    (launch,) = [e for e in raw if e.get("name") == "hipGraphLaunch"]
+    nodes = sorted((e for e in raw if e.get("cat") == "kernel" and
+                    e["args"].get("correlation") == launch["args"]["correlation"]), key=lambda e: float(e["ts"]))
+    assert len(nodes) > 100
+    store = stores("kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz")
+    # Its one step is the graph replay, which the steps pass infers.
+    _, findings = analyze_trace(store, 0, passes=("steps", "idle"))
+    finding = next(f for f in findings if f.rule == "idle.dependency")
+    assert finding.title.endswith("(inside graph replays, whose edges the trace does not record)")
+    assert finding.evidence["graph_replay_start_ns"] < 0.5 * finding.evidence["graph_replay_ns"]
+    assert "hipGraphDebugDotPrint" in finding.recommendation
 
 
 def test_unrecorded_waits_outside_graph_replays_say_so(stores):
