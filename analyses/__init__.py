@@ -36,6 +36,11 @@ class Step:
         return self.end_ns - self.start_ns
 
 
+# What findings call the devices of a vendor (the devices table's `vendor`); any other
+# vendor's, "device".
+DEVICE_NOUNS = {"nvidia": "GPU", "amd": "GPU"}
+
+
 @dataclass
 class PassResult:
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +87,24 @@ class Context:
         if not durations:
             return 0
         return durations[len(durations) // 2]
+
+    def device_noun(self, device: int | None = None) -> str:
+        """What the findings call a device: "GPU" for the vendors whose devices are GPUs
+        (DEVICE_NOUNS), else "device" (a custom accelerator's). Without `device`, the
+        trace's devices together."""
+        if "device_vendors" not in self.memo:
+            self.memo["device_vendors"] = {r["device"]: r["vendor"] for r in self.store.rows(
+                "SELECT device, vendor FROM devices WHERE trace_id = ?", [self.trace_id])}
+        vendors = self.memo["device_vendors"]
+        chosen = [vendors.get(device)] if device is not None else list(vendors.values()) or [None]
+        # A device with no devices row (or no vendor in it) is of the trace's vendor.
+        nouns = {DEVICE_NOUNS.get(v or self.trace.get("vendor") or "", "device") for v in chosen}
+        return nouns.pop() if len(nouns) == 1 else "device"
+
+    def device_label(self, device: int | None) -> str:
+        """"GPU 3", "device 17": a device as findings' titles name it."""
+        noun = self.device_noun(device)
+        return f"{noun[0].upper()}{noun[1:]} {device}"
 
     def share(self, ns_per_step: float) -> float:
         return 100.0 * ns_per_step / self.step_ns if self.step_ns else 0.0

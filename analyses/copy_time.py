@@ -92,7 +92,7 @@ def copy_bound_findings(ctx, copies: list[dict], windows: list, step_ref: int, s
             moved += f"; most copy time {main}" + (f" at {rate:.1f} GB/s" if rate else "")
         out.append(Finding(
             rule="kernels.copy_bound",
-            title=f"GPU {d} spends {pct:.0f}% of each step in memory copies no compute overlaps ({moved})",
+            title=f"{ctx.device_label(d)} spends {pct:.0f}% of each step in memory copies no compute overlaps ({moved})",
             impact_ns=impact, share_pct=share(impact),
             scope=ctx.base_scope(device=d, steps=[w[0] for w in windows if w[0] is not None]),
             evidence={k: v for k, v in c.items() if k not in ("device", "largest")} | {"examples": c["largest"]},

@@ -185,7 +185,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
         findings.append(Finding(
             rule="host.sync_in_steady_state",
             title=(f"{points / n_steps:.1f} host synchronisations per step ({names}{origin_text}) "
-                   f"leave the GPU idle {human_ns(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
+                   f"leave the {ctx.device_noun(device)} idle {human_ns(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=device, stream=stream, steps=_step_numbers(ctx, step_of_call[sel])),
             evidence={"calls": int(sel.size), "calls_per_step": round(sel.size / n_steps, 3),
@@ -472,7 +472,8 @@ def _step_start_gap(ctx, busy, sync_idle) -> dict:
         values = ", ".join(f"({r[0]}, {r[3]}, {r[4]})" for r in rows[:20])
         findings.append(Finding(
             rule="host.step_start_gap",
-            title=(f"Each step waits {human_ns(np.median(gap))} (median) before its first device work; the GPU "
+            title=(f"Each step waits {human_ns(np.median(gap))} (median) before its first device work; the "
+                   f"{ctx.device_noun()} "
                    f"is idle {human_ns(impact)} of it per step ({ctx.share(impact):.1f}%)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(steps=[r[0] for r in rows if r[2] > 0]),

@@ -458,10 +458,10 @@ class _WholeSpan:
 
 # ---------------------------------------------------------------- findings ---------
 _TITLES = {
-    "host_bound": "GPU {d} idles {pct:.1f}% of each step waiting on host launches",
-    "launch_latency": "GPU {d} idles {pct:.1f}% of each step in launch latency (kernels launched in time start late)",
-    "sync": "GPU {d} idles {pct:.1f}% of each step while the host is blocked by synchronisation",
-    "dependency": "GPU {d} idles {pct:.1f}% of each step waiting on other streams or ranks",
+    "host_bound": "{dev} idles {pct:.1f}% of each step waiting on host launches",
+    "launch_latency": "{dev} idles {pct:.1f}% of each step in launch latency (kernels launched in time start late)",
+    "sync": "{dev} idles {pct:.1f}% of each step while the host is blocked by synchronisation",
+    "dependency": "{dev} idles {pct:.1f}% of each step waiting on other streams or ranks",
 }
 _RECOMMENDATIONS = {
     "host_bound": "The GPU runs out of queued work because the host launches too slowly: capture the step "
@@ -525,7 +525,7 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 if unrecorded_ns * 2 > cause_ns else "")
         out.append(Finding(
             rule=f"idle.{cause}",
-            title=_TITLES[cause].format(d=device, pct=pct) + note,
+            title=_TITLES[cause].format(dev=ctx.device_label(device), pct=pct) + note,
             impact_ns=per_step,
             share_pct=ctx.share(per_step) if ctx.step_ns else pct,
             scope=ctx.base_scope(device=device, stream=main_stream, steps=steps),

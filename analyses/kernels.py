@@ -350,7 +350,7 @@ def _storm_findings(ctx, tiny, step_ref, windows):
             continue
         out.append(Finding(
             rule="kernels.tiny_kernel_storm",
-            title=(f"GPU {t['device']} runs {med['count']} kernels shorter than {TINY_KERNEL_NS // 1000} us "
+            title=(f"{ctx.device_label(t['device'])} runs {med['count']} kernels shorter than {TINY_KERNEL_NS // 1000} us "
                    f"per step ({med['launched_one_by_one']} launched one by one)"),
             impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
             scope=ctx.base_scope(device=t["device"], steps=_steps(windows)),
@@ -389,7 +389,7 @@ def _latency_findings(ctx, latency, launches, windows, step_ref):
             continue
         out.append(Finding(
             rule="kernels.launch_latency",
-            title=f"GPU {d}: kernels launched to an idle stream start {idle['p50_ns'] / 1000:.0f} us after the call (p50)",
+            title=f"{ctx.device_label(d)}: kernels launched to an idle stream start {idle['p50_ns'] / 1000:.0f} us after the call (p50)",
             impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
             scope=ctx.base_scope(device=d, steps=_steps(windows)),
             evidence={**lat, "idle_stream_launches_per_step": per_step, "typical_ns": LAUNCH_LATENCY_TYPICAL_NS},
@@ -443,7 +443,7 @@ def _hotspot_findings(ctx, acts, hot, windows, step_ref):
         # faster, so it ranks with impact 0 and carries the 2x what-if as evidence only.
         out.append(Finding(
             rule="kernels.hotspot",
-            title=f"GPU {k['device']}: one kernel takes {k['share_of_device_busy_pct']:.0f}% of busy time "
+            title=f"{ctx.device_label(k['device'])}: one kernel takes {k['share_of_device_busy_pct']:.0f}% of busy time "
                   f"({human_ns(per_step)} per step): {short}",
             impact_ns=0, share_pct=0.0,
             scope=ctx.base_scope(device=k["device"], steps=_steps(windows)),
@@ -471,7 +471,7 @@ def _grid_findings(ctx, small_grids, acts, windows, step_ref):
         short = g["name"] if len(g["name"]) <= 80 else g["name"][:77] + "..."
         out.append(Finding(
             rule="kernels.small_grid",
-            title=f"GPU {g['device']}: {short} runs at most {g['max_blocks']} blocks on {g['sm_count']} SMs",
+            title=f"{ctx.device_label(g['device'])}: {short} runs at most {g['max_blocks']} blocks on {g['sm_count']} SMs",
             impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
             scope=ctx.base_scope(device=g["device"], steps=_steps(windows)),
             evidence={k: g[k] for k in ("count", "total_ns", "max_blocks", "sm_count", "idle_sm_ns",

@@ -375,3 +375,17 @@ def test_synthetic_injected_host_gaps_and_sync_are_found():
         assert sync_finding.impact_ns == pytest.approx(sync["size_ns_per_step"], rel=0.2)
         assert sync_finding.scope["stream"] == compute
     assert ranks_seen == set(range(manifest["ranks"]))
+
+
+def test_a_custom_accelerator_is_a_device_not_a_gpu(stores):
+    """MTIA's devices are no GPUs (vendor `other`): its findings say "Device 17", while
+    NVIDIA and AMD devices, and devices with no devices row in a GPU vendor's trace, stay GPUs."""
+    store = stores("kineto/mtia/mtia_inference_rank0.json.gz")
+    assert store.rows("SELECT device, vendor FROM devices") == [{"device": 17, "vendor": "other"}]
+    ctx = make_context(store, 0)
+    assert ctx.device_label(17) == "Device 17" and ctx.device_noun() == "device"
+    result = idle.run(ctx)
+    assert result.findings and all(f.title.startswith("Device 17 idles") for f in result.findings)
+    store = stores("kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz")
+    ctx = make_context(store, 0)
+    assert ctx.device_label(0) == "GPU 0" and ctx.device_label(5) == "GPU 5" and ctx.device_noun() == "GPU"
