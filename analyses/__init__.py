@@ -36,9 +36,10 @@ class Step:
         return self.end_ns - self.start_ns
 
 
-# What findings call the devices of a vendor (the devices table's `vendor`); any other
-# vendor's, "device".
+# What findings call the devices of a vendor (the devices table's `vendor`), and their
+# compute units; any other vendor's, "device" and "compute units".
 DEVICE_NOUNS = {"nvidia": "GPU", "amd": "GPU"}
+UNIT_NOUNS = {"nvidia": "SMs", "amd": "CUs"}
 
 
 @dataclass
@@ -88,18 +89,19 @@ class Context:
             return 0
         return durations[len(durations) // 2]
 
-    def device_noun(self, device: int | None = None) -> str:
+    def device_noun(self, device: int | None = None, nouns: dict[str, str] = DEVICE_NOUNS,
+                    default: str = "device") -> str:
         """What the findings call a device: "GPU" for the vendors whose devices are GPUs
         (DEVICE_NOUNS), else "device" (a custom accelerator's). Without `device`, the
-        trace's devices together."""
+        trace's devices together. `nouns`, `default`: another vendor mapping (UNIT_NOUNS)."""
         if "device_vendors" not in self.memo:
             self.memo["device_vendors"] = {r["device"]: r["vendor"] for r in self.store.rows(
                 "SELECT device, vendor FROM devices WHERE trace_id = ?", [self.trace_id])}
         vendors = self.memo["device_vendors"]
         chosen = [vendors.get(device)] if device is not None else list(vendors.values()) or [None]
         # A device with no devices row (or no vendor in it) is of the trace's vendor.
-        nouns = {DEVICE_NOUNS.get(v or self.trace.get("vendor") or "", "device") for v in chosen}
-        return nouns.pop() if len(nouns) == 1 else "device"
+        found = {nouns.get(v or self.trace.get("vendor") or "", default) for v in chosen}
+        return found.pop() if len(found) == 1 else default
 
     def device_label(self, device: int | None) -> str:
         """"GPU 3", "device 17": a device as findings' titles name it."""

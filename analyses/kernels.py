@@ -13,7 +13,7 @@ from profkit.render import human_ns
 from profkit.schema import CATEGORIES
 from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
-from . import Context, PassResult
+from . import UNIT_NOUNS, Context, PassResult
 from .copy_time import copy_bound_findings, copy_time
 
 NAME = "kernels"
@@ -471,7 +471,8 @@ def _grid_findings(ctx, small_grids, acts, windows, step_ref):
         short = g["name"] if len(g["name"]) <= 80 else g["name"][:77] + "..."
         out.append(Finding(
             rule="kernels.small_grid",
-            title=f"{ctx.device_label(g['device'])}: {short} runs at most {g['max_blocks']} blocks on {g['sm_count']} SMs",
+            title=f"{ctx.device_label(g['device'])}: {short} runs at most {g['max_blocks']} blocks on "
+                  f"{g['sm_count']} {ctx.device_noun(g['device'], UNIT_NOUNS, 'compute units')}",
             impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
             scope=ctx.base_scope(device=g["device"], steps=_steps(windows)),
             evidence={k: g[k] for k in ("count", "total_ns", "max_blocks", "sm_count", "idle_sm_ns",

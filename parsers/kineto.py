@@ -113,7 +113,10 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
                 raise TraceError(path, f"no usable events ({_top_issues(w)})")
             vendor = kineto_meta.vendor(doc.top, builder.cats_seen, builder.runtime_prefixes)
             w.set_trace(**kineto_meta.trace_fields(doc.top, vendor))
-            w.add_rows("devices", kineto_meta.device_rows(doc.top, vendor))
+            used = [r[0] for r in w.store.con.execute(
+                "SELECT DISTINCT device FROM events WHERE trace_id = ? AND device IS NOT NULL "
+                "AND kind IN ('kernel', 'memcpy', 'memset') ORDER BY 1", [w.trace_id]).fetchall()]
+            w.add_rows("devices", kineto_meta.match_devices(kineto_meta.device_rows(doc.top, vendor), used, w))
     finally:
         doc = None
         src.close()

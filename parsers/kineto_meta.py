@@ -101,6 +101,25 @@ def device_rows(top: dict, trace_vendor: str | None) -> list[dict]:
     return rows
 
 
+def match_devices(rows: list[dict], used: list[int], w) -> list[dict]:
+    """deviceProperties rows keyed by the device ids the activities carry. ROCm traces give
+    activities the HSA node id (CPU agents first: one visible MI300X is device 2, or 9) and
+    deviceProperties the process's ordinal (0); without a match no analysis can join a
+    device's name or CU count. One property and one device in use are the same device: the
+    row takes the activities' id (the ordinal stays in `properties`). Anything less clear is
+    left as listed, and said in ingest_issues."""
+    ids = sorted(r["device"] for r in rows)
+    missing = [d for d in used if d not in ids]
+    if not rows or not missing:
+        return rows
+    if len(rows) == 1 and len(used) == 1:
+        w.note(f"deviceProperties id {ids[0]} stored as device {used[0]}, the id its activities carry")
+        return [{**rows[0], "device": used[0]}]
+    w.note(f"device ids of activities ({', '.join(map(str, missing))}) not among deviceProperties ids "
+           f"({', '.join(map(str, ids))}): their properties are not known")
+    return rows
+
+
 def _arch(dev_vendor: str | None, name: str | None, p: dict) -> str | None:
     major, minor = as_int(p.get("computeMajor")), as_int(p.get("computeMinor"))
     if dev_vendor == "nvidia" and major is not None and minor is not None:

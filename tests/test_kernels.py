@@ -235,6 +235,17 @@ def test_small_grid_blocks_checked_against_devices():
         assert 0 < g["idle_sm_ns"] < g["total_ns"]
 
 
+def test_small_grid_on_an_amd_device_counts_cus():
+    """A ROCm Kineto trace's properties now join its kernels' device (test_kineto): its small
+    grids are checked against the MI300X's 304 CUs, and the title says CUs, not SMs."""
+    store = Store.open(None)
+    ingest([shared_trace("kineto/rocm/mi300x_bert_small.json.gz")], store)
+    ctx, result = run_passes(store, 0)
+    (f,) = [f for f in result.findings if f.rule == "kernels.small_grid"]
+    assert f.title.endswith(f"runs at most {f.evidence['max_blocks']} blocks on 304 CUs")
+    assert f.evidence["max_blocks"] < f.evidence["sm_count"] == 304
+
+
 def test_synthetic_tiny_kernels_and_launches():
     if not (SYNTHETIC / "manifest.json").exists():
         pytest.skip("synthetic sample not generated yet")
