@@ -26,6 +26,7 @@ import gzip
 import zlib
 from pathlib import Path
 
+from profkit.classify import runtime_role
 from profkit.errors import TraceError
 
 from . import kineto_meta
@@ -113,6 +114,7 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
                 raise TraceError(path, f"no usable events ({_top_issues(w)})")
             vendor = kineto_meta.vendor(doc.top, builder.cats_seen, builder.runtime_prefixes)
             w.set_trace(**kineto_meta.trace_fields(doc.top, vendor))
+            _grids_in_blocks(w)
             used = [r[0] for r in w.store.con.execute(
                 "SELECT DISTINCT device FROM events WHERE trace_id = ? AND device IS NOT NULL "
                 "AND kind IN ('kernel', 'memcpy', 'memset') ORDER BY 1", [w.trace_id]).fetchall()]
@@ -120,6 +122,27 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
     finally:
         doc = None
         src.close()
+
+
+def _grids_in_blocks(w) -> None:
+    """Kineto records a kernel's grid as its launch call took it: in blocks for
+    hipLaunchKernel and cudaLaunchKernel, in work-items for hipExtModuleLaunchKernel (role
+    `grid_in_work_items`; MI300X Tensile GEMMs: grid 73728 of block 256, 288 workgroups).
+    The store counts blocks: those grids are divided, rounding up."""
+    names = [n for (n,) in w.store.con.execute(
+        "SELECT DISTINCT name FROM events WHERE trace_id = ? AND kind = 'runtime'", [w.trace_id]).fetchall()
+        if runtime_role(n) == "grid_in_work_items"]
+    if not names:
+        return
+    w.store.con.execute("""
+        UPDATE kernel_info SET grid_x = (grid_x + block_x - 1) // block_x,
+                               grid_y = (grid_y + coalesce(nullif(block_y, 0), 1) - 1) // coalesce(nullif(block_y, 0), 1),
+                               grid_z = (grid_z + coalesce(nullif(block_z, 0), 1) - 1) // coalesce(nullif(block_z, 0), 1)
+        FROM (SELECT k.event_id FROM events k JOIN events r
+                ON r.trace_id = k.trace_id AND r.correlation = k.correlation AND r.kind = 'runtime'
+              WHERE k.trace_id = ? AND k.kind = 'kernel' AND list_contains(?, r.name)) AS launched
+        WHERE kernel_info.event_id = launched.event_id AND kernel_info.block_x > 0
+    """, [w.trace_id, names])
 
 
 def _top_issues(w) -> str:

@@ -31,8 +31,8 @@ def _read_csv(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(text.splitlines()))
 
 
-# The tables whose rules are applied at ingest (stored categories and collective ops).
-STORED_TABLES = ("categories.csv", "collective_ops.csv")
+# The tables whose rules are applied at ingest (stored categories, collective ops, grids).
+STORED_TABLES = ("categories.csv", "collective_ops.csv", "runtime_calls.csv")
 
 
 @lru_cache(maxsize=1)

@@ -138,7 +138,7 @@ TABLES: tuple[Table, ...] = (
     ), grain="event"),
     Table("kernel_info", "Launch configuration of kernels.", (
         C("event_id", "BIGINT", "The kernel event."),
-        C("grid_x", "INTEGER", "Grid size in blocks (x)."), C("grid_y", "INTEGER", "Grid size (y)."), C("grid_z", "INTEGER", "Grid size (z)."),
+        C("grid_x", "INTEGER", "Grid size in blocks (x); grids a profiler gives in work-items (rocprof, and Kineto for launch calls of role `grid_in_work_items`) are divided by the block size, rounding up."), C("grid_y", "INTEGER", "Grid size (y)."), C("grid_z", "INTEGER", "Grid size (z)."),
         C("block_x", "INTEGER", "Block size in threads (x)."), C("block_y", "INTEGER", "Block size (y)."), C("block_z", "INTEGER", "Block size (z)."),
         C("registers_per_thread", "INTEGER", "Registers per thread (VGPRs on AMD)."),
         C("shared_memory_bytes", "BIGINT", "Static plus dynamic shared memory (LDS on AMD) per block.", "bytes"),

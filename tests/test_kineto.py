@@ -285,3 +285,22 @@ def test_rocm_device_properties_join_the_device_their_activities_carry():
     store = ingested("kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz")
     assert store.rows("SELECT device FROM devices") == [{"device": 0}]
     assert store.scalar("SELECT count(*) FROM ingest_issues WHERE reason LIKE 'deviceProperties%'") == 0
+
+
+def test_grids_of_work_item_launches_are_stored_in_blocks():
+    """hipExtModuleLaunchKernel takes its grid in work-items (Tensile GEMMs: 73728 of block
+    256), hipLaunchKernel in blocks; Kineto records either as given. The store counts blocks:
+    ceil(grid / block) for kernels such a call launched, the others as written."""
+    relative = "kineto/rocm/mi300x_bert_small.json.gz"
+    doc, store = raw(relative), ingested(relative)
+    calls = {e["args"]["correlation"]: e["name"] for e in doc["traceEvents"] if e.get("cat") == "cuda_runtime"}
+    want = {}
+    for e in doc["traceEvents"]:
+        if e.get("cat") == "kernel":
+            grid, block = e["args"]["grid"], e["args"]["block"]
+            items = calls.get(e["args"]["correlation"]) == "hipExtModuleLaunchKernel"
+            want[(round(float(e["ts"]) * 1000), e["name"])] = [-(-g // b) if items else g for g, b in zip(grid, block)]
+    assert any(calls.get(c) == "hipExtModuleLaunchKernel" for c in calls)
+    got = {(r[0], r[1]): list(r[2:]) for r in store.con.execute(
+        "SELECT start_ns, name, grid_x, grid_y, grid_z FROM kernels").fetchall()}
+    assert got == want
