@@ -26,7 +26,7 @@ import gzip
 import zlib
 from pathlib import Path
 
-from profkit.classify import runtime_role
+from profkit.classify import runtime_call_names
 from profkit.errors import TraceError
 
 from . import kineto_meta
@@ -129,9 +129,7 @@ def _grids_in_blocks(w) -> None:
     hipLaunchKernel and cudaLaunchKernel, in work-items for hipExtModuleLaunchKernel (role
     `grid_in_work_items`; MI300X Tensile GEMMs: grid 73728 of block 256, 288 workgroups).
     The store counts blocks: those grids are divided, rounding up."""
-    names = [n for (n,) in w.store.con.execute(
-        "SELECT DISTINCT name FROM events WHERE trace_id = ? AND kind = 'runtime'", [w.trace_id]).fetchall()
-        if runtime_role(n) == "grid_in_work_items"]
+    names = runtime_call_names(w.store, w.trace_id, "grid_in_work_items")
     if not names:
         return
     w.store.con.execute("""
