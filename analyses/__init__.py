@@ -15,7 +15,7 @@ from typing import Any
 from profkit.errors import ProfkitError
 from profkit.findings import Finding, rank
 from profkit.gc_pause import paused_gc
-from profkit.render import number_ranges
+from profkit.render import DEVICE_NOUNS, number_ranges
 from profkit.store import Store
 
 PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host", "critical_path")
@@ -34,12 +34,6 @@ class Step:
     @property
     def dur_ns(self) -> int:
         return self.end_ns - self.start_ns
-
-
-# What findings call the devices of a vendor (the devices table's `vendor`), and their
-# compute units; any other vendor's, "device" and "compute units".
-DEVICE_NOUNS = {"nvidia": "GPU", "amd": "GPU"}
-UNIT_NOUNS = {"nvidia": "SMs", "amd": "CUs"}
 
 
 @dataclass

@@ -9,11 +9,11 @@ import numpy as np
 from profkit import intervals
 from profkit.classify import runtime_call_names
 from profkit.findings import Finding
-from profkit.render import human_ns
+from profkit.render import UNIT_NOUNS, human_ns
 from profkit.schema import CATEGORIES
 from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
-from . import UNIT_NOUNS, Context, PassResult
+from . import Context, PassResult
 from .copy_time import copy_bound_findings, copy_time
 
 NAME = "kernels"

@@ -112,3 +112,14 @@ def device_names(trace: dict) -> str:
     """A trace's distinct device names for the reports' summary tables; `unnamed` where the
     trace records none (an Nsight export without its GPU info table)."""
     return ", ".join(sorted({d.get("name") or "unnamed" for d in trace.get("devices") or []})) or "-"
+
+
+# What reports call the devices of a vendor (the devices table's `vendor`), and their compute
+# units; any other vendor's (a custom accelerator's), "device" and "compute units". A new
+# vendor whose devices are GPUs is a line here.
+DEVICE_NOUNS = {"nvidia": "GPU", "amd": "GPU"}
+UNIT_NOUNS = {"nvidia": "SMs", "amd": "CUs"}
+
+
+def device_noun(vendor: str | None) -> str:
+    return DEVICE_NOUNS.get(vendor or "", "device")

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from .render import device_noun
 from .store import Store
 from .timeline_marks import Mark, critical_path_marks, finding_marks
 from .timeline_writer import LaneTrack, PacketWriter, load_protos
@@ -78,7 +79,7 @@ def write_timeline(store: Store, path: str | Path, critical_path: list[dict] | N
 
 
 def _traces(store: Store, trace_ids: list[int] | None) -> list[dict]:
-    rows = store.rows("SELECT trace_id, rank, format, path, clock_offset_ns, start_ns, end_ns "
+    rows = store.rows("SELECT trace_id, rank, format, path, clock_offset_ns, start_ns, end_ns, vendor "
                       "FROM traces ORDER BY coalesce(rank, trace_id), trace_id")
     if trace_ids is not None:
         wanted = set(trace_ids)
@@ -160,8 +161,9 @@ class _Export:
     def _layout(self) -> None:
         """Descriptors for every group and lane track, before any event (from one GROUP BY)."""
         names = self._names()
-        devices = {(r[0], r[1]): r[2] for r in self.store.con.execute(
-            f"SELECT trace_id, device, any_value(name) FROM devices WHERE trace_id IN ({self.ids_sql}) GROUP BY ALL"
+        devices = {(r[0], r[1]): (r[2], r[3]) for r in self.store.con.execute(
+            f"SELECT trace_id, device, any_value(name), any_value(vendor) FROM devices "
+            f"WHERE trace_id IN ({self.ids_sql}) GROUP BY ALL"
         ).fetchall()}
         keys = self.store.con.execute(f"""
             SELECT trace_id, {_LANE_KIND} AS lk, {_K1} AS k1, {_K2} AS k2, count(*) AS n
@@ -178,7 +180,8 @@ class _Export:
                     parent = self._group(tid, "process", k1, _process_name(k1, names.get((tid, k1, None))), 0)
                     name = _thread_name(k2, names.get((tid, k1, k2)))
                 elif lk == DEVICE:
-                    parent = self._group(tid, "device", k1, _device_name(k1, devices.get((tid, k1))), 1)
+                    name, vendor = devices.get((tid, k1), (None, None))
+                    parent = self._group(tid, "device", k1, _device_name(k1, name, vendor or trace.get("vendor")), 1)
                     name = f"stream {k2}" if k2 is not None else "stream ?"
                 else:
                     parent = self._group(tid, "process", k1, _process_name(k1, names.get((tid, k1, None))), 0)
@@ -274,8 +277,9 @@ class _Export:
         uuids = {}
         for n, (tid, name, pid, device, _) in enumerate(series):
             if device is not None:
+                vendor = next((t.get("vendor") for t in self.traces if t["trace_id"] == tid), None)
                 parent = self.groups.get((tid, "device", device)) or self._group(
-                    tid, "device", device, _device_name(device, None), 1)
+                    tid, "device", device, _device_name(device, None, vendor), 1)
             else:
                 parent = self.groups.get((tid, "process", pid)) or self.groups[(tid, "root", None)]
             uuids[(tid, name, pid, device)] = self.w.track(str(name), parent, counter=True,
@@ -331,6 +335,7 @@ def _thread_name(tid, name: str | None) -> str:
     return f"{label} ({name})" if name else label
 
 
-def _device_name(device, name: str | None) -> str:
-    label = f"GPU {device}" if device is not None else "GPU ?"
+def _device_name(device, name: str | None, vendor: str | None) -> str:
+    noun = device_noun(vendor)
+    label = f"{noun[0].upper()}{noun[1:]} {device if device is not None else '?'}"
     return f"{label} ({name})" if name else label

@@ -356,3 +356,15 @@ def test_missing_perfetto_is_one_line_error(monkeypatch, tmp_path):
         write_timeline(store, out)
     assert str(err.value) == "writing .pftrace needs the perfetto package: pip install 'profkit[perfetto]'"
     assert not out.exists()
+
+
+def test_a_custom_accelerator_is_drawn_as_a_device(tmp_path):
+    """MTIA's device (vendor `other`) is "Device 17 (ARTEMIS)" on the timeline, not a GPU."""
+    store = Store.open(None)
+    ingest([shared_trace("kineto/mtia/mtia_inference_rank0.json.gz")], store)
+    out = tmp_path / "mtia.pftrace"
+    write_timeline(store, out)
+    parsed = Parsed(out)
+    (root,) = parsed.roots().values()
+    names = [parsed.name(u) for u in parsed.children(root)]
+    assert "Device 17 (ARTEMIS)" in names and not [n for n in names if n.startswith("GPU")]
