@@ -98,7 +98,7 @@ class Context:
         return found.pop() if len(found) == 1 else default
 
     def device_label(self, device: int | None) -> str:
-        """"GPU 3", "device 17": a device as findings' titles name it."""
+        """"GPU 3", "Device 17": a device as findings' titles name it."""
         noun = self.device_noun(device)
         return f"{noun[0].upper()}{noun[1:]} {device}"
 
