@@ -15,7 +15,7 @@ from typing import Any
 from profkit.errors import ProfkitError
 from profkit.findings import Finding, rank
 from profkit.gc_pause import paused_gc
-from profkit.render import DEVICE_NOUNS, number_ranges
+from profkit.render import DEVICE_NOUNS, device_label, device_noun, number_ranges
 from profkit.store import Store
 
 PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host", "critical_path")
@@ -88,19 +88,23 @@ class Context:
         """What the findings call a device: "GPU" for the vendors whose devices are GPUs
         (DEVICE_NOUNS), else "device" (a custom accelerator's). Without `device`, the
         trace's devices together. `nouns`, `default`: another vendor mapping (UNIT_NOUNS)."""
-        if "device_vendors" not in self.memo:
-            self.memo["device_vendors"] = {r["device"]: r["vendor"] for r in self.store.rows(
-                "SELECT device, vendor FROM devices WHERE trace_id = ?", [self.trace_id])}
-        vendors = self.memo["device_vendors"]
-        chosen = [vendors.get(device)] if device is not None else list(vendors.values()) or [None]
-        # A device with no devices row (or no vendor in it) is of the trace's vendor.
-        found = {nouns.get(v or self.trace.get("vendor") or "", default) for v in chosen}
+        chosen = [device] if device is not None else list(self._device_vendors()) or [None]
+        found = {device_noun(self._vendor(d), nouns, default) for d in chosen}
         return found.pop() if len(found) == 1 else default
 
     def device_label(self, device: int | None) -> str:
-        """"GPU 3", "Device 17": a device as findings' titles name it."""
-        noun = self.device_noun(device)
-        return f"{noun[0].upper()}{noun[1:]} {device}"
+        """"GPU 3", "Device 17": a device as findings' titles name it (render.device_label)."""
+        return device_label(device, self._vendor(device))
+
+    def _device_vendors(self) -> dict:
+        if "device_vendors" not in self.memo:
+            self.memo["device_vendors"] = {r["device"]: r["vendor"] for r in self.store.rows(
+                "SELECT device, vendor FROM devices WHERE trace_id = ?", [self.trace_id])}
+        return self.memo["device_vendors"]
+
+    def _vendor(self, device: int | None) -> str | None:
+        # A device with no devices row (or no vendor in it) is of the trace's vendor.
+        return self._device_vendors().get(device) or self.trace.get("vendor")
 
     def share(self, ns_per_step: float) -> float:
         return 100.0 * ns_per_step / self.step_ns if self.step_ns else 0.0

@@ -121,5 +121,12 @@ DEVICE_NOUNS = {"nvidia": "GPU", "amd": "GPU"}
 UNIT_NOUNS = {"nvidia": "SMs", "amd": "CUs"}
 
 
-def device_noun(vendor: str | None) -> str:
-    return DEVICE_NOUNS.get(vendor or "", "device")
+def device_noun(vendor: str | None, nouns: dict[str, str] = DEVICE_NOUNS, default: str = "device") -> str:
+    """What a vendor's devices are called (`nouns`: DEVICE_NOUNS, or UNIT_NOUNS for their units)."""
+    return nouns.get(vendor or "", default)
+
+
+def device_label(device, vendor: str | None) -> str:
+    """"GPU 3", "Device 17": a device as titles and timeline tracks name it."""
+    noun = device_noun(vendor)
+    return f"{noun[0].upper()}{noun[1:]} {device if device is not None else '?'}"

@@ -26,7 +26,7 @@ from typing import Any
 
 import duckdb
 
-from .render import device_noun
+from .render import device_label
 from .store import Store
 from .timeline_marks import Mark, critical_path_marks, finding_marks
 from .timeline_writer import LaneTrack, PacketWriter, load_protos
@@ -112,6 +112,7 @@ class _Export:
         self.store = store
         self.w = writer
         self.traces = traces
+        self.vendors = {t["trace_id"]: t.get("vendor") for t in traces}  # for devices without a row
         self.shift = shift
         self.ids_sql = ",".join(str(t["trace_id"]) for t in traces) or "NULL"
         self.groups: dict[tuple, int] = {}          # (trace_id, kind, key) -> group track uuid
@@ -181,7 +182,7 @@ class _Export:
                     name = _thread_name(k2, names.get((tid, k1, k2)))
                 elif lk == DEVICE:
                     name, vendor = devices.get((tid, k1), (None, None))
-                    parent = self._group(tid, "device", k1, _device_name(k1, name, vendor or trace.get("vendor")), 1)
+                    parent = self._group(tid, "device", k1, _device_name(k1, name, vendor or self.vendors[tid]), 1)
                     name = f"stream {k2}" if k2 is not None else "stream ?"
                 else:
                     parent = self._group(tid, "process", k1, _process_name(k1, names.get((tid, k1, None))), 0)
@@ -277,9 +278,8 @@ class _Export:
         uuids = {}
         for n, (tid, name, pid, device, _) in enumerate(series):
             if device is not None:
-                vendor = next((t.get("vendor") for t in self.traces if t["trace_id"] == tid), None)
                 parent = self.groups.get((tid, "device", device)) or self._group(
-                    tid, "device", device, _device_name(device, None, vendor), 1)
+                    tid, "device", device, _device_name(device, None, self.vendors[tid]), 1)
             else:
                 parent = self.groups.get((tid, "process", pid)) or self.groups[(tid, "root", None)]
             uuids[(tid, name, pid, device)] = self.w.track(str(name), parent, counter=True,
@@ -336,6 +336,5 @@ def _thread_name(tid, name: str | None) -> str:
 
 
 def _device_name(device, name: str | None, vendor: str | None) -> str:
-    noun = device_noun(vendor)
-    label = f"{noun[0].upper()}{noun[1:]} {device if device is not None else '?'}"
+    label = device_label(device, vendor)
     return f"{label} ({name})" if name else label
