@@ -62,25 +62,39 @@ def collective_rules() -> tuple[tuple[str, re.Pattern[str]], ...]:
 
 
 @lru_cache(maxsize=1)
-def runtime_rules() -> tuple[tuple[str, re.Pattern[str], re.Pattern[str] | None], ...]:
-    """(role, pattern, exclude) rows of runtime_calls.csv, in file order."""
+def runtime_rules() -> tuple[tuple[str, re.Pattern[str], re.Pattern[str] | None, str | None], ...]:
+    """(role, pattern, exclude, scope) rows of runtime_calls.csv, in file order."""
     return tuple((row["role"], re.compile(row["pattern"], re.IGNORECASE),
-                  re.compile(row["exclude"], re.IGNORECASE) if row["exclude"] else None)
+                  re.compile(row["exclude"], re.IGNORECASE) if row["exclude"] else None,
+                  row["scope"] or None)
                  for row in _read_csv("runtime_calls.csv"))
 
 
 @lru_cache(maxsize=4096)  # few distinct API names, asked about once per call
+def _runtime_rule(name: str | None) -> tuple[str, str | None] | None:
+    """(role, scope) of the first row of runtime_calls.csv that names the call, or None."""
+    if not name:
+        return None
+    for role, pattern, exclude, scope in runtime_rules():
+        if pattern.search(name) and not (exclude and exclude.search(name)):
+            return role, scope
+    return None
+
+
 def runtime_role(name: str | None) -> str | None:
     """What a host runtime call does, from its name: a role of data/runtime_calls.csv
     (`sync`, `blocking_copy`, `allocator`, `copy`, `stream_wait`, `device_wait`,
-    `event_record`, `graph_launch`), or None. One table for every vendor, read by the
-    passes and the dependency graph alike."""
-    if not name:
-        return None
-    for role, pattern, exclude in runtime_rules():
-        if pattern.search(name) and not (exclude and exclude.search(name)):
-            return role
-    return None
+    `event_record`, `graph_launch`, `grid_in_work_items`), or None. One table for every
+    vendor, read by the passes and the dependency graph alike."""
+    rule = _runtime_rule(name)
+    return rule[0] if rule else None
+
+
+def runtime_scope(name: str | None) -> str | None:
+    """What a call waits for where its row says (`device`: all work of its device, as
+    cudaDeviceSynchronize), else None."""
+    rule = _runtime_rule(name)
+    return rule[1] if rule else None
 
 
 def runtime_call_names(store, trace_id: int, *roles: str) -> list[str]:

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .classify import runtime_scope
 from .columns import dictionary_codes, group_codes, lexsort, per_value, positions, run_starts
 from .store import Store
 
 from .graph_model import (CLS, has_role, is_one_of, DEFAULT_SYNC_OVERHEAD_NS, DEVICE_KINDS, E_DURATION,
                           E_HOST, E_LAUNCH, E_STREAM, E_SYNC, HOST_KINDS, LAUNCH_LATENCY_MAX_NS,
-                          SERIAL_DEVICE_MIN_SWITCHES, STREAM_GAP_MAX_NS, AWAITED_SCAN, CLOCK_SKEW_MAX_NS,
-                          DEVICE_SYNC_CALL)
+                          SERIAL_DEVICE_MIN_SWITCHES, STREAM_GAP_MAX_NS, AWAITED_SCAN, CLOCK_SKEW_MAX_NS)
 from .graph_waits import WaitEdges
 
 
@@ -613,7 +613,7 @@ class _Builder(WaitEdges):
         # activity before it, which ended by the return, is the one kept (an edge from the
         # late one would run back in time). Other calls may return first: a pageable
         # cudaMemcpy's DMA still runs after it.
-        device_wide = typ == "contextsync" or bool(DEVICE_SYNC_CALL.search(str(ev["name"][call])))
+        device_wide = typ == "contextsync" or runtime_scope(str(ev["name"][call])) == "device"
         return self.awaited(lanes, cutoff, int(self.end[call]), skew=CLOCK_SKEW_MAX_NS if device_wide else 0)
 
     def _first_launch_after_step_start(self, t: np.ndarray, thread: np.ndarray) -> np.ndarray:

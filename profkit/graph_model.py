@@ -3,7 +3,6 @@ the tests of event columns they all use (runtime calls by their role in
 data/runtime_calls.csv)."""
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
@@ -40,9 +39,6 @@ LAUNCH_LATENCY_MAX_NS = 200_000
 # Device timestamps may run up to this far past the host's for the same moment: the last
 # kernel before a ROCm hipDeviceSynchronize ended 7.5 us after the call returned.
 CLOCK_SKEW_MAX_NS = 20_000
-# Synchronize calls that wait for all of a device's work (cudaDeviceSynchronize,
-# hipDeviceSynchronize, cuCtxSynchronize), where the trace has no record of the sync's kind.
-DEVICE_SYNC_CALL = re.compile(r"(Device|Ctx|Context)Synchroni[sz]e", re.IGNORECASE)
 # A device-wide sync whose lane ran that little past its return looks back over this many launches for
 # the latest activity that ended by it.
 AWAITED_SCAN = 4096

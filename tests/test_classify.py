@@ -85,3 +85,10 @@ def test_runtime_call_roles_table():
     assert role("cudaEventRecord") == role("hipEventRecordWithFlags") == "event_record"
     assert role("cudaEventSynchronize") == "sync" and role("cudaLaunchKernel") is None
     assert role("cudaGraphLaunch") == role("hipGraphLaunch") == role("cudaGraphLaunch_v10000") == "graph_launch"
+    # Device-wide syncs are a row of their own (scope `device`): still role `sync` for every pass.
+    scope = classify.runtime_scope
+    for name in ("cudaDeviceSynchronize", "hipDeviceSynchronize", "cuCtxSynchronize", "cudaDeviceSynchronize_v3020",
+                 "aclrtSynchronizeDevice"):
+        assert role(name) == "sync" and scope(name) == "device", name
+    for name in ("cudaStreamSynchronize", "hipEventSynchronize", "synchronizeStream", "cudaMemcpy", None):
+        assert scope(name) is None, name
