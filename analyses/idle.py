@@ -464,13 +464,13 @@ _TITLES = {
     "dependency": "{dev} idles {pct:.1f}% of each step waiting on other streams or ranks",
 }
 _RECOMMENDATIONS = {
-    "host_bound": "The GPU runs out of queued work because the host launches too slowly: capture the step "
+    "host_bound": "The {noun} runs out of queued work because the host launches too slowly: capture the step "
                   "with CUDA/HIP graphs (torch.compile mode='reduce-overhead', CUDA graph capture), fuse small "
                   "kernels, and move Python and data preparation off the launching thread.",
     "launch_latency": "Kernels were enqueued in time but started late: the runtime's per-launch latency adds up "
                       "over many short kernels. Fewer, larger kernels (fusion) or graph replay remove it.",
     "sync": "The host blocks in synchronisation (stream/device/event synchronize, blocking copies, .item(), "
-            ".cpu()) and the GPU starves until it launches again: drop the syncs from the step loop, use "
+            ".cpu()) and the {noun} starves until it launches again: drop the syncs from the step loop, use "
             "non_blocking copies from pinned memory and events instead.",
     "dependency": "The device waits on another stream's or rank's work: start the producer earlier, overlap "
                   "independent work on other streams, and check cross-stream event waits and collectives "
@@ -539,7 +539,8 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 "example_gaps": examples,
             },
             sql=_gap_sql(ctx.trace_id, device),
-            recommendation=_GRAPH_DEPENDENCY_RECOMMENDATION if inside_graphs else _RECOMMENDATIONS[cause],
+            recommendation=(_GRAPH_DEPENDENCY_RECOMMENDATION if inside_graphs
+                            else _RECOMMENDATIONS[cause].format(noun=ctx.device_noun(device))),
             impact_basis="bound",
             count=summary["gaps_by_cause"][cause],
         ))

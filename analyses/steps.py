@@ -442,7 +442,7 @@ def _gap_findings(ctx: Context, steady: list[dict]) -> list[Finding]:
            f"AND r.start_ns >= w.idle_from_ns AND r.start_ns < w.next_device_start_ns GROUP BY ALL ORDER BY w.step")
     return [Finding(
         rule="steps.inter_step_gap",
-        title=(f"The GPU idles {human_ns(impact)} between steps on average ({ctx.share(impact):.1f}% of a step; "
+        title=(f"The {ctx.device_noun()} idles {human_ns(impact)} between steps on average ({ctx.share(impact):.1f}% of a step; "
                f"worst {human_ns(worst['gap_before_ns'])} before step {worst['step']})"),
         impact_ns=int(impact), share_pct=ctx.share(impact),
         scope=ctx.base_scope(steps=[f["step"] for f in gaps]),
@@ -451,7 +451,7 @@ def _gap_findings(ctx: Context, steady: list[dict]) -> list[Finding]:
                   "examples": [{"step": f["step"], "gap_ns": f["gap_before_ns"]} for f in gaps[:5]]},
         sql=sql,
         recommendation=("Overlap the next step's host work (scheduling, sampling, input preparation, "
-                        "detokenisation) with the current step's GPU work: run the scheduler ahead, "
+                        f"detokenisation) with the current step's {ctx.device_noun()} work: run the scheduler ahead, "
                         "use asynchronous output processing, prefetch inputs with pinned memory."),
         impact_basis="measured", count=len(gaps),
     )]
