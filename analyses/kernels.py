@@ -454,7 +454,7 @@ def _hotspot_findings(ctx, acts, hot, windows, step_ref):
             sql=(f"SELECT event_id, start_ns, dur_ns, device, stream, grid_x, grid_y, grid_z, block_x FROM kernels "
                  f"WHERE trace_id = {ctx.trace_id} AND coalesce(device, -1) = {k['device']} "
                  f"AND name = '{_sql_str(k['name'])}' ORDER BY dur_ns DESC LIMIT 20"),
-            recommendation="This kernel dominates GPU time: check it is the right implementation for the shapes "
+            recommendation=f"This kernel dominates {ctx.device_noun(k['device'])} time: check it is the right implementation for the shapes "
                            "(tuned GEMM/attention library, dtype, tensor-core friendly sizes) and whether its "
                            "work can be reduced. It is ranked as information (impact 0): a 2x faster kernel would save "
                            f"{human_ns(potential)} per step.",

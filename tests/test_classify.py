@@ -35,6 +35,9 @@ CASES = [
     ("kernel", "void fbgemm_gpu::permute_2D_lengths_kernel<int>(int, int, int const*, int const*, int*)", "elementwise"),
     ("kernel", "void fbgemm_gpu::_offsets_range_cuda_kernel<long>(long, long, long const*, long*)", "other"),
     ("kernel", "void fbgemm_gpu::bf16_fast_gemv_kernel<64>(int, int)", "gemm"),
+    # rocprof v1 MI300X sample's only kernel: "mul" in "multiplication" is no elementwise op
+    ("kernel", "batched_matrix_multiplication(unsigned int, unsigned int, unsigned int, float const*)", "gemm"),
+    ("kernel", "MatrixMulCUDA<32>", "gemm"),
 ]
 
 
