@@ -38,6 +38,9 @@ CASES = [
     # rocprof v1 MI300X sample's only kernel: "mul" in "multiplication" is no elementwise op
     ("kernel", "batched_matrix_multiplication(unsigned int, unsigned int, unsigned int, float const*)", "gemm"),
     ("kernel", "MatrixMulCUDA<32>", "gemm"),
+    # layout transforms and (de)quantisation are data movement, not "other"
+    ("kernel", "void cudnn::ops::nchwToNhwcKernel<float, float, float, false, true, (cudnnKernelDataType_t)2>", "elementwise"),
+    ("kernel", "dequantize_block_q4_0", "elementwise"),
 ]
 
 
