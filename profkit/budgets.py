@@ -21,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ProfkitError
+from .render import human_ns
 
 FINDING_FIELDS = ("impact_ns", "count", "share_pct")
 LIMIT_KEYS = {"max", "min", "max_increase_pct", "rank", "description"}
@@ -43,16 +44,44 @@ class Budget:
         rule, _, field = self.metric[len("findings."):].rpartition(".")
         return rule, field
 
+    @property
+    def unit(self) -> str:
+        """"ns", "%" or "" (a count), from the metric's name: the last part of its path
+        that names a unit (`idle.by_cause_ns_per_step.host_bound` is ns)."""
+        return metric_unit(self.metric)
+
+    def show(self, value: float) -> str:
+        """A value of this budget's metric as people read it: "1.75 ms", "11.41%", "3"."""
+        return show_value(value, self.unit)
+
     def describe(self) -> str:
         parts = []
         if self.min is not None:
-            parts.append(f">= {self.min:g}")
+            parts.append(f">= {self.show(self.min)}")
         if self.max is not None:
-            parts.append(f"<= {self.max:g}")
+            parts.append(f"<= {self.show(self.max)}")
         if self.max_increase_pct is not None:
             parts.append(f"at most +{self.max_increase_pct:g}% over baseline")
         scope = f"rank {self.rank}" if self.rank is not None else "worst rank"
         return f"{self.metric} {' and '.join(parts)} ({scope})"
+
+
+def metric_unit(metric: str) -> str:
+    for part in reversed(metric.split(".")):
+        words = part.split("_")
+        if "ns" in words[1:]:
+            return "ns"
+        if "pct" in words[1:]:
+            return "%"
+    return ""
+
+
+def show_value(value: float, unit: str) -> str:
+    if unit == "ns":
+        return human_ns(value)
+    if unit == "%":
+        return f"{value:.4g}%"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.4g}"
 
 
 def find_config(start: Path | None = None) -> Path | None:

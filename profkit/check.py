@@ -82,17 +82,17 @@ def _evaluate_one(result: dict[str, Any], budget: Budget, baseline: dict[str, An
     answered = {r: v for r, v in per_rank.items() if v is not None}
     if not answered:
         why = f"no rank {budget.rank} in the trace" if budget.rank is not None and not per_rank \
-            else "the trace has no value for this metric (no steps or no device activity?)"
+            else _missing(result, budget)
         return Outcome(budget, "unanswerable", message=why, per_rank=per_rank)
     # The worst rank decides: the largest value against a max, the smallest against a min.
     failures = []
     worst_rank, worst = max(answered.items(), key=lambda kv: kv[1])
     if budget.max is not None and worst > budget.max:
-        failures.append(f"{worst:g} > max {budget.max:g} on rank {worst_rank}")
+        failures.append(f"{_versus(budget, worst, '>', budget.max, 'max')} on rank {worst_rank}")
     if budget.min is not None:
         low_rank, low = min(answered.items(), key=lambda kv: kv[1])
         if low < budget.min:
-            failures.append(f"{low:g} < min {budget.min:g} on rank {low_rank}")
+            failures.append(f"{_versus(budget, low, '<', budget.min, 'min')} on rank {low_rank}")
             if budget.max is None:
                 worst_rank, worst = low_rank, low
     base_value = None
@@ -108,11 +108,51 @@ def _evaluate_one(result: dict[str, Any], budget: Budget, baseline: dict[str, An
         limit = base_value * (1 + budget.max_increase_pct / 100.0)
         if worst > limit and worst - base_value > 1e-9:
             growth = 100.0 * (worst - base_value) / base_value if base_value else float("inf")
-            failures.append(f"{worst:g} is +{growth:.1f}% over baseline {base_value:g} "
+            failures.append(f"{budget.show(worst)} is +{growth:.1f}% over baseline {budget.show(base_value)} "
                             f"(allowed +{budget.max_increase_pct:g}%)")
     status = "fail" if failures else "pass"
-    message = "; ".join(failures) or f"{worst:g} on rank {worst_rank}"
+    message = "; ".join(failures) or f"{budget.show(worst)} on rank {worst_rank}"
     return Outcome(budget, status, worst, worst_rank, base_value, message, per_rank)
+
+
+def _versus(budget: Budget, value: float, op: str, limit: float, name: str) -> str:
+    """"2.1 ms > max 2 ms"; the exact values too where rounding would show them equal."""
+    shown, bound = budget.show(value), budget.show(limit)
+    if shown == bound:
+        exact = lambda v: f"{v:,.0f}" if float(v).is_integer() else f"{v:.8g}"  # noqa: E731
+        unit = f" {budget.unit}" if budget.unit == "ns" else budget.unit
+        shown, bound = f"{shown} ({exact(value)}{unit})", f"{bound} ({exact(limit)}{unit})"
+    return f"{shown} {op} {name} {bound}"
+
+
+def _missing(result: dict[str, Any], budget: Budget) -> str:
+    """Why no trace answers a metric: the first part of its path that the results lack
+    (a single-GPU trace has `communication` but no `communication.exposed_pct`), or the
+    null there, with the likely reason."""
+    parts = budget.metric.split(".")
+    for trace in result["traces"]:
+        node: Any = trace
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[:depth])
+                held = ", ".join(sorted(node)[:8]) if isinstance(node, dict) else type(node).__name__
+                return (f"the trace's results have no {budget.metric} "
+                        + (f"({where} holds only {held})" if where else f"(no section {part})")
+                        + _likely_reason(trace, parts[0]))
+            node = node[part]
+        return f"{budget.metric} is {'null' if node is None else 'not a number'} in the trace's results" \
+            + _likely_reason(trace, parts[0])
+    return "the results hold no trace"
+
+
+def _likely_reason(trace: dict[str, Any], section: str) -> str:
+    if trace.get("breakdown", {}).get("device_activity") is False:
+        return ": the trace has no device activity"
+    if section == "communication" and not trace.get("communication", {}).get("comm_kernels"):
+        return ": the trace has no communication kernels"
+    if section == "steps" and not trace.get("steps", {}).get("count"):
+        return ": the trace has no steps"
+    return ""
 
 
 def exit_code(outcomes: list[Outcome]) -> int:
@@ -153,7 +193,7 @@ def benchmark_entries(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     entries = []
     for o in outcomes:
         metric = o.budget.metric
-        unit = "ns" if metric.endswith("_ns") else "%" if metric.endswith("_pct") else ""
+        unit = o.budget.unit
         entries.append({
             "name": metric + (f" (rank {o.budget.rank})" if o.budget.rank is not None else ""),
             "unit": unit, "value": o.value, "status": o.status, "rank": o.rank,

@@ -17,7 +17,7 @@ def print_check(outcomes: list[Outcome], result: dict[str, Any], code: int) -> N
     style = {"pass": "green", "fail": "red", "unanswerable": "yellow"}
     for o in outcomes:
         table.add_row(f"[{style[o.status]}]{_MARK[o.status]}[/]", o.budget.describe(),
-                      "-" if o.value is None else f"{o.value:g}", o.message)
+                      "-" if o.value is None else o.budget.show(o.value), o.message)
     from .report_terminal import make_console
 
     console = make_console()
@@ -29,7 +29,7 @@ def check_markdown(outcomes: list[Outcome], result: dict[str, Any], code: int) -
     lines = ["## profkit check", "", f"**{_VERDICT.get(code, '')}** (exit {code})", "",
              "| | budget | value | details |", "|---|---|---:|---|"]
     for o in outcomes:
-        value = "-" if o.value is None else f"{o.value:g}"
+        value = "-" if o.value is None else o.budget.show(o.value)
         lines.append(f"| {_MARK[o.status]} | {o.budget.describe()} | {value} | {o.message} |")
     lines += ["", analysis_markdown(result, top=10).replace("# profkit analysis", "### Analysis", 1)]
     return "\n".join(lines) + "\n"

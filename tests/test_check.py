@@ -116,6 +116,40 @@ def test_trace_that_cannot_answer_exit_3(tmp_path):
     assert proc.returncode == 3, proc.stdout + proc.stderr
     case = ET.parse(tmp_path / "j.xml").getroot().find("testsuite/testcase")
     assert case.find("skipped") is not None
+    # The reason is the trace's, not a guess.
+    assert case.find("skipped").get("message") == (
+        "breakdown.idle_pct is null in the trace's results: the trace has no device activity")
+
+
+def test_a_missing_leaf_says_what_the_section_holds():
+    result = {"traces": [{"rank": 0, "breakdown": {"device_activity": True},
+                          "communication": {"comm_kernels": 0, "groups": []}}], "findings": []}
+    [outcome] = check_mod.evaluate(result, [budgets_mod.Budget("communication.exposed_pct", max=5)],
+                                   {"communication.exposed_pct"})
+    assert outcome.status == "unanswerable"
+    assert outcome.message == ("the trace's results have no communication.exposed_pct (communication holds only "
+                               "comm_kernels, groups): the trace has no communication kernels")
+
+
+@pytest.mark.parametrize("metric,value,shown,unit", [
+    ("idle.by_cause_ns_per_step.host_bound", 1_753_814, "1.75 ms", "ns"),
+    ("findings.comm.exposed.impact_ns", 512, "512 ns", "ns"),
+    ("breakdown.idle_pct", 11.411, "11.41%", "%"),
+    ("findings.host.sync_in_steady_state.count", 3, "3", ""),
+    ("kernels.launch_latency.idle_stream.count", 12345, "12,345", ""),
+])
+def test_values_shown_in_their_unit(metric, value, shown, unit):
+    b = budgets_mod.Budget(metric, max=1)
+    assert (b.unit, b.show(value)) == (unit, shown)
+
+
+def test_a_failure_shows_exact_values_where_rounding_hides_the_difference():
+    b = budgets_mod.Budget("idle.by_cause_ns_per_step.host_bound", max=1_750_000)
+    result = {"traces": [{"rank": 0, "idle": {"by_cause_ns_per_step": {"host_bound": 1_753_814}}}], "findings": []}
+    [outcome] = check_mod.evaluate(result, [b], {b.metric})
+    assert outcome.status == "fail"
+    assert outcome.message == "1.75 ms (1,753,814 ns) > max 1.75 ms (1,750,000 ns) on rank 0"
+    assert b.describe() == "idle.by_cause_ns_per_step.host_bound <= 1.75 ms (worst rank)"
 
 
 def test_failure_beats_unanswerable(tmp_path, synthetic_json):
