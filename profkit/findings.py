@@ -68,8 +68,12 @@ def combined_lines(traces: list[dict[str, Any]]) -> list[str]:
     n = span([c["findings"] for _, c in rows], str)
     who = f"On {len(rows)} ranks, the" if len(rows) > 1 else "The"
     overlap = all(c["saving_ns"] <= c["sum_of_impacts_ns"] for _, c in rows)
-    tail = (f"less than their impacts add up to ({summed}), which overlap" if overlap else
-            f"against {summed} for their impacts one by one: removing one lets the next matter")
+    if won == summed:  # equal as shown: each finding's time is its own
+        tail = "what their impacts add up to: they do not overlap"
+    elif overlap:
+        tail = f"less than their impacts add up to ({summed}), which overlap"
+    else:
+        tail = f"against {summed} for their impacts one by one: removing one lets the next matter"
     return [f"{who} {n} findings priced by replay, fixed together, win back {won} per step ({pct}); {tail}."]
 
 

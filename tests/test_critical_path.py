@@ -281,6 +281,20 @@ def test_findings_fixed_together_are_one_replay():
             assert c["sum_of_impacts_ns"] == sum(f["impact_ns"] for f in mine)
         assert "fixed together, win back" in analysis_markdown(result)
 
+
+@pytest.mark.parametrize("saving,summed,tail", [
+    (153_000, 153_000, "what their impacts add up to: they do not overlap"),
+    (100_000, 153_000, "less than their impacts add up to (153.0 us), which overlap"),
+    (200_000, 153_000, "against 153.0 us for their impacts one by one: removing one lets the next matter"),
+])
+def test_combined_line_says_how_the_joint_saving_compares(saving, summed, tail):
+    """Equal savings are not "less than" their sum (the a100_event_sync trace: 94 + 59 = 153 us)."""
+    from profkit.findings import combined_lines
+
+    combined = {"saving_ns": saving, "saving_pct": 4.9, "sum_of_impacts_ns": summed, "findings": 2}
+    [line] = combined_lines([{"rank": 0, "critical_path": {"combined_replay": combined}}])
+    assert line.endswith(f"; {tail}.")
+
 # -- HTA ------------------------------------------------------------------------------
 
 HTA_CASES = [
