@@ -69,9 +69,9 @@ class Budget:
 def metric_unit(metric: str) -> str:
     for part in reversed(metric.split(".")):
         words = part.split("_")
-        if "ns" in words[1:]:
+        if "ns" in words:
             return "ns"
-        if "pct" in words[1:]:
+        if "pct" in words:
             return "%"
     return ""
 

@@ -119,10 +119,13 @@ def _versus(budget: Budget, value: float, op: str, limit: float, name: str) -> s
     """"2.1 ms > max 2 ms"; the exact values too where rounding would show them equal."""
     shown, bound = budget.show(value), budget.show(limit)
     if shown == bound:
-        exact = lambda v: f"{v:,.0f}" if float(v).is_integer() else f"{v:.8g}"  # noqa: E731
         unit = f" {budget.unit}" if budget.unit == "ns" else budget.unit
-        shown, bound = f"{shown} ({exact(value)}{unit})", f"{bound} ({exact(limit)}{unit})"
+        shown, bound = f"{shown} ({_exact(value)}{unit})", f"{bound} ({_exact(limit)}{unit})"
     return f"{shown} {op} {name} {bound}"
+
+
+def _exact(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.8g}"
 
 
 def _missing(result: dict[str, Any], budget: Budget) -> str:
