@@ -49,10 +49,11 @@ VENDOR_KEYS = (
 )
 # Device-name prefixes (case-insensitive) -> vendor, for traces without version keys.
 VENDOR_BY_DEVICE_NAME = (("nvidia", "nvidia"), ("tesla", "nvidia"), ("amd", "amd"),
-                         ("radeon", "amd"), ("artemis", "other"), ("mtia", "other"))
-# Event evidence when neither says: a category or a runtime-call name prefix.
-VENDOR_BY_CATEGORY_PREFIX = (("mtia_", "other"),)
-VENDOR_BY_RUNTIME_PREFIX = (("hip", "amd"), ("cuda", "nvidia"), ("cu", "nvidia"))
+                         ("radeon", "amd"), ("intel", "intel"), ("artemis", "other"), ("mtia", "other"))
+# Event evidence when neither says: a category or a runtime-call name prefix (the first
+# three letters, lower case, of the most frequent runtime names).
+VENDOR_BY_CATEGORY_PREFIX = (("mtia_", "other"), ("xpu_", "intel"), ("privateuse1_", "other"))
+VENDOR_BY_RUNTIME_PREFIX = (("hip", "amd"), ("cuda", "nvidia"), ("cu", "nvidia"), ("ur", "intel"), ("ze", "intel"))
 
 # AMD devices: Kineto's computeMajor/Minor (9, 4) do not give the stepping, so the gfx
 # target comes only from product names documented by AMD; otherwise arch stays NULL.

@@ -117,8 +117,8 @@ def device_names(trace: dict) -> str:
 # What reports call the devices of a vendor (the devices table's `vendor`), and their compute
 # units; any other vendor's (a custom accelerator's), "device" and "compute units". A new
 # vendor whose devices are GPUs is a line here.
-DEVICE_NOUNS = {"nvidia": "GPU", "amd": "GPU"}
-UNIT_NOUNS = {"nvidia": "SMs", "amd": "CUs"}
+DEVICE_NOUNS = {"nvidia": "GPU", "amd": "GPU", "intel": "GPU"}
+UNIT_NOUNS = {"nvidia": "SMs", "amd": "CUs", "intel": "Xe-cores"}
 
 
 def device_noun(vendor: str | None, nouns: dict[str, str] = DEVICE_NOUNS, default: str = "device") -> str:

@@ -71,7 +71,7 @@ TABLES: tuple[Table, ...] = (
         C("format", "VARCHAR", "Input format: `kineto`, `nsys`, `rocprof_v1`, `rocprofv3_csv`, `rocprofv3_json`, `rocpd`, ..."),
         C("format_version", "VARCHAR", "Version the input declares (Kineto schemaVersion, Nsight export schema, rocpd schema)."),
         C("producer", "VARCHAR", "Tool and version that wrote the input where it says (e.g. `Nsight Systems 2024.5.1`, `roctracer 4.1`)."),
-        C("vendor", "VARCHAR", "Device vendor of the trace: `nvidia`, `amd`, `other`, or NULL for CPU-only traces."),
+        C("vendor", "VARCHAR", "Device vendor of the trace: `nvidia`, `amd`, `intel`, `other`, or NULL for CPU-only traces."),
         C("rank", "INTEGER", "Distributed rank of the process that wrote the trace."),
         C("rank_source", "VARCHAR", "Where `rank` came from: `distributedInfo`, `filename`, `order`, `metadata`."),
         C("world_size", "INTEGER", "Number of ranks in the job, where the trace says."),
@@ -94,7 +94,7 @@ TABLES: tuple[Table, ...] = (
                                 "ROCm Kineto traces give activities the HSA node id: a trace's one deviceProperties entry, "
                                 "when its one device in use has another id, is stored under that id (ingest_issues says so)."),
         C("node_id", "INTEGER", "Vendor node id where it differs from the ordinal (rocprof HSA agent node id)."),
-        C("vendor", "VARCHAR", "`nvidia`, `amd`, or `other`."),
+        C("vendor", "VARCHAR", "`nvidia`, `amd`, `intel`, or `other`."),
         C("name", "VARCHAR", "Product name (`NVIDIA H100 80GB HBM3`, `AMD Instinct MI300X`)."),
         C("arch", "VARCHAR", "Architecture (`sm_90`, `gfx942`)."),
         C("sm_count", "INTEGER", "Streaming multiprocessors (NVIDIA) or compute units (AMD)."),

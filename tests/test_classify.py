@@ -91,6 +91,9 @@ def test_runtime_call_roles_table():
     assert role("cudaEventRecord") == role("hipEventRecordWithFlags") == "event_record"
     assert role("cudaEventSynchronize") == "sync" and role("cudaLaunchKernel") is None
     assert role("cudaGraphLaunch") == role("hipGraphLaunch") == role("cudaGraphLaunch_v10000") == "graph_launch"
+    # Intel XPU: Level Zero syncs match the general row, Unified Runtime's waits their own.
+    assert role("zeEventHostSynchronize") == role("urQueueFinish") == role("urEventWait") == "sync"
+    assert role("urEnqueueKernelLaunch") is None and role("urEnqueueUSMMemcpy") == "copy"
     # Device-wide syncs are a row of their own (scope `device`): still role `sync` for every pass.
     scope = classify.runtime_scope
     for name in ("cudaDeviceSynchronize", "hipDeviceSynchronize", "cuCtxSynchronize", "cudaDeviceSynchronize_v3020",

@@ -304,3 +304,56 @@ def test_grids_of_work_item_launches_are_stored_in_blocks():
     got = {(r[0], r[1]): list(r[2:]) for r in store.con.execute(
         "SELECT start_ns, name, grid_x, grid_y, grid_z FROM kernels").fetchall()}
     assert got == want
+
+
+# Kineto traces of accelerators no shared trace covers. The records follow the shapes
+# Kineto writes for them (an Intel XPU kernel and its urEnqueueKernelLaunch as recorded on
+# an Aurora node with PTI 0.17, kineto-deep-dive docs/03-xpu-path.md); they are typed here,
+# so they test the mapping entries, not a parser against real data.
+def _accelerator_trace(path: Path, runtime_cat: str, launch: str, sync: str, props: list[dict]) -> Path:
+    events = [{"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#1", "pid": 7, "tid": 7,
+               "ts": 95786000000.0, "dur": 500.0, "args": {}}]
+    for i in range(3):
+        t = 95786000010.0 + 100 * i
+        events += [
+            {"ph": "X", "cat": "cpu_op", "name": "aten::addmm", "pid": 7, "tid": 7, "ts": t, "dur": 20.0,
+             "args": {"External id": 5 + i}},
+            {"ph": "X", "cat": runtime_cat, "name": launch, "pid": 7, "tid": 7, "ts": t + 5, "dur": 6.4,
+             "args": {"External id": 5 + i, "correlation": 4131 + i}},
+            {"ph": "X", "cat": "kernel", "name": "gemm_kernel", "pid": 0, "tid": 0, "ts": t + 11.5, "dur": 8.96,
+             "args": {"External id": 5 + i, "kernel_id": 1 + i, "sycl queue": 64, "correlation": 4131 + i,
+                      "device": 0}},
+            {"ph": "X", "cat": runtime_cat, "name": sync, "pid": 7, "tid": 7, "ts": t + 13, "dur": 8.0,
+             "args": {"correlation": 5000 + i}},
+        ]
+    path.write_text(json.dumps({"schemaVersion": 1, "deviceProperties": props, "traceEvents": events}))
+    return path
+
+
+@pytest.mark.parametrize("runtime_cat,launch,sync,props,vendor,title_device", [
+    ("xpu_runtime", "urEnqueueKernelLaunch", "urQueueFinish",
+     [{"id": 0, "name": "Intel(R) Data Center GPU Max 1550"}], "intel", "GPU 0"),
+    ("xpu_runtime", "urEnqueueKernelLaunch", "urQueueFinish", [], "intel", "GPU 0"),
+    ("privateuse1_runtime", "Launch", "synchronizeDevice", [], "other", "Device 0"),
+])
+def test_other_accelerators_are_a_mapping_entry_away(tmp_path, runtime_cat, launch, sync, props, vendor,
+                                                     title_device):
+    """An Intel XPU trace (xpu_runtime) and a PrivateUse1 backend's (privateuse1_runtime):
+    their runtime calls are stored and linked to the kernels they launched, the vendor is
+    named, and nothing is counted as an unknown category."""
+    from profkit.analyses import analyze
+
+    store = Store.open(None)
+    ingest([str(_accelerator_trace(tmp_path / "trace.json", runtime_cat, launch, sync, props))], store)
+    assert store.scalar("SELECT vendor FROM traces") == vendor
+    assert store.scalar("SELECT count(*) FROM events WHERE kind = 'runtime'") == 6
+    assert store.rows("SELECT r.name AS call, k.name AS kernel FROM links l JOIN events r ON r.event_id = l.src_event "
+                      "JOIN events k ON k.event_id = l.dst_event WHERE l.kind = 'launch'") == \
+        [{"call": launch, "kernel": "gemm_kernel"}] * 3
+    assert store.scalar("SELECT count(*) FROM ingest_issues WHERE reason LIKE 'unknown category%'") == 0
+    if props:
+        assert store.rows("SELECT device, vendor, name FROM devices") == \
+            [{"device": 0, "vendor": vendor, "name": props[0]["name"]}]
+    titles = {f["rule"]: f["title"] for f in analyze(store)["findings"]}
+    assert f"({sync} x3)" in titles["host.sync_in_steady_state"]  # the runtime's sync, by its role row
+    assert titles["idle.sync"].startswith(f"{title_device} idles")
