@@ -3,8 +3,9 @@
 A trace is parsed once; the store is kept beside it as `NAME.profkit.duckdb` (or, where
 that directory is not writable, in the cache directory: `$PROFKIT_CACHE_DIR`, else
 `$XDG_CACHE_HOME/profkit`, else `~/.cache/profkit`) and reused while the input's size
-and modification time, the schema version, the profkit version and the classifier tables
-applied at ingest (`classify.stored_rules_digest`) are unchanged.
+and modification time, the schema version, the profkit version and the mapping tables
+applied at ingest (`classify.stored_rules_digest`: the classifier's and the Kineto parser's
+record categories) are unchanged.
 
 On a first run the trace is parsed into an in-memory store, which is returned at once;
 a background thread copies it to the cache file while the caller works, and

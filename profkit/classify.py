@@ -31,16 +31,18 @@ def _read_csv(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(text.splitlines()))
 
 
-# The tables whose rules are applied at ingest (stored categories, collective ops, grids).
-STORED_TABLES = ("categories.csv", "collective_ops.csv", "runtime_calls.csv")
+# The tables whose rules are applied at ingest (stored categories, collective ops, grids,
+# and the Kineto parser's record categories), by package.
+STORED_TABLES = (("profkit.data", "categories.csv"), ("profkit.data", "collective_ops.csv"),
+                 ("profkit.data", "runtime_calls.csv"), ("profkit.parsers", "kineto_categories.csv"))
 
 
 @lru_cache(maxsize=1)
 def stored_rules_digest() -> str:
     """A digest of the tables applied at ingest: a cached store made under other rules is stale."""
     digest = hashlib.sha1()
-    for name in STORED_TABLES:
-        digest.update(resources.files("profkit.data").joinpath(name).read_bytes())
+    for package, name in STORED_TABLES:
+        digest.update(resources.files(package).joinpath(name).read_bytes())
     return digest.hexdigest()[:16]
 
 
