@@ -147,9 +147,10 @@ def kernel_info_row(event_id: int, a: Args) -> dict | None:
     }
 
 
-_DIRECTION = re.compile(r"\b(" + "|".join(COPY_DIRECTIONS) + r")\b")
+_DIRECTION = re.compile(r"\b(" + "|".join(COPY_DIRECTIONS + tuple(COPY_DIRECTION_ALIASES)) + r")\b")
 _MEMORIES = re.compile(r"\(\s*(\w+)\s*->\s*(\w+)\s*\)")
-_MEMSET_TARGET = re.compile(r"\(\s*(\w+)\s*\)")
+# "Memset (Device)"; Intel XPU: "Memset (0 -> DEVICE)" (the value, then the memory).
+_MEMSET_TARGET = re.compile(r"\(\s*(?:[^()]*->\s*)?(\w+)\s*\)")
 
 
 def copy_row(event_id: int, kind: str, name: str, a: Args) -> dict:
@@ -163,7 +164,7 @@ def copy_row(event_id: int, kind: str, name: str, a: Args) -> dict:
         dst = MEMORY_KINDS.get(m.group(1).lower()) if m else None
     else:
         m = _DIRECTION.search(name)
-        direction = m.group(1) if m else None
+        direction = (m.group(1) if m.group(1) in COPY_DIRECTIONS else COPY_DIRECTION_ALIASES[m.group(1)]) if m else None
         for hint in (a.kind, a.direction):
             if direction is None and isinstance(hint, str):
                 direction = hint if hint in COPY_DIRECTIONS else COPY_DIRECTION_ALIASES.get(hint)

@@ -61,14 +61,21 @@ AMD_ARCH_BY_NAME = (("mi300", "gfx942"), ("mi325", "gfx942"), ("mi308", "gfx942"
                     ("mi350", "gfx950"), ("mi355", "gfx950"), ("mi250", "gfx90a"),
                     ("mi210", "gfx90a"), ("mi100", "gfx908"))
 
-# Copies: words in Kineto names ("Memcpy HtoD (Pageable -> Device)") and MTIA/ROCm args.
+# Copies: words in Kineto names ("Memcpy HtoD (Pageable -> Device)", Intel XPU's "Memcpy
+# M2D (MEMORY -> DEVICE)") and MTIA/ROCm args.
 COPY_DIRECTIONS = ("HtoD", "DtoH", "DtoD", "HtoH", "PtoP")
 COPY_DIRECTION_ALIASES = {"HOST_TO_DEVICE": "HtoD", "DEVICE_TO_HOST": "DtoH",
                           "DEVICE_TO_DEVICE": "DtoD", "HOST_TO_HOST": "HtoH",
-                          "PEER_TO_PEER": "PtoP", "DtoA": "DtoD", "AtoD": "DtoD"}
-# "Host" (ROCm builds) does not say pageable or pinned: unknown (NULL).
+                          "PEER_TO_PEER": "PtoP", "DtoA": "DtoD", "AtoD": "DtoD",
+                          # Intel PTI: M system memory, H USM host memory, D device (S, USM
+                          # shared memory, may be on either side: no direction).
+                          "M2D": "HtoD", "H2D": "HtoD", "D2M": "DtoH", "D2H": "DtoH", "D2D": "DtoD",
+                          "M2M": "HtoH", "M2H": "HtoH", "H2M": "HtoH", "H2H": "HtoH"}
+# "Host" (ROCm builds; Intel's USM host memory) does not say pageable or pinned the same
+# way for every vendor: unknown (NULL). Intel's MEMORY is pageable system memory, SHARED
+# USM shared (managed) memory.
 MEMORY_KINDS = {"pageable": "pageable", "pinned": "pinned", "device": "device",
-                "managed": "managed", "array": "array"}
+                "managed": "managed", "array": "array", "memory": "pageable", "shared": "managed"}
 
 # Element sizes of PyTorch dtype names as Kineto writes them (`dtype` of NCCL kernels).
 DTYPE_BYTES = {

@@ -357,3 +357,24 @@ def test_other_accelerators_are_a_mapping_entry_away(tmp_path, runtime_cat, laun
     titles = {f["rule"]: f["title"] for f in analyze(store)["findings"]}
     assert f"({sync} x3)" in titles["host.sync_in_steady_state"]  # the runtime's sync, by its role row
     assert titles["idle.sync"].startswith(f"{title_device} idles")
+
+
+@pytest.mark.parametrize("kind,name,direction,src,dst", [
+    # Intel XPU, as Kineto's XPU plugin names PTI records ("Memcpy {type} ({src} -> {dst})",
+    # "Memset ({value} -> {memory})"): MEMORY is pageable system memory, SHARED USM shared.
+    ("memcpy", "Memcpy M2D (MEMORY -> DEVICE)", "HtoD", "pageable", "device"),
+    ("memcpy", "Memcpy D2M (DEVICE -> MEMORY)", "DtoH", "device", "pageable"),
+    ("memcpy", "Memcpy D2D (DEVICE -> DEVICE)", "DtoD", "device", "device"),
+    ("memcpy", "Memcpy H2D (HOST -> DEVICE)", "HtoD", None, "device"),
+    ("memcpy", "Memcpy S2D (SHARED -> DEVICE)", None, "managed", "device"),
+    ("memset", "Memset (0 -> DEVICE)", "memset", None, "device"),
+    # CUDA and ROCm spellings keep their meaning.
+    ("memcpy", "Memcpy DtoH (Device -> Pageable)", "DtoH", "device", "pageable"),
+    ("memcpy", "Memcpy HtoD (Host -> Device)", "HtoD", None, "device"),
+    ("memset", "Memset (Device)", "memset", None, "device"),
+])
+def test_copy_names_of_every_vendor(kind, name, direction, src, dst):
+    from profkit.parsers.kineto_args import Args, copy_row
+
+    row = copy_row(1, kind, name, Args(bytes=64))
+    assert (row["direction"], row["src_memory"], row["dst_memory"], row["bytes"]) == (direction, src, dst, 64)
