@@ -34,33 +34,35 @@ def derive_trace(store: Store, trace_id: int) -> None:
 
 
 def categorise(store: Store, trace_id: int) -> None:
+    """events.category of device work the parser left uncategorised (rocprof parsers
+    classify theirs as they write them), then `communication` for every kernel the parser
+    recorded collective metadata for, whatever its name says."""
     con = store.con
     pairs = con.execute("""
         SELECT DISTINCT kind, name FROM events
         WHERE trace_id = ? AND kind IN ('kernel', 'memcpy', 'memset') AND category IS NULL
     """, [trace_id]).fetchall()
-    if not pairs:
-        return
-    table = pa.table({
-        "kind": [k for k, _ in pairs],
-        "name": [n for _, n in pairs],
-        "category": [classify.category(k, n) for k, n in pairs],
-    })
-    con.register("_profkit_cat", table)
-    try:
-        con.execute("""
-            UPDATE events SET category = c.category FROM _profkit_cat c
-            WHERE events.trace_id = ? AND events.category IS NULL
-              AND events.kind = c.kind AND events.name IS NOT DISTINCT FROM c.name
-        """, [trace_id])
-        # A kernel the parser recorded collective metadata for is communication,
-        # whatever its name says.
+    if pairs:
+        table = pa.table({
+            "kind": [k for k, _ in pairs],
+            "name": [n for _, n in pairs],
+            "category": [classify.category(k, n) for k, n in pairs],
+        })
+        con.register("_profkit_cat", table)
+        try:
+            con.execute("""
+                UPDATE events SET category = c.category FROM _profkit_cat c
+                WHERE events.trace_id = ? AND events.category IS NULL
+                  AND events.kind = c.kind AND events.name IS NOT DISTINCT FROM c.name
+            """, [trace_id])
+        finally:
+            con.unregister("_profkit_cat")
+    if con.execute("SELECT count(*) FROM collectives").fetchone()[0]:  # none in most stores: no scan
         con.execute("""
             UPDATE events SET category = 'communication'
-            WHERE trace_id = ? AND event_id IN (SELECT event_id FROM collectives)
+            WHERE trace_id = ? AND category IS DISTINCT FROM 'communication'
+              AND event_id IN (SELECT event_id FROM collectives)
         """, [trace_id])
-    finally:
-        con.unregister("_profkit_cat")
 
 
 def link_launches(store: Store, trace_id: int) -> None:
