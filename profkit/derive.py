@@ -139,7 +139,7 @@ def nest(store: Store, trace_id: int) -> None:
         ) WHERE dev IS NOT NULL
     """, [trace_id])
     if table.num_rows == 0:
-        con.execute("UPDATE events SET depth = 0 WHERE trace_id = ? AND parent_id IS NULL", [trace_id])
+        _top_level_depth(con, trace_id)
         return
     lanes = _dense_lanes(table.column("lane"))
     ids = table.column("event_id").to_numpy()
@@ -159,8 +159,14 @@ def nest(store: Store, trace_id: int) -> None:
                        "depth": pa.array(depths[nested], pa.int32())})
     del ids, parent_pos, depths, nested
     _update_events(con, result, "parent_id = u.parent, depth = u.depth")
-    # What is still without a parent is what was nested above and found none.
-    con.execute("UPDATE events SET depth = 0 WHERE trace_id = ? AND parent_id IS NULL", [trace_id])
+    _top_level_depth(con, trace_id)
+
+
+def _top_level_depth(con, trace_id: int) -> None:
+    """depth 0 for what has no parent: the column's default, so only rows a parser wrote
+    with a NULL depth are touched (DuckDB skips the row groups without NULLs)."""
+    con.execute("UPDATE events SET depth = 0 WHERE trace_id = ? AND parent_id IS NULL AND depth IS NULL",
+                [trace_id])
 
 
 def _update_events(con, rows: pa.Table, assignments: str) -> None:
