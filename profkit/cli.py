@@ -222,7 +222,7 @@ def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...]
         try:
             result = run_whatif(store, changes=changes, windows=analysis_windows(store))
         except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
+            raise ProfkitError(f"{trace}: {exc}") from None
         ranks = {r["trace_id"]: r["rank"] for r in store.rows("SELECT trace_id, rank FROM traces")}
     finally:
         store.close()

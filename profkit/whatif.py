@@ -36,6 +36,7 @@ from . import intervals as iv
 from .graph_build import Graph, build_graph
 from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_LAUNCH, E_STREAM, E_SYNC, E_TRANSFER
 from .graph_replay import NEG, replay, steady, step_index, step_times
+from .schema import CATEGORIES
 from .store import Store
 
 CHANGE_KINDS = ("no_host_overhead", "host_gaps", "launch_latency", "speedup", "comm_overlap", "no_sync",
@@ -58,7 +59,13 @@ def parse_change(spec: str | dict) -> dict[str, Any]:
         if not target or not factor:
             raise ValueError(f"what-if {spec!r}: expected {head.replace('_', '-')}:TARGET=FACTOR")
         key = "category" if head == "speedup" else "kernel"
-        return {"kind": "speedup", key: target, "factor": float(factor)}
+        if key == "category" and target not in CATEGORIES:
+            raise ValueError(f"what-if {spec!r}: unknown kernel category {target!r} "
+                             f"(categories: {', '.join(CATEGORIES)}; a kernel by name: speedup-kernel)")
+        try:
+            return {"kind": "speedup", key: target, "factor": float(factor)}
+        except ValueError:
+            raise ValueError(f"what-if {spec!r}: the factor {factor!r} is not a number") from None
     if head == "launch_latency":
         try:
             return {"kind": head, "ns": int(rest) if rest else TYPICAL_LAUNCH_LATENCY_NS}
@@ -104,6 +111,8 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
                                                                   graph.name_values, bool))
                 sel = exact if exact.any() else timed & _edges_of_events(graph, per_value(
                     lambda n: isinstance(n, str) and target in n, graph.name_code, graph.name_values, bool))
+                if not sel.any():
+                    raise ValueError(f"speedup-kernel: no kernel is named {target!r} or has it in its name")
             w[sel] = np.round(w[sel] / factor).astype(np.int64)
         elif kind == "comm_overlap":
             # Transfers cost nothing; and collectives that compute waited on (exposed) no

@@ -135,6 +135,12 @@ def test_whatif_and_timeline_from_the_command_line(tmp_path):
     assert run("whatif", sample).returncode == 2  # no change named
     bad = run("whatif", sample, "--speedup", "gemm")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    # A change that names nothing in the trace is an error on one line, not a 0 ns saving.
+    for args, says in ((("--speedup", "gemms=2"), "unknown kernel category 'gemms'"),
+                       (("--speedup", "gemm=fast"), "the factor 'fast' is not a number"),
+                       (("--speedup-kernel", "no_such_kernel=2"), "no kernel is named 'no_such_kernel'")):
+        bad = run("whatif", sample, *args)
+        assert bad.returncode == 2 and says in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     out = tmp_path / "t.pftrace"
     proc = run("analyze", sample, "--timeline", out, "--top", "3")
     assert proc.returncode == 0, proc.stderr
