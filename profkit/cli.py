@@ -11,6 +11,19 @@ from . import __version__, no_pandas, schema
 from .errors import ProfkitError
 
 
+def _output_file(path: str | None) -> str | None:
+    """An output file's folder must exist and be writable: checked before any parsing, so a
+    mistyped path costs a one-line error, not an internal one after the work."""
+    if path is None:
+        return None
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise ProfkitError(f"{path}: cannot write: no directory {folder}")
+    if not os.access(folder, os.W_OK):
+        raise ProfkitError(f"{path}: cannot write: directory {folder} is not writable")
+    return path
+
+
 def _progress_bar():
     """A rich progress bar on a terminal; nothing when output is piped (CI logs)."""
     if not sys.stderr.isatty():
@@ -57,9 +70,23 @@ def cli(no_cache: bool) -> None:
               help="DuckDB file to write (traces are added to it if it exists).")
 def ingest(traces: tuple[str, ...], output: str) -> None:
     """Parse TRACES (files or directories) into the DuckDB store OUTPUT."""
+    from .cache import is_store_file
     from .ingest import ingest as run_ingest
     from .store import Store
 
+    _output_file(output)
+    target = Path(output)
+    if target.exists() and not is_store_file(target):
+        raise ProfkitError(f"{output}: exists and is not a DuckDB store (name a new file or a profkit store)")
+    store = Store.open(output, read_only=True) if target.exists() else None
+    if store is not None:
+        version = store.schema_version()
+        store.close()
+        if version is None:
+            raise ProfkitError(f"{output}: a DuckDB database that is not a profkit store (no meta table)")
+        if version != schema.SCHEMA_VERSION:
+            raise ProfkitError(f"{output}: store has schema version {version}, this profkit writes "
+                               f"{schema.SCHEMA_VERSION}")
     store = Store.open(output)
     try:
         progress, update = _progress_bar()
@@ -140,6 +167,7 @@ def analyze(trace: str, fmt: str, top: int, step: str, timeline: str | None) -> 
     """Why is TRACE slow? Ranked findings with the time each could win back.
 
     TRACE is a trace file, a directory of per-rank traces, or a .duckdb store."""
+    _output_file(timeline)
     from .analyses import analyze as run_analysis
 
     if step != "all" and not step.lstrip("-").isdigit():
@@ -300,6 +328,8 @@ def check(trace: str, budget_file: str | None, baseline: str | None, junit_file:
     from . import check as check_mod
     from . import render
 
+    _output_file(junit_file)
+    _output_file(sarif_file)
     config = Path(budget_file) if budget_file else budgets_mod.find_config()
     if config is None:
         raise ProfkitError("no budget file: pass --budget FILE, or add profkit.toml "

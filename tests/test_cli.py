@@ -209,3 +209,33 @@ def test_no_cache_writes_no_store_file(tmp_path):
     assert cache_files() == []
     assert analyze() == fresh
     assert len(cache_files()) == 1
+
+
+def test_unwritable_or_wrong_outputs_are_one_line_errors(tmp_path):
+    """Output paths are checked before any parsing: a missing folder or a file that is not
+    a profkit store gives one line and exit 2, never an internal error after the work."""
+    from conftest import SAMPLE_TRACES
+
+    sample = SAMPLE_TRACES / "cpu_tiny_decoder_prefill_decode.json.gz"
+    missing = tmp_path / "no_such_dir"
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("hello")
+    import duckdb
+
+    other = tmp_path / "other.duckdb"
+    duckdb.connect(str(other)).execute("CREATE TABLE t (x INT)").close()
+    budget = tmp_path / "profkit.toml"
+    budget.write_text('[budgets]\n"breakdown.idle_pct" = { max = 10 }\n')
+    cases = [
+        (("ingest", sample, "-o", missing / "x.duckdb"), "cannot write: no directory"),
+        (("ingest", sample, "-o", not_a_store), "exists and is not a DuckDB store"),
+        (("ingest", sample, "-o", other), "a DuckDB database that is not a profkit store"),
+        (("analyze", sample, "--timeline", missing / "t.pftrace"), "cannot write: no directory"),
+        (("check", sample, "--budget", budget, "--junit", missing / "j.xml"), "cannot write: no directory"),
+        (("check", sample, "--budget", budget, "--sarif", missing / "f.sarif"), "cannot write: no directory"),
+    ]
+    for args, says in cases:
+        proc = run(*args)
+        assert proc.returncode == 2 and says in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "internal error" not in proc.stderr
+    assert not_a_store.read_text() == "hello"
