@@ -330,6 +330,8 @@ def check(trace: str, budget_file: str | None, baseline: str | None, junit_file:
 
     _output_file(junit_file)
     _output_file(sarif_file)
+    if github:
+        _output_file(os.environ.get("GITHUB_STEP_SUMMARY") or None)
     config = Path(budget_file) if budget_file else budgets_mod.find_config()
     if config is None:
         raise ProfkitError("no budget file: pass --budget FILE, or add profkit.toml "

@@ -239,3 +239,9 @@ def test_unwritable_or_wrong_outputs_are_one_line_errors(tmp_path):
         assert proc.returncode == 2 and says in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and "internal error" not in proc.stderr
     assert not_a_store.read_text() == "hello"
+    # The job summary file that --github appends to, named by the environment.
+    import os
+
+    proc = subprocess.run([PROFKIT, "check", str(sample), "--budget", str(budget), "--github"], capture_output=True,
+                          text=True, env={**os.environ, "GITHUB_STEP_SUMMARY": str(missing / "summary.md")})
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(f"cannot write: no directory {missing}")
