@@ -17,8 +17,15 @@ def to_json(data: Any) -> str:
     return msgspec.json.format(msgspec.json.encode(data, enc_hook=_default), indent=2).decode()
 
 
+# A terminal table shows at most this many rows (DuckDB's own shell shows 40): a query over
+# all events would otherwise draw hundreds of thousands of rows nobody reads. CSV and JSON
+# give every row.
+TABLE_MAX_ROWS = 100
+
+
 def rows(names: Sequence[str], values: Iterable[Sequence[Any]], fmt: str, out=None) -> None:
-    """Query results as a table, CSV, or a JSON array of objects keyed by column name."""
+    """Query results as a table (the first TABLE_MAX_ROWS), CSV, or a JSON array of objects
+    keyed by column name."""
     out = out or sys.stdout
     values = list(values)
     if fmt == "json":
@@ -34,10 +41,14 @@ def rows(names: Sequence[str], values: Iterable[Sequence[Any]], fmt: str, out=No
         from rich.table import Table
 
         table = Table(*names, show_lines=False)
-        for row in values:
+        for row in values[:TABLE_MAX_ROWS]:
             table.add_row(*("" if v is None else str(v) for v in row))
         Console(file=out).print(table)
-        out.write(f"{len(values)} row(s)\n")
+        if len(values) > TABLE_MAX_ROWS:
+            out.write(f"{len(values):,} rows, the first {TABLE_MAX_ROWS} shown (--format csv or json gives "
+                      f"them all; LIMIT, WHERE or GROUP BY narrow them)\n")
+        else:
+            out.write(f"{len(values)} row(s)\n")
 
 
 def human_ns(ns: float | int | None) -> str:

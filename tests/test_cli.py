@@ -59,6 +59,17 @@ def test_sql_csv_and_table(db):
     assert "5" in result.output and "1 row(s)" in result.output
 
 
+def test_sql_table_shows_the_first_rows_and_says_how_many(db):
+    from profkit.render import TABLE_MAX_ROWS
+
+    query = f"SELECT range AS n FROM range({TABLE_MAX_ROWS + 50})"
+    table = CliRunner().invoke(cli, ["sql", str(db), query]).output
+    assert f"{TABLE_MAX_ROWS + 50:,} rows, the first {TABLE_MAX_ROWS} shown" in table
+    assert f"│ {TABLE_MAX_ROWS - 1} " in table and f"│ {TABLE_MAX_ROWS} " not in table
+    csv_out = CliRunner().invoke(cli, ["sql", str(db), query, "--format", "csv"]).output
+    assert len(csv_out.splitlines()) == TABLE_MAX_ROWS + 51  # header and every row
+
+
 def test_bad_sql_is_one_line_exit_2(db):
     proc = run("sql", db, "SELECT nope FROM events")
     assert proc.returncode == 2
