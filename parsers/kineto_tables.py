@@ -66,7 +66,9 @@ AMD_ARCH_BY_NAME = (("mi300", "gfx942"), ("mi325", "gfx942"), ("mi308", "gfx942"
 COPY_DIRECTIONS = ("HtoD", "DtoH", "DtoD", "HtoH", "PtoP")
 COPY_DIRECTION_ALIASES = {"HOST_TO_DEVICE": "HtoD", "DEVICE_TO_HOST": "DtoH",
                           "DEVICE_TO_DEVICE": "DtoD", "HOST_TO_HOST": "HtoH",
-                          "PEER_TO_PEER": "PtoP", "DtoA": "DtoD", "AtoD": "DtoD",
+                          "PEER_TO_PEER": "PtoP",
+                          # CUDA arrays are device memory
+                          "DtoA": "DtoD", "AtoD": "DtoD", "AtoA": "DtoD", "HtoA": "HtoD", "AtoH": "DtoH",
                           # Intel PTI: M system memory, H USM host memory, D device (S, USM
                           # shared memory, may be on either side: no direction).
                           "M2D": "HtoD", "H2D": "HtoD", "D2M": "DtoH", "D2H": "DtoH", "D2D": "DtoD",

@@ -372,6 +372,8 @@ def test_other_accelerators_are_a_mapping_entry_away(tmp_path, runtime_cat, laun
     ("memcpy", "Memcpy DtoH (Device -> Pageable)", "DtoH", "device", "pageable"),
     ("memcpy", "Memcpy HtoD (Host -> Device)", "HtoD", None, "device"),
     ("memset", "Memset (Device)", "memset", None, "device"),
+    ("memcpy", "Memcpy HtoA (Pinned -> Array)", "HtoD", "pinned", "array"),
+    ("memcpy", "Memcpy AtoH (Array -> Pageable)", "DtoH", "array", "pageable"),
 ])
 def test_copy_names_of_every_vendor(kind, name, direction, src, dst):
     from profkit.parsers.kineto_args import Args, copy_row
