@@ -153,6 +153,11 @@ _MEMORIES = re.compile(r"\(\s*(\w+)\s*->\s*(\w+)\s*\)")
 _MEMSET_TARGET = re.compile(r"\(\s*(?:[^()]*->\s*)?(\w+)\s*\)")
 
 
+def _canonical_direction(word: str) -> str | None:
+    """`HtoD`, ... from a direction word of any vendor's spelling (COPY_DIRECTION_ALIASES)."""
+    return word if word in COPY_DIRECTIONS else COPY_DIRECTION_ALIASES.get(word)
+
+
 def copy_row(event_id: int, kind: str, name: str, a: Args) -> dict:
     nbytes = as_int(a.bytes)
     if nbytes is None:
@@ -164,10 +169,10 @@ def copy_row(event_id: int, kind: str, name: str, a: Args) -> dict:
         dst = MEMORY_KINDS.get(m.group(1).lower()) if m else None
     else:
         m = _DIRECTION.search(name)
-        direction = (m.group(1) if m.group(1) in COPY_DIRECTIONS else COPY_DIRECTION_ALIASES[m.group(1)]) if m else None
+        direction = _canonical_direction(m.group(1)) if m else None
         for hint in (a.kind, a.direction):
             if direction is None and isinstance(hint, str):
-                direction = hint if hint in COPY_DIRECTIONS else COPY_DIRECTION_ALIASES.get(hint)
+                direction = _canonical_direction(hint)
         m = _MEMORIES.search(name)
         if m:
             src, dst = MEMORY_KINDS.get(m.group(1).lower()), MEMORY_KINDS.get(m.group(2).lower())

@@ -46,7 +46,7 @@ def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None
     """Open the store for `path`, parsing the input only if no valid cache exists."""
     path = Path(path)
     if is_store_file(path):
-        return _open_existing(path)
+        return open_store(path)
     if not cache:
         store = Store.open(None)
         ingest([path], store, progress)
@@ -64,7 +64,9 @@ def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None
     return store
 
 
-def _open_existing(path: Path) -> Store:
+def open_store(path: Path) -> Store:
+    """A profkit store file, read-only; one that is not a profkit store, or of another
+    schema version, is a TraceError."""
     try:
         store = Store.open(path, read_only=True)
     except duckdb.Error as exc:

@@ -36,14 +36,22 @@ def metric_value(trace: dict[str, Any], findings: list[dict[str, Any]], budget: 
         if field_name == "count":
             return float(sum(f.get("count", 1) for f in mine))
         return float(max((f.get(field_name) or 0) for f in mine)) if mine else 0.0
-    node: Any = trace
-    for part in budget.metric.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
+    parts = budget.metric.split(".")
+    node, found = _walk(trace, parts)
+    if found < len(parts) or isinstance(node, bool) or not isinstance(node, (int, float)):
         return None
     return float(node)
+
+
+def _walk(trace: dict[str, Any], parts: list[str]) -> tuple[Any, int]:
+    """Follow a metric's path into a trace's results: (the node reached, how many parts
+    were found before the path ended)."""
+    node: Any = trace
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            return node, depth
+        node = node[part]
+    return node, len(parts)
 
 
 def known_metric(budget: Budget, catalogue: set[str]) -> bool:
@@ -134,15 +142,13 @@ def _missing(result: dict[str, Any], budget: Budget) -> str:
     null there, with the likely reason."""
     parts = budget.metric.split(".")
     for trace in result["traces"]:
-        node: Any = trace
-        for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                where = ".".join(parts[:depth])
-                held = ", ".join(sorted(node)[:8]) if isinstance(node, dict) else type(node).__name__
-                return (f"the trace's results have no {budget.metric} "
-                        + (f"({where} holds only {held})" if where else f"(no section {part})")
-                        + _likely_reason(trace, parts[0]))
-            node = node[part]
+        node, found = _walk(trace, parts)
+        if found < len(parts):
+            where = ".".join(parts[:found])
+            held = ", ".join(sorted(node)[:8]) if isinstance(node, dict) else type(node).__name__
+            return (f"the trace's results have no {budget.metric} "
+                    + (f"({where} holds only {held})" if where else f"(no section {parts[0]})")
+                    + _likely_reason(trace, parts[0]))
         return f"{budget.metric} is {'null' if node is None else 'not a number'} in the trace's results" \
             + _likely_reason(trace, parts[0])
     return "the results hold no trace"

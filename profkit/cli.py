@@ -11,7 +11,7 @@ from . import __version__, no_pandas, schema
 from .errors import ProfkitError
 
 
-def _output_file(path: str | None) -> str | None:
+def _output_file(path: str | None) -> None:
     """An output file's folder must exist and be writable: checked before any parsing, so a
     mistyped path costs a one-line error, not an internal one after the work."""
     if path is None:
@@ -21,7 +21,6 @@ def _output_file(path: str | None) -> str | None:
         raise ProfkitError(f"{path}: cannot write: no directory {folder}")
     if not os.access(folder, os.W_OK):
         raise ProfkitError(f"{path}: cannot write: directory {folder} is not writable")
-    return path
 
 
 def _progress_bar():
@@ -70,23 +69,16 @@ def cli(no_cache: bool) -> None:
               help="DuckDB file to write (traces are added to it if it exists).")
 def ingest(traces: tuple[str, ...], output: str) -> None:
     """Parse TRACES (files or directories) into the DuckDB store OUTPUT."""
-    from .cache import is_store_file
+    from .cache import is_store_file, open_store
     from .ingest import ingest as run_ingest
     from .store import Store
 
     _output_file(output)
     target = Path(output)
-    if target.exists() and not is_store_file(target):
-        raise ProfkitError(f"{output}: exists and is not a DuckDB store (name a new file or a profkit store)")
-    store = Store.open(output, read_only=True) if target.exists() else None
-    if store is not None:
-        version = store.schema_version()
-        store.close()
-        if version is None:
-            raise ProfkitError(f"{output}: a DuckDB database that is not a profkit store (no meta table)")
-        if version != schema.SCHEMA_VERSION:
-            raise ProfkitError(f"{output}: store has schema version {version}, this profkit writes "
-                               f"{schema.SCHEMA_VERSION}")
+    if target.exists():  # traces are added to a profkit store, never to another file
+        if not is_store_file(target):
+            raise ProfkitError(f"{output}: exists and is not a DuckDB store (name a new file or a profkit store)")
+        open_store(target).close()  # the same checks as reading one: a profkit store of this schema
     store = Store.open(output)
     try:
         progress, update = _progress_bar()

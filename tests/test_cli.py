@@ -240,7 +240,7 @@ def test_unwritable_or_wrong_outputs_are_one_line_errors(tmp_path):
     cases = [
         (("ingest", sample, "-o", missing / "x.duckdb"), "cannot write: no directory"),
         (("ingest", sample, "-o", not_a_store), "exists and is not a DuckDB store"),
-        (("ingest", sample, "-o", other), "a DuckDB database that is not a profkit store"),
+        (("ingest", sample, "-o", other), "DuckDB file is not a profkit store (no meta table)"),
         (("analyze", sample, "--timeline", missing / "t.pftrace"), "cannot write: no directory"),
         (("check", sample, "--budget", budget, "--junit", missing / "j.xml"), "cannot write: no directory"),
         (("check", sample, "--budget", budget, "--sarif", missing / "f.sarif"), "cannot write: no directory"),
