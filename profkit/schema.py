@@ -99,7 +99,9 @@ TABLES: tuple[Table, ...] = (
         C("vendor", "VARCHAR", "`nvidia`, `amd`, `intel`, or `other`."),
         C("name", "VARCHAR", "Product name (`NVIDIA H100 80GB HBM3`, `AMD Instinct MI300X`)."),
         C("arch", "VARCHAR", "Architecture (`sm_90`, `gfx942`)."),
-        C("sm_count", "INTEGER", "Streaming multiprocessors (NVIDIA) or compute units (AMD)."),
+        C("sm_count", "INTEGER", "Streaming multiprocessors (NVIDIA) or compute units (AMD): the units a "
+          "thread block or work-group runs on. NULL for Intel XPU, whose traces give execution units "
+          "(`maxComputeUnits`, several per Xe-core; kept in `properties`)."),
         C("warp_size", "INTEGER", "Threads per warp / wavefront."),
         C("memory_bytes", "BIGINT", "Device memory.", "bytes"),
         C("memory_bandwidth_bytes_per_s", "DOUBLE", "Peak memory bandwidth where known.", "bytes/s"),

@@ -332,7 +332,12 @@ def _accelerator_trace(path: Path, runtime_cat: str, launch: str, sync: str, pro
 
 @pytest.mark.parametrize("runtime_cat,launch,sync,props,vendor,title_device", [
     ("xpu_runtime", "urEnqueueKernelLaunch", "urQueueFinish",
-     [{"id": 0, "name": "Intel(R) Data Center GPU Max 1550"}], "intel", "GPU 0"),
+     # The keys Kineto's XPU plugin writes (getXpuDeviceProperties in
+     # libkineto/src/plugin/xpupti/XpuptiActivityProfiler.cpp).
+     [{"id": 0, "name": "Intel(R) Data Center GPU Max 1550", "totalGlobalMem": 68719476736,
+       "maxComputeUnits": 1024, "maxWorkGroupSize": 1024, "maxClockFrequency": 1600,
+       "maxMemAllocSize": 68719476736, "localMemSize": 131072, "vendor": "Intel(R) Corporation",
+       "driverVersion": "1.3.29735"}], "intel", "GPU 0"),
     ("xpu_runtime", "urEnqueueKernelLaunch", "urQueueFinish", [], "intel", "GPU 0"),
     ("privateuse1_runtime", "Launch", "synchronizeDevice", [], "other", "Device 0"),
 ])
@@ -352,8 +357,11 @@ def test_other_accelerators_are_a_mapping_entry_away(tmp_path, runtime_cat, laun
         [{"call": launch, "kernel": "gemm_kernel"}] * 3
     assert store.scalar("SELECT count(*) FROM ingest_issues WHERE reason LIKE 'unknown category%'") == 0
     if props:
-        assert store.rows("SELECT device, vendor, name FROM devices") == \
-            [{"device": 0, "vendor": vendor, "name": props[0]["name"]}]
+        # SYCL's maxComputeUnits counts execution units (8 per Xe-core on this GPU), not the
+        # units a work-group runs on, so it is kept in `properties` and not taken as sm_count.
+        assert store.rows("SELECT device, vendor, name, memory_bytes, sm_count FROM devices") == \
+            [{"device": 0, "vendor": vendor, "name": props[0]["name"],
+              "memory_bytes": props[0].get("totalGlobalMem"), "sm_count": None}]
     titles = {f["rule"]: f["title"] for f in analyze(store)["findings"]}
     assert f"({sync} x3)" in titles["host.sync_in_steady_state"]  # the runtime's sync, by its role row
     assert titles["idle.sync"].startswith(f"{title_device} idles")
