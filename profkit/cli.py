@@ -404,10 +404,11 @@ def schema_cmd(markdown: bool) -> None:
     if markdown or not sys.stdout.isatty():
         click.echo(text)
     else:
-        from rich.console import Console
         from rich.markdown import Markdown
 
-        Console().print(Markdown(text))
+        from .render import console
+
+        console().print(Markdown(text))
 
 
 def main() -> None:
@@ -420,13 +421,16 @@ def main() -> None:
 def _run_command() -> int:
     """Run the command line; its exit code."""
     try:
-        cli.main(standalone_mode=False, prog_name="profkit")
+        # Not cli.main: it turns a closed pipe into exit 1 (and an interrupt into Abort)
+        # before any handler here could see it.
+        with cli.make_context("profkit", sys.argv[1:]) as ctx:
+            cli.invoke(ctx)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("profkit: aborted", err=True)
         return 130
     except ProfkitError as exc:

@@ -37,18 +37,31 @@ def rows(names: Sequence[str], values: Iterable[Sequence[Any]], fmt: str, out=No
         writer.writerows(values)
         out.write(buf.getvalue())
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(*names, show_lines=False)
         for row in values[:TABLE_MAX_ROWS]:
             table.add_row(*("" if v is None else str(v) for v in row))
-        Console(file=out).print(table)
+        console(file=out).print(table)
         if len(values) > TABLE_MAX_ROWS:
             out.write(f"{len(values):,} rows, the first {TABLE_MAX_ROWS} shown (--format csv or json gives "
                       f"them all; LIMIT, WHERE or GROUP BY narrow them)\n")
         else:
             out.write(f"{len(values)} row(s)\n")
+
+
+def console(file=None, **options):
+    """A rich Console whose output into a closed pipe (`profkit sql ... | head`) ends the
+    command the way profkit's own writes do (BrokenPipeError: exit 0, see cli.main); rich's
+    default is SystemExit(1)."""
+    from rich.console import Console
+
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _PipeConsole(file=file, **options)
 
 
 def human_ns(ns: float | int | None) -> str:
@@ -71,10 +84,9 @@ def human_bytes(n: int | None) -> str:
 
 
 def info_tables(traces: list[dict[str, Any]], out=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out or sys.stdout)
+    page = console(file=out or sys.stdout)
     for t in traces:
         head = Table.grid(padding=(0, 2))
         head.add_column(style="bold")
@@ -86,24 +98,24 @@ def info_tables(traces: list[dict[str, Any]], out=None) -> None:
                              f"{t['active_devices']} device(s))")
         head.add_row("steps", f"{t['steps']}" + (f" (from {t['step_source']})" if t["step_source"] else ""))
         head.add_row("events", f"{t['event_count']:,}; {t['issue_count']:,} input records not stored")
-        console.print(head)
+        page.print(head)
         kinds = Table("kind", "events", title="events by kind", title_justify="left")
         for kind, n in t["events_by_kind"].items():
             kinds.add_row(kind, f"{n:,}")
-        console.print(kinds)
+        page.print(kinds)
         if t["devices"]:
             devs = Table("device", "vendor", "name", "arch", "SMs/CUs", "memory", title="devices", title_justify="left")
             for d in t["devices"]:
                 devs.add_row(str(d["device"]) + (f" (node {d['node_id']})" if d["node_id"] is not None else ""),
                              d["vendor"] or "-", d["name"] or "-", d["arch"] or "-",
                              str(d["sm_count"] or "-"), human_bytes(d["memory_bytes"]))
-            console.print(devs)
+            page.print(devs)
         if t["ingest_issues"]:
             issues = Table("reason", "records", "example", title="input records not stored", title_justify="left")
             for i in t["ingest_issues"]:
                 issues.add_row(i["reason"], f"{i['count']:,}", (i["example"] or "")[:80])
-            console.print(issues)
-        console.print()
+            page.print(issues)
+        page.print()
 
 
 def number_ranges(numbers: Iterable[int]) -> str:

@@ -119,10 +119,11 @@ def _new_gone_text(pair: dict[str, Any], top: int) -> list[str]:
 
 
 def print_diff(result: dict[str, Any], top: int = 10, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from .render import console as pipe_console
+
+    console = console or pipe_console()
     console.print(f"[bold]profkit diff[/bold] — {result['pairing']['note']}")
     for pair in result["pairs"]:
         console.print(f"base: {_side(pair['base'])}")

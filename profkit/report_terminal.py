@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .findings import combined_lines, group_across_ranks, path_parts, replay_note, trace_notes
-from .render import device_names, human_ns
+from .render import console as pipe_console, device_names, human_ns
 
 
 def _pct(value: Any) -> str:
@@ -68,8 +68,8 @@ def findings_table(findings: list[dict[str, Any]], top: int) -> Table:
 
 def make_console() -> Console:
     """The terminal's width on a terminal; a wide page when piped (logs, CI)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
+    console = pipe_console()
+    return console if console.is_terminal else pipe_console(width=160)
 
 
 _BAR_COLOURS = {"compute": "green", "communication": "magenta", "host": "yellow", "launch_latency": "cyan",

@@ -70,6 +70,20 @@ def test_sql_table_shows_the_first_rows_and_says_how_many(db):
     assert len(csv_out.splitlines()) == TABLE_MAX_ROWS + 51  # header and every row
 
 
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_output_into_a_closed_pipe_is_not_an_error(db, fmt):
+    """`profkit sql ... | head -1`: the reader leaving early ends profkit quietly, exit 0
+    (rich's own console and click's main would both have made it exit 1)."""
+    # Far more than a pipe buffer, in each format (a table wraps the long cells).
+    query = "SELECT range AS n, repeat('word ', 400) AS text FROM range(5000)"
+    proc = subprocess.Popen([PROFKIT, "sql", str(db), query, "--format", fmt], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.read(10)
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr.read() == b""
+
+
 def test_bad_sql_is_one_line_exit_2(db):
     proc = run("sql", db, "SELECT nope FROM events")
     assert proc.returncode == 2
