@@ -5,7 +5,9 @@ An input is an Nsight export when it is an SQLite file whose tables say so (the 
 metadata table, or CUPTI/NVTX activity tables next to StringIds), whatever its name.
 Columns are selected by name and tables may be absent (Nsight writes a table only when
 it has rows): what is missing is noted in `ingest_issues` with count 0, never fatal.
-See nsys_events.py for how each table maps onto events.
+See nsys_events.py for how each table maps onto events. A report of several processes
+(`nsys profile torchrun ...`, a process per rank) is written as one trace and then split
+into one per process that drove a device (profkit/split.py).
 """
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ def _parse_database(database: Path, sink, shown_path: Path) -> None:
     reader = Reader(database, con)
     try:
         with sink.trace(shown_path, FORMAT) as w:
+            w.split_by_process = True  # `nsys profile torchrun ...`: one process per rank
             try:
                 _fill(con, cat, reader, w, sink, database, shown_path)
             except sqlite3.Error as exc:

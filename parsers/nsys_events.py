@@ -85,6 +85,9 @@ class ActivityReader:
         self.next_eid = 0
         self.absent: list[str] = []
         self.step_rows: dict[int, list[tuple]] = {}
+        # (globalPid, contextId) -> deviceId, from the kernels: synchronization records
+        # carry deviceId 0 whatever the device (two processes on GPUs 0 and 1: both 0).
+        self.context_devices: dict[tuple[int, int], int] = {}
         self.tx = duckdb.connect()
         self._register_lookups()
 
@@ -129,6 +132,10 @@ class ActivityReader:
         return f"coalesce({', '.join(parts)})" if len(parts) > 1 else (parts[0] if parts else "NULL")
 
     # -- SQLite-side helpers -----------------------------------------------------------
+    def _also(self, column: str, table: str) -> Expr:
+        """A column read as well as kept in `extra` (args), or NULL where the table lacks it."""
+        return Expr(quote(column) if self.cat.has_column(table, column) else "NULL", ())
+
     def _string(self, column: str) -> str:
         """SQLite expression: the StringIds text of an id column. (Looked up in the reading
         thread, which runs beside the one storing the rows.)"""
@@ -231,13 +238,17 @@ class ActivityReader:
             "_mn": Expr("NULL", ("mangledName",)),
             "gx": "gridX", "gy": "gridY", "gz": "gridZ", "bx": "blockX", "by": "blockY", "bz": "blockZ",
             "regs": "registersPerThread", "ssm": "staticSharedMemory", "dsm": "dynamicSharedMemory",
-            "gid": "graphId", "gnid": "graphNodeId",
+            "gid": "graphId", "gnid": "graphNodeId", "ctx": self._also("contextId", t),
         }, required=("start", "end", "deviceId", "streamId", "correlationId", "demangledName"),
             args={"shortName": self._string("shortName") if self.cat.has_column(t, "shortName") else "NULL"})
         self._run(t, sel, _TIME_REASON, self._kernel_rows)
 
     def _kernel_rows(self, data: pa.Table):
         n = data.num_rows
+        contexts = data.select(["gpid", "ctx", "dev"]).group_by(["gpid", "ctx", "dev"]).aggregate([])
+        self.context_devices.update(
+            ((g, c), d) for g, c, d in zip(*(contexts.column(k).to_pylist() for k in ("gpid", "ctx", "dev")))
+            if c is not None and d is not None)
         name = self._names(data.column("nm"), self.string_values)
         if name.null_count:
             name = pc.coalesce(name, self._names(data.column("sn"), self.string_values))
@@ -321,17 +332,24 @@ class ActivityReader:
         sel = self._select(t, {
             "t0": "start", "t1": "end", "dev": "deviceId", "stream": "streamId", "corr": "correlationId",
             "gpid": "globalPid", "st": Expr(quote(column) if column else "NULL", (column,) if column else ()),
+            "ctx": self._also("contextId", t),
         }, required=("start", "end"), args={
             "syncType": quote(column) if column else "NULL",
             "syncTypeName": self._label(quote(column), "ENUM_CUPTI_SYNC_TYPE") if column else "NULL"})
         if column is None:
             self.absent.append(f"{t}.syncType")
+        pairs = list(self.context_devices.items())
+        self.tx.register("context_device", pa.table({
+            "gpid": pa.array([g for (g, _), _ in pairs], pa.int64()),
+            "ctx": pa.array([c for (_, c), _ in pairs], pa.int64()),
+            "dev": pa.array([d for _, d in pairs], pa.int64())}))
         self._run(t, sel, _TIME_REASON, f"""
             SELECT b._eid AS event_id, 'sync' AS kind, coalesce(st.label, 'Synchronization') AS name,
                    b.t0 AS start_ns, b.t1 - b.t0 AS dur_ns, {pid_of('b.gpid')} AS pid,
-                   CAST(NULL AS BIGINT) AS tid, b.dev AS device, b.stream AS stream, b.corr AS correlation,
-                   '{t}' AS source_cat, b.extra AS args
+                   CAST(NULL AS BIGINT) AS tid, coalesce(cd.dev, b.dev) AS device, b.stream AS stream,
+                   b.corr AS correlation, '{t}' AS source_cat, b.extra AS args
             FROM b LEFT JOIN synctype st ON st.id = b.st
+                   LEFT JOIN context_device cd ON cd.gpid = b.gpid AND cd.ctx = b.ctx
             WHERE {{ok}}""")
 
     def runtime(self) -> None:

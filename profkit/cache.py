@@ -28,7 +28,7 @@ import duckdb
 from . import __version__, schema
 from .classify import stored_rules_digest
 from .errors import TraceError
-from .ingest import ProgressCallback, ingest, input_signature
+from .ingest import REVISION as INGEST_REVISION, ProgressCallback, ingest, input_signature
 from .store import Store
 
 CACHE_SUFFIX = ".profkit.duckdb"
@@ -88,7 +88,7 @@ def _signature(path: Path) -> dict:
     size, mtime = input_signature(path)
     return {"path": str(path.resolve()), "bytes": size, "mtime_ns": mtime,
             "schema_version": schema.SCHEMA_VERSION, "profkit_version": __version__,
-            "rules": stored_rules_digest()}
+            "rules": stored_rules_digest(), "ingest_revision": INGEST_REVISION}
 
 
 def cache_dir() -> Path:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import derive, schema
+from . import derive, schema, split
 from .errors import TraceError
 from .gc_pause import paused_gc
 from .store import Store, TraceWriter
@@ -17,6 +17,10 @@ _IGNORED_SUFFIXES = (".duckdb", ".duckdb.wal", ".md", ".txt.lock", ".py")
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 
 ProgressCallback = Callable[[str, int, int], None]
+
+# Raised whenever a parser stores the same input differently (part of the cache key, so a
+# store cached by the previous code is parsed again). 2: Nsight reports split by process.
+REVISION = 2
 
 
 def rank_from_filename(path: str | Path) -> int | None:
@@ -42,6 +46,7 @@ class Sink:
         of the trace's size again at the peak. Each statement commits by itself and a
         failed trace is deleted instead."""
         trace_id = self.store.next_trace_id()
+        pieces = [trace_id]
         writer = TraceWriter(self.store, trace_id, str(Path(path).resolve()))
         writer.set_trace(format=format)
         _settle(self.store)
@@ -55,16 +60,20 @@ class Sink:
             # each UPDATE versions committed rows) and the update data is small.
             self.store.con.execute("BEGIN TRANSACTION")
             try:
-                derive.derive_trace(self.store, trace_id)
+                if writer.split_by_process:
+                    pieces = split.by_process(self.store, trace_id)
+                for piece in pieces:
+                    derive.derive_trace(self.store, piece)
                 self.store.con.execute("COMMIT")
             except BaseException:
                 self.store.con.execute("ROLLBACK")
                 raise
         except BaseException:
             _settle(self.store)
-            _remove_trace(self.store, trace_id, writer.event_base)
+            for piece in pieces:
+                _remove_trace(self.store, piece, writer.event_base)
             raise
-        self.trace_ids.append(trace_id)
+        self.trace_ids.extend(pieces)
 
     def report(self, path: str, done: int, total: int) -> None:
         if self.progress:

@@ -157,6 +157,9 @@ class TraceWriter:
         self._events_written = 0
         self._count_lock = threading.Lock()  # a parser may insert from a worker thread too
         self._started = time.perf_counter()
+        # Set by a parser whose file may hold several processes' device work in one
+        # recording (Nsight): the ingest then makes one trace per process (profkit.split).
+        self.split_by_process = False
 
     # -- trace-level facts -------------------------------------------------
     def set_trace(self, **fields: Any) -> None:

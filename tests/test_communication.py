@@ -247,16 +247,18 @@ def test_rocprof_v3_json_rccl_generic_kernels():
 
 
 def test_nsys_sendrecv():
+    """Two ranks in one Nsight report: each rank's SendRecv kernels, and only its own."""
     path = shared_trace("nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite")
     store = profkit.load(path)
-    metrics, findings = run(store)
-    check_invariants(store, metrics, findings)
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    rows = con.execute("SELECT k.start, k.end FROM CUPTI_ACTIVITY_KIND_KERNEL k JOIN StringIds s "
-                       "ON s.id = k.shortName WHERE s.value LIKE 'nccl%'").fetchall()
-    g = group(metrics, "send_recv", None)
-    assert g["count"] == len(rows) == 66
-    assert metrics["comm_kernels"] == 66
+    per_process = dict(con.execute(
+        "SELECT (k.globalPid >> 24) & 16777215, count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL k JOIN StringIds s "
+        "ON s.id = k.shortName WHERE s.value LIKE 'nccl%' GROUP BY 1").fetchall())
+    assert per_process == {144: 33, 145: 33}
+    for trace_id, pid in zip(store.trace_ids(), sorted(per_process)):
+        metrics, findings = run(store, trace_id)
+        check_invariants(store, metrics, findings)
+        assert group(metrics, "send_recv", None)["count"] == metrics["comm_kernels"] == per_process[pid]
 
 
 # -- bandwidth formulas (nccl-tests doc/PERFORMANCE.md) -----------------------------------

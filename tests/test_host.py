@@ -126,13 +126,17 @@ def test_pageable_copies_on_nsys_trace():
     path = shared_trace("nsys/h100_2gpu_fastvideo_1s_window.sqlite")
     con = sqlite3.connect(path)
     pageable = con.execute("SELECT id FROM ENUM_CUDA_MEM_KIND WHERE name LIKE '%PAGEABLE'").fetchone()[0]
-    raw = con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_MEMCPY WHERE srcKind = ? OR dstKind = ?",
-                      [pageable, pageable]).fetchone()[0]
-    ctx, result = run_host(profkit.load(path))
-    copies = result.metrics["pageable_copies"]
-    assert copies["in_trace"] == raw == 4
-    assert 0 <= copies["copies"] <= raw
-    assert sum(copies["by_direction"].values()) == copies["copies"]
+    raw = dict(con.execute(
+        "SELECT (globalPid >> 24) & 16777215, count(*) FROM CUPTI_ACTIVITY_KIND_MEMCPY "
+        "WHERE srcKind = ? OR dstKind = ? GROUP BY 1", [pageable, pageable]).fetchall())
+    assert raw == {111: 2, 112: 2}  # two ranks, one process each: a trace each
+    store = profkit.load(path)
+    for rank, pid in enumerate(sorted(raw)):
+        ctx, result = run_host(store, rank)
+        copies = result.metrics["pageable_copies"]
+        assert copies["in_trace"] == raw[pid]
+        assert 0 <= copies["copies"] <= raw[pid]
+        assert sum(copies["by_direction"].values()) == copies["copies"]
 
 
 def test_pageable_finding_on_nsys_hpc_trace():

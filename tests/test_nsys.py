@@ -165,9 +165,9 @@ def test_every_kernel_with_a_runtime_correlation_is_linked(relative):
 @pytest.mark.parametrize("relative", SHARED)
 def test_every_record_is_stored_or_counted(relative):
     _, store = store_for(relative)
-    events, issues, source = store.con.execute(
-        "SELECT event_count, issue_count, source_records FROM traces").fetchone()
-    assert events + issues == source
+    for events, issues, source in store.con.execute(
+            "SELECT event_count, issue_count, source_records FROM traces").fetchall():
+        assert events + issues == source  # for each trace a multi-process file was split into
     assert store.scalar("SELECT count(*) FROM events WHERE tid IS NOT NULL AND kind IN ('kernel','memcpy','memset','sync')") == 0
 
 
@@ -190,6 +190,40 @@ def test_two_processes_with_the_same_correlation_ids_stay_apart():
         SELECT count(*) FROM links l JOIN events r ON r.event_id = l.src_event
         JOIN events d ON d.event_id = l.dst_event WHERE r.pid <> d.pid""")
     assert crossed == 0
+
+
+@pytest.mark.parametrize("relative", ["nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite",
+                                      "nsys/h100_2gpu_fastvideo_1s_window.sqlite"])
+def test_one_trace_per_process_that_drove_a_device(relative):
+    """`nsys profile torchrun ...`: one report, a process per rank, each on its own GPU. Each
+    process is a trace (a rank) with its own events, device, threads and launch links, and
+    nothing is lost or counted twice."""
+    path, store = store_for(relative)
+    con = raw(path)
+    activity = dict(con.execute("""
+        SELECT (globalPid >> 24) & 16777215, count(*) FROM (
+            SELECT globalPid FROM CUPTI_ACTIVITY_KIND_KERNEL UNION ALL SELECT globalPid FROM CUPTI_ACTIVITY_KIND_MEMCPY
+            UNION ALL SELECT globalPid FROM CUPTI_ACTIVITY_KIND_MEMSET
+            UNION ALL SELECT globalPid FROM CUPTI_ACTIVITY_KIND_SYNCHRONIZATION) GROUP BY 1""").fetchall())
+    devices = dict(con.execute("SELECT DISTINCT (globalPid >> 24) & 16777215, deviceId FROM CUPTI_ACTIVITY_KIND_KERNEL"))
+    traces = store.rows("SELECT trace_id, rank, path FROM traces ORDER BY rank")
+    assert [t["rank"] for t in traces] == [0, 1] and len(activity) == 2
+    for trace, pid in zip(traces, sorted(activity)):
+        assert trace["path"] == f"{path.resolve()}#pid{pid}"
+        tid = trace["trace_id"]
+        assert store.rows("SELECT DISTINCT pid FROM events WHERE trace_id = ? AND pid IS NOT NULL", [tid]) == \
+            [{"pid": pid}]
+        assert store.scalar("SELECT count(*) FROM events WHERE trace_id = ? AND device IS NOT NULL", [tid]) == \
+            activity[pid]
+        # Synchronization records say deviceId 0 for both processes; their context says which.
+        assert store.rows("SELECT DISTINCT device FROM events WHERE trace_id = ? AND device IS NOT NULL", [tid]) == \
+            store.rows("SELECT device FROM devices WHERE trace_id = ?", [tid]) == [{"device": devices[pid]}]
+        assert store.scalar("SELECT count(*) FROM threads WHERE trace_id = ? AND pid = ?", [tid, pid]) > 0
+    assert store.scalar("""
+        SELECT count(*) FROM links l JOIN events s ON s.event_id = l.src_event JOIN events d ON d.event_id = l.dst_event
+        WHERE s.trace_id <> l.trace_id OR d.trace_id <> l.trace_id""") == 0
+    assert store.scalar("SELECT count(*) FROM events") == store.scalar("SELECT sum(event_count) FROM traces")
+    assert store.scalar("SELECT count(*) FROM ingest_issues WHERE reason LIKE '2 processes drove devices%'") == 1
 
 
 def test_pid_and_tid_are_decoded_from_global_ids():
