@@ -51,6 +51,10 @@ class Context:
     selected_step: int | None = None        # --step N: restrict per-step figures to it
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)  # what several passes load, loaded once
+    # Steady steps of every trace analysed together with this one, by trace id (this one's
+    # too): cross-rank figures are per step of each rank, and a rank's steps may be inferred
+    # (not in the steps table). Empty when the trace is analysed alone.
+    peer_steps: dict[int, list["Step"]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, store: Store, trace_id: int, selected_step: int | None = None) -> "Context":
@@ -120,16 +124,35 @@ def pass_module(name: str):
 def analyze_trace(store: Store, trace_id: int, selected_step: int | None = None,
                   passes: tuple[str, ...] = PASSES) -> tuple[dict[str, Any], list[Finding]]:
     """Run every pass on one trace: (metrics by section, findings)."""
+    return _finish(*_start(store, trace_id, selected_step, passes), passes)
+
+
+def _start(store: Store, trace_id: int, selected_step: int | None,
+           passes: tuple[str, ...]) -> tuple[Context, list[Finding]]:
+    """A trace's context with its steps found (the first pass; `passes` without it: none)."""
     ctx = Context.of(store, trace_id, selected_step)
     findings: list[Finding] = []
-    for name in passes:
-        result = pass_module(name).run(ctx)
-        ctx.results[name] = result.metrics
-        findings.extend(result.findings)
-        if name == "steps" and selected_step is not None and not ctx.steady_steps:
+    if passes and passes[0] == "steps":
+        findings += _run_pass(ctx, "steps")
+        if selected_step is not None and not ctx.steady_steps:
             # --step N on a trace without a step N: a mistake to say, not a whole-trace analysis
             raise ProfkitError(f"{ctx.trace.get('path')}: no step {selected_step} "
                                f"(steps: {number_ranges(s.step for s in ctx.steps)})")
+    return ctx, findings
+
+
+def _run_pass(ctx: Context, name: str) -> list[Finding]:
+    result = pass_module(name).run(ctx)
+    ctx.results[name] = result.metrics
+    return result.findings
+
+
+def _finish(ctx: Context, findings: list[Finding], passes: tuple[str, ...]) -> tuple[dict[str, Any], list[Finding]]:
+    """The passes after the steps pass, and the replayed impacts."""
+    store, trace_id = ctx.store, ctx.trace_id
+    for name in passes:
+        if name not in ctx.results:
+            findings = findings + _run_pass(ctx, name)
     if "critical_path" in passes:
         # Where a what-if removes a finding's cause, its impact is the replayed saving.
         from .critical_path import _windows, refine_impacts
@@ -152,8 +175,20 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
         from .critical_path import prefetch
 
         prefetch(store)
-    for trace_id in store.trace_ids():
-        metrics, findings = analyze_trace(store, trace_id, selected_step, passes)
+    trace_ids = store.trace_ids()
+    # Every trace's steps before any other pass: a rank's cross-rank figures are per step of
+    # the others too. The others' loaded device events are dropped meanwhile (each pass
+    # reloads what it needs), so that only one trace's are held at a time.
+    started = []
+    for trace_id in trace_ids:
+        started.append(_start(store, trace_id, selected_step, passes))
+        if len(started) > 1:
+            started[-1][0].memo.clear()
+    peers = {ctx.trace_id: ctx.steady_steps for ctx, _ in started} if len(started) > 1 else {}
+    for ctx, _ in started:
+        ctx.peer_steps = peers
+    for trace_id, (ctx, steps_findings) in zip(trace_ids, started):
+        metrics, findings = _finish(ctx, steps_findings, passes)
         trace = store.rows("""
             SELECT trace_id, path, format, format_version, rank, world_size, vendor FROM traces WHERE trace_id = ?
         """, [trace_id])[0]

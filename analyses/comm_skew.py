@@ -32,18 +32,23 @@ ARRIVAL_TOLERANCE_NS = 10_000       # arrivals closer than 10 us are a tie; cloc
 _SKEW_CACHE: "weakref.WeakKeyDictionary[Any, tuple[Any, dict | None]]" = weakref.WeakKeyDictionary()
 
 
-def cross_rank(store, compute_unions: ComputeUnions) -> dict[str, Any] | None:
-    """Collective instances matched across the store's ranks, or None for one rank."""
-    signature = (tuple(store.trace_ids()), store.scalar("SELECT count(*) FROM collectives"))
+def cross_rank(store, compute_unions: ComputeUnions, peer_steps: dict | None = None) -> dict[str, Any] | None:
+    """Collective instances matched across the store's ranks, or None for one rank.
+    `peer_steps`: each trace's steady steps as the steps pass found them (Context.peer_steps);
+    a trace not in it has those of the steps table."""
+    windows = {tid: tuple((s.step, s.start_ns, s.end_ns) for s in steps)
+               for tid, steps in (peer_steps or {}).items()}
+    signature = (tuple(store.trace_ids()), store.scalar("SELECT count(*) FROM collectives"),
+                 tuple(sorted(windows.items())))
     cached = _SKEW_CACHE.get(store)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    result = _compute_cross_rank(store, compute_unions)
+    result = _compute_cross_rank(store, compute_unions, windows)
     _SKEW_CACHE[store] = (signature, result)
     return result
 
 
-def _compute_cross_rank(store, compute_unions: ComputeUnions) -> dict[str, Any] | None:
+def _compute_cross_rank(store, compute_unions: ComputeUnions, windows: dict[int, tuple]) -> dict[str, Any] | None:
     traces = store.rows("""
         SELECT trace_id, rank, world_size, coalesce(clock_offset_ns, 0) AS offset_ns,
                start_ns + coalesce(clock_offset_ns, 0) AS lo, end_ns + coalesce(clock_offset_ns, 0) AS hi
@@ -91,7 +96,7 @@ def _compute_cross_rank(store, compute_unions: ComputeUnions) -> dict[str, Any] 
             per_rank[tid] = row
             basis_count[basis] = basis_count.get(basis, 0) + 1
 
-    steady = _steady_steps_by_trace(store, list(rank_of))
+    steady = _steady_steps_by_trace(store, list(rank_of), windows)
     per_trace = {tid: {"rank": rank_of[tid], "instances": 0, "last_count": 0, "wait_ns_total": 0,
                        "wait_ns_steady": 0} for tid in rank_of}
     steady_waits: dict[int, list[tuple]] = {tid: [] for tid in rank_of}
@@ -166,14 +171,17 @@ def _exposed_wait(compute: dict, waits: list[tuple]) -> int:
     return total
 
 
-def _steady_steps_by_trace(store, trace_ids: list[int]) -> dict[int, list[tuple[int, int, int]]]:
-    """(step, start, end) of each trace's steady steps, from the `steps` table: the same rule
-    as Context.steady_steps (drop the first of three or more)."""
-    out: dict[int, list] = {tid: [] for tid in trace_ids}
+def _steady_steps_by_trace(store, trace_ids: list[int],
+                           windows: dict[int, tuple]) -> dict[int, list[tuple[int, int, int]]]:
+    """(step, start, end) of each trace's steady steps: those the steps pass found (`windows`,
+    which include steps it inferred), else from the `steps` table by the same rule as
+    Context.steady_steps (drop the first of three or more)."""
+    out: dict[int, list] = {tid: [] for tid in trace_ids if tid not in windows}
     for row in store.rows("SELECT trace_id, step, start_ns, end_ns FROM steps ORDER BY trace_id, start_ns"):
         if row["trace_id"] in out:
             out[row["trace_id"]].append((row["step"], row["start_ns"], row["end_ns"]))
-    return {tid: (steps[1:] if len(steps) >= 3 else steps) for tid, steps in out.items()}
+    found = {tid: (steps[1:] if len(steps) >= 3 else steps) for tid, steps in out.items()}
+    return {tid: list(windows[tid]) if tid in windows else found[tid] for tid in trace_ids}
 
 
 def _in_steady(steady: list[tuple[int, int, int]], step, start_ns: int) -> bool:

@@ -39,7 +39,7 @@ def run(ctx: Context) -> PassResult:
     comms = _load_comms(store, trace_id)
     if not comms["event_id"].size:
         metrics: dict[str, Any] = {"comm_kernels": 0, "groups": []}
-        skew = _cross_rank(store, _compute_unions)
+        skew = _cross_rank(store, _compute_unions, ctx.peer_steps)
         if skew is not None:
             metrics["cross_rank"] = _skew_trace_metrics(skew, trace_id)
         return PassResult(metrics=metrics)
@@ -97,7 +97,7 @@ def run(ctx: Context) -> PassResult:
                                                                   key=lambda d: (d is None, d))],
     }
 
-    skew = _cross_rank(store, _compute_unions)
+    skew = _cross_rank(store, _compute_unions, ctx.peer_steps)
     if skew is not None:
         metrics["cross_rank"] = _skew_trace_metrics(skew, trace_id)
         finding = _skew_finding(ctx, skew)

@@ -261,6 +261,25 @@ def test_nsys_sendrecv():
         assert group(metrics, "send_recv", None)["count"] == metrics["comm_kernels"] == per_process[pid]
 
 
+def test_cross_rank_waits_are_per_step_of_inferred_steps():
+    """Ranks whose steps are inferred (a repeating kernel sequence, not in the steps table):
+    each rank's wait per step is its waits in its steady steps over their number, not the
+    whole trace's waits as one step."""
+    from profkit.analyses import analyze
+
+    store = profkit.load(shared_trace("nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite"))
+    assert store.scalar("SELECT count(*) FROM steps") == 0
+    traces = analyze(store)["traces"]
+    assert [t["rank"] for t in traces] == [0, 1]
+    for t in traces:
+        skew, steps = t["communication"]["cross_rank"], t["steps"]
+        assert steps["source"] == "kernel_pattern" and steps["steady_count"] == 15
+        assert skew["wait_ns_total"] > 0
+        # Waits outside the steady steps (the warm-up step, the cut-short last one) are left out.
+        assert 0 < skew["wait_ns_per_step"] * steps["steady_count"] <= skew["wait_ns_total"] * 1.001
+        assert skew["wait_ns_per_step"] < skew["wait_ns_total"] / 10
+
+
 # -- bandwidth formulas (nccl-tests doc/PERFORMANCE.md) -----------------------------------
 
 def test_bus_bandwidth_factors():
