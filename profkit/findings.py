@@ -124,21 +124,28 @@ def trace_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list
 
 def outside_step_notes(traces: list[dict[str, Any]]) -> list[str]:
     """Where most of a trace's device time is idle outside its steps (a capture much longer
-    than the steps analysed), one line saying so and how busy the device is within them:
-    the summary's idle share is over the whole span of device activity (HTA's definition)."""
+    than the steps analysed), one line saying so and how busy the device is within the
+    steady steps (those every per-step figure uses): the summary's idle share is over the
+    whole span of device activity (HTA's definition)."""
+    from .diff import steady_windows
+
     lines = []
     for t in traces:
         outside = ((t.get("idle") or {}).get("by_cause_pct") or {}).get("outside_step") or 0
         steps = (t.get("steps") or {}).get("steps") or []
+        steady = steady_windows(t) or steps
         dur = sum(s.get("dur_ns") or 0 for s in steps)
-        if outside < OUTSIDE_STEP_NOTE_MIN_PCT or dur <= 0:
+        steady_dur = sum(s.get("dur_ns") or 0 for s in steady)
+        if outside < OUTSIDE_STEP_NOTE_MIN_PCT or steady_dur <= 0:
             continue
-        busy = sum(s.get("device_busy_ns") or 0 for s in steps)
+        busy = sum(s.get("device_busy_ns") or 0 for s in steady)
         span = (t.get("breakdown") or {}).get("span_ns")
         which = "the step" if len(steps) == 1 else f"the {len(steps)} steps"
-        lines.append(f"Rank {t.get('rank')}: {outside:.1f}% of device time is idle outside {which} analysed "
-                     f"({human_ns(dur)} of a {human_ns(span)} span of device activity); within "
-                     f"{'it' if len(steps) == 1 else 'them'} the device is {100 * busy / dur:.1f}% busy.")
+        within = ("it" if len(steps) == 1 else "them") if len(steady) == len(steps) else \
+            f"the {len(steady)} steady steps" if len(steady) > 1 else "the steady step"
+        lines.append(f"Rank {t.get('rank')}: {outside:.1f}% of device time is idle outside {which} analysed, "
+                     f"which cover{'s' if len(steps) == 1 else ''} {human_ns(dur)} of a {human_ns(span)} span of device activity; within "
+                     f"{within} the device is {100 * busy / steady_dur:.1f}% busy.")
     return lines
 
 

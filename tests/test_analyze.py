@@ -165,6 +165,23 @@ def test_a_capture_mostly_idle_outside_its_steps_says_how_busy_the_steps_are():
                                                            text=True).stdout.split())
 
 
+def test_how_busy_the_steps_are_is_said_of_the_steady_steps():
+    """llama.cpp decode under rocprof v1: the first of 63 inferred steps holds a 236 ms gap
+    before decoding starts. Over all steps the device is ~73% busy, over the 62 steady
+    steps (what every per-step figure uses) ~98%: the note gives the latter."""
+    path = shared_trace("rocprof/v1_r9700_llamacpp")
+    (t,) = analyze_json(path)["traces"]
+    steps = t["steps"]
+    steady = [s for s in steps["steps"] if s["step"] >= steps["steady_first_step"]][:steps["steady_count"]]
+    assert (steps["count"], len(steady)) == (63, 62)
+    busy = 100 * sum(s["device_busy_ns"] for s in steady) / sum(s["dur_ns"] for s in steady)
+    every = 100 * sum(s["device_busy_ns"] for s in steps["steps"]) / sum(s["dur_ns"] for s in steps["steps"])
+    assert busy > 95 and every < 80
+    markdown = subprocess.run([PROFKIT, "analyze", path, "--format", "markdown"], capture_output=True, text=True).stdout
+    assert "idle outside the 63 steps analysed, which cover " in markdown
+    assert f"within the 62 steady steps the device is {busy:.1f}% busy." in markdown
+
+
 def test_a_step_the_trace_does_not_have_is_a_one_line_error():
     """--step 30 on a 12-step trace used to crash the host pass (no steady steps); the error
     is raised while the graph is still being built on its worker thread, which the store's
