@@ -183,27 +183,36 @@ def wait_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list[
     return lines
 
 
-_PER_RANK_SCOPE = ("trace_id", "rank", "device", "steps")
+# Scope that names a rank's own things: a device or stream number is that rank's (Nsight
+# numbers streams across the whole report, so rank 1's compute stream is not rank 0's).
+_PER_RANK_SCOPE = ("trace_id", "rank", "device", "stream", "steps")
 
 
 def group_across_ranks(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For display: the same rule with the same scope on several ranks becomes one row
     (the worst rank's finding, with the list of ranks), so four ranks do not fill the top
-    ten with copies. The JSON output keeps every finding."""
+    ten with copies. Where a rank has several findings of a rule (two streams), its largest
+    groups with the other ranks' largest, its second with their second, and so on. The
+    JSON output keeps every finding."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for f in findings:
+    nth: dict[tuple, int] = {}
+    for f in sorted(findings, key=lambda f: -f["impact_ns"]):
         scope = f.get("scope") or {}
-        key = (f["rule"], tuple(sorted((k, str(v)) for k, v in scope.items() if k not in _PER_RANK_SCOPE)))
-        groups.setdefault(key, []).append(f)
+        shared = (f["rule"], tuple(sorted((k, str(v)) for k, v in scope.items() if k not in _PER_RANK_SCOPE)))
+        rank_key = (shared, scope.get("trace_id"), scope.get("rank"))
+        n = nth[rank_key] = nth.get(rank_key, -1) + 1
+        groups.setdefault((shared, n), []).append(f)
     out = []
     for members in groups.values():
-        worst = max(members, key=lambda f: f["impact_ns"])
+        worst = members[0]
         ranks = sorted({(m.get("scope") or {}).get("rank") for m in members} - {None})
         if len(ranks) > 1:
             # The title is the worst rank's (its GPU number is that rank's): say which rank.
             where = (worst.get("scope") or {}).get("rank")
-            worst = {**worst, "title": f"{worst['title']} (rank {where}; worst of {_ranges(ranks)})",
-                     "scope": {**worst.get("scope", {}), "ranks": ranks}}
+            scope = {**worst.get("scope", {}), "ranks": ranks}
+            if len({str((m.get("scope") or {}).get("stream")) for m in members}) > 1:
+                scope.pop("stream", None)  # each rank's own stream: none of them names the row
+            worst = {**worst, "title": f"{worst['title']} (rank {where}; worst of {_ranges(ranks)})", "scope": scope}
         out.append(worst)
     return _merge_same_cause(sorted(out, key=lambda f: (-f["impact_ns"], f["rule"])))
 

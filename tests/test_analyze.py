@@ -135,6 +135,21 @@ def test_display_groups_ranks_and_merges_one_cause_seen_by_two_passes():
     assert shown[0]["also_rules"] == ["idle.sync"] and "also_rules" not in shown[1]
 
 
+def test_display_groups_ranks_whose_streams_have_their_own_numbers():
+    """Nsight numbers streams across a report: rank 0 computes on stream 7, rank 1 on 15. Each
+    rank's largest finding of a rule groups with the others' largest, its second with their
+    second; a stream that differs between the members is not shown as the row's."""
+    def finding(rank, stream, impact):
+        return {"rule": "idle.host_bound", "title": f"GPU {rank} idles", "impact_ns": impact,
+                "scope": {"trace_id": rank, "rank": rank, "device": rank, "stream": stream}}
+
+    shown = group_across_ranks([finding(0, 7, 100), finding(1, 15, 120), finding(0, 20, 10), finding(1, 28, 5)])
+    assert [(f["impact_ns"], f["scope"]["ranks"], f["scope"].get("stream")) for f in shown] == \
+        [(120, [0, 1], None), (10, [0, 1], None)]
+    same = group_across_ranks([finding(0, 7, 100), finding(1, 7, 120)])
+    assert [(f["scope"]["ranks"], f["scope"]["stream"]) for f in same] == [([0, 1], 7)]
+
+
 def test_step_windows_that_differ_from_their_host_range_are_explained_in_both_reports():
     path = shared_trace("kineto/cuda/a100_triton_kernel.json.gz")
     terminal = subprocess.run([PROFKIT, "analyze", str(path)], capture_output=True, text=True)
