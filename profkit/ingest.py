@@ -19,7 +19,8 @@ _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 ProgressCallback = Callable[[str, int, int], None]
 
 # Raised whenever a parser stores the same input differently (part of the cache key, so a
-# store cached by the previous code is parsed again). 2: Nsight reports split by process.
+# store cached by the previous code is parsed again). 2: Nsight reports split by process,
+# their sync records' device from the context and no stream as -1.
 REVISION = 2
 
 

@@ -129,7 +129,8 @@ TABLES: tuple[Table, ...] = (
         C("pid", "BIGINT", "Host process (for device events, the process that launched them where known)."),
         C("tid", "BIGINT", "Host thread; NULL for device events."),
         C("device", "INTEGER", "Device ordinal for device events (and for runtime calls where the input says)."),
-        C("stream", "BIGINT", "Device stream / queue for device events."),
+        C("stream", "BIGINT", "Device stream / queue for device events; -1 for a device-side record on no "
+          "stream (an event or context synchronisation)."),
         C("correlation", "BIGINT", "Runtime correlation id that joins a launch call to its device activity (unique per trace and process)."),
         C("external_id", "BIGINT", "Framework external id (Kineto `External id`) joining an operator to its runtime calls."),
         C("parent_id", "BIGINT", "Innermost enclosing event on the same host thread (or device stream), NULL at top level."),

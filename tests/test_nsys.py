@@ -226,6 +226,20 @@ def test_one_trace_per_process_that_drove_a_device(relative):
     assert store.scalar("SELECT count(*) FROM ingest_issues WHERE reason LIKE '2 processes drove devices%'") == 1
 
 
+@pytest.mark.parametrize("relative", SHARED)
+def test_sync_records_on_no_stream_say_minus_one_as_kineto_does(relative):
+    """CUPTI gives an event or context sync streamId 0xFFFFFFFF (invalid): stored as -1, the
+    value Kineto writes, so no pass takes it for a stream (the HTA-view breakdown counted
+    cloverleaf's 300 ms of event syncs as GPU work)."""
+    path, store = store_for(relative)
+    con = raw(path)
+    if "CUPTI_ACTIVITY_KIND_SYNCHRONIZATION" not in tables(con):
+        return
+    none = con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_SYNCHRONIZATION WHERE streamId = 4294967295").fetchone()[0]
+    assert store.scalar("SELECT count(*) FROM events WHERE kind = 'sync' AND tid IS NULL AND stream = -1") == none
+    assert store.scalar("SELECT count(*) FROM events WHERE stream >= 4294967295") == 0
+
+
 def test_pid_and_tid_are_decoded_from_global_ids():
     path, store = store_for(TWO_PROCESS)
     con = raw(path)
