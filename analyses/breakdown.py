@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from profkit import intervals as iv
+from profkit.derive import CUPTI_NO_STREAM
 from profkit.columns import dictionary_codes, group_codes
 
 from . import Context, PassResult
@@ -138,15 +139,22 @@ def hta_breakdown(ctx: Context) -> dict[str, Any]:
     """HTA's temporal breakdown of one rank: idle / compute / non-compute over its window."""
     store, trace_id = ctx.store, ctx.trace_id
     # The events HTA reads as GPU work: anything with a stream (kernels, copies, fills and
-    # the sync records Kineto draws on stream lanes), plus device-wide syncs by name.
+    # the sync records Kineto draws on stream lanes), plus device-wide syncs by name. HTA
+    # reads the stream from the record's `stream` arg, where some Kineto versions write
+    # CUPTI's invalid id for a sync on no stream: HTA takes that for a stream, so its view
+    # does too (the store, as for other Kineto traces, says -1: derive.no_stream).
     table = store.arrow(f"""
         SELECT kind, name, start_ns, end_ns, stream, coalesce(correlation, -1) AS correlation,
                (stream >= 0 AND coalesce(correlation, -1) >= 0)
                    OR coalesce(name, '') IN {HTA_DEVICE_SYNC_NAMES} AS gpu_like
-        FROM events
-        WHERE trace_id = ? AND (kind IN {DEVICE_KINDS} OR (kind = 'sync' AND tid IS NULL))
-          AND stream IS NOT NULL AND stream <> -1
-    """, [trace_id])
+        FROM (SELECT kind, name, start_ns, end_ns, correlation, stream FROM events
+              WHERE trace_id = ? AND (kind IN {DEVICE_KINDS} OR (kind = 'sync' AND tid IS NULL))
+                AND stream IS NOT NULL AND stream <> -1
+              UNION ALL
+              SELECT kind, name, start_ns, end_ns, correlation, {CUPTI_NO_STREAM} AS stream FROM events
+              WHERE trace_id = ? AND kind = 'sync' AND tid IS NULL AND stream = -1
+                AND json_extract_string(args, '$.stream') = '{CUPTI_NO_STREAM}')
+    """, [trace_id, trace_id])
     window = _hta_window(ctx)
     types = _hta_types(table.column("kind"), table.column("name"))
     starts = table.column("start_ns").to_numpy().astype(np.int64)

@@ -55,7 +55,6 @@ class Expr:
 
 
 GID_MASK = 0xFFFFFF  # 24 bits of pid and of tid in a serialized GlobalId
-NO_STREAM = 0xFFFFFFFF  # CUPTI_SYNCHRONIZATION_INVALID_VALUE in a sync record's streamId
 
 # NVTX range names that define steps, tried in order; the first pattern that matches any
 # range wins. Kept conservative: an explicit number is required. The group is the step.
@@ -347,9 +346,7 @@ class ActivityReader:
         self._run(t, sel, _TIME_REASON, f"""
             SELECT b._eid AS event_id, 'sync' AS kind, coalesce(st.label, 'Synchronization') AS name,
                    b.t0 AS start_ns, b.t1 - b.t0 AS dur_ns, {pid_of('b.gpid')} AS pid,
-                   CAST(NULL AS BIGINT) AS tid, coalesce(cd.dev, b.dev) AS device,
-                   -- CUPTI's invalid id: an event or context sync is on no stream (-1, as in Kineto)
-                   CASE WHEN b.stream = {NO_STREAM} THEN -1 ELSE b.stream END AS stream,
+                   CAST(NULL AS BIGINT) AS tid, coalesce(cd.dev, b.dev) AS device, b.stream AS stream,
                    b.corr AS correlation, '{t}' AS source_cat, b.extra AS args
             FROM b LEFT JOIN synctype st ON st.id = b.st
                    LEFT JOIN context_device cd ON cd.gpid = b.gpid AND cd.ctx = b.ctx

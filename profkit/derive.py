@@ -25,12 +25,25 @@ STEP_PATTERNS = (
 
 
 def derive_trace(store: Store, trace_id: int) -> None:
+    no_stream(store, trace_id)
     categorise(store, trace_id)
     link_launches(store, trace_id)
     add_collectives(store, trace_id)
     nest(store, trace_id)
     find_steps(store, trace_id)
     assign_steps(store, trace_id)
+
+
+# The stream id CUPTI gives a record on no stream (CUPTI_SYNCHRONIZATION_INVALID_VALUE: event
+# and context syncs), which Nsight exports and some Kineto versions copy as written.
+CUPTI_NO_STREAM = 0xFFFFFFFF
+
+
+def no_stream(store: Store, trace_id: int) -> None:
+    """A device record on no stream has stream -1, as most Kineto traces write it, whatever
+    id the input used: no pass then takes it for a stream (the HTA-view breakdown counted
+    Nsight's event syncs as GPU work)."""
+    store.con.execute("UPDATE events SET stream = -1 WHERE trace_id = ? AND stream = ?", [trace_id, CUPTI_NO_STREAM])
 
 
 def categorise(store: Store, trace_id: int) -> None:

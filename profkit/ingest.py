@@ -20,7 +20,7 @@ ProgressCallback = Callable[[str, int, int], None]
 
 # Raised whenever a parser stores the same input differently (part of the cache key, so a
 # store cached by the previous code is parsed again). 2: Nsight reports split by process,
-# their sync records' device from the context and no stream as -1.
+# their sync records' device from the context; no stream is -1 for every format.
 REVISION = 2
 
 

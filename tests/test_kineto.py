@@ -134,6 +134,20 @@ def test_directory_gives_one_trace_per_rank(directory, ranks):
         assert r["event_count"] == len(expected(raw(rel))["stored"])
 
 
+def test_a_sync_record_on_no_stream_has_stream_minus_one():
+    """The A100 AlexNet trace's Context Sync carries args.stream 4294967295 (CUPTI's invalid
+    id) where other Kineto traces write -1: stored as -1 either way, as Nsight's are."""
+    path = shared_trace("kineto/cuda/a100_alexnet_train.json.gz")
+    with gzip.open(path) as fh:
+        raw = [e for e in json.load(fh)["traceEvents"] if e.get("cat") == "cuda_sync"]
+    none = [e for e in raw if (e.get("args") or {}).get("stream") == 0xFFFFFFFF]
+    assert none and all(e["tid"] == -1 for e in none)
+    store = Store.open(None)
+    ingest([path], store)
+    assert store.scalar("SELECT count(*) FROM events WHERE kind = 'sync' AND stream = -1") == len(none)
+    assert store.scalar("SELECT count(*) FROM events WHERE stream = 4294967295") == 0
+
+
 def test_exact_ns_where_float_multiply_is_wrong():
     rel = "kineto/cuda/a100_nccl_rank0_of2.json.gz"
     doc = raw(rel)

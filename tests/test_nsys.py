@@ -227,7 +227,7 @@ def test_one_trace_per_process_that_drove_a_device(relative):
 
 
 @pytest.mark.parametrize("relative", SHARED)
-def test_sync_records_on_no_stream_say_minus_one_as_kineto_does(relative):
+def test_sync_records_on_no_stream_say_minus_one(relative):
     """CUPTI gives an event or context sync streamId 0xFFFFFFFF (invalid): stored as -1, the
     value Kineto writes, so no pass takes it for a stream (the HTA-view breakdown counted
     cloverleaf's 300 ms of event syncs as GPU work)."""
