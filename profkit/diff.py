@@ -156,7 +156,7 @@ def side_profile(store: Store, trace_result: dict[str, Any]) -> dict[str, Any]:
             "trace_id": trace_id, "path": trace_result.get("path"), "rank": trace_result.get("rank"),
             "world_size": trace_result.get("world_size"), "vendor": trace_result.get("vendor"),
             "format": trace_result.get("format"),
-            "devices": sorted({d.get("name") or "?" for d in trace_result.get("devices") or []}),
+            "devices": sorted({d.get("name") or "unnamed" for d in trace_result.get("devices") or []}),
             "devices_used": sorted({r["device"] for r in work if r["device"] is not None}),
             "steps_total": (trace_result.get("steps") or {}).get("count", 0),
             "steady_steps": [w["step"] for w in windows],
