@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import kernel_names
+from .findings import steady_windows
 from .store import Store
 
 DIFF_SCHEMA = "profkit.diff/1"
@@ -52,18 +53,6 @@ BREAKDOWN_METRICS = (
 
 
 # -- one side ------------------------------------------------------------------
-
-def steady_windows(trace_result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The steady-state steps the analysis chose (warm-up dropped), as step rows."""
-    steps = trace_result.get("steps") or {}
-    rows = sorted(steps.get("steps") or [], key=lambda s: s["start_ns"])
-    first = steps.get("steady_first_step")
-    count = steps.get("steady_count") or 0
-    if not rows or not count:
-        return []
-    start = next((i for i, s in enumerate(rows) if s["step"] == first), 0)
-    return rows[start:start + count]
-
 
 def step_time(trace_result: dict[str, Any]) -> tuple[int, str]:
     """(step time in ns, basis): the median steady step, else the device span."""

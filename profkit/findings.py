@@ -113,6 +113,18 @@ def path_parts(cp: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in parts.items() if v > 0}
 
 
+def steady_windows(trace_result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steady-state steps the analysis chose (warm-up dropped), as step rows."""
+    steps = trace_result.get("steps") or {}
+    rows = sorted(steps.get("steps") or [], key=lambda s: s["start_ns"])
+    first = steps.get("steady_first_step")
+    count = steps.get("steady_count") or 0
+    if not rows or not count:
+        return []
+    start = next((i for i, s in enumerate(rows) if s["step"] == first), 0)
+    return rows[start:start + count]
+
+
 # Idle outside the analysed steps above this share of device time gets a note.
 OUTSIDE_STEP_NOTE_MIN_PCT = 25.0
 
@@ -127,8 +139,6 @@ def outside_step_notes(traces: list[dict[str, Any]]) -> list[str]:
     than the steps analysed), one line saying so and how busy the device is within the
     steady steps (those every per-step figure uses): the summary's idle share is over the
     whole span of device activity (HTA's definition)."""
-    from .diff import steady_windows
-
     lines = []
     for t in traces:
         outside = ((t.get("idle") or {}).get("by_cause_pct") or {}).get("outside_step") or 0
@@ -143,8 +153,9 @@ def outside_step_notes(traces: list[dict[str, Any]]) -> list[str]:
         which = "the step" if len(steps) == 1 else f"the {len(steps)} steps"
         within = ("it" if len(steps) == 1 else "them") if len(steady) == len(steps) else \
             f"the {len(steady)} steady steps" if len(steady) > 1 else "the steady step"
+        cover = "covers" if len(steps) == 1 else "cover"
         lines.append(f"Rank {t.get('rank')}: {outside:.1f}% of device time is idle outside {which} analysed, "
-                     f"which cover{'s' if len(steps) == 1 else ''} {human_ns(dur)} of a {human_ns(span)} span of device activity; within "
+                     f"which {cover} {human_ns(dur)} of a {human_ns(span)} span of device activity; within "
                      f"{within} the device is {100 * busy / steady_dur:.1f}% busy.")
     return lines
 
