@@ -51,7 +51,7 @@ def _split_devices(store: Store, trace_id: int, new_ids: list[int]) -> None:
     shared is listed in both); the first keeps the rows no piece used."""
     con = store.con
     con.execute("""
-        INSERT INTO devices SELECT * REPLACE (u.trace_id AS trace_id) FROM devices d
+        INSERT INTO devices SELECT d.* REPLACE (u.trace_id AS trace_id) FROM devices d
         JOIN (SELECT DISTINCT trace_id, device FROM events
               WHERE trace_id IN (SELECT unnest(?::INTEGER[])) AND device IS NOT NULL) u USING (device)
         WHERE d.trace_id = ?""", [new_ids, trace_id])
