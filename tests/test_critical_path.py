@@ -376,6 +376,21 @@ def test_a_collective_waiting_for_unloaded_ranks_says_so():
     assert wait_notes([{**trace, "world_size": 1}]) == [note.split(": analyse")[0] + "."]
 
 
+def test_a_collective_the_stream_held_is_not_a_wait_for_its_launch():
+    """The two-rank Nsight report: rank 1's SendRecv kernels start 2.3-2.5 us after the
+    kernel ahead of them (just over STREAM_GAP_MAX_NS) and were launched ~9.5 ms earlier.
+    The stream held them: their queued gap is the path's, not a 9.5 ms launch "wait"
+    (which made 22% of rank 1's path wait before SendRecv, in 6 of its 15 steps)."""
+    from profkit.analyses import analyze
+
+    store = _store(shared_trace("nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite"))
+    for t in analyze(store)["traces"]:
+        cp = t["critical_path"]
+        assert abs(cp["replay_error_pct"]) < 0.1
+        assert cp["attribution_detail"]["wait"] < 0.01 * cp["length_ns"], (t["rank"], cp["attribution_detail"])
+        assert not [c for c in cp["top_contributors"] if c["cause"] == "wait" and c["category"] == "communication"]
+
+
 def test_a_replay_that_does_not_reproduce_the_step_carries_a_caveat():
     """The llama.cpp rocpd decode links no dispatch to a HIP call: the replay runs its
     kernels back to back (-24%), so its path's bar ("compute 100%") is no model of the step.
