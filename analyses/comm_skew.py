@@ -21,13 +21,13 @@ from typing import Any, Callable
 import numpy as np
 
 from profkit import intervals as iv
+from profkit.graph_model import ARRIVAL_TOLERANCE_NS
 
 # compute_unions(store, trace_id) -> {device: union of compute kernel intervals}
 ComputeUnions = Callable[[Any, int], dict]
 _EMPTY = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 EXAMPLES = 5
 
-ARRIVAL_TOLERANCE_NS = 10_000       # arrivals closer than 10 us are a tie; clock/matching slack
 
 _SKEW_CACHE: "weakref.WeakKeyDictionary[Any, tuple[Any, dict | None]]" = weakref.WeakKeyDictionary()
 

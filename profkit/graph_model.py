@@ -36,6 +36,10 @@ SERIAL_DEVICE_MIN_SWITCHES = 20
 # The idle pass calls such gaps `dependency`; the graph attributes such launch edges to
 # `wait`, and the launch-latency what-if leaves them alone.
 LAUNCH_LATENCY_MAX_NS = 200_000
+# Arrivals at a collective this close are a tie, and a member may end this much before the
+# last one arrived (send and recv halves do not end together) before the match, or the
+# clocks, are taken to be wrong (graph_waits._collectives, analyses/comm_skew.py).
+ARRIVAL_TOLERANCE_NS = 10_000
 # Device timestamps may run up to this far past the host's for the same moment: the last
 # kernel before a ROCm hipDeviceSynchronize ended 7.5 us after the call returned.
 CLOCK_SKEW_MAX_NS = 20_000

@@ -8,7 +8,8 @@ import re
 import numpy as np
 
 from .columns import lexsort
-from .graph_model import CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER, STREAM_GAP_MAX_NS, has_role, is_one_of
+from .graph_model import (ARRIVAL_TOLERANCE_NS, CLS, E_ARRIVE, E_DURATION, E_EVENT_WAIT, E_TRANSFER,
+                          STREAM_GAP_MAX_NS, has_role, is_one_of)
 
 
 class WaitEdges:
@@ -168,7 +169,8 @@ class WaitEdges:
 
     def _collectives(self):
         """Across ranks: instances matched by process group, op and sequence number (else
-        order); each rank's kernel ends only after the last rank arrived plus the transfer."""
+        order); each rank's kernel ends only after the last rank arrived, plus its own
+        transfer (its observed end after that arrival)."""
         self.collective_joins = 0
         if len({t["rank"] for t in self.traces}) < 2:
             return
@@ -206,9 +208,9 @@ class WaitEdges:
             for members in instances:
                 m = np.asarray(members, dtype=np.int64)
                 join_t = int(self.start[m].max())
-                transfer = int((self.end[m] - self.start[m]).min())
-                if np.any(self.end[m] < join_t + transfer):
-                    continue  # clocks not aligned well enough to trust the join
+                if np.any(self.end[m] < join_t - ARRIVAL_TOLERANCE_NS):
+                    continue  # a member done before the last arrived: the match or the clocks are off
+                transfer = np.maximum(self.end[m] - join_t, 0)
                 j = base + len(self.extra_vertices)
                 self.extra_vertices.append(join_t)
                 exposed = int(self._compute_waited_on(m))
@@ -219,7 +221,7 @@ class WaitEdges:
                 x_a += [exposed] * m.size
                 src_a += list(2 * m); dst_a += [j] * m.size; w_a += [0] * m.size
                 k_a += [E_ARRIVE] * m.size; c_a += [CLS["wait"]] * m.size; e_a += list(m)
-                src_a += [j] * m.size; dst_a += list(2 * m + 1); w_a += [transfer] * m.size
+                src_a += [j] * m.size; dst_a += list(2 * m + 1); w_a += transfer.tolist()
                 k_a += [E_TRANSFER] * m.size; c_a += [CLS["communication"]] * m.size; e_a += list(m)
                 x_a += [exposed] * (2 * m.size)
                 self.dropped_duration[m] = True

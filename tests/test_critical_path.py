@@ -389,6 +389,10 @@ def test_a_collective_the_stream_held_is_not_a_wait_for_its_launch():
         assert abs(cp["replay_error_pct"]) < 0.1
         assert cp["attribution_detail"]["wait"] < 0.01 * cp["length_ns"], (t["rank"], cp["attribution_detail"])
         assert not [c for c in cp["top_contributors"] if c["cause"] == "wait" and c["category"] == "communication"]
+        # Every one of the 33 SendRecv pairs is joined across the two ranks: 9 of them end a
+        # few us before "last arrival + the shorter kernel" (send and recv halves do not end
+        # together) and were left unjoined when a member had to outlast that.
+        assert cp["graph"]["collective_instances"] == 33
 
 
 def test_a_replay_that_does_not_reproduce_the_step_carries_a_caveat():
