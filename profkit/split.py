@@ -16,9 +16,6 @@ import json
 
 from .store import Store
 
-# Columns of `traces` that describe the file (copied to every piece) rather than its rows.
-_COUNTED = ("trace_id", "path", "event_count", "issue_count", "source_records", "start_ns", "end_ns")
-
 
 def by_process(store: Store, trace_id: int) -> list[int]:
     """Split `trace_id` into one trace per process with device activity; its trace ids,
@@ -63,28 +60,22 @@ def _split_devices(store: Store, trace_id: int, new_ids: list[int]) -> None:
 
 
 def _split_trace_rows(store: Store, trace_id: int, pids: list[int], moved: dict[int, int]) -> None:
-    """A `traces` row per piece: the file's facts copied, the counts its own. Records read
-    stay accounted for: a piece read what it stored, the first the rest (its events, the
-    file's issues and records kept elsewhere)."""
+    """A `traces` row per piece: the file's row copied, with its own path, process and
+    counts. Records read stay accounted for: a piece read what it stored, the first the rest
+    (its events, the file's issues and records kept elsewhere)."""
     con = store.con
-    cur = con.execute("SELECT * FROM traces WHERE trace_id = ?", [trace_id])
-    names = [d[0] for d in cur.description]
-    original = dict(zip(names, cur.fetchone()))
-    metadata = json.loads(original["metadata"]) if original.get("metadata") else {}
-    kept = [n for n in names if n not in _COUNTED and n != "metadata"]
-    for pid, new_id in moved.items():
-        row = {n: original[n] for n in kept}
-        row.update(trace_id=new_id, path=f"{original['path']}#pid{pid}", issue_count=0,
-                   metadata=json.dumps({**metadata, "process": {"pid": pid, "split_from": original["path"]}}))
-        columns = list(row)
-        con.execute(f"INSERT INTO traces ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-                    [row[c] for c in columns])
+    path, metadata = con.execute("SELECT path, metadata FROM traces WHERE trace_id = ?", [trace_id]).fetchone()
+    facts = json.loads(metadata) if metadata else {}
+    for pid, piece in [(pids[0], trace_id), *moved.items()]:
+        own = [f"{path}#pid{pid}", json.dumps({**facts, "process": {"pid": pid, "split_from": path}})]
+        if piece == trace_id:
+            con.execute("UPDATE traces SET path = ?, metadata = ? WHERE trace_id = ?", [*own, trace_id])
+        else:  # the counts are the pieces' own, set below
+            con.execute("INSERT INTO traces SELECT * REPLACE (? AS trace_id, ? AS path, ? AS metadata) "
+                        "FROM traces WHERE trace_id = ?", [piece, *own, trace_id])
     con.execute("INSERT INTO ingest_issues (trace_id, reason, count) VALUES (?, ?, 0)", [
         trace_id, f"{len(pids)} processes drove devices, one trace each: this is process {pids[0]} (with the "
                   f"file's host-only processes); the others are {', '.join(f'#pid{p}' for p in moved)}"])
-    con.execute("UPDATE traces SET path = ?, metadata = ? WHERE trace_id = ?", [
-        f"{original['path']}#pid{pids[0]}",
-        json.dumps({**metadata, "process": {"pid": pids[0], "split_from": original["path"]}}), trace_id])
     con.execute("""
         UPDATE traces SET event_count = s.n, start_ns = s.lo, end_ns = s.hi,
                source_records = CASE WHEN traces.trace_id = ?
