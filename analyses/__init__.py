@@ -192,7 +192,7 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
         trace = store.rows("""
             SELECT trace_id, path, format, format_version, rank, world_size, vendor FROM traces WHERE trace_id = ?
         """, [trace_id])[0]
-        devices = store.rows("SELECT device, vendor, name, arch, sm_count, memory_bytes FROM devices "
+        devices = store.rows("SELECT device, node_id, vendor, name, arch, sm_count, memory_bytes FROM devices "
                              "WHERE trace_id = ? ORDER BY device", [trace_id])
         traces_out.append({**trace, "devices": devices, **metrics})
         all_findings.extend(findings)

@@ -118,7 +118,11 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
             used = [r[0] for r in w.store.con.execute(
                 "SELECT DISTINCT device FROM events WHERE trace_id = ? AND device IS NOT NULL "
                 "AND kind IN ('kernel', 'memcpy', 'memset') ORDER BY 1", [w.trace_id]).fetchall()]
-            w.add_rows("devices", kineto_meta.match_devices(kineto_meta.device_rows(doc.top, vendor), used, w))
+            rows, renumber = kineto_meta.match_devices(kineto_meta.device_rows(doc.top, vendor), used, w)
+            for node, ordinal in renumber.items():
+                w.store.con.execute("UPDATE events SET device = ? WHERE trace_id = ? AND device = ?",
+                                    [ordinal, w.trace_id, node])
+            w.add_rows("devices", rows)
     finally:
         doc = None
         src.close()

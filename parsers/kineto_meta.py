@@ -101,23 +101,24 @@ def device_rows(top: dict, trace_vendor: str | None) -> list[dict]:
     return rows
 
 
-def match_devices(rows: list[dict], used: list[int], w) -> list[dict]:
-    """deviceProperties rows keyed by the device ids the activities carry. ROCm traces give
-    activities the HSA node id (CPU agents first: one visible MI300X is device 2, or 9) and
-    deviceProperties the process's ordinal (0); without a match no analysis can join a
-    device's name or CU count. One property and one device in use are the same device: the
-    row takes the activities' id (the ordinal stays in `properties`). Anything less clear is
-    left as listed, and said in ingest_issues."""
+def match_devices(rows: list[dict], used: list[int], w) -> tuple[list[dict], dict[int, int]]:
+    """deviceProperties rows, and {id the activities carry: ordinal} for activities to be
+    renumbered. ROCm traces give activities the HSA node id (CPU agents first: one visible
+    MI300X is device 2, or 9) and deviceProperties the process's ordinal (0), as CUDA traces
+    give both. One property and one device in use are the same device: it is stored under
+    the ordinal, as every format stores a device, with the activities' id as `node_id`.
+    Anything less clear is left as the trace gives it, and said in ingest_issues."""
     ids = sorted(r["device"] for r in rows)
     missing = [d for d in used if d not in ids]
     if not rows or not missing:
-        return rows
+        return rows, {}
     if len(rows) == 1 and len(used) == 1:
-        w.note(f"deviceProperties id {ids[0]} stored as device {used[0]}, the id its activities carry")
-        return [{**rows[0], "device": used[0]}]
+        w.note(f"activities carry device id {used[0]}, a node id beside deviceProperties' one device "
+               f"(ordinal {ids[0]}): stored as device {ids[0]} with node_id {used[0]}")
+        return [{**rows[0], "node_id": used[0]}], {used[0]: ids[0]}
     w.note(f"device ids of activities ({', '.join(map(str, missing))}) not among deviceProperties ids "
            f"({', '.join(map(str, ids))}): their properties are not known")
-    return rows
+    return rows, {}
 
 
 def _arch(dev_vendor: str | None, name: str | None, p: dict) -> str | None:

@@ -20,8 +20,9 @@ ProgressCallback = Callable[[str, int, int], None]
 
 # Raised whenever a parser stores the same input differently (part of the cache key, so a
 # store cached by the previous code is parsed again). 2: Nsight reports split by process,
-# their sync records' device from the context; no stream is -1 for every format.
-REVISION = 2
+# their sync records' device from the context; no stream is -1 for every format. 3: ROCm
+# Kineto activities on a node id stored under the device's ordinal.
+REVISION = 3
 
 
 def rank_from_filename(path: str | Path) -> int | None:

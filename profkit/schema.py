@@ -95,9 +95,11 @@ TABLES: tuple[Table, ...] = (
     Table("devices", "Accelerators a trace names or uses.", (
         C("trace_id", "INTEGER", "The trace."),
         C("device", "INTEGER", "Device id as used by `events.device` (GPU index; for rocprof the GPU ordinal, not the HSA node). "
-                                "ROCm Kineto traces give activities the HSA node id: a trace's one deviceProperties entry, "
-                                "when its one device in use has another id, is stored under that id (ingest_issues says so)."),
-        C("node_id", "INTEGER", "Vendor node id where it differs from the ordinal (rocprof HSA agent node id)."),
+                                "ROCm Kineto traces give activities the HSA node id: when a trace's one deviceProperties entry "
+                                "and its one device in use differ, the activities are stored under the ordinal "
+                                "(ingest_issues says so)."),
+        C("node_id", "INTEGER", "Vendor node id where it differs from the ordinal (rocprof HSA agent node id; "
+                                "the id ROCm Kineto activities carry)."),
         C("vendor", "VARCHAR", "`nvidia`, `amd`, `intel`, or `other`."),
         C("name", "VARCHAR", "Product name (`NVIDIA H100 80GB HBM3`, `AMD Instinct MI300X`)."),
         C("arch", "VARCHAR", "Architecture (`sm_90`, `gfx942`)."),

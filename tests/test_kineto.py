@@ -283,18 +283,24 @@ def test_rocm_device_properties_join_the_device_their_activities_carry():
     """ROCm Kineto traces give activities the HSA node id (CPU agents first) and
     deviceProperties the process's ordinal: one visible MI300X is device 0 in the properties
     and 2 (or 9) on every kernel. One property and one device in use are the same device, so
-    its row takes the activities' id and analyses can join its CU count; where that is not
-    clear, ingest_issues says the properties are not matched."""
+    it is stored as the ordinal, as the rocprof parsers and CUDA traces store a device, with
+    the node id kept; where that is not clear, ingest_issues says the properties are not
+    matched."""
     for relative, node in (("kineto/rocm/mi300x_qwen1.5_0.5b_chat.json.gz", 2),
                            ("kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz", 9)):
         doc, store = raw(relative), ingested(relative)
         assert [p["id"] for p in doc["deviceProperties"]] == [0]
-        assert {e["args"]["device"] for e in doc["traceEvents"] if e.get("cat") == "kernel"} == {node}
-        (row,) = store.rows("SELECT device, name, sm_count FROM devices")
-        assert row == {"device": node, "name": doc["deviceProperties"][0]["name"],
+        device_records = [e for e in doc["traceEvents"] if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+        assert {e["args"]["device"] for e in device_records} == {node}
+        (row,) = store.rows("SELECT device, node_id, name, sm_count FROM devices")
+        assert row == {"device": 0, "node_id": node, "name": doc["deviceProperties"][0]["name"],
                        "sm_count": doc["deviceProperties"][0]["numSms"]}
+        # Every device activity moved with it; none is left on the node id.
+        assert store.rows("SELECT DISTINCT device FROM events WHERE device IS NOT NULL") == [{"device": 0}]
+        assert store.scalar("SELECT count(*) FROM events WHERE kind IN ('kernel', 'memcpy', 'memset')") \
+            == len(device_records)
         assert store.scalar("SELECT count(*) FROM ingest_issues WHERE reason LIKE "
-                            f"'deviceProperties id 0 stored as device {node}%'") == 1
+                            f"'activities carry device id {node},%stored as device 0 with node_id {node}'") == 1
     # The ids already agree on CUDA: nothing changes, nothing is said.
     store = ingested("kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz")
     assert store.rows("SELECT device FROM devices") == [{"device": 0}]
