@@ -38,6 +38,7 @@ from profkit.classify import blocking_async_copies, runtime_call_names
 from profkit.columns import group_codes, lexsort, run_starts
 from profkit.findings import Finding
 from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
+from profkit.render import short_name
 
 from . import Context, PassResult
 
@@ -523,6 +524,14 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 " (before graph replays start, on something the trace does not record)" if in_graphs else
                 " (no recorded wait: the work was queued in time but started later than any launch takes)"
                 if unrecorded_ns * 2 > cause_ns else "")
+        recommendation = (_GRAPH_DEPENDENCY_RECOMMENDATION if inside_graphs
+                          else _RECOMMENDATIONS[cause].format(noun=ctx.device_noun(device)))
+        evidence_extra = {}
+        if cause == "dependency":
+            ended_by = _ended_by(ctx, per_device.next_event[mask], per_device.dur[mask])
+            evidence_extra["ended_by"] = ended_by
+            if ended_by and ended_by[0]["share_pct"] >= ENDED_BY_MIN_PCT and not inside_graphs:
+                recommendation = _ended_by_sentence(ended_by[0]) + " " + recommendation
         out.append(Finding(
             rule=f"idle.{cause}",
             title=_TITLES[cause].format(dev=ctx.device_label(device), pct=pct) + note,
@@ -536,15 +545,54 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 "inferred": guessed, "unrecorded_dependency_ns": unrecorded_ns, "graph_replay_ns": graph_ns,
                 "graph_replay_start_ns": head_ns,
                 "by_next_stream_ns": {str(k): int(v) for k, v in sorted(by_stream.items(), key=lambda kv: -kv[1])},
-                "example_gaps": examples,
+                "example_gaps": examples, **evidence_extra,
             },
             sql=_gap_sql(ctx.trace_id, device),
-            recommendation=(_GRAPH_DEPENDENCY_RECOMMENDATION if inside_graphs
-                            else _RECOMMENDATIONS[cause].format(noun=ctx.device_noun(device))),
+            recommendation=recommendation,
             impact_basis="bound",
             count=summary["gaps_by_cause"][cause],
         ))
     return out
+
+
+def _ended_by(ctx, next_events: np.ndarray, durs: np.ndarray, top: int = 3) -> list[dict]:
+    """The activities whose start ends these gaps, by name, largest share of the gap time
+    first: what the device waited to run (the awaited work is what that activity's stream
+    or its peers waited on)."""
+    if next_events.size == 0:
+        return []
+    rows = ctx.store.rows("""
+        SELECT g.dur, e.name, e.category, e.stream
+        FROM (SELECT unnest(?::BIGINT[]) AS event_id, unnest(?::BIGINT[]) AS dur) g
+        JOIN events e ON e.event_id = g.event_id AND e.trace_id = ?
+    """, [next_events.tolist(), durs.tolist(), ctx.trace_id])
+    total = int(durs.sum())
+    by_name: dict[str, dict] = {}
+    for r in rows:
+        entry = by_name.setdefault(r["name"] or "(unnamed)", {
+            "name": r["name"] or "(unnamed)", "category": r["category"], "gaps": 0, "gap_ns": 0, "streams": {}})
+        entry["gaps"] += 1
+        entry["gap_ns"] += r["dur"]
+        entry["streams"][r["stream"]] = entry["streams"].get(r["stream"], 0) + r["dur"]
+    ranked = sorted(by_name.values(), key=lambda x: -x["gap_ns"])[:top]
+    for entry in ranked:
+        entry["share_pct"] = round(100.0 * entry["gap_ns"] / total, 1) if total else 0.0
+        entry["streams"] = [s for s, _ in sorted(entry["streams"].items(), key=lambda kv: -kv[1])]
+    return ranked
+
+
+# A recommendation names the activity that ends the gaps when it ends at least this share.
+ENDED_BY_MIN_PCT = 50.0
+
+
+def _ended_by_sentence(entry: dict) -> str:
+    streams = entry["streams"]
+    where = f"stream {streams[0]}" if len(streams) == 1 else f"streams {', '.join(map(str, streams[:3]))}"
+    # A collective kernel starts when its stream reaches it; late peers make it long, not late.
+    kind = ", a collective (late peers lengthen it; they do not delay its start)" \
+        if entry["category"] == "communication" else ""
+    return (f"{entry['share_pct']:.0f}% of this idle time ends when {short_name(entry['name'])} starts on "
+            f"{where}{kind}: look at what that stream waits on before it.")
 
 
 def _gap_sql(trace_id: int, device: int) -> str:

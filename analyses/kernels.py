@@ -9,7 +9,7 @@ import numpy as np
 from profkit import intervals
 from profkit.classify import runtime_call_names
 from profkit.findings import Finding
-from profkit.render import UNIT_NOUNS, human_ns
+from profkit.render import UNIT_NOUNS, human_ns, short_name
 from profkit.schema import CATEGORIES
 from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
@@ -438,7 +438,7 @@ def _hotspot_findings(ctx, acts, hot, windows, step_ref):
         potential = int(per_step * (1 - 1 / HOTSPOT_SPEEDUP))
         if not _keep(potential, step_ref):
             continue
-        short = k["name"] if len(k["name"]) <= 80 else k["name"][:77] + "..."
+        short = short_name(k["name"])
         # A hotspot is where time goes, not time wasted: nothing says the kernel can be made
         # faster, so it ranks with impact 0 and carries the 2x what-if as evidence only.
         out.append(Finding(
@@ -468,7 +468,7 @@ def _grid_findings(ctx, small_grids, acts, windows, step_ref):
         impact = g["idle_sm_ns_per_step"]
         if not _keep(impact, step_ref):
             continue
-        short = g["name"] if len(g["name"]) <= 80 else g["name"][:77] + "..."
+        short = short_name(g["name"])
         out.append(Finding(
             rule="kernels.small_grid",
             title=f"{ctx.device_label(g['device'])}: {short} runs at most {g['max_blocks']} blocks on "

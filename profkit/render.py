@@ -74,6 +74,11 @@ def human_ns(ns: float | int | None) -> str:
     return f"{ns:.0f} ns"
 
 
+def short_name(name: str, width: int = 80) -> str:
+    """A kernel or op name cut to `width` characters for a finding's text."""
+    return name if len(name) <= width else name[:width - 3] + "..."
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"

@@ -273,7 +273,21 @@ def test_waits_too_long_for_launch_latency_are_unrecorded_dependencies(stores):
     assert finding.title.endswith("(before graph replays start, on something the trace does not record)")
     assert finding.evidence["graph_replay_ns"] > 0.9 * finding.evidence["unrecorded_dependency_ns"] > 0
     assert finding.evidence["graph_replay_start_ns"] > 0.5 * finding.evidence["graph_replay_ns"]
-    assert finding.recommendation == idle._RECOMMENDATIONS["dependency"]
+    # What the GPU waited to run: the longest gap ends at a replay's first node, a memset on
+    # the compute stream launched by cudaGraphLaunch tens of ms before; most gap time ends so.
+    node, launch = store.rows("SELECT name, stream FROM events WHERE event_id = ?",
+                              [int(per_device.next_event[longest])])[0], \
+        store.rows("SELECT name FROM events WHERE event_id = ?", [int(per_device.launch_event[longest])])[0]
+    assert (node["name"], node["stream"], launch["name"]) == ("Memset (Device)", 7, "cudaGraphLaunch")
+    ended_by = finding.evidence["ended_by"]
+    assert ended_by[0]["name"] == "Memset (Device)" and ended_by[0]["streams"] == [7]
+    mask = (per_device.cause == idle.DEPENDENCY) & (per_device.device == 0)
+    assert sum(e["gap_ns"] for e in ended_by) <= int(per_device.dur[mask].sum())
+    assert ended_by[0]["share_pct"] == pytest.approx(100 * ended_by[0]["gap_ns"] / per_device.dur[mask].sum(), abs=0.05)
+    assert ended_by[0]["share_pct"] > 50 > ended_by[1]["share_pct"]
+    assert finding.recommendation == (f"{ended_by[0]['share_pct']:.0f}% of this idle time ends when Memset (Device) "
+                                      "starts on stream 7: look at what that stream waits on before it. "
+                                      + idle._RECOMMENDATIONS["dependency"])
 
 
 def test_waits_inside_graph_replays_point_at_the_graph(stores):
