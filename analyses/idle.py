@@ -543,7 +543,7 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 "step_ns": step_ref, "gaps": summary["gaps_by_cause"][cause],
                 "fallback_gaps": int((per_device.fallback[mask] > 0).sum()), "fallback_ns": fallback_ns,
                 "inferred": guessed, "unrecorded_dependency_ns": unrecorded_ns, "graph_replay_ns": graph_ns,
-                "graph_replay_start_ns": head_ns,
+                "before_graph_replays_ns": head_ns,
                 "by_next_stream_ns": {str(k): int(v) for k, v in sorted(by_stream.items(), key=lambda kv: -kv[1])},
                 "example_gaps": examples, **evidence_extra,
             },

@@ -151,11 +151,15 @@ def step_chart(steps: list[dict[str, Any]], steady_first: int | None, p50_ns: in
             + f'<span class="muted">steps {esc(first)} to {esc(last)}</span></div>')
 
 
+_ABSOLUTE_WORDS = frozenset(("start", "end", "window", "event"))
+
+
 def evidence_value(key: str, value: Any) -> str:
     """A number with its unit: *_ns as a duration (absolute times stay raw), *_bytes, *_pct."""
     if isinstance(value, bool) or value is None or not isinstance(value, (int, float)):
         return esc(value)
-    absolute = any(w in key for w in ("start", "end", "window", "event"))
+    # Whole words: "gap_start_ns" is a time, "dependency_ns_per_step" a duration.
+    absolute = not _ABSOLUTE_WORDS.isdisjoint(key.split("_"))
     if (key.endswith("_ns") or "_ns_" in key) and not absolute:
         return f'<span title="{value} ns">{esc(human_ns(value))}</span>'
     if key.endswith("bytes_per_s"):

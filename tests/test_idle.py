@@ -272,7 +272,7 @@ def test_waits_too_long_for_launch_latency_are_unrecorded_dependencies(stores):
     # at their first nodes, so not on the graphs' own edges.
     assert finding.title.endswith("(before graph replays start, on something the trace does not record)")
     assert finding.evidence["graph_replay_ns"] > 0.9 * finding.evidence["unrecorded_dependency_ns"] > 0
-    assert finding.evidence["graph_replay_start_ns"] > 0.5 * finding.evidence["graph_replay_ns"]
+    assert finding.evidence["before_graph_replays_ns"] > 0.5 * finding.evidence["graph_replay_ns"]
     # What the GPU waited to run: the longest gap ends at a replay's first node, a memset on
     # the compute stream launched by cudaGraphLaunch tens of ms before; most gap time ends so.
     node, launch = store.rows("SELECT name, stream FROM events WHERE event_id = ?",
@@ -305,7 +305,7 @@ def test_waits_inside_graph_replays_point_at_the_graph(stores):
     _, findings = analyze_trace(store, 0, passes=("steps", "idle"))
     finding = next(f for f in findings if f.rule == "idle.dependency")
     assert finding.title.endswith("(inside graph replays, whose edges the trace does not record)")
-    assert finding.evidence["graph_replay_start_ns"] < 0.5 * finding.evidence["graph_replay_ns"]
+    assert finding.evidence["before_graph_replays_ns"] < 0.5 * finding.evidence["graph_replay_ns"]
     assert "hipGraphDebugDotPrint" in finding.recommendation
 
 

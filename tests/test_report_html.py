@@ -14,7 +14,7 @@ import profkit
 from profkit.analyses import analyze
 from profkit.findings import group_across_ranks
 from profkit.report_html import analysis_html
-from profkit.report_html_parts import BAR_WIDTH
+from profkit.report_html_parts import BAR_WIDTH, evidence_value
 
 from conftest import SAMPLE_TRACES, shared_trace
 
@@ -249,3 +249,14 @@ def test_trace_without_device_activity_or_findings():
     text = analysis_html(empty)
     parse_strict(text)
     assert "No findings above the noise floor." in text
+
+
+def test_evidence_durations_and_times():
+    """Evidence keys name their unit: durations (*_ns, *_ns_per_step) are shown as such,
+    absolute times and event ids stay raw numbers, by whole words of the key: the
+    "end" in "dependency" does not make a duration a time."""
+    assert evidence_value("dependency_ns_per_step", 129_405_500) == '<span title="129405500 ns">129.4 ms</span>'
+    assert evidence_value("unrecorded_dependency_ns", 2_000) == '<span title="2000 ns">2 us</span>'
+    assert evidence_value("gap_start_ns", 1_683_564_902_010_167_000) == "1683564902010167000"
+    assert evidence_value("next_event", 106_871) == "106871"
+    assert evidence_value("share_pct", 65.61) == "65.6%"
