@@ -15,7 +15,7 @@ from profkit import intervals
 from profkit.classify import PAGEABLE_DTOH_LAUNCHES, blocking_async_copies, runtime_role
 from profkit.columns import contains, group_codes
 from profkit.findings import Finding
-from profkit.render import human_ns
+from profkit.render import human_ns, per_step_count, per_step_number
 
 from . import Context, PassResult
 
@@ -174,18 +174,20 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
                      "gpu_idle_ns": int(idle_each[k]), "origin_op": origin[k],
                      "idle_window": list(map(int, idle_windows[k]))} for k in list(order)[:MAX_EXAMPLES]]
         def each(count: int) -> str:  # per step, as the title's headline is
-            v = count / n_steps
-            return f"{v:.0f}" if abs(v - round(v)) < 0.05 else f"{v:.1f}"
+            return per_step_number(count / n_steps)
 
         names = ", ".join(f"{n} x{each(c)}" for n, c in by_name.most_common(3))
+        # The headline counts waits; calls back to back with no launch between wait once.
+        waits = per_step_count(points / n_steps, "host synchronisation", "host synchronisations")
+        calls_text = "" if each(sel.size) == each(points) else f"{each(sel.size)} calls: "
         origin_text = f", from {', '.join(f'{n} x{each(c)}' for n, c in by_origin.most_common(2))}" if by_origin else ""
         # From the first enclosing op on, so that the SQL shows the op around the first call too.
         lo = int(min([calls["start"][sel].min()] + [o[1] for o in origin_ops if o])); hi = int(calls["end"][sel].max())
         device, stream = _waited_lane(dev, calls, sel)
         findings.append(Finding(
             rule="host.sync_in_steady_state",
-            title=(f"{points / n_steps:.1f} host synchronisations per step ({names}{origin_text}) "
-                   f"leave the {ctx.device_noun(device)} idle {human_ns(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
+            title=(f"{waits} per step ({calls_text}{names}{origin_text}) "
+                   f"{'leaves' if waits.startswith('1 ') else 'leave'} the {ctx.device_noun(device)} idle {human_ns(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=device, stream=stream, steps=_step_numbers(ctx, step_of_call[sel])),
             evidence={"calls": int(sel.size), "calls_per_step": round(sel.size / n_steps, 3),
@@ -353,9 +355,10 @@ def _pageable(ctx, dev, windows, host_side, n_steps) -> dict:
     impact = PAGEABLE_SAVING * total_ns / n_steps
     if ids.size and _worth_reporting(ctx, impact):
         sql_ids = ", ".join(str(int(e)) for e in ids[:50])
+        copies = per_step_count(ids.size / n_steps, "copy", "copies")
         findings.append(Finding(
             rule="host.pageable_memcpy",
-            title=(f"{ids.size / n_steps:.1f} copies per step use pageable host memory "
+            title=(f"{copies} per step {'uses' if copies.startswith('1 ') else 'use'} pageable host memory "
                    f"({total_bytes / n_steps / 1e6:.2f} MB, {human_ns(total_ns / n_steps)} of copy time per step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=_waited_device(dev)),

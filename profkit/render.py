@@ -74,6 +74,17 @@ def human_ns(ns: float | int | None) -> str:
     return f"{ns:.0f} ns"
 
 
+def per_step_number(value: float) -> str:
+    """A count per step: whole when within 0.05 of one ("3"), else one decimal ("2.5")."""
+    return f"{value:.0f}" if abs(value - round(value)) < 0.05 else f"{value:.1f}"
+
+
+def per_step_count(value: float, singular: str, plural: str) -> str:
+    """"3 host synchronisations", "1 copy", "2.5 copies"."""
+    text = per_step_number(value)
+    return f"{text} {singular if text == '1' else plural}"
+
+
 def short_name(name: str, width: int = 80) -> str:
     """A kernel or op name cut to `width` characters for a finding's text."""
     return name if len(name) <= width else name[:width - 3] + "..."

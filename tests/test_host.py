@@ -181,3 +181,22 @@ def test_launch_gap_distribution_invariants():
     assert 0 <= calls["p50"] <= calls["p95"] <= calls["max"]
     # One gap fewer than calls per (thread, step).
     assert launches["launch_calls"] - gaps["n"] <= 4 * result.metrics["steps_analysed"]
+
+
+def test_sync_title_counts_waits_and_says_the_calls_when_they_differ():
+    """The headline counts the host's waits per step; where calls back to back wait once,
+    the calls per step are named too, and one wait reads as one."""
+    # Each .item() is a blocking copy then a stream synchronize: 20 calls, 10 waits per step.
+    ctx, result = run_host(profkit.load(shared_trace("kineto/cuda/regression_pair/control_a100_rank3_of8.json.gz")))
+    sync = result.metrics["sync"]
+    finding = next(f for f in result.findings if f.rule == "host.sync_in_steady_state")
+    waits, calls = sync["points_per_step"], sync["calls_per_step"]
+    assert waits < calls
+    assert finding.title.startswith(f"{waits:.0f} host synchronisations per step ({calls:.0f} calls: ")
+    store = profkit.load(shared_trace("kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz"))
+    raw = [e for e in raw_events(shared_trace("kineto/rocm/mi300x_sglang_qwen3_8b_decode.json.gz"))
+           if e.get("cat") == "cuda_runtime" and SYNC_NAME.match(e["name"])]
+    ctx, result = run_host(store)
+    finding = next(f for f in result.findings if f.rule == "host.sync_in_steady_state")
+    assert [e["name"] for e in raw] == ["hipMemcpyWithStream"]
+    assert finding.title.startswith("1 host synchronisation per step (hipMemcpyWithStream x1) leaves the GPU idle ")
