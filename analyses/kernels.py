@@ -471,7 +471,8 @@ def _grid_findings(ctx, small_grids, acts, windows, step_ref):
         short = short_name(g["name"])
         out.append(Finding(
             rule="kernels.small_grid",
-            title=f"{ctx.device_label(g['device'])}: {short} runs at most {g['max_blocks']} blocks on "
+            title=f"{ctx.device_label(g['device'])}: {short} runs at most {g['max_blocks']} "
+                  f"{'block' if g['max_blocks'] == 1 else 'blocks'} on "
                   f"{g['sm_count']} {ctx.device_noun(g['device'], UNIT_NOUNS, 'compute units')}",
             impact_ns=impact, share_pct=_share(ctx, impact, step_ref),
             scope=ctx.base_scope(device=g["device"], steps=_steps(windows)),

@@ -375,7 +375,8 @@ def _outlier_findings(ctx: Context, steady: list[dict], outliers: list[dict]) ->
     p50 = ctx.step_ns
     return [Finding(
         rule="steps.outliers",
-        title=(f"{len(outliers)} of {len(steady)} steady steps are outliers (worst: step {worst['step']} "
+        title=(f"{len(outliers)} of {len(steady)} steady steps "
+               f"{'is an outlier' if len(outliers) == 1 else 'are outliers'} (worst: step {worst['step']} "
                f"{human_ns(worst['dur_ns'])} vs median {human_ns(p50)}), costing {human_ns(impact)} per step on average"),
         impact_ns=int(impact), share_pct=ctx.share(impact),
         scope=ctx.base_scope(steps=[f["step"] for f in outliers]),
