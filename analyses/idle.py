@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from profkit import intervals
 from profkit.classify import blocking_async_copies, runtime_call_names
@@ -41,6 +42,7 @@ from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
 from profkit.render import short_name
 
 from . import Context, PassResult
+from .host_work import host_work
 
 NAME = "idle"
 
@@ -527,6 +529,13 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
         recommendation = (_GRAPH_DEPENDENCY_RECOMMENDATION if inside_graphs
                           else _RECOMMENDATIONS[cause].format(noun=ctx.device_noun(device)))
         evidence_extra = {}
+        if cause == "host_bound":
+            work = host_work(ctx.store, ctx.trace_id, per_device.launch_event[mask], per_device.start[mask],
+                             per_device.end[mask], (np.array([w.start_ns for w in windows], dtype=np.int64),
+                                                    np.array([w.end_ns for w in windows], dtype=np.int64)))
+            evidence_extra["host_work"] = work
+            if work and not guessed:
+                recommendation = _host_work_sentence(work) + " " + recommendation
         if cause == "dependency":
             ended_by = _ended_by(ctx, per_device.next_event[mask], per_device.dur[mask])
             evidence_extra["ended_by"] = ended_by
@@ -561,11 +570,11 @@ def _ended_by(ctx, next_events: np.ndarray, durs: np.ndarray, top: int = 3) -> l
     or its peers waited on)."""
     if next_events.size == 0:
         return []
-    rows = ctx.store.rows("""
-        SELECT g.dur, e.name, e.category, e.stream
-        FROM (SELECT unnest(?::BIGINT[]) AS event_id, unnest(?::BIGINT[]) AS dur) g
-        JOIN events e ON e.event_id = g.event_id AND e.trace_id = ?
-    """, [next_events.tolist(), durs.tolist(), ctx.trace_id])
+    with ctx.store.registered(pa.table({"event_id": next_events, "dur": durs})) as gaps:
+        rows = ctx.store.rows(f"""
+            SELECT g.dur, e.name, e.category, e.stream
+            FROM {gaps} g JOIN events e ON e.event_id = g.event_id AND e.trace_id = ?
+        """, [ctx.trace_id])
     total = int(durs.sum())
     by_name: dict[str, dict] = {}
     for r in rows:
@@ -579,6 +588,22 @@ def _ended_by(ctx, next_events: np.ndarray, durs: np.ndarray, top: int = 3) -> l
         entry["share_pct"] = round(100.0 * entry["gap_ns"] / total, 1) if total else 0.0
         entry["streams"] = [s for s, _ in sorted(entry["streams"].items(), key=lambda kv: -kv[1])]
     return ranked
+
+
+def _host_work_sentence(work: dict) -> str:
+    top = work["by_event"][0]
+    if top["kind"] is None and top["share_pct"] >= UNRECORDED_HOST_PCT:
+        return (f"The trace records no host event on the launching thread for {top['share_pct']:.0f}% of the time "
+                "before these launches: record host activity (the profiler's CPU activity with Python stacks, "
+                "NVTX or roctx ranges) to see what it does.")
+    parts = [f"{e['name'] if e['kind'] is None else short_name(e['name'], 60)} {e['share_pct']:.0f}%"
+             for e in work["by_event"][:3] if e["share_pct"] >= 1]
+    return f"Before these launches the launching thread is in {', '.join(parts)} of the time (innermost host event)."
+
+
+# Above this share of the time before the launches in no host event, the trace cannot say
+# what the thread did.
+UNRECORDED_HOST_PCT = 90.0
 
 
 # A recommendation names the activity that ends the gaps when it ends at least this share.

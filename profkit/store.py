@@ -11,8 +11,9 @@ import threading
 import time
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import duckdb
 import pyarrow as pa
@@ -88,6 +89,16 @@ class Store:
             # an execute() result elsewhere is unfinished; the copy is the safer trade.
             warnings.simplefilter("ignore", UserWarning)
             return fetch()
+
+    @contextmanager
+    def registered(self, table: pa.Table, name: str = "_profkit_input") -> Iterator[str]:
+        """`table` as a view named `name` for the queries inside the block: how arrays of
+        ids and values reach SQL (list parameters are converted value by value)."""
+        self.con.register(name, table)
+        try:
+            yield name
+        finally:
+            self.con.unregister(name)
 
     def scalar(self, query: str, params: Iterable[Any] | None = None) -> Any:
         # fetchall, not fetchone: a half-read result blocks register() on the connection.
