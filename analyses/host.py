@@ -18,6 +18,7 @@ from profkit.findings import Finding
 from profkit.render import human_ns, per_step_count, per_step_number
 
 from . import Context, PassResult
+from .host_work import call_sites
 
 NAME = "host"
 
@@ -176,6 +177,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
         def each(count: int) -> str:  # per step, as the title's headline is
             return per_step_number(count / n_steps)
 
+        sites = Counter(site for site in call_sites(ctx.store, calls["event_id"][sel]) if site)
         names = ", ".join(f"{n} x{each(c)}" for n, c in by_name.most_common(3))
         # The headline counts waits; calls back to back with no launch between wait once.
         waits = per_step_count(points / n_steps, "host synchronisation", "host synchronisations")
@@ -195,18 +197,27 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
                       "after_dtoh_copy": int(sum(after_dtoh)),
                       "blocked_ns_per_step": metrics["blocked_ns_per_step"],
                       "bound_ns_per_step": metrics["blocked_ns_per_step"],
-                      "gpu_idle_caused_ns_per_step": int(impact), "examples": examples},
+                      "gpu_idle_caused_ns_per_step": int(impact), "examples": examples,
+                      "by_call_site": dict(sites.most_common(MAX_EXAMPLES))},
             sql=(f"SELECT event_id, kind, name, start_ns, dur_ns, tid FROM events WHERE trace_id = {ctx.trace_id} "
                  f"AND ((kind = 'runtime' AND {_blocking_calls_sql(ctx.trace_id, calls, sel)}) "
                  f"OR (kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)}))) "
                  f"AND start_ns >= {lo} AND start_ns <= {hi} ORDER BY start_ns"),
-            recommendation=("Remove host synchronisation from the loop: keep values on the device instead of "
+            recommendation=(_sites_sentence(sites, each) +
+                            "Remove host synchronisation from the loop: keep values on the device instead of "
                             "calling .item()/.cpu()/.tolist() every step, copy results with non_blocking=True "
                             "into pinned memory and wait on an event only when the value is needed, and drop "
                             "explicit torch.cuda.synchronize() outside timing code."),
             impact_basis="estimate", count=points,
         ))
     return {"metrics": metrics, "findings": findings, "idle": idle_union}
+
+
+def _sites_sentence(sites: Counter, each) -> str:
+    """Where in the user's code the calls come from, when the trace records Python frames."""
+    if not sites:
+        return ""
+    return "Called from " + "; ".join(f"{site} (x{each(n)})" for site, n in sites.most_common(3)) + ". "
 
 
 def _blocking_calls_sql(trace_id: int, calls, sel) -> str:

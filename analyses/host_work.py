@@ -7,7 +7,8 @@ Host events nest on their thread (`events.parent_id`), so at every instant the t
 in at most one innermost event: an operator (`aten::nonzero`), a Python frame, a runtime
 call (`cudaMalloc`) or, with none recorded, in no event at all (Python between operators
 when the trace has no Python frames, or work the profiler does not see). Summed over the
-gaps by name, that says what to move off the launch path.
+gaps by name, that says what to move off the launch path. `call_sites` names the user's
+Python line a host call came from (for the host pass's synchronisation finding).
 """
 from __future__ import annotations
 
@@ -32,6 +33,36 @@ _NUMBER = re.compile(r"#\d+$")
 def event_key(name: str | None) -> str:
     """The name of a host event, the same for every call of the same work."""
     return _NUMBER.sub("#N", _PER_CALL_SUFFIX.sub("", name or "(unnamed)"))
+
+
+# Python frames of the framework itself (and built-ins): a call site is the innermost frame
+# outside them, the user's line that led to the call.
+_FRAMEWORK_FRAME = re.compile(r"(^|/)torch/|^<")
+_PYTHON_FRAME = re.compile(r"\.py\(\d+\)")
+
+
+def call_sites(store, event_ids: np.ndarray) -> list[str | None]:
+    """For each host event, the innermost enclosing Python frame outside the framework
+    ("transformers/modeling_attn_mask_utils.py(243): _ignore_causal_mask_sdpa"), None
+    where the trace records no such frame (no Python stacks, or not a Kineto trace)."""
+    if event_ids.size == 0:
+        return []
+    with store.registered(pa.table({"event_id": event_ids.astype(np.int64)})) as calls:
+        rows = store.con.execute(f"""
+            WITH RECURSIVE up(call, id, level) AS (
+                SELECT event_id, event_id, 0 FROM {calls}
+                UNION ALL
+                SELECT up.call, e.parent_id, up.level + 1 FROM up JOIN events e ON e.event_id = up.id
+                WHERE e.parent_id IS NOT NULL
+            )
+            SELECT up.call, e.name FROM up JOIN events e ON e.event_id = up.id
+            WHERE e.kind = 'python' ORDER BY up.call, up.level
+        """).fetchall()
+    site: dict[int, str] = {}
+    for call, name in rows:
+        if call not in site and name and _PYTHON_FRAME.search(name) and not _FRAMEWORK_FRAME.search(name):
+            site[call] = name
+    return [site.get(int(e)) for e in event_ids]
 
 
 def host_work(store, trace_id: int, launch_events: np.ndarray, gap_starts: np.ndarray,
