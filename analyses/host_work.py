@@ -53,7 +53,7 @@ def call_sites(store, event_ids: np.ndarray) -> list[str | None]:
                 SELECT event_id, event_id, 0 FROM {calls}
                 UNION ALL
                 SELECT up.call, e.parent_id, up.level + 1 FROM up JOIN events e ON e.event_id = up.id
-                WHERE e.parent_id IS NOT NULL
+                WHERE e.parent_id IS NOT NULL AND up.level < 256  -- a store from elsewhere may loop
             )
             SELECT up.call, e.name FROM up JOIN events e ON e.event_id = up.id
             WHERE e.kind = 'python' ORDER BY up.call, up.level

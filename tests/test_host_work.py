@@ -141,3 +141,18 @@ def test_a_trace_without_host_activity_says_so():
     assert top["name"] == NO_EVENT and top["share_pct"] >= idle.UNRECORDED_HOST_PCT
     assert finding.recommendation.startswith(
         f"The trace records no host event on the launching thread for {top['share_pct']:.0f}% of the time")
+
+
+def test_call_sites_end_on_a_store_whose_nesting_loops(tmp_path):
+    """A store written elsewhere (`profkit analyze run.duckdb`) may hold any parent_id: a
+    loop ends the walk instead of hanging the report."""
+    from helpers import store_with_events
+    from profkit.analyses.host_work import call_sites
+
+    store = store_with_events({
+        "event_id": [0, 1, 2], "kind": ["runtime", "python", "python"],
+        "name": ["cudaStreamSynchronize", "app.py(3): main", "app.py(9): loop"],
+        "start_ns": [10, 0, 5], "dur_ns": [5, 100, 50], "pid": [1, 1, 1], "tid": [1, 1, 1],
+        "parent_id": [2, 2, 1]}, tmp_path)
+    store.con.execute("UPDATE events SET parent_id = 2 WHERE event_id = 1")  # 1 -> 2 -> 1 -> ...
+    assert call_sites(store, np.array([0])) == ["app.py(9): loop"]
