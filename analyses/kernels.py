@@ -123,6 +123,8 @@ def kernel_ops_sql(trace_id: int) -> str:
 
 
 def by_op(store, trace_id, kernel_sum_ns):
+    """Kernel time by the framework op that launched it (the `by_op` section), and per
+    device the ops that launched its tiny kernels, most first: [(op, kernels)]."""
     store.con.execute(f"CREATE OR REPLACE TEMP TABLE _kernel_ops AS {kernel_ops_sql(trace_id)}")
     try:
         ops = store.rows(f"""
@@ -145,6 +147,11 @@ def by_op(store, trace_id, kernel_sum_ns):
         attributed = int(store.scalar("""
             SELECT coalesce(sum(k.dur_ns), 0) FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
         """))
+        tiny_ops = store.rows(f"""
+            SELECT coalesce(k.device, -1) AS device, o.op_name, count(*) AS kernels
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+            WHERE k.dur_ns < {TINY_KERNEL_NS} GROUP BY ALL ORDER BY device, kernels DESC, o.op_name
+        """)
     finally:
         store.con.execute("DROP TABLE IF EXISTS _kernel_ops")
     for o in ops:
@@ -153,7 +160,11 @@ def by_op(store, trace_id, kernel_sum_ns):
         o["shapes"] = [{"input_dims": d["input_dims"], "kernels": d["kernels"], "kernel_ns": int(d["kernel_ns"])}
                        for d in details if d["op_name"] == o["op_name"] and d["input_dims"]][:TOP_SHAPES]
         o["top_kernels"] = [t["name"] for t in top_names if t["op_name"] == o["op_name"]][:3]
-    return {"ops": ops, "attributed_ns": attributed, "unattributed_ns": int(kernel_sum_ns - attributed)}
+    tiny_by_device: dict[int, list[tuple[str, int]]] = {}
+    for r in tiny_ops:
+        tiny_by_device.setdefault(r["device"], []).append((r["op_name"], r["kernels"]))
+    return ({"ops": ops, "attributed_ns": attributed, "unattributed_ns": int(kernel_sum_ns - attributed)},
+            tiny_by_device)
 
 
 # ---------------------------------------------------------------- launches -----------
@@ -291,7 +302,7 @@ def run(ctx: Context) -> PassResult:
     devices, trace_cats = by_category(acts)
     kernel_sum = int(acts["dur_ns"][acts["kind"] == "kernel"].sum())
     top = top_kernels(store, tid, trace_cats["busy_ns"])
-    ops = by_op(store, tid, kernel_sum)
+    ops, tiny_ops = by_op(store, tid, kernel_sum)
     launches = launch_table(store, tid)
     latency = launch_latency(launches)
     windows, have_steps = _windows(ctx, int(acts["start_ns"].min()), int(acts["end_ns"].max()))
@@ -308,7 +319,7 @@ def run(ctx: Context) -> PassResult:
     }
     step_ref = ctx.step_ns if have_steps and ctx.step_ns else int(np.median([hi - lo for _, lo, hi in windows]))
     findings = []
-    findings += _storm_findings(ctx, tiny, step_ref, windows)
+    findings += _storm_findings(ctx, tiny, step_ref, windows, tiny_ops)
     findings += _latency_findings(ctx, latency, launches, windows, step_ref)
     findings += _hotspot_findings(ctx, acts, hot, windows, step_ref)
     findings += _grid_findings(ctx, small_grids, acts, windows, step_ref)
@@ -337,7 +348,16 @@ def _device_idle(ctx, device, cause):
     return None
 
 
-def _storm_findings(ctx, tiny, step_ref, windows):
+def _launching_ops_sentence(ops: list[tuple[str, int]], tiny_count: int) -> str:
+    """The framework ops that launch most of the tiny kernels, where the trace links them."""
+    top = [(op, n) for op, n in ops[:3] if tiny_count and 100 * n / tiny_count >= 1]
+    if not top:
+        return ""
+    return ("Most are launched by " + ", ".join(f"{short_name(op, 60)} ({100 * n / tiny_count:.0f}%)" for op, n in top)
+            + " (of this device's tiny kernels). ")
+
+
+def _storm_findings(ctx, tiny, step_ref, windows, tiny_ops):
     out = []
     for t in tiny:
         med = t["median_per_step"]
@@ -359,11 +379,14 @@ def _storm_findings(ctx, tiny, step_ref, windows):
                       "per_launch_overhead_ns": t["per_launch_overhead_ns"], "launch_overhead_ns_per_step": overhead,
                       "host_bound_idle_ns_per_step": host_idle,
                       "basis": "one-by-one launches x median launch call time, capped by the host-bound idle "
-                               "the idle pass measured on this device"},
+                               "the idle pass measured on this device",
+                      "by_launching_op": [{"op": op, "kernels": n, "share_pct": _pct(n, t["count"])}
+                                          for op, n in tiny_ops.get(t["device"], [])[:5]]},
             sql=(f"SELECT name, count(*) AS n, sum(dur_ns) AS total_ns, median(dur_ns) AS p50_ns FROM kernels "
                  f"WHERE trace_id = {ctx.trace_id} AND coalesce(device, -1) = {t['device']} AND dur_ns < {TINY_KERNEL_NS} "
                  f"GROUP BY name ORDER BY n DESC LIMIT 20"),
-            recommendation="Capture the step with CUDA/HIP graphs (torch.compile mode='reduce-overhead' or "
+            recommendation=_launching_ops_sentence(tiny_ops.get(t["device"], []), t["count"]) +
+                           "Capture the step with CUDA/HIP graphs (torch.compile mode='reduce-overhead' or "
                            "torch.cuda.graphs) so one launch replaces hundreds, and fuse chains of small "
                            "elementwise kernels (torch.compile, fused optimizers, fused norms).",
             impact_basis="estimate", count=med["count"]))

@@ -279,3 +279,37 @@ def test_copy_bound_tops_the_fastvideo_capture():
     assert [f["rule"] for f in top] == ["kernels.copy_bound"] * 2
     assert sorted(f["scope"]["device"] for f in top) == [0, 1]
     assert all(f["share_pct"] > 90 for f in top)
+
+
+def test_storm_names_the_ops_that_launch_the_tiny_kernels():
+    """H100 BERT: which framework ops launch the tiny kernels, recomputed from the raw JSON
+    (kernel -> its launch call by correlation -> the innermost cpu_op around that call on
+    its thread), shares of the device's tiny kernels."""
+    path = shared_trace("kineto/cuda/h100_bert_small.json.gz")
+    raw = [e for e in raw_events(path) if e.get("ph") == "X"]
+    launch = {e["args"]["correlation"]: e for e in raw
+              if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    ops = [e for e in raw if e.get("cat") == "cpu_op"]
+    tiny = [e for e in raw if e.get("cat") == "kernel" and round(float(e["dur"]) * 1000) < kernels.TINY_KERNEL_NS]
+    by_op = defaultdict(int)
+    for k in tiny:
+        r = launch.get(k["args"].get("correlation"))
+        if r is None:
+            continue
+        t0, t1 = float(r["ts"]), float(r["ts"]) + float(r["dur"])
+        around = [o for o in ops if o["tid"] == r["tid"] and float(o["ts"]) <= t0 and float(o["ts"]) + float(o["dur"]) >= t1]
+        if around:
+            by_op[max(around, key=lambda o: (float(o["ts"]), -float(o["dur"])))["name"]] += 1
+    expected = sorted(by_op.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    store = Store.open(None)
+    ingest([path], store)
+    ctx = Context.of(store, 0)
+    from profkit.analyses import steps as steps_pass
+    ctx.results["steps"] = steps_pass.run(ctx).metrics
+    finding = next(f for f in kernels.run(ctx).findings if f.rule == "kernels.tiny_kernel_storm")
+    got = finding.evidence["by_launching_op"]
+    assert [(o["op"], o["kernels"]) for o in got[:3]] == expected
+    assert all(o["share_pct"] == pytest.approx(100 * o["kernels"] / len(tiny), abs=0.01) for o in got)
+    assert sum(o["share_pct"] for o in got) <= 100
+    assert finding.recommendation.startswith(
+        "Most are launched by " + ", ".join(f"{op} ({100 * n / len(tiny):.0f}%)" for op, n in expected))
