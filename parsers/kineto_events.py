@@ -320,10 +320,8 @@ class EventBuilder:
             "i": [i for i, _ in ends], "pid": [f[3] for _, f in ends],
             "tid": [f[4] for _, f in ends], "ts": [f[5] for _, f in ends],
         })
-        con = w.store.con
-        con.register("_kineto_flows", table)
-        try:
-            hits = dict(con.execute("""
+        with w.store.registered(table, "_kineto_flows"):
+            hits = dict(w.store.con.execute("""
                 SELECT i, event_id FROM (
                     SELECT f.i, e.event_id, row_number() OVER (
                         PARTITION BY f.i ORDER BY (e.kind = 'cpu_op') DESC, e.dur_ns DESC, e.event_id) AS rn
@@ -331,8 +329,6 @@ class EventBuilder:
                       ON e.trace_id = ? AND e.pid = f.pid AND e.tid = f.tid AND e.start_ns = f.ts
                 ) WHERE rn = 1
             """, [w.trace_id]).fetchall())
-        finally:
-            con.unregister("_kineto_flows")
         starts = {(f[0], f[1]): hits[i] - w.event_base
                   for i, f in enumerate(self.flows) if f[2] == "s" and i in hits}
         links = []

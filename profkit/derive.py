@@ -61,15 +61,12 @@ def categorise(store: Store, trace_id: int) -> None:
             "name": [n for _, n in pairs],
             "category": [classify.category(k, n) for k, n in pairs],
         })
-        con.register("_profkit_cat", table)
-        try:
+        with store.registered(table, "_profkit_cat"):
             con.execute("""
                 UPDATE events SET category = c.category FROM _profkit_cat c
                 WHERE events.trace_id = ? AND events.category IS NULL
                   AND events.kind = c.kind AND events.name IS NOT DISTINCT FROM c.name
             """, [trace_id])
-        finally:
-            con.unregister("_profkit_cat")
     if con.execute("SELECT count(*) FROM collectives").fetchone()[0]:  # none in most stores: no scan
         con.execute("""
             UPDATE events SET category = 'communication'
@@ -115,16 +112,13 @@ def add_collectives(store: Store, trace_id: int) -> None:
         return
     table = pa.table({"name": [n for (n,) in names],
                       "op": [classify.collective_op(n) for (n,) in names]})
-    con.register("_profkit_ops", table)
-    try:
+    with store.registered(table, "_profkit_ops"):
         con.execute("""
             INSERT INTO collectives (event_id, op)
             SELECT e.event_id, o.op FROM events e JOIN _profkit_ops o ON e.name = o.name
             WHERE e.trace_id = ? AND e.kind = 'kernel' AND e.category = 'communication'
               AND NOT EXISTS (SELECT 1 FROM collectives c WHERE c.event_id = e.event_id)
         """, [trace_id])
-    finally:
-        con.unregister("_profkit_ops")
 
 
 _UPDATE_ROWS = 1 << 19  # rows per UPDATE: bounds the join's hash table
@@ -171,7 +165,7 @@ def nest(store: Store, trace_id: int) -> None:
     result = pa.table({"event_id": ids[nested], "parent": ids[parent_pos[nested]],
                        "depth": pa.array(depths[nested], pa.int32())})
     del ids, parent_pos, depths, nested
-    _update_events(con, result, "parent_id = u.parent, depth = u.depth")
+    _update_events(store, result, "parent_id = u.parent, depth = u.depth")
     _top_level_depth(con, trace_id)
 
 
@@ -182,15 +176,13 @@ def _top_level_depth(con, trace_id: int) -> None:
                 [trace_id])
 
 
-def _update_events(con, rows: pa.Table, assignments: str) -> None:
+def _update_events(store: Store, rows: pa.Table, assignments: str) -> None:
     """UPDATE events SET `assignments` (reading `u.<column>`) for the rows' event ids, in
     slices of _UPDATE_ROWS. Rows in event order make the UPDATE's join far cheaper."""
     for lo in range(0, rows.num_rows, _UPDATE_ROWS):
-        con.register("_profkit_update", rows.slice(lo, _UPDATE_ROWS))
-        try:
-            con.execute(f"UPDATE events SET {assignments} FROM _profkit_update u WHERE events.event_id = u.event_id")
-        finally:
-            con.unregister("_profkit_update")
+        with store.registered(rows.slice(lo, _UPDATE_ROWS), "_profkit_update"):
+            store.con.execute(
+                f"UPDATE events SET {assignments} FROM _profkit_update u WHERE events.event_id = u.event_id")
 
 
 def _dense_lanes(hashes: pa.ChunkedArray) -> np.ndarray:
@@ -322,7 +314,7 @@ def assign_steps(store: Store, trace_id: int) -> None:
     rows = rows[np.argsort(ids[rows], kind="stable")]
     result = pa.table({"event_id": ids[rows], "step": pa.array(step[rows], pa.int32())})
     del ids, step, rows
-    _update_events(con, result, "step = u.step")
+    _update_events(store, result, "step = u.step")
 
 
 def _window_steps(starts: np.ndarray, windows: dict) -> np.ndarray:

@@ -209,12 +209,8 @@ class TraceWriter:
         data = _as_arrow(columns, types)
         if data.num_rows == 0:
             return 0
-        con = self.store.con
-        con.register("_profkit_batch", data)
-        try:
-            return self._insert(table_name, list(data.column_names), "_profkit_batch")
-        finally:
-            con.unregister("_profkit_batch")
+        with self.store.registered(data, "_profkit_batch") as batch:
+            return self._insert(table_name, list(data.column_names), batch)
 
     def append_query(self, table_name: str, query: str, params: Iterable[Any] | None = None,
                      columns: list[str] | None = None, *, con: duckdb.DuckDBPyConnection | None = None) -> int:

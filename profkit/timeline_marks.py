@@ -31,13 +31,10 @@ def event_times(store: Store, event_ids: Iterable[int]) -> dict[int, tuple[int, 
     ids = sorted({int(e) for e in event_ids if e is not None})
     if not ids:
         return {}
-    store.con.register("_timeline_ids", _id_table(ids))
-    try:
+    with store.registered(_id_table(ids), "_timeline_ids"):
         rows = store.con.execute(
             "SELECT e.event_id, e.trace_id, e.start_ns, e.end_ns FROM events e "
             "JOIN _timeline_ids i ON i.event_id = e.event_id").fetchall()
-    finally:
-        store.con.unregister("_timeline_ids")
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
