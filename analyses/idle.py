@@ -60,6 +60,12 @@ _NULL_ID = -(1 << 62)  # a null pid or tid, as a number no real one takes
 FINDING_MIN_PCT = 2.0
 FINDING_MIN_NS = 10_000
 EXAMPLE_GAPS = 5
+# A dependency finding's recommendation names the activity that ends its gaps when that
+# activity ends at least this share of them.
+ENDED_BY_MIN_PCT = 50.0
+# Above this share of the time before the launches in no host event, the trace cannot say
+# what the launching thread did.
+UNRECORDED_HOST_PCT = 90.0
 
 FALLBACK_REASONS = ("dependency", "graph_replay", "sync", "host_launch_in_gap", "no_host_record")
 
@@ -599,15 +605,6 @@ def _host_work_sentence(work: dict) -> str:
     parts = [f"{e['name'] if e['kind'] is None else short_name(e['name'], 60)} {e['share_pct']:.0f}%"
              for e in work["by_event"][:3] if e["share_pct"] >= 1]
     return f"Before these launches the launching thread is in {', '.join(parts)} of the time (innermost host event)."
-
-
-# Above this share of the time before the launches in no host event, the trace cannot say
-# what the thread did.
-UNRECORDED_HOST_PCT = 90.0
-
-
-# A recommendation names the activity that ends the gaps when it ends at least this share.
-ENDED_BY_MIN_PCT = 50.0
 
 
 def _ended_by_sentence(entry: dict) -> str:

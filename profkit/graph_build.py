@@ -369,10 +369,11 @@ class _Builder(WaitEdges, HostEdges):
             # with no event wait. It is kept whole on the stream edge, as `wait`. A collective
             # too: its wait for the other ranks has edges of its own, after its start, and
             # without this a SendRecv 2.3 us behind the kernel ahead of it was pinned by its
-            # launch 9.5 ms earlier (a two-rank Nsight report: 3.9 ms of "wait" per step). As a launch latency it put the whole
-            # queueing time on the critical path as launch (SGLang's decode step: an argmax
-            # launched 8.26 ms before it ran, behind a graph replay, made the path 82% launch)
-            # and pinned the activity, so that no faster kernel ahead of it could move it.
+            # launch 9.5 ms earlier (a two-rank Nsight report: 3.9 ms of "wait" per step).
+            # As a launch latency it put the whole queueing time on the critical path as
+            # launch (SGLang's decode step: an argmax launched 8.26 ms before it ran, behind a
+            # graph replay, made the path 82% launch) and pinned the activity, so that no
+            # faster kernel ahead of it could move it.
             enqueued = follows[nxt] | ((self.launcher[nxt] >= 0) & (self.launch_time[nxt] < self.end[prev]))
             queued = ~short & enqueued & ~held[nxt] & (self.waiting_start[nxt] == np.iinfo(np.int64).min)
             # A wait is the waiting activity's (as a launch's wait is); a gap, the one before it's.
