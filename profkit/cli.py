@@ -29,7 +29,7 @@ def _progress_bar():
         return None, None
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
                         TimeRemainingColumn(), transient=True)
     tasks: dict[str, int] = {}
 
@@ -250,6 +250,7 @@ def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...]
         click.echo(render.to_json(result))
         return
     from rich.table import Table
+    from rich.text import Text
 
     from .report_terminal import make_console
 
@@ -270,8 +271,8 @@ def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...]
         console.print("* held at the device's capacity: no shorter than the step's compute kernels took on "
                       "their busiest device, overlapped as observed (without that floor the replay predicts "
                       + "; ".join(bound) + ").")
-    console.print("[dim]Step times are means over the steady-state steps; the saving is against the replayed "
-                  "step (replay error is in `profkit analyze --format json`, critical_path).[/dim]")
+    console.print(Text("Step times are means over the steady-state steps; the saving is against the replayed "
+                       "step (replay error is in `profkit analyze --format json`, critical_path).", style="dim"))
 
 
 def _analysis_of(path: str, selected_step: int | None = None) -> dict:

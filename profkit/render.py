@@ -53,8 +53,15 @@ def rows(names: Sequence[str], values: Iterable[Sequence[Any]], fmt: str, out=No
 def console(file=None, **options):
     """A rich Console whose output into a closed pipe (`profkit sql ... | head`) ends the
     command the way profkit's own writes do (BrokenPipeError: exit 0, see cli.main); rich's
-    default is SystemExit(1)."""
+    default is SystemExit(1).
+
+    Markup is off: every string printed is data (kernel names such as Nsight's
+    `...::[lambda(int) (instance 1)]`, Kineto's `[memory]`, paths, SQL results), which
+    rich would otherwise read as style tags, dropping text or failing on `[/x]`. Styled
+    text is built as `rich.text.Text`."""
     from rich.console import Console
+
+    options.setdefault("markup", False)
 
     class _PipeConsole(Console):
         def on_broken_pipe(self) -> None:

@@ -12,11 +12,12 @@ _VERDICT = {0: "all budgets hold", 1: "budget exceeded", 3: "some budgets could 
 
 def print_check(outcomes: list[Outcome], result: dict[str, Any], code: int) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("", "budget", "value", "details", title="profkit budgets", title_justify="left")
     style = {"pass": "green", "fail": "red", "unanswerable": "yellow"}
     for o in outcomes:
-        table.add_row(f"[{style[o.status]}]{_MARK[o.status]}[/]", o.budget.describe(),
+        table.add_row(Text(_MARK[o.status], style=style[o.status]), o.budget.describe(),
                       "-" if o.value is None else o.budget.show(o.value), o.message)
     from .report_terminal import make_console
 

@@ -120,11 +120,12 @@ def _new_gone_text(pair: dict[str, Any], top: int) -> list[str]:
 
 def print_diff(result: dict[str, Any], top: int = 10, console=None) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from .render import console as pipe_console
 
     console = console or pipe_console()
-    console.print(f"[bold]profkit diff[/bold] — {result['pairing']['note']}")
+    console.print(Text.assemble(("profkit diff", "bold"), f" — {result['pairing']['note']}"))
     for pair in result["pairs"]:
         console.print(f"base: {_side(pair['base'])}")
         console.print(f"new:  {_side(pair['new'])}")

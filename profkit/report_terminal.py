@@ -5,6 +5,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .findings import combined_lines, group_across_ranks, path_parts, replay_note, trace_notes
 from .render import console as pipe_console, device_names, human_ns
@@ -76,21 +77,27 @@ _BAR_COLOURS = {"compute": "green", "communication": "magenta", "host": "yellow"
                 "sync": "red", "wait": "blue", "idle": "bright_black"}
 
 
-def critical_path_bar(trace: dict[str, Any], width: int = 40) -> str | None:
+def critical_path_bar(trace: dict[str, Any], width: int = 40) -> Text | None:
     """One line: the critical path's composition as a coloured bar with the shares."""
     cp = trace.get("critical_path") or {}
     parts = path_parts(cp)
     total = sum(parts.values())
     if not cp.get("available") or not total:
         return None
-    bar, legend = "", []
+    line = Text(f"rank {trace.get('rank')} critical path {human_ns(cp.get('length_ns'))} "
+                f"(replay error {cp.get('replay_error_pct', 0):+.1f}%): ")
+    legend = []
     for cause, ns in sorted(parts.items(), key=lambda kv: -kv[1]):
         cells = max(1, round(width * ns / total))
         colour = _BAR_COLOURS.get(cause.split(":")[0], "white")
-        bar += f"[{colour}]{'█' * cells}[/]"
-        legend.append(f"[{colour}]{cause}[/] {100 * ns / total:.0f}%")
-    return (f"rank {trace.get('rank')} critical path {human_ns(cp.get('length_ns'))} "
-            f"(replay error {cp.get('replay_error_pct', 0):+.1f}%): {bar} " + ", ".join(legend))
+        line.append("█" * cells, style=colour)
+        legend.append((cause, colour, f" {100 * ns / total:.0f}%"))
+    line.append(" ")
+    for i, (cause, colour, share) in enumerate(legend):
+        line.append(", " if i else "")
+        line.append(cause, style=colour)
+        line.append(share)
+    return line
 
 
 def print_analysis(result: dict[str, Any], top: int = 10, console: Console | None = None) -> None:
@@ -101,7 +108,7 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
         if line:
             console.print(line)
     for line in trace_notes(result["traces"]):
-        console.print(f"[dim]{line}[/dim]")
+        console.print(Text(line, style="dim"))
     findings = group_across_ranks(result["findings"])
     if not findings:
         console.print("No findings above the noise floor.")
@@ -110,10 +117,11 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
     for line in combined_lines(result["traces"]):
         console.print(line)
     for i, f in enumerate(findings[:min(top, 5)], 1):
-        console.print(f"[bold]{i}. {f['title']}[/bold]")
-        console.print(f"   [green]Do:[/green] {f['recommendation']}")
+        console.print(Text(f"{i}. {f['title']}", style="bold"))
+        console.print(Text.assemble("   ", ("Do:", "green"), " ", f["recommendation"]))
         note = replay_note(f)
         if note:
-            console.print(f"   [yellow]Why {human_ns(f['impact_ns'])}:[/yellow] {note}")
-    console.print("[dim]≤ marks an upper bound, ~ an estimate. `--format markdown` adds the SQL that shows each "
-                  "finding's evidence in `profkit sql`; `--format json` has every finding of every rank.[/dim]")
+            console.print(Text.assemble("   ", (f"Why {human_ns(f['impact_ns'])}:", "yellow"), " ", note))
+    console.print(Text("≤ marks an upper bound, ~ an estimate. `--format markdown` adds the SQL that shows each "
+                       "finding's evidence in `profkit sql`; `--format json` has every finding of every rank.",
+                       style="dim"))

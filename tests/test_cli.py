@@ -1,5 +1,7 @@
 """The command line: version, schema, sql output formats, one-line errors."""
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,6 +70,46 @@ def test_sql_table_shows_the_first_rows_and_says_how_many(db):
     assert f"│ {TABLE_MAX_ROWS - 1} " in table and f"│ {TABLE_MAX_ROWS} " not in table
     csv_out = CliRunner().invoke(cli, ["sql", str(db), query, "--format", "csv"]).output
     assert len(csv_out.splitlines()) == TABLE_MAX_ROWS + 51  # header and every row
+
+
+# Text that rich would read as markup: Kineto's memory events, a closing tag (an error
+# in markup), Nsight's demangled lambdas (its kernel names are full of them).
+BRACKETED = ["[memory]", "[/x]", "f()::[lambda(int) (instance 1)]", "[bold]x"]
+
+
+def test_tables_print_bracketed_text_as_it_is(db, tmp_path):
+    values = ", ".join("('" + v + "')" for v in BRACKETED)
+    result = CliRunner().invoke(cli, ["sql", str(db), f"SELECT * FROM (VALUES {values}) t(name)"])
+    assert result.exit_code == 0, result.output
+    for value in BRACKETED:
+        assert f"│ {value} " in result.output
+    # Paths too: `profkit info` shows the input's path.
+    source = tmp_path / "run [lambda] #2" / "input.json"
+    source.parent.mkdir()
+    source.write_text("{}")
+    store = Store.open(source.parent / "run.duckdb")
+    with Sink(store).trace(source, "test") as w:
+        w.add_events({"event_id": [0], "kind": ["kernel"], "name": ["k"], "start_ns": [0], "dur_ns": [1],
+                      "device": [0], "stream": [7]})
+    store.close()
+    proc = subprocess.run([PROFKIT, "info", str(source.parent / "run.duckdb")], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"trace   {source}" in proc.stdout
+
+
+def test_the_analysis_printout_shows_names_with_brackets_as_they_are():
+    from profkit.render import console
+    from profkit.report_terminal import print_analysis
+
+    finding = {"rule": "kernels.hotspot", "title": "GPU 0: " + BRACKETED[2] + " takes 40%",
+               "impact_ns": 1000, "impact_basis": "estimate", "share_pct": 1.0, "scope": {"rank": 0, "device": 0},
+               "recommendation": "Look at " + " and ".join(BRACKETED), "evidence": {}, "sql": ""}
+    out = io.StringIO()
+    print_analysis({"traces": [], "findings": [finding]}, console=console(file=out, width=400))
+    text = out.getvalue()
+    assert f"1. {finding['title']}" in text and "Do: " + finding["recommendation"] in text
+    assert text.count(BRACKETED[2]) == 3  # the table, the title below it, the recommendation
 
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])
