@@ -49,3 +49,11 @@ def detect(path: Path) -> ModuleType | None:
         except Exception:  # noqa: BLE001 - a detector that trips over odd input just declines it
             continue
     return None
+
+
+def unreadable(path: Path) -> str | None:
+    """For a file no parser claims: what keeps a file of a container the formats use from
+    being read (a truncated or locked SQLite database), or None if nothing does."""
+    from .sqlite_file import damage
+
+    return damage(path)

@@ -24,7 +24,8 @@ import pyarrow as pa
 from profkit.errors import TraceError
 
 from . import nsys_meta as meta
-from .nsys_db import Reader, catalog, connect, is_sqlite, read_meta, sqlite_problem
+from .nsys_db import Reader, catalog, read_meta
+from .sqlite_file import connect, is_sqlite, sqlite_problem
 from .nsys_events import ActivityReader
 
 FORMAT = "nsys"

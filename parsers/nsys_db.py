@@ -29,34 +29,6 @@ import pyarrow as pa
 
 # One DuckDB row group per batch: appends to a file-backed store fill whole row groups.
 BATCH_ROWS = 122_880
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def is_sqlite(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(16) == SQLITE_MAGIC
-    except OSError:
-        return False
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A read-only sqlite3 connection that fails at once (no busy wait) on a locked file."""
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
-    con = sqlite3.connect(uri, uri=True, timeout=0, check_same_thread=False)
-    # Exports hold strings that are not valid UTF-8 (seen in StringIds): keep them, replaced.
-    con.text_factory = lambda raw: raw.decode("utf-8", "replace")
-    return con
-
-
-def sqlite_problem(exc: sqlite3.Error) -> str:
-    """One line for a SQLite error a user can act on."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "locked" in text or "busy" in text:
-        return f"the SQLite database is locked by another process ({text}); retry when it is released"
-    if "malformed" in text or "not a database" in text or "disk image" in text:
-        return f"the SQLite database is damaged or truncated ({text})"
-    return f"cannot read the SQLite database ({text})"
 
 
 @dataclass

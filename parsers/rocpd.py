@@ -23,29 +23,20 @@ import pyarrow.compute as pc
 from profkit.errors import TraceError
 
 from . import rocm_common as rc
+from .sqlite_file import connect, file_problem, is_sqlite, sqlite_problem, table_names
 
 FORMAT = "rocpd"
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _names(con: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
 def detect(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        with open(path, "rb") as fh:
-            if fh.read(16) != SQLITE_MAGIC:
-                return False
-        con = _connect(path)
+        if not is_sqlite(path):
+            return False
+        con = connect(path)
         try:
-            return any(n.startswith("rocpd_") for n in _names(con))
+            return any(n.startswith("rocpd_") for n in table_names(con))
         finally:
             con.close()
     except (OSError, sqlite3.Error):
@@ -54,10 +45,10 @@ def detect(path: Path) -> bool:
 
 def parse(path: Path, sink) -> None:
     try:
-        con = _connect(path)
-        names = _names(con)
+        con = connect(path)
+        names = table_names(con)
     except sqlite3.Error as exc:
-        raise TraceError(path, f"unreadable SQLite database: {exc}") from None
+        raise TraceError(path, sqlite_problem(exc)) from None
     try:
         if "rocpd_op" in names or "rocpd_api_ops" in names:
             raise TraceError(path, "rocmProfileData (rpd_tracer) database (tables rocpd_op, rocpd_api_ops): "
@@ -78,7 +69,9 @@ def parse(path: Path, sink) -> None:
             with sink.trace(trace_path, FORMAT, stat_path=path) as w:
                 _parse_process(con, names, guid, version, w)
             sink.report(str(path), guids.index(guid) + 1, len(guids))
-    except (sqlite3.Error, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+    except sqlite3.Error as exc:
+        raise TraceError(path, file_problem(exc) or f"unexpected rocpd content: {str(exc).splitlines()[0]}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise TraceError(path, f"unexpected rocpd content: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()

@@ -127,8 +127,8 @@ def find_inputs(path: Path) -> list[tuple[Path, object]]:
             raise TraceError(path, "empty file")
         module = parsers.detect(path)
         if module is None:
-            raise TraceError(path, "not a trace profkit can read (expected PyTorch profiler JSON, "
-                                   "an Nsight Systems SQLite export, or rocprof output)")
+            raise TraceError(path, parsers.unreadable(path) or "not a trace profkit can read (expected PyTorch "
+                             "profiler JSON, an Nsight Systems SQLite export, or rocprof output)")
         return [(path, module)]
     module = parsers.detect(path)
     if module is not None:
@@ -146,6 +146,10 @@ def find_inputs(path: Path) -> list[tuple[Path, object]]:
         module = parsers.detect(file)
         if module is not None:
             found.append((file, module))
+        elif parsers.unreadable(file):
+            # Most likely one rank's trace, cut short: analysing the others alone would
+            # be a silent partial result.
+            raise TraceError(file, parsers.unreadable(file))
     if not found:
         raise TraceError(path, f"no traces found in this directory ({len(files)} files looked at)")
     return found

@@ -537,7 +537,23 @@ def test_truncated_export_is_a_one_line_error(tmp_path):
         with pytest.raises(TraceError):
             nsys.parse(cut, _sink())
     line = _one_line_error(_cli("info", str(cut)))
-    assert "cut.sqlite" in line
+    assert f"{cut}: the SQLite database is damaged or truncated" in line
+
+
+def test_a_truncated_rank_in_a_directory_stops_the_run(tmp_path):
+    """Analysing the ranks that read without the one that does not would be a partial
+    result nobody asked for; an unrelated database beside them is still passed over."""
+    source = shared_trace("nsys/t4_vectoradd_streams.sqlite")
+    (tmp_path / "rank0.sqlite").write_bytes(source.read_bytes())
+    (tmp_path / "rank1.sqlite").write_bytes(source.read_bytes()[:100_000])
+    con = sqlite3.connect(tmp_path / "notes.sqlite")
+    con.execute("CREATE TABLE notes (text TEXT)")
+    con.commit()
+    con.close()
+    line = _one_line_error(_cli("info", str(tmp_path)))
+    assert f"{tmp_path / 'rank1.sqlite'}: the SQLite database is damaged or truncated" in line
+    (tmp_path / "rank1.sqlite").unlink()
+    assert _cli("info", str(tmp_path)).returncode == 0
 
 
 def test_locked_export_is_a_one_line_error(tmp_path):

@@ -109,3 +109,24 @@ def test_rpd_tracer_schema_refused_clearly(tmp_path):
     con.commit()
     con.close()
     _one_line(_cli(path, tmp_path), path, "not supported")
+
+
+def test_a_path_with_uri_characters_reads_like_any_other(tmp_path):
+    """SQLite opens files by URI here (read-only): `#`, `?` and `%` in a folder's name
+    must stay part of the path, not start a fragment or a query."""
+    source = shared_trace("rocprof/rocpd_r9700_llamacpp_decode/results.db")
+    folder = tmp_path / "run #2 ?a=b %20"
+    folder.mkdir()
+    (folder / "results.db").write_bytes(source.read_bytes())
+    here, there = load(source), load(folder / "results.db")
+    query = "SELECT kind, count(*) AS n, sum(dur_ns) AS ns FROM events GROUP BY kind ORDER BY kind"
+    assert there.rows(query) == here.rows(query) and there.rows(query)
+
+
+def test_a_truncated_database_is_named_as_such(tmp_path):
+    data = shared_trace("rocprof/rocpd_r9700_llamacpp_decode/results.db").read_bytes()
+    for keep in (len(data) // 20, len(data) * 5 // 6):  # the table list cut off, or only the rows
+        path = tmp_path / f"cut{keep}" / "results.db"
+        path.parent.mkdir()
+        path.write_bytes(data[:keep])
+        _one_line(_cli(path, tmp_path), path, "damaged or truncated")
