@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .render import human_ns, number_ranges
+from .render import human_ns, number_ranges, short_name
 
 IMPACT_BASES = ("measured", "estimate", "bound", "replay")
 
@@ -181,7 +181,7 @@ def wait_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list[
                 f"waits on something this trace does not record")
         top = next((c for c in cp.get("top_contributors") or [] if c.get("cause") == "wait"), None)
         if top:
-            line += f"; most of it before {top['name']} ({top['count']} on the path, {human_ns(top['ns'])} per step)"
+            line += f"; most of it before {short_name(top['name'])} ({top['count']} on the path, {human_ns(top['ns'])} per step)"
             if top.get("category") == "communication":
                 line += ", a collective waiting for its peer ranks"
                 world = t.get("world_size") or 0

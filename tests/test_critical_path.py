@@ -376,6 +376,21 @@ def test_a_collective_waiting_for_unloaded_ranks_says_so():
     assert wait_notes([{**trace, "world_size": 1}]) == [note.split(": analyse")[0] + "."]
 
 
+def test_a_wait_note_names_a_long_kernel_in_short():
+    """CK's template kernels run to thousands of characters (the MI300X rocpd BMM: 4,400);
+    the note cuts the name as findings do."""
+    from profkit.findings import wait_notes
+    from profkit.render import short_name
+
+    store = _store(shared_trace("rocprof/rocpd_mi300x_ck_bmm"))
+    metrics, _ = analyze_trace(store, store.rows("SELECT min(trace_id) AS t FROM traces")[0]["t"])
+    trace = {"rank": 0, "critical_path": metrics["critical_path"]}
+    top_wait = next(c for c in trace["critical_path"]["top_contributors"] if c["cause"] == "wait")
+    assert len(top_wait["name"]) > 1000
+    (note,) = wait_notes([trace])
+    assert f"before {short_name(top_wait['name'])} (" in note and len(note) < 500
+
+
 def test_a_collective_the_stream_held_is_not_a_wait_for_its_launch():
     """The two-rank Nsight report: rank 1's SendRecv kernels start 2.3-2.5 us after the
     kernel ahead of them (just over STREAM_GAP_MAX_NS) and were launched ~9.5 ms earlier.
