@@ -22,6 +22,12 @@ PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host", "cri
 
 ANALYSIS_SCHEMA = "profkit.analysis/1"
 
+# Frameworks whose terms recommendations can use, and what in a store shows one: a word in
+# the trace's producer, or host events by name (PyTorch's operators in a Kineto trace, or as
+# NVTX ranges in an Nsight report). A native program (CloverLeaf, llama.cpp) gets advice in
+# runtime terms; another framework is one entry here and one text per finding that needs it.
+FRAMEWORKS = {"pytorch": {"producer_word": "pytorch", "host_name_like": "aten::%"}}
+
 
 @dataclass
 class Step:
@@ -109,6 +115,25 @@ class Context:
     def _vendor(self, device: int | None) -> str | None:
         # A device with no devices row (or no vendor in it) is of the trace's vendor.
         return self._device_vendors().get(device) or self.trace.get("vendor")
+
+    @property
+    def framework(self) -> str | None:
+        """The framework the trace shows (FRAMEWORKS), else None."""
+        if "framework" not in self.memo:
+            self.memo["framework"] = next((name for name, marks in FRAMEWORKS.items() if self._shows(marks)), None)
+        return self.memo["framework"]
+
+    def _shows(self, marks: dict[str, str]) -> bool:
+        if marks["producer_word"] in (self.trace.get("producer") or "").lower():
+            return True
+        return bool(self.store.rows(
+            "SELECT 1 AS x FROM events WHERE trace_id = ? AND device IS NULL AND name LIKE ? LIMIT 1",
+            [self.trace_id, marks["host_name_like"]]))
+
+    def advice(self, texts: dict[str | None, str]) -> str:
+        """A recommendation in the terms of the trace's framework: `texts[framework]`, else
+        the general `texts[None]`."""
+        return texts.get(self.framework) or texts[None]
 
     def share(self, ns_per_step: float) -> float:
         return 100.0 * ns_per_step / self.step_ns if self.step_ns else 0.0

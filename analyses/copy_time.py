@@ -17,6 +17,19 @@ from profkit.findings import Finding
 COPY_BOUND_MIN_PCT = 10.0  # exposed copy time per step, as a share of the step
 NOT_COMPUTE = ("memory", "communication")
 MAX_EXAMPLES = 5
+# By framework (Context.advice): None is the general text, in runtime terms.
+_ADVICE = {
+    None: "The device waits on copies, not kernels. Keep what is copied every step resident on the device "
+          "(data uploaded again each step: fit it with lower precision or by splitting the work instead); "
+          "where copies must stay, issue them early from pinned memory on a side stream (asynchronous copies "
+          "of the next part while this one computes) so compute hides them; and copy less (lower precision, "
+          "only what changed).",
+    "pytorch": "The device waits on copies, not kernels. Keep what is copied every step resident on the device "
+               "(weights offloaded to the host are uploaded again each step: fit them with quantisation or "
+               "sharding instead); where copies must stay, issue them early from pinned memory on a side stream "
+               "(non_blocking=True, prefetch the next layer while this one computes) so compute hides them; and "
+               "copy less (lower precision, only what changed).",
+}
 
 
 def copy_time(store, trace_id: int, acts: dict, windows: list) -> list[dict]:
@@ -99,12 +112,7 @@ def copy_bound_findings(ctx, copies: list[dict], windows: list, step_ref: int, s
             sql=(f"SELECT event_id, name, start_ns, dur_ns, bytes, direction, src_memory, dst_memory, bytes_per_s "
                  f"FROM copies_view WHERE trace_id = {ctx.trace_id} AND kind = 'memcpy' "
                  f"AND coalesce(device, -1) = {d} ORDER BY dur_ns DESC LIMIT 20"),
-            recommendation=("The device waits on copies, not kernels. Keep what is copied every step resident "
-                            "on the device (weights offloaded to the host are uploaded again each step: fit "
-                            "them with quantisation or sharding instead); where copies must stay, issue them "
-                            "early from pinned memory on a side stream (non_blocking=True, prefetch the next "
-                            "layer while this one computes) so compute hides them; and copy less (lower "
-                            "precision, only what changed)."),
+            recommendation=ctx.advice(_ADVICE),
             impact_basis="bound", count=c["copies_per_step"]))
     return out
 

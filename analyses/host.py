@@ -32,6 +32,42 @@ STEP_START_GAP_MIN_NS = 20_000    # host.step_start_gap only above 20 us of GPU 
 STEP_START_GAP_MIN_SHARE = 2.0    # ... and 2% of the median step
 MAX_EXAMPLES = 5
 
+# Recommendations by framework (Context.advice): None is the general text, in runtime terms.
+_SYNC_ADVICE = {
+    None: "Remove host synchronisation from the loop: synchronise only where the host needs a result, order "
+          "work across streams with events (cudaEventRecord + cudaStreamWaitEvent, hipEventRecord + "
+          "hipStreamWaitEvent) instead of device or stream synchronize, and copy results asynchronously "
+          "(cudaMemcpyAsync/hipMemcpyAsync into pinned memory) instead of with blocking copies.",
+    "pytorch": "Remove host synchronisation from the loop: keep values on the device instead of calling "
+               ".item()/.cpu()/.tolist() every step, copy results with non_blocking=True into pinned memory and "
+               "wait on an event only when the value is needed, and drop explicit torch.cuda.synchronize() "
+               "outside timing code.",
+}
+_PINNED_ADVICE = {
+    None: "Allocate host buffers in pinned (page-locked) memory (cudaMallocHost/cudaHostAlloc, hipHostMalloc, or "
+          "cudaHostRegister/hipHostRegister on an existing buffer) so copies run at full bandwidth and stay "
+          "asynchronous with respect to the host.",
+    "pytorch": "Allocate host buffers in pinned (page-locked) memory (pin_memory=True in the DataLoader, "
+               "tensor.pin_memory(), cudaHostAlloc/hipHostMalloc) so copies run at full bandwidth and stay "
+               "asynchronous with respect to the host.",
+}
+_ALLOCATOR_ADVICE = {
+    None: "Allocate once and reuse buffers across steps (a memory pool), or use stream-ordered allocation "
+          "(cudaMallocAsync/hipMallocAsync with a pool that keeps memory); cudaFree/hipFree also synchronise "
+          "the device.",
+    "pytorch": "Let the caching allocator keep memory across steps: avoid emptying the cache "
+               "(torch.cuda.empty_cache) in the loop, keep tensor shapes stable or preallocate, and use "
+               "stream-ordered allocation (cudaMallocAsync) where raw allocations are needed; cudaFree/hipFree "
+               "also synchronise the device.",
+}
+_STEP_START_ADVICE = {
+    None: "Prepare the next step's inputs while the current one runs: read and stage them on another thread, "
+          "copy them asynchronously from pinned memory, and build the next batch ahead of time.",
+    "pytorch": "Prepare the next step's inputs while the current one runs: DataLoader workers with pin_memory "
+               "and prefetching, non_blocking host-to-device copies, and a scheduler that builds the next batch "
+               "ahead of time.",
+}
+
 
 def run(ctx: Context) -> PassResult:
     windows, steps = _windows(ctx)
@@ -203,11 +239,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
                  f"AND ((kind = 'runtime' AND {_blocking_calls_sql(ctx.trace_id, calls, sel)}) "
                  f"OR (kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)}))) "
                  f"AND start_ns >= {lo} AND start_ns <= {hi} ORDER BY start_ns"),
-            recommendation=(_sites_sentence(sites, each) +
-                            "Remove host synchronisation from the loop: keep values on the device instead of "
-                            "calling .item()/.cpu()/.tolist() every step, copy results with non_blocking=True "
-                            "into pinned memory and wait on an event only when the value is needed, and drop "
-                            "explicit torch.cuda.synchronize() outside timing code."),
+            recommendation=_sites_sentence(sites, each) + ctx.advice(_SYNC_ADVICE),
             impact_basis="estimate", count=points,
         ))
     return {"metrics": metrics, "findings": findings, "idle": idle_union}
@@ -378,9 +410,7 @@ def _pageable(ctx, dev, windows, host_side, n_steps) -> dict:
                       "examples": [int(e) for e in ids[:MAX_EXAMPLES]]},
             sql=(f"SELECT event_id, name, start_ns, dur_ns, bytes, direction, src_memory, dst_memory, bytes_per_s "
                  f"FROM copies_view WHERE event_id IN ({sql_ids}) ORDER BY start_ns"),
-            recommendation=("Allocate host buffers in pinned (page-locked) memory (pin_memory=True in the "
-                            "DataLoader, tensor.pin_memory(), cudaHostAlloc/hipHostMalloc) so copies run at full "
-                            "bandwidth and stay asynchronous with respect to the host."),
+            recommendation=ctx.advice(_PINNED_ADVICE),
             impact_basis="estimate", count=int(ids.size),
         ))
     return {"metrics": metrics, "findings": findings}
@@ -416,10 +446,7 @@ def _allocator(ctx, calls, roles) -> dict:
             sql=(f"SELECT event_id, name, start_ns, dur_ns, tid FROM events WHERE trace_id = {ctx.trace_id} "
                  f"AND kind = 'runtime' AND name IN ({_in_list(by_name)}) AND start_ns >= {later[0].start_ns} "
                  f"ORDER BY start_ns"),
-            recommendation=("Let the caching allocator keep memory across steps: avoid emptying the cache "
-                            "(torch.cuda.empty_cache) in the loop, keep tensor shapes stable or preallocate, "
-                            "and use stream-ordered allocation (cudaMallocAsync) where raw allocations are needed; "
-                            "cudaFree/hipFree also synchronise the device."),
+            recommendation=ctx.advice(_ALLOCATOR_ADVICE),
             impact_basis="bound", count=int(sel.size),
         ))
     return {"metrics": metrics, "findings": findings}
@@ -497,9 +524,7 @@ def _step_start_gap(ctx, busy, sync_idle) -> dict:
                  f"count(h.event_id) AS host_events_in_gap FROM (VALUES {values}) w(step, step_start_ns, first_device_ns) "
                  f"LEFT JOIN events h ON h.trace_id = {ctx.trace_id} AND h.kind IN ('cpu_op', 'python', 'annotation', 'runtime') "
                  f"AND h.start_ns >= w.step_start_ns AND h.start_ns < w.first_device_ns GROUP BY ALL ORDER BY w.step"),
-            recommendation=("Prepare the next step's inputs while the current one runs: DataLoader workers "
-                            "with pin_memory and prefetching, non_blocking host-to-device copies, and a "
-                            "scheduler that builds the next batch ahead of time."),
+            recommendation=ctx.advice(_STEP_START_ADVICE),
             impact_basis="measured", count=len(rows),
         ))
     return {"metrics": metrics, "findings": findings}

@@ -472,18 +472,33 @@ _TITLES = {
     "sync": "{dev} idles {pct:.1f}% of each step while the host is blocked by synchronisation",
     "dependency": "{dev} idles {pct:.1f}% of each step waiting on other streams or ranks",
 }
+# By cause, then by framework (Context.advice): None is the general text, in runtime terms.
 _RECOMMENDATIONS = {
-    "host_bound": "The {noun} runs out of queued work because the host launches too slowly: capture the step "
-                  "with CUDA/HIP graphs (torch.compile mode='reduce-overhead', CUDA graph capture), fuse small "
-                  "kernels, and move Python and data preparation off the launching thread.",
-    "launch_latency": "Kernels were enqueued in time but started late: the runtime's per-launch latency adds up "
-                      "over many short kernels. Fewer, larger kernels (fusion) or graph replay remove it.",
-    "sync": "The host blocks in synchronisation (stream/device/event synchronize, blocking copies, .item(), "
-            ".cpu()) and the {noun} starves until it launches again: drop the syncs from the step loop, use "
-            "non_blocking copies from pinned memory and events instead.",
-    "dependency": "The device waits on another stream's or rank's work: start the producer earlier, overlap "
-                  "independent work on other streams, and check cross-stream event waits and collectives "
-                  "(the communication pass shows rank skew).",
+    "host_bound": {
+        None: "The {noun} runs out of queued work because the host launches too slowly: capture the "
+              "repeated launch sequence as a CUDA/HIP graph (stream capture, then one graph launch per step), "
+              "fuse small kernels, and move other host work off the launching thread.",
+        "pytorch": "The {noun} runs out of queued work because the host launches too slowly: capture the step "
+                   "with CUDA/HIP graphs (torch.compile mode='reduce-overhead', CUDA graph capture), fuse small "
+                   "kernels, and move Python and data preparation off the launching thread.",
+    },
+    "launch_latency": {
+        None: "Kernels were enqueued in time but started late: the runtime's per-launch latency adds up "
+              "over many short kernels. Fewer, larger kernels (fusion) or graph replay remove it.",
+    },
+    "sync": {
+        None: "The host blocks in synchronisation (stream/device/event synchronize, blocking copies) and the "
+              "{noun} starves until it launches again: drop the syncs from the step loop, use asynchronous "
+              "copies from pinned memory and events instead.",
+        "pytorch": "The host blocks in synchronisation (stream/device/event synchronize, blocking copies, .item(), "
+                   ".cpu()) and the {noun} starves until it launches again: drop the syncs from the step loop, use "
+                   "non_blocking copies from pinned memory and events instead.",
+    },
+    "dependency": {
+        None: "The device waits on another stream's or rank's work: start the producer earlier, overlap "
+              "independent work on other streams, and check cross-stream event waits and collectives "
+              "(the communication pass shows rank skew).",
+    },
 }
 
 # Dependency gaps that mostly precede nodes of graph replays: the graph's own edges, which no
@@ -533,7 +548,7 @@ def _findings(ctx, device, summary, streams, per_device, per_stream, windows, ha
                 " (no recorded wait: the work was queued in time but started later than any launch takes)"
                 if unrecorded_ns * 2 > cause_ns else "")
         recommendation = (_GRAPH_DEPENDENCY_RECOMMENDATION if inside_graphs
-                          else _RECOMMENDATIONS[cause].format(noun=ctx.device_noun(device)))
+                          else ctx.advice(_RECOMMENDATIONS[cause]).format(noun=ctx.device_noun(device)))
         evidence_extra = {}
         if cause == "host_bound":
             work = host_work(ctx.store, ctx.trace_id, per_device.launch_event[mask], per_device.start[mask],

@@ -32,6 +32,15 @@ SMALL_GRID_MAX_FINDINGS = 3
 FINDING_MIN_PCT = 1.0            # noise floor: share of a step ...
 FINDING_MIN_NS = 10_000          # ... and time per step
 
+# By framework (Context.advice): None is the general text, in runtime terms.
+_TINY_KERNEL_ADVICE = {
+    None: "Capture the step's launch sequence as a CUDA/HIP graph (stream capture, then one graph launch per "
+          "step) so one launch replaces hundreds, and fuse chains of small kernels into fewer, larger ones.",
+    "pytorch": "Capture the step with CUDA/HIP graphs (torch.compile mode='reduce-overhead' or torch.cuda.graphs) "
+               "so one launch replaces hundreds, and fuse chains of small elementwise kernels (torch.compile, "
+               "fused optimizers, fused norms).",
+}
+
 
 def _pct(part, whole) -> float:
     return round(100.0 * part / whole, 3) if whole else 0.0
@@ -386,9 +395,7 @@ def _storm_findings(ctx, tiny, step_ref, windows, tiny_ops):
                  f"WHERE trace_id = {ctx.trace_id} AND coalesce(device, -1) = {t['device']} AND dur_ns < {TINY_KERNEL_NS} "
                  f"GROUP BY name ORDER BY n DESC LIMIT 20"),
             recommendation=_launching_ops_sentence(tiny_ops.get(t["device"], []), t["count"]) +
-                           "Capture the step with CUDA/HIP graphs (torch.compile mode='reduce-overhead' or "
-                           "torch.cuda.graphs) so one launch replaces hundreds, and fuse chains of small "
-                           "elementwise kernels (torch.compile, fused optimizers, fused norms).",
+                           ctx.advice(_TINY_KERNEL_ADVICE),
             impact_basis="estimate", count=med["count"]))
     return out
 

@@ -86,14 +86,14 @@ def step_notes(traces: list[dict[str, Any]]) -> list[str]:
         steps, who = t.get("steps") or {}, f"Rank {t.get('rank')}"
         for a in steps.get("adjusted_windows") or []:
             if a["kind"] == "cut_at_recording_end":
-                lines.append(f"{who}: step {a['name']} is cut at the last recorded event; its range runs on "
+                lines.append(f"{who}: step {short_name(a['name'])} is cut at the last recorded event; its range runs on "
                              f"{human_ns(a['host_end_ns'] - a['end_ns'])} past it, with nothing recorded.")
             else:
-                lines.append(f"{who}: the only step ({a['name']}) ends with its device work, "
+                lines.append(f"{who}: the only step ({short_name(a['name'])}) ends with its device work, "
                              f"{human_ns(a['end_ns'] - a['host_end_ns'])} after its host range.")
         partial = steps.get("partial_last_step")
         if partial:
-            lines.append(f"{who}: last step {partial['name']} left out, cut short by the capture "
+            lines.append(f"{who}: last step {short_name(partial['name'])} left out, cut short by the capture "
                          f"({partial['reason']}).")
     return lines
 

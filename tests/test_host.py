@@ -231,3 +231,19 @@ def test_sync_call_sites_are_the_users_python_lines():
     ctx, result = run_host(store)
     finding = next(f for f in result.findings if f.rule == "host.sync_in_steady_state")
     assert finding.evidence["by_call_site"] == {} and finding.recommendation.startswith("Remove host")
+
+
+def test_advice_is_in_the_terms_of_the_program():
+    """A native program (CloverLeaf, C++ and CUDA) is told what to change in runtime calls;
+    a PyTorch program, here seen only through its operators' NVTX ranges in an Nsight
+    report, in PyTorch's terms (Context.framework)."""
+    native_ctx, native = run_host(profkit.load(shared_trace("nsys/a100x4_cloverleaf_nsys2024.5.sqlite")))
+    torch_ctx, torch_run = run_host(profkit.load(shared_trace("nsys/rtx2070s_pytorch_dlprof.sqlite")))
+    assert native_ctx.framework is None and torch_ctx.framework == "pytorch"
+    by_rule = {f.rule: f.recommendation for f in native.findings}
+    assert "cudaStreamWaitEvent" in by_rule["host.sync_in_steady_state"]
+    assert "cudaHostRegister" in by_rule["host.pageable_memcpy"]
+    for text in by_rule.values():
+        assert not re.search(r"torch|\.item\(\)|DataLoader|pin_memory|non_blocking", text), text
+    sync = next(f for f in torch_run.findings if f.rule == "host.sync_in_steady_state")
+    assert ".item()/.cpu()/.tolist()" in sync.recommendation and "torch.cuda.synchronize()" in sync.recommendation
