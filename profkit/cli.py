@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -416,7 +418,24 @@ def main() -> None:
     """Entry point: every error a user can cause is one line on stderr and exit code 2.
     Ends the process (see _exit)."""
     no_pandas.block()
+    watch_interrupts()
     _exit(_run_command())
+
+
+_interrupted = threading.Event()
+
+
+def watch_interrupts() -> None:
+    """Note Ctrl-C before Python turns it into KeyboardInterrupt. A DuckDB query running
+    when it comes stops with its own error instead ("Query interrupted", or one of the
+    store's other statements failing after it), which must end as an interrupt too, not as
+    an internal error. Left alone where SIGINT is ignored (a background job)."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        def on_interrupt(signum, frame):
+            _interrupted.set()
+            signal.default_int_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, on_interrupt)
 
 
 def _run_command() -> int:
@@ -441,6 +460,9 @@ def _run_command() -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # a bug: still one line, with a way to see more
+        if _interrupted.is_set():
+            click.echo("profkit: aborted", err=True)
+            return 130
         if os.environ.get("PROFKIT_DEBUG"):
             raise
         click.echo(f"profkit: internal error: {type(exc).__name__}: {exc} "

@@ -312,3 +312,36 @@ def test_unwritable_or_wrong_outputs_are_one_line_errors(tmp_path):
     proc = subprocess.run([PROFKIT, "check", str(sample), "--budget", str(budget), "--github"], capture_output=True,
                           text=True, env={**os.environ, "GITHUB_STEP_SUMMARY": str(missing / "summary.md")})
     assert proc.returncode == 2 and proc.stderr.strip().endswith(f"cannot write: no directory {missing}")
+
+
+def test_ctrl_c_during_a_query_is_an_interrupt_not_an_internal_error(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while DuckDB runs a query ends that query with DuckDB's own error ("Query
+    interrupted"), not KeyboardInterrupt; profkit still says "aborted" and exits 130."""
+    import os
+    import signal
+
+    from profkit import cli as cli_module
+
+    def load_interrupted(path):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what DuckDB does with it: the query stops and fails with its own error
+        raise RuntimeError("Query interrupted")
+
+    trace = tmp_path / "trace.json"
+    trace.write_text("{}")
+    monkeypatch.setattr(cli_module, "_load", load_interrupted)
+    monkeypatch.setattr(sys, "argv", ["profkit", "analyze", str(trace)])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        cli_module.watch_interrupts()
+        assert cli_module._run_command() == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        cli_module._interrupted.clear()
+    assert capsys.readouterr().err == "profkit: aborted\n"
+    # Without the interrupt the same error is a bug, reported as one.
+    monkeypatch.setattr(cli_module, "_load", lambda path: (_ for _ in ()).throw(RuntimeError("Query interrupted")))
+    assert cli_module._run_command() == 70
+    assert "internal error: RuntimeError: Query interrupted" in capsys.readouterr().err

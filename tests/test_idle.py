@@ -287,7 +287,7 @@ def test_waits_too_long_for_launch_latency_are_unrecorded_dependencies(stores):
     assert ended_by[0]["share_pct"] > 50 > ended_by[1]["share_pct"]
     assert finding.recommendation == (f"{ended_by[0]['share_pct']:.0f}% of this idle time ends when Memset (Device) "
                                       "starts on stream 7: look at what that stream waits on before it. "
-                                      + idle._RECOMMENDATIONS["dependency"])
+                                      + idle._RECOMMENDATIONS["dependency"][None])
 
 
 def test_waits_inside_graph_replays_point_at_the_graph(stores):
