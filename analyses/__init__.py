@@ -225,4 +225,5 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
         "schema": ANALYSIS_SCHEMA,
         "traces": traces_out,
         "findings": [f.to_dict() for f in rank(all_findings)],
+        "inputs_not_read": store.inputs_not_read(),
     }

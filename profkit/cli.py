@@ -112,12 +112,13 @@ def info(trace: str, fmt: str) -> None:
     store = _load(trace)
     try:
         data = info_mod.summary(store)
+        not_read = store.inputs_not_read()
     finally:
         store.close()
     if fmt == "json":
         click.echo(render.to_json(data))
     else:
-        render.info_tables(data)
+        render.info_tables(data, not_read=not_read)
 
 
 @cli.command()

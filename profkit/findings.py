@@ -7,6 +7,7 @@ Until the dependency-graph replay exists, an impact is an estimate or an upper b
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .render import human_ns, number_ranges, short_name
@@ -132,6 +133,21 @@ OUTSIDE_STEP_NOTE_MIN_PCT = 25.0
 def trace_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list[str]:
     """Every per-trace note the reports print under the summary, in this order."""
     return caveat_notes(traces) + wait_notes(traces, loaded) + outside_step_notes(traces) + step_notes(traces)
+
+
+def not_read_notes(result: dict[str, Any], shown: int = 3) -> list[str]:
+    """One line naming the files under the input that were not read (`inputs_not_read`),
+    so that a rank's trace profkit does not recognise is not left out unsaid."""
+    files = result.get("inputs_not_read") or []
+    if not files:
+        return []
+    parts = []
+    for reason in sorted({f["reason"] for f in files}):
+        names = [Path(f["path"]).name for f in files if f["reason"] == reason]
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        parts.append(f"{len(names)} {'file' if len(names) == 1 else 'files'} ({reason}: "
+                     f"{', '.join(names[:shown])}{more})")
+    return [f"Not read: {'; '.join(parts)}. The table inputs_not_read (`profkit sql`) lists them."]
 
 
 def outside_step_notes(traces: list[dict[str, Any]]) -> list[str]:

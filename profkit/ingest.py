@@ -21,8 +21,9 @@ ProgressCallback = Callable[[str, int, int], None]
 # Raised whenever a parser stores the same input differently (part of the cache key, so a
 # store cached by the previous code is parsed again). 2: Nsight reports split by process,
 # their sync records' device from the context; no stream is -1 for every format. 3: ROCm
-# Kineto activities on a node id stored under the device's ordinal.
-REVISION = 3
+# Kineto activities on a node id stored under the device's ordinal. 4: files of an input
+# directory that no parser claims listed in inputs_not_read.
+REVISION = 4
 
 
 def rank_from_filename(path: str | Path) -> int | None:
@@ -116,8 +117,9 @@ def _ignored(path: Path) -> bool:
     return path.name.startswith(".") or path.name.endswith(_IGNORED_SUFFIXES)
 
 
-def find_inputs(path: Path) -> list[tuple[Path, object]]:
-    """The (input, parser module) pairs under `path`."""
+def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> list[tuple[Path, object]]:
+    """The (input, parser module) pairs under `path`; files of a directory that no parser
+    claims are added to `not_read` as (path, reason)."""
     from profkit import parsers
 
     if not path.exists():
@@ -140,8 +142,12 @@ def find_inputs(path: Path) -> list[tuple[Path, object]]:
         if sub != path and parsers.detect(sub) is not None:
             claimed_dirs.add(sub)
             found.append((sub, parsers.detect(sub)))
+    leftovers = []
     for file in files:
-        if any(d in file.parents for d in claimed_dirs) or file.stat().st_size == 0:
+        if any(d in file.parents for d in claimed_dirs):
+            continue
+        if file.stat().st_size == 0:
+            leftovers.append((str(file.resolve()), "empty file"))
             continue
         module = parsers.detect(file)
         if module is not None:
@@ -150,19 +156,26 @@ def find_inputs(path: Path) -> list[tuple[Path, object]]:
             # Most likely one rank's trace, cut short: analysing the others alone would
             # be a silent partial result.
             raise TraceError(file, parsers.unreadable(file))
+        else:
+            leftovers.append((str(file.resolve()), "not a trace profkit reads"))
     if not found:
         raise TraceError(path, f"no traces found in this directory ({len(files)} files looked at)")
+    if not_read is not None:
+        not_read.extend(leftovers)
     return found
 
 
 def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | None = None) -> list[int]:
     """Parse every input under `paths` into `store`; returns the new trace ids."""
     sink = Sink(store, progress)
-    inputs = [pair for p in paths for pair in find_inputs(Path(p))]
+    not_read: list[tuple[str, str]] = []
+    inputs = [pair for p in paths for pair in find_inputs(Path(p), not_read)]
     with paused_gc():
         for input_path, module in inputs:
             module.parse(input_path, sink)
         _fill_missing_ranks(store, sink.trace_ids)
+    if not_read:
+        store.con.executemany("INSERT INTO inputs_not_read VALUES (?, ?)", not_read)
     return sink.trace_ids
 
 

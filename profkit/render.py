@@ -106,10 +106,16 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def info_tables(traces: list[dict[str, Any]], out=None) -> None:
+def info_tables(traces: list[dict[str, Any]], out=None, not_read: list[dict[str, Any]] = ()) -> None:
     from rich.table import Table
 
     page = console(file=out or sys.stdout)
+    if not_read:
+        files = Table("file", "reason", title="files under the input not read", title_justify="left")
+        for f in not_read:
+            files.add_row(f["path"], f["reason"])
+        page.print(files)
+        page.print()
     for t in traces:
         head = Table.grid(padding=(0, 2))
         head.add_column(style="bold")

@@ -209,6 +209,13 @@ TABLES: tuple[Table, ...] = (
         C("count", "BIGINT", "How many records; 0 notes something the input lacks (a table, a column) without anything dropped."),
         C("example", "VARCHAR", "One such record, abbreviated."),
     ), grain="reason"),
+    Table("inputs_not_read", "Files under an input directory that no parser claimed, so that nothing "
+          "of them is in the store (a rank's trace in a format profkit does not read would otherwise be "
+          "left out without a word); reports name them. Files profkit writes or ignores by name (`*.duckdb`, "
+          "`*.md`, `*.py`, hidden files) are not listed.", (
+        C("path", "VARCHAR", "Absolute path of the file."),
+        C("reason", "VARCHAR", "Why it was not read: `not a trace profkit reads`, `empty file`."),
+    ), grain="file"),
 )
 
 VIEWS: tuple[View, ...] = (

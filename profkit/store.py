@@ -105,6 +105,14 @@ class Store:
         rows = self.con.execute(query, list(params) if params else []).fetchall()
         return rows[0][0] if rows else None
 
+    def inputs_not_read(self) -> list[dict[str, Any]]:
+        """Files under an input directory that no parser claimed (table inputs_not_read;
+        none in a store written before the table existed)."""
+        if not self.scalar("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                           "AND schema_name = 'main' AND table_name = 'inputs_not_read'"):
+            return []
+        return self.rows("SELECT path, reason FROM inputs_not_read ORDER BY path")
+
     def trace_ids(self) -> list[int]:
         return [r[0] for r in self.con.execute("SELECT trace_id FROM traces ORDER BY trace_id").fetchall()]
 

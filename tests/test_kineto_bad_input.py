@@ -114,6 +114,31 @@ def test_directory_without_traces(tmp_path):
     assert_cli_error(tmp_path, "no traces found")
 
 
+def test_files_beside_the_traces_that_are_not_read_are_named(tmp_path):
+    """A directory of ranks with a file profkit does not read (here a JSON that is no trace,
+    and an empty one): the traces are analysed, and the store, the JSON and the report say
+    which files were left out, and why."""
+    write(tmp_path, "rank0.json", trace([event()]))
+    write(tmp_path, "config.json", {"learning_rate": 0.1})
+    (tmp_path / "rank1.json").write_bytes(b"")
+    (tmp_path / "README.md").write_text("ignored by name: not listed")
+    store = Store.open(None)
+    ingest([tmp_path], store)
+    expected = [{"path": str(tmp_path / "config.json"), "reason": "not a trace profkit reads"},
+                {"path": str(tmp_path / "rank1.json"), "reason": "empty file"}]
+    assert store.inputs_not_read() == expected
+    proc = subprocess.run([PROFKIT, "analyze", str(tmp_path), "--format", "json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["inputs_not_read"] == expected
+    proc = subprocess.run([PROFKIT, "analyze", str(tmp_path)], capture_output=True, text=True)
+    assert ("Not read: 1 file (empty file: rank1.json); 1 file (not a trace profkit reads: config.json)."
+            in proc.stdout.replace("\n", " ")), proc.stdout
+    # A single file has nothing beside it to report.
+    single = Store.open(None)
+    ingest([tmp_path / "rank0.json"], single)
+    assert single.inputs_not_read() == []
+
+
 # -- partly usable: what is valid is stored, the rest counted --------------------------------
 
 def test_strings_as_numbers_are_converted_exactly(tmp_path):
