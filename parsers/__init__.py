@@ -9,6 +9,10 @@ Every parser module exposes:
   with `sink.trace(...)` and fills it; raises `profkit.errors.TraceError` for input it
   cannot use at all, and counts every record it skips with `writer.issue(...)`.
 
+and may expose `covered_by(path: Path) -> Path | None`: another file beside `path` that
+holds the same run in a form read instead (an Nsight report's SQLite export), so that a
+directory holding both is not read twice.
+
 A parser knows nothing of analyses. Order matters: more specific formats come first
 (a rocprof v1 `results.json` is also Chrome-trace JSON).
 """

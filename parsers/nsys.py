@@ -59,6 +59,16 @@ def detect(path: Path) -> bool:
     return "StringIds" in tables and bool(tables & set(_ACTIVITY_TABLES))
 
 
+def covered_by(path: Path) -> Path | None:
+    """A report whose `nsys export --type sqlite` output sits beside it under the same name
+    (`run.nsys-rep` and `run.sqlite`, as exporting leaves them): the export, read instead."""
+    suffix = next((s for s in REPORT_SUFFIXES if path.name.endswith(s)), None)
+    if suffix is None or is_sqlite(path):
+        return None
+    export = path.with_name(path.name[: -len(suffix)] + ".sqlite")
+    return export if export.is_file() and is_sqlite(export) else None
+
+
 def parse(path: Path, sink) -> None:
     path = Path(path)
     if path.name.endswith(REPORT_SUFFIXES) and not is_sqlite(path):

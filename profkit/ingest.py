@@ -150,7 +150,10 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
             leftovers.append((str(file.resolve()), "empty file"))
             continue
         module = parsers.detect(file)
-        if module is not None:
+        covered = module is not None and hasattr(module, "covered_by") and module.covered_by(file)
+        if covered:
+            leftovers.append((str(file.resolve()), f"the same run as {covered.name}, which is read"))
+        elif module is not None:
             found.append((file, module))
         elif parsers.unreadable(file):
             # Most likely one rank's trace, cut short: analysing the others alone would

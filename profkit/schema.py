@@ -214,7 +214,8 @@ TABLES: tuple[Table, ...] = (
           "left out without a word); reports name them. Files profkit writes or ignores by name (`*.duckdb`, "
           "`*.md`, `*.py`, hidden files) are not listed.", (
         C("path", "VARCHAR", "Absolute path of the file."),
-        C("reason", "VARCHAR", "Why it was not read: `not a trace profkit reads`, `empty file`."),
+        C("reason", "VARCHAR", "Why it was not read: `not a trace profkit reads`, `empty file`, or `the same "
+          "run as NAME, which is read` (an Nsight report beside its SQLite export)."),
     ), grain="file"),
 )
 

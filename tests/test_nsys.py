@@ -584,6 +584,23 @@ def _sink():
     return Sink(Store.open(None))
 
 
+def test_a_report_beside_its_export_is_read_once(tmp_path, monkeypatch):
+    """`nsys export` leaves run.sqlite beside run.nsys-rep: a directory holding both is one
+    run, read from the export (no `nsys` needed), with the report listed as not read."""
+    (tmp_path / "run.sqlite").write_bytes(shared_trace("nsys/t4_vectoradd_streams.sqlite").read_bytes())
+    (tmp_path / "run.nsys-rep").write_bytes(b"\x00NSYS-REPORT-STAND-IN")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    store = Store.open(None)
+    ingest([tmp_path], store)
+    assert [r["path"] for r in store.rows("SELECT path FROM traces")] == [str(tmp_path / "run.sqlite")]
+    assert store.inputs_not_read() == [{"path": str(tmp_path / "run.nsys-rep"),
+                                        "reason": "the same run as run.sqlite, which is read"}]
+    # Alone, the report is still read (exported), or refused with the command to run.
+    (tmp_path / "run.sqlite").unlink()
+    with pytest.raises(TraceError, match="nsys export"):
+        ingest([tmp_path], Store.open(None))
+
+
 def test_report_without_nsys_names_the_export_command(tmp_path, monkeypatch):
     report = tmp_path / "run.nsys-rep"
     report.write_bytes(b"\x00NSYS-REPORT-STAND-IN")
