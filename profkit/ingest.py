@@ -134,15 +134,18 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
         return [(path, module)]
     module = parsers.detect(path)
     if module is not None:
+        if not_read is not None:
+            not_read.extend(_others_inside(path, module))
         return [(path, module)]
     found: list[tuple[Path, object]] = []
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p))
     claimed_dirs: set[Path] = set()
+    leftovers = []
     for sub in sorted({p.parent for p in files}):
         if sub != path and parsers.detect(sub) is not None:
             claimed_dirs.add(sub)
             found.append((sub, parsers.detect(sub)))
-    leftovers = []
+            leftovers += _others_inside(sub, found[-1][1])
     for file in files:
         if any(d in file.parents for d in claimed_dirs):
             continue
@@ -166,6 +169,20 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
     if not_read is not None:
         not_read.extend(leftovers)
     return found
+
+
+def _others_inside(directory: Path, module) -> list[tuple[str, str]]:
+    """Traces of another format inside a directory that `module` reads as a whole (a rocpd
+    database among rocprofv3 CSV files): not read with it, so named, with what to do."""
+    from profkit import parsers
+
+    out = []
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and not _ignored(p)):
+        other = parsers.detect(file) if file.stat().st_size else None
+        if other is not None and other is not module:
+            out.append((str(file.resolve()), f"a {other.FORMAT} trace inside a {module.FORMAT} directory, "
+                                             "not read with it: pass it on its own"))
+    return out
 
 
 def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | None = None) -> list[int]:

@@ -214,8 +214,9 @@ TABLES: tuple[Table, ...] = (
           "left out without a word); reports name them. Files profkit writes or ignores by name (`*.duckdb`, "
           "`*.md`, `*.py`, hidden files) are not listed.", (
         C("path", "VARCHAR", "Absolute path of the file."),
-        C("reason", "VARCHAR", "Why it was not read: `not a trace profkit reads`, `empty file`, or `the same "
-          "run as NAME, which is read` (an Nsight report beside its SQLite export)."),
+        C("reason", "VARCHAR", "Why it was not read: `not a trace profkit reads`, `empty file`, `the same "
+          "run as NAME, which is read` (an Nsight report beside its SQLite export), or `a FORMAT trace inside "
+          "a FORMAT directory, not read with it` (a rocpd database among rocprofv3 CSV files)."),
     ), grain="file"),
 )
 

@@ -66,6 +66,24 @@ def test_mi300a_rocm62_kernels_devices():
         assert k["shared_memory_bytes"] == int(r["Group_Segment_Size"])
 
 
+def test_a_trace_of_another_format_inside_the_directory_is_named(tmp_path):
+    """rocprofv3 can write a rocpd database beside its CSV files: the directory is read as
+    CSV, and the database is listed as not read with it (read twice it could count one run
+    as two), with what to do; at a directory above, the same."""
+    run = tmp_path / "runs" / "run1"
+    run.mkdir(parents=True)
+    for f in shared_trace("rocprof/v3_csv_mi300a_rocm6.2").iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    (run / "28_results.db").write_bytes(shared_trace("rocprof/rocpd_mi300x_ck_bmm/28_results.db").read_bytes())
+    expected = [{"path": str(run / "28_results.db"),
+                 "reason": "a rocpd trace inside a rocprofv3_csv directory, not read with it: pass it on its own"}]
+    for given in (run, tmp_path / "runs"):
+        store = load(given)
+        assert store.rows("SELECT format FROM traces") == [{"format": "rocprofv3_csv"}]
+        assert store.inputs_not_read() == expected
+    assert load(shared_trace("rocprof/v3_csv_mi300a_rocm6.2")).inputs_not_read() == []
+
+
 def test_rocm64_docs_one_trace_per_prefix():
     root = shared_trace("rocprof/v3_csv_rocm6.4_docs")
     store = load(root)
