@@ -147,7 +147,7 @@ def not_read_notes(result: dict[str, Any], shown: int = 3) -> list[str]:
         more = f" and {len(names) - shown} more" if len(names) > shown else ""
         parts.append(f"{len(names)} {'file' if len(names) == 1 else 'files'} ({reason}: "
                      f"{', '.join(names[:shown])}{more})")
-    return [f"Not read: {'; '.join(parts)}. The table inputs_not_read (`profkit sql`) lists them."]
+    return [f"Not read: {'; '.join(parts)}. The store's table inputs_not_read lists them."]
 
 
 def outside_step_notes(traces: list[dict[str, Any]]) -> list[str]:

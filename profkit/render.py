@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -69,6 +70,19 @@ def console(file=None, **options):
             raise BrokenPipeError
 
     return _PipeConsole(file=file, **options)
+
+
+# Characters that start Markdown formatting anywhere in a line: emphasis, code, raw HTML,
+# links, strikethrough, table cells, escapes; `_` only where it can open or close emphasis
+# (intraword underscores, as in aten::native_layer_norm, never do).
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*<>\[\]~|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def markdown_text(text: Any) -> str:
+    """Data (kernel names, paths, titles built from them) as one line of Markdown that
+    renders as itself: GitHub would take `FillFunctor<float>` for an HTML tag and drop it,
+    and `__omp_offloading_...__` for bold."""
+    return _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(0), str(text).replace("\n", " "))
 
 
 def human_ns(ns: float | int | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .check import Outcome
+from .render import markdown_text
 from .report_markdown import analysis_markdown
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "unanswerable": "N/A"}
@@ -31,6 +32,7 @@ def check_markdown(outcomes: list[Outcome], result: dict[str, Any], code: int) -
              "| | budget | value | details |", "|---|---|---:|---|"]
     for o in outcomes:
         value = "-" if o.value is None else o.budget.show(o.value)
-        lines.append(f"| {_MARK[o.status]} | {o.budget.describe()} | {value} | {o.message} |")
+        lines.append(f"| {_MARK[o.status]} | {markdown_text(o.budget.describe())} | {markdown_text(value)} | "
+                     f"{markdown_text(o.message)} |")
     lines += ["", analysis_markdown(result, top=10).replace("# profkit analysis", "### Analysis", 1)]
     return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .render import human_ns
+from .render import human_ns, markdown_text
 
 
 def _signed_ns(value: float | None) -> str:
@@ -145,21 +145,17 @@ def print_diff(result: dict[str, Any], top: int = 10, console=None) -> None:
         console.print(_matching_text(pair))
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def diff_markdown(result: dict[str, Any], top: int = 10) -> str:
-    out = ["# profkit diff", "", result["pairing"]["note"] + ".", ""]
+    out = ["# profkit diff", "", markdown_text(result["pairing"]["note"]) + ".", ""]
     for pair in result["pairs"]:
-        out += [f"- **base**: {_cell(_side(pair['base']))}", f"- **new**: {_cell(_side(pair['new']))}", ""]
+        out += [f"- **base**: {markdown_text(_side(pair['base']))}", f"- **new**: {markdown_text(_side(pair['new']))}", ""]
         for title, columns, make in SECTIONS:
             rows = make(pair, top)
             if not rows:
                 continue
             out += [f"## {title}", "", "| " + " | ".join(columns) + " |",
                     "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
-            out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+            out += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
             out.append("")
-        out += [*(_cell(line) for line in _new_gone_text(pair, top)), "", _matching_text(pair), ""]
+        out += [*(markdown_text(line) for line in _new_gone_text(pair, top)), "", markdown_text(_matching_text(pair)), ""]
     return "\n".join(out)

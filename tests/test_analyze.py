@@ -217,3 +217,46 @@ def test_devices_the_trace_does_not_name_show_as_unnamed():
     markdown = subprocess.run([PROFKIT, "analyze", shared_trace("nsys/h100_2gpu_fastvideo_1s_window.sqlite"),
                                "--format", "markdown"], capture_output=True, text=True).stdout
     assert "| 0 | nsys | unnamed |" in markdown
+
+
+@pytest.mark.parametrize("relative", ["rocprof/v3_csv_mi300a_rocm6.2", "nsys/a100x4_cloverleaf_nsys2024.5.sqlite",
+                                      "kineto/cuda/h100_bert_small.json.gz",
+                                      "kineto/cuda/sampled_2ranks/sampled_rank-0.json.gz"])
+def test_markdown_shows_names_as_they_are(relative):
+    """Rendered as GitHub would (CommonMark with tables and strikethrough), the Markdown
+    report's text is the analysis's own: `aten::_foreach_add_` is no emphasis, a demangled
+    `<...>` no HTML tag, `[lambda(int) (instance 1)]` no link, `float*` no emphasis."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from profkit.findings import trace_notes
+    from profkit.report_markdown import analysis_markdown
+
+    result = analyze_json(shared_trace(relative))
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(analysis_markdown(result, top=50))
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", rendered)).split())
+    findings = group_across_ranks(result["findings"])  # as the report shows them
+    shown = [f["title"] for f in findings] + [f["recommendation"] for f in findings]
+    shown += trace_notes(result["traces"])
+    assert shown
+    for expected in shown:
+        assert " ".join(expected.split()) in text, expected
+
+
+def test_markdown_text_renders_as_itself():
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from profkit.render import markdown_text
+
+    md = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    for name in ("void k<4, at::native::FillFunctor<float>, at::detail::Array<char*, 2> >(int)",
+                 "f()::[lambda(int) (instance 1)]", "__omp_offloading__ main", "a | b ~~c~~ *d* `e` \\f",
+                 "<built-in method item of Tensor object>", "aten::_foreach_add_ 14%"):
+        for page in (markdown_text(name), f"| x |\n|---|\n| {markdown_text(name)} |", f"### {markdown_text(name)}"):
+            text = html.unescape(re.sub(r"<[^>]+>", "", md.render(page))).strip()
+            assert text.splitlines()[-1].strip() == name, (page, text)
