@@ -141,11 +141,11 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p))
     claimed_dirs: set[Path] = set()
     leftovers = []
-    for sub in sorted({p.parent for p in files}):
-        if sub != path and parsers.detect(sub) is not None:
+    for sub in sorted({p.parent for p in files} - {path}):
+        if (claimer := parsers.detect(sub)) is not None:
             claimed_dirs.add(sub)
-            found.append((sub, parsers.detect(sub)))
-            leftovers += _others_inside(sub, found[-1][1])
+            found.append((sub, claimer))
+            leftovers += _others_inside(sub, claimer)
     for file in files:
         if any(d in file.parents for d in claimed_dirs):
             continue
@@ -158,10 +158,10 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
             leftovers.append((str(file.resolve()), f"the same run as {covered.name}, which is read"))
         elif module is not None:
             found.append((file, module))
-        elif parsers.unreadable(file):
+        elif problem := parsers.unreadable(file):
             # Most likely one rank's trace, cut short: analysing the others alone would
             # be a silent partial result.
-            raise TraceError(file, parsers.unreadable(file))
+            raise TraceError(file, problem)
         else:
             leftovers.append((str(file.resolve()), "not a trace profkit reads"))
     if not found:
