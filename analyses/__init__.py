@@ -23,10 +23,13 @@ PASSES = ("steps", "breakdown", "idle", "kernels", "communication", "host", "cri
 ANALYSIS_SCHEMA = "profkit.analysis/1"
 
 # Frameworks whose terms recommendations can use, and what in a store shows one: a word in
-# the trace's producer, or host events by name (PyTorch's operators in a Kineto trace, or as
-# NVTX ranges in an Nsight report). A native program (CloverLeaf, llama.cpp) gets advice in
-# runtime terms; another framework is one entry here and one text per finding that needs it.
-FRAMEWORKS = {"pytorch": {"producer_word": "pytorch", "host_name_like": "aten::%"}}
+# the trace's producer, host events by name (PyTorch's operators in a Kineto trace, or as
+# NVTX ranges in an Nsight report), or kernels by name (ATen's own, in a device-only
+# capture such as rocprofv3's of a PyTorch run). A native program (CloverLeaf, llama.cpp)
+# gets advice in runtime terms; another framework is one entry here and one text per
+# finding that needs it.
+FRAMEWORKS = {"pytorch": {"producer_word": "pytorch", "host_name_like": "aten::%",
+                          "kernel_name_like": "%at::native::%"}}
 
 
 @dataclass
@@ -127,8 +130,9 @@ class Context:
         if marks["producer_word"] in (self.trace.get("producer") or "").lower():
             return True
         return bool(self.store.rows(
-            "SELECT 1 AS x FROM events WHERE trace_id = ? AND device IS NULL AND name LIKE ? LIMIT 1",
-            [self.trace_id, marks["host_name_like"]]))
+            "SELECT 1 AS x FROM events WHERE trace_id = ? AND ((device IS NULL AND name LIKE ?) "
+            "OR (kind = 'kernel' AND name LIKE ?)) LIMIT 1",
+            [self.trace_id, marks["host_name_like"], marks["kernel_name_like"]]))
 
     def advice(self, texts: dict[str | None, str]) -> str:
         """A recommendation in the terms of the trace's framework: `texts[framework]`, else

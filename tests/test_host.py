@@ -247,3 +247,8 @@ def test_advice_is_in_the_terms_of_the_program():
         assert not re.search(r"torch|\.item\(\)|DataLoader|pin_memory|non_blocking", text), text
     sync = next(f for f in torch_run.findings if f.rule == "host.sync_in_steady_state")
     assert ".item()/.cpu()/.tolist()" in sync.recommendation and "torch.cuda.synchronize()" in sync.recommendation
+    # A device-only capture of a PyTorch run (rocprofv3 JSON: no host events) shows it by
+    # ATen's kernels; a llama.cpp decode under rocprof by nothing.
+    for relative, framework in (("rocprof/v3_json_mi350x", "pytorch"), ("rocprof/v1_r9700_llamacpp", None)):
+        store = profkit.load(shared_trace(relative))
+        assert Context.of(store, store.trace_ids()[0]).framework == framework, relative
