@@ -83,6 +83,7 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
         open_store(target).close()  # the same checks as reading one: a profkit store of this schema
     store = Store.open(output)
     try:
+        unread_before = len(store.inputs_not_read())
         progress, update = _progress_bar()
         if progress is None:
             ids = run_ingest(list(traces), store)
@@ -94,10 +95,12 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
         events, issues = store.con.execute(
             f"SELECT coalesce(sum(event_count), 0), coalesce(sum(issue_count), 0) FROM traces "
             f"WHERE trace_id IN ({ids_sql})").fetchone()
+        unread = len(store.inputs_not_read()) - unread_before
     finally:
         store.close()
+    not_read = f", {unread} file(s) under the input not read" if unread else ""
     click.echo(f"{output}: {len(ids)} trace(s), {events} events, {issues} input records "
-               f"not stored (see `profkit info {output}`)")
+               f"not stored{not_read} (see `profkit info {output}`)")
 
 
 @cli.command()

@@ -133,6 +133,9 @@ def test_files_beside_the_traces_that_are_not_read_are_named(tmp_path):
     proc = subprocess.run([PROFKIT, "analyze", str(tmp_path)], capture_output=True, text=True)
     assert ("Not read: 1 file (empty file: rank1.json); 1 file (not a trace profkit reads: config.json)."
             in proc.stdout.replace("\n", " ")), proc.stdout
+    proc = subprocess.run([PROFKIT, "ingest", str(tmp_path), "-o", str(tmp_path / "run.duckdb")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and ", 2 file(s) under the input not read (see" in proc.stdout, proc.stdout
     # A single file has nothing beside it to report.
     single = Store.open(None)
     ingest([tmp_path / "rank0.json"], single)
