@@ -15,7 +15,7 @@ from profkit import intervals
 from profkit.classify import PAGEABLE_DTOH_LAUNCHES, blocking_async_copies, runtime_role
 from profkit.columns import contains, group_codes
 from profkit.findings import Finding
-from profkit.render import human_ns, per_step_count, per_step_number
+from profkit.render import agreeing, human_ns, per_step_count, per_step_number
 
 from . import Context, PassResult
 from .host_work import call_sites
@@ -224,8 +224,8 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
         device, stream = _waited_lane(dev, calls, sel)
         findings.append(Finding(
             rule="host.sync_in_steady_state",
-            title=(f"{waits} per step ({calls_text}{names}{origin_text}) "
-                   f"{'leaves' if waits.startswith('1 ') else 'leave'} the {ctx.device_noun(device)} idle {human_ns(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
+            title=(f"{waits} per step ({calls_text}{names}{origin_text}) {agreeing(waits, 'leaves', 'leave')} "
+                   f"the {ctx.device_noun(device)} idle {human_ns(impact)} per step ({ctx.share(impact):.1f}% of a step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=device, stream=stream, steps=_step_numbers(ctx, step_of_call[sel])),
             evidence={"calls": int(sel.size), "calls_per_step": round(sel.size / n_steps, 3),
@@ -401,7 +401,7 @@ def _pageable(ctx, dev, windows, host_side, n_steps) -> dict:
         copies = per_step_count(ids.size / n_steps, "copy", "copies")
         findings.append(Finding(
             rule="host.pageable_memcpy",
-            title=(f"{copies} per step {'uses' if copies.startswith('1 ') else 'use'} pageable host memory "
+            title=(f"{copies} per step {agreeing(copies, 'uses', 'use')} pageable host memory "
                    f"({total_bytes / n_steps / 1e6:.2f} MB, {human_ns(total_ns / n_steps)} of copy time per step)"),
             impact_ns=int(impact), share_pct=ctx.share(impact),
             scope=ctx.base_scope(device=_waited_device(dev)),

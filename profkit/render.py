@@ -106,6 +106,11 @@ def per_step_count(value: float, singular: str, plural: str) -> str:
     return f"{text} {singular if text == '1' else plural}"
 
 
+def agreeing(count_text: str, singular: str, plural: str) -> str:
+    """The verb agreeing with a per_step_count text: "1 copy uses", "2.5 copies use"."""
+    return singular if count_text.split(" ", 1)[0] == "1" else plural
+
+
 def short_name(name: str, width: int = 80) -> str:
     """A kernel or op name cut to `width` characters for a finding's text."""
     return name if len(name) <= width else name[:width - 3] + "..."
