@@ -7,13 +7,16 @@ read from its header, never from its name; column sets differ between ROCm versi
 (6.2 has no `Stream_Id`; 6.4+ adds stream, thread, dispatch and register counts;
 `Agent_Id` is `4` or `"Agent 4"`), so every column is found by header name. Columns the
 store has no place for go to `args` under their own names. Files are read with
-pyarrow's CSV reader (columnar, no per-row Python).
+pyarrow's CSV reader (columnar, no per-row Python). `PREFIX_counter_collection.csv`
+(`--pmc`) repeats each dispatch once per counter: its dispatches are the kernels only
+where there is no kernel_trace, once each; counter values are not stored (counted).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -23,8 +26,11 @@ from . import rocm_common as rc
 
 FORMAT = "rocprofv3_csv"
 
-# Roles of files, each recognised by the header names it must have.
+# Roles of files, each recognised by the header names it must have, first match wins:
+# counter_collection rows also name the kernel and its times (one row per dispatch and
+# counter), so they are told apart before kernel_trace.
 _ROLE_HEADERS = (
+    ("counter", ("Counter_Name", "Counter_Value")),
     ("kernel", ("Kernel_Name", "Start_Timestamp", "End_Timestamp")),
     ("memory_copy", ("Direction", "Start_Timestamp", "End_Timestamp")),
     ("api", ("Domain", "Function", "Start_Timestamp", "End_Timestamp")),
@@ -32,10 +38,9 @@ _ROLE_HEADERS = (
     ("agent_info", ("Node_Id", "Agent_Type")),
     ("memory_allocation", ("Allocation_Size", "Start_Timestamp")),
     ("memory_allocation", ("Operation", "Start_Timestamp", "End_Timestamp")),
-    ("counter", ("Counter_Name", "Counter_Value")),
     ("stats", ("Name", "Calls", "TotalDurationNs")),
 )
-_TRACE_ROLES = {"kernel", "memory_copy", "api"}
+_TRACE_ROLES = {"kernel", "memory_copy", "api", "counter"}
 # Names rocprofv3 gives its files; only used to split a directory into prefixes.
 _SUFFIX = re.compile(r"^(?P<prefix>.*?)(?P<suffix>(kernel|hip_api|hsa_api|memory_copy|marker_api|rccl_api|"
                      r"memory_allocation|scratch_memory|rocdecode_api|rocjpeg_api|counter_collection|"
@@ -137,6 +142,16 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
     else:
         pid = int(prefix.rstrip("_")) if prefix.rstrip("_").isdigit() and not api_pids else None
 
+    counters = tables.pop("counter", [])
+    if counters and not tables.get("kernel"):
+        # Counters collected without --kernel-trace: the dispatches they were read on are
+        # the kernels, once each.
+        tables["kernel"] = [(f, _dispatches(f, t, w)) for f, t in counters]
+    else:
+        for file, table in counters:
+            w.read(table.num_rows)
+            w.issue("counter rows not stored (the kernels come from kernel_trace)", table.num_rows, file.name)
+
     next_id = 0
     nodes_seen: list[int] = []
     device_tables = [(f, t) for role in ("kernel", "memory_copy") for f, t in tables.get(role, [])]
@@ -156,7 +171,7 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
         next_id += _copies(file, table, w, next_id, ordinals, agents, pid)
     for file, table in tables.get("api", []):
         next_id += _api(file, table, w, next_id)
-    for role in ("memory_allocation", "counter"):
+    for role in ("memory_allocation",):
         for file, table in tables.get(role, []):
             w.read(table.num_rows)
             w.issue(f"{role.replace('_', ' ')} rows not stored", table.num_rows, file.name)
@@ -211,6 +226,25 @@ def _nodes(table: pa.Table, col: str | None) -> pa.Array | None:
     if not col:
         return None
     return rc.map_strings(table[col], rc.agent_node, pa.int64()).cast(pa.int64())
+
+
+def _dispatches(file: Path, table: pa.Table, w) -> pa.Table:
+    """One row per dispatch of a counter_collection table (its first), without the counter
+    columns; the other rows are counted as not stored."""
+    cols = rc.Columns(table.column_names)
+    _missing(file, cols, KERNEL_FIELDS)
+    key = cols.find("Dispatch_Id", "Correlation_Id")
+    if key is None:
+        raise TraceError(file, "counter_collection CSV without a Dispatch_Id column: its rows cannot be "
+                               "told apart by dispatch")
+    _, first = np.unique(table[key].to_numpy(zero_copy_only=False), return_index=True)
+    repeated = table.num_rows - len(first)
+    w.note("counter values not stored: counter_collection gives the kernels only, one per dispatch")
+    if repeated:
+        w.read(repeated)
+        w.issue("counter rows after the first of their dispatch not stored", repeated, file.name)
+    dropped = {cols.find("Counter_Name"), cols.find("Counter_Value")}
+    return table.take(np.sort(first)).drop_columns([c for c in dropped if c])
 
 
 def _kernels(file: Path, table: pa.Table, w, next_id: int, ordinals, pid) -> int:

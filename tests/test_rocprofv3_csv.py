@@ -212,3 +212,50 @@ def test_dictionary_and_plain_string_columns_store_the_same(tmp_path, monkeypatc
     assert plain.rows("SELECT * FROM kernel_info ORDER BY event_id") == \
         dictionary.rows("SELECT * FROM kernel_info ORDER BY event_id")
     assert plain.rows("SELECT * FROM copies ORDER BY event_id") == dictionary.rows("SELECT * FROM copies ORDER BY event_id")
+
+
+def _counter_collection(kernel_rows: list[dict], counters: tuple[str, ...]) -> str:
+    """rocprofv3 --pmc output for these dispatches: one row per dispatch and counter, with
+    the dispatch's own columns (as rocprofv3 writes them) and the counter's name and value."""
+    header = ["Correlation_Id", "Dispatch_Id", "Agent_Id", "Queue_Id", "Process_Id", "Thread_Id", "Grid_Size",
+              "Kernel_Id", "Kernel_Name", "Workgroup_Size", "LDS_Block_Size", "Scratch_Size", "VGPR_Count",
+              "SGPR_Count", "Counter_Name", "Counter_Value", "Start_Timestamp", "End_Timestamp"]
+    lines = [",".join(f'"{h}"' for h in header)]
+    for r in kernel_rows:
+        for i, counter in enumerate(counters):
+            values = [r["Correlation_Id"], r["Dispatch_Id"], r["Agent_Id"], r["Queue_Id"], "123", r["Thread_Id"],
+                      r["Grid_Size_X"], r["Kernel_Id"], r["Kernel_Name"], r["Workgroup_Size_X"], r["LDS_Block_Size"],
+                      r["Scratch_Size"], r["VGPR_Count"], r["SGPR_Count"], counter, str(100 * (i + 1)),
+                      r["Start_Timestamp"], r["End_Timestamp"]]
+            lines.append(",".join(f'"{v}"' for v in values))
+    return "\n".join(lines) + "\n"
+
+
+def test_counter_collection_gives_each_dispatch_once(tmp_path):
+    """counter_collection.csv names each dispatch once per counter, with its kernel and
+    times. Beside kernel_trace it adds no kernel (it made one per counter: 2x the kernels);
+    alone (counters collected without --kernel-trace) its dispatches are the kernels, once
+    each, as kernel_trace has them; the rows left out are counted."""
+    source = shared_trace("rocprof/v3_csv_rocm6.4_docs/123_kernel_trace.csv")
+    raw = rows(source)
+    counters = _counter_collection(raw, ("SQ_WAVES", "GRBM_GUI_ACTIVE"))
+    query = "SELECT name, start_ns, dur_ns FROM events WHERE kind = 'kernel' ORDER BY start_ns"
+    expected = load(source).rows(query)
+    assert len(expected) == len(raw)
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    for folder in (both, alone):
+        folder.mkdir()
+        (folder / "123_counter_collection.csv").write_text(counters)
+    (both / "123_kernel_trace.csv").write_bytes(source.read_bytes())
+    issues = "SELECT reason, count FROM ingest_issues ORDER BY reason"
+    store = load(both)
+    assert store.rows(query) == expected
+    assert store.rows(issues) == [{"reason": "counter rows not stored (the kernels come from kernel_trace)",
+                                   "count": 2 * len(raw)}]
+    store = load(alone)
+    assert store.rows(query) == expected
+    assert store.rows(issues) == [
+        {"reason": "counter rows after the first of their dispatch not stored", "count": len(raw)},
+        {"reason": "counter values not stored: counter_collection gives the kernels only, one per dispatch",
+         "count": 0}]
+    assert store.scalar("SELECT source_records FROM traces") == 2 * len(raw)
