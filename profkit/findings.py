@@ -135,6 +135,22 @@ def trace_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list
     return caveat_notes(traces) + wait_notes(traces, loaded) + outside_step_notes(traces) + step_notes(traces)
 
 
+def input_notes(result: dict[str, Any]) -> list[str]:
+    """Lines about the inputs as a whole, printed before the per-trace notes."""
+    return not_read_notes(result) + shared_rank_notes(result.get("traces") or [])
+
+
+def shared_rank_notes(traces: list[dict[str, Any]]) -> list[str]:
+    """One line per rank that several traces claim (two runs' traces in one directory):
+    the reports tell them apart only by file, and cross-rank figures take them for one job."""
+    by_rank: dict[Any, list[str]] = {}
+    for t in traces:
+        by_rank.setdefault(t.get("rank"), []).append(Path(str(t.get("path"))).name)
+    return [f"Rank {rank} is claimed by {len(names)} traces ({', '.join(names)}): cross-rank figures treat "
+            "them as ranks of one job; for separate runs, analyse each alone or compare them with profkit diff."
+            for rank, names in by_rank.items() if len(names) > 1]
+
+
 def not_read_notes(result: dict[str, Any], shown: int = 3) -> list[str]:
     """One line naming the files under the input that were not read (`inputs_not_read`),
     so that a rank's trace profkit does not recognise is not left out unsaid."""

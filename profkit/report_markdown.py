@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings import combined_lines, group_across_ranks, not_read_notes, replay_note, trace_notes
+from .findings import combined_lines, group_across_ranks, input_notes, replay_note, trace_notes
 from .render import device_names, human_ns, markdown_text
 
 
@@ -21,7 +21,7 @@ def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
         out.append(f"| {t.get('rank')} | {markdown_text(t.get('format'))} | {markdown_text(names)} | {s.get('count', 0)} | "
                    f"{human_ns((s.get('duration') or {}).get('p50_ns'))} | {_pct(b.get('idle_pct'))} | {_pct(b.get('compute_pct'))} | "
                    f"{_pct(b.get('communication_pct'))} |")
-    notes = not_read_notes(result) + trace_notes(result["traces"])
+    notes = input_notes(result) + trace_notes(result["traces"])
     if notes:
         out += [""] + [f"- {markdown_text(line)}" for line in notes]
     findings = group_across_ranks(result["findings"])

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .findings import combined_lines, group_across_ranks, not_read_notes, path_parts, replay_note, trace_notes
+from .findings import combined_lines, group_across_ranks, input_notes, path_parts, replay_note, trace_notes
 from .render import console as pipe_console, device_names, human_ns
 
 
@@ -107,7 +107,7 @@ def print_analysis(result: dict[str, Any], top: int = 10, console: Console | Non
         line = critical_path_bar(trace)
         if line:
             console.print(line)
-    for line in not_read_notes(result) + trace_notes(result["traces"]):
+    for line in input_notes(result) + trace_notes(result["traces"]):
         console.print(Text(line, style="dim"))
     findings = group_across_ranks(result["findings"])
     if not findings:

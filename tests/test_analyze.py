@@ -260,3 +260,19 @@ def test_markdown_text_renders_as_itself():
         for page in (markdown_text(name), f"| x |\n|---|\n| {markdown_text(name)} |", f"### {markdown_text(name)}"):
             text = html.unescape(re.sub(r"<[^>]+>", "", md.render(page))).strip()
             assert text.splitlines()[-1].strip() == name, (page, text)
+
+
+def test_traces_claiming_the_same_rank_are_pointed_out(tmp_path):
+    """Two runs' traces in one directory, both rank 0: each is analysed, and the reports say
+    that cross-rank figures take them for one job."""
+    names = ("a100_event_sync.json.gz", "a100_event_sync_multistream.json.gz")
+    for name in names:
+        (tmp_path / name).write_bytes(shared_trace(f"kineto/cuda/{name}").read_bytes())
+    result = analyze_json(tmp_path)
+    assert [t["rank"] for t in result["traces"]] == [0, 0]
+    markdown = subprocess.run([PROFKIT, "analyze", str(tmp_path), "--format", "markdown"], capture_output=True,
+                              text=True).stdout
+    assert f"Rank 0 is claimed by 2 traces ({names[0]}, {names[1]}): cross-rank figures" in markdown.replace("\\_", "_")
+    single = subprocess.run([PROFKIT, "analyze", str(SYNTHETIC), "--format", "markdown"], capture_output=True,
+                            text=True).stdout
+    assert "is claimed by" not in single
