@@ -13,6 +13,7 @@ Python line a host call came from (for the host pass's synchronisation finding).
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -89,7 +90,7 @@ def host_work(store, trace_id: int, launch_events: np.ndarray, gap_starts: np.nd
     lo, hi, pid, tid = lo[keep], hi[keep], pid[keep], tid[keep]
     thread, first = group_codes(pid, tid)
     in_steps = intervals.union(*steps)
-    by_name: dict[tuple, int] = {}
+    by_name: Counter = Counter()
     for code, row in enumerate(first.tolist()):
         on = thread == code
         windows = intervals.intersect(intervals.union(lo[on], hi[on]), in_steps)
@@ -98,14 +99,14 @@ def host_work(store, trace_id: int, launch_events: np.ndarray, gap_starts: np.nd
     total = sum(by_name.values())
     if not total:
         return None
-    ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:TOP]
+    ranked = by_name.most_common(TOP)
     return {"host_ns_per_step": round(total / n_steps), "by_event": [
         {"name": name, "kind": kind, "time_ns_per_step": round(ns / n_steps),
          "share_pct": round(100.0 * ns / total, 1)} for (name, kind), ns in ranked]}
 
 
 def _attribute(store, trace_id: int, pid: int, tid: int, lo: np.ndarray, hi: np.ndarray,
-               out: dict[tuple, int]) -> None:
+               out: Counter) -> None:
     """Add to `out` the time of windows [lo, hi) (sorted, disjoint) of one thread, by the
     (name, kind) of the innermost host event covering it."""
     events = store.arrow(f"""
@@ -114,15 +115,14 @@ def _attribute(store, trace_id: int, pid: int, tid: int, lo: np.ndarray, hi: np.
           AND start_ns < ? AND end_ns > ? AND end_ns > start_ns
     """, [trace_id, pid, tid, int(hi[-1]), int(lo[0])])
     if events.num_rows == 0:
-        out[(NO_EVENT, None)] = out.get((NO_EVENT, None), 0) + int((hi - lo).sum())
+        out[(NO_EVENT, None)] += int((hi - lo).sum())
         return
     ids = events.column("event_id").to_numpy()
     parent_id = events.column("parent_id").fill_null(-1).to_numpy()
+    start, end = events.column("start_ns").to_numpy(), events.column("end_ns").to_numpy()
     # By start, the enclosing event of two that start together first.
-    order = np.lexsort((ids, -events.column("end_ns").to_numpy(), events.column("start_ns").to_numpy()))
-    ids, parent_id = ids[order], parent_id[order]
-    start = events.column("start_ns").to_numpy()[order]
-    end = events.column("end_ns").to_numpy()[order]
+    order = np.lexsort((ids, -end, start))
+    ids, parent_id, start, end = ids[order], parent_id[order], start[order], end[order]
     # Elementary segments: between consecutive boundaries of windows and events.
     points = np.sort(np.concatenate([lo, hi, start, end]))
     points = points[np.r_[True, points[1:] != points[:-1]]]  # np.unique hashes: 10x slower here
@@ -136,8 +136,7 @@ def _attribute(store, trace_id: int, pid: int, tid: int, lo: np.ndarray, hi: np.
     length = seg_hi - seg_lo
     none = innermost < 0
     if none.any():
-        key = (NO_EVENT, None)
-        out[key] = out.get(key, 0) + int(length[none].sum())
+        out[(NO_EVENT, None)] += int(length[none].sum())
     per_event = np.bincount(innermost[~none], weights=length[~none], minlength=ids.size)
     timed = np.flatnonzero(per_event)
     if timed.size == 0:
@@ -148,8 +147,7 @@ def _attribute(store, trace_id: int, pid: int, tid: int, lo: np.ndarray, hi: np.
             SELECT e.name, e.kind, sum(t.ns) FROM {table} t JOIN events e USING (event_id) GROUP BY ALL
         """).fetchall()
     for name, kind, ns in by_name:
-        key = (event_key(name), kind)
-        out[key] = out.get(key, 0) + int(ns)
+        out[(event_key(name), kind)] += int(ns)
 
 
 def _innermost(ids: np.ndarray, parent_id: np.ndarray, start: np.ndarray, end: np.ndarray,

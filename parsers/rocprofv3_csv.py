@@ -171,10 +171,9 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
         next_id += _copies(file, table, w, next_id, ordinals, agents, pid)
     for file, table in tables.get("api", []):
         next_id += _api(file, table, w, next_id)
-    for role in ("memory_allocation",):
-        for file, table in tables.get(role, []):
-            w.read(table.num_rows)
-            w.issue(f"{role.replace('_', ' ')} rows not stored", table.num_rows, file.name)
+    for file, table in tables.get("memory_allocation", []):
+        w.read(table.num_rows)
+        w.issue("memory allocation rows not stored", table.num_rows, file.name)
     w.set_trace(
         format_version=_version(tables), producer="rocprofv3", vendor=rc.VENDOR,
         metadata={"prefix": prefix, "files": [f.name for f, _ in files], "process_id": pid,

@@ -31,10 +31,14 @@ def table_names(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
 
 
+def _first_line(exc: sqlite3.Error) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def file_problem(exc: sqlite3.Error) -> str | None:
     """One line for a SQLite error that is about the file (locked, damaged), else None
     (the error is about what the database holds, which the format's parser words)."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = _first_line(exc)
     if "locked" in text or "busy" in text:
         return f"the SQLite database is locked by another process ({text}); retry when it is released"
     if "malformed" in text or "not a database" in text or "disk image" in text:
@@ -44,8 +48,7 @@ def file_problem(exc: sqlite3.Error) -> str | None:
 
 def sqlite_problem(exc: sqlite3.Error) -> str:
     """One line for a SQLite error a user can act on."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return file_problem(exc) or f"cannot read the SQLite database ({text})"
+    return file_problem(exc) or f"cannot read the SQLite database ({_first_line(exc)})"
 
 
 def damage(path: Path) -> str | None:

@@ -106,7 +106,7 @@ def input_signature(path: Path) -> tuple[int, int]:
         st = path.stat()
         return st.st_size, st.st_mtime_ns
     size, mtime = 0, 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p)):
+    for file in _files_under(path):
         st = file.stat()
         size += st.st_size
         mtime = max(mtime, st.st_mtime_ns)
@@ -115,6 +115,11 @@ def input_signature(path: Path) -> tuple[int, int]:
 
 def _ignored(path: Path) -> bool:
     return path.name.startswith(".") or path.name.endswith(_IGNORED_SUFFIXES)
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """The files under `directory`, at any depth, less those ignored by name, sorted."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not _ignored(p))
 
 
 def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> list[tuple[Path, object]]:
@@ -135,17 +140,17 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
     module = parsers.detect(path)
     if module is not None:
         if not_read is not None:
-            not_read.extend(_others_inside(path, module))
+            not_read.extend(_others_inside(module, _files_under(path)))
         return [(path, module)]
     found: list[tuple[Path, object]] = []
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p))
+    files = _files_under(path)
     claimed_dirs: set[Path] = set()
     leftovers = []
     for sub in sorted({p.parent for p in files} - {path}):
         if (claimer := parsers.detect(sub)) is not None:
             claimed_dirs.add(sub)
             found.append((sub, claimer))
-            leftovers += _others_inside(sub, claimer)
+            leftovers += _others_inside(claimer, [f for f in files if sub in f.parents])
     for file in files:
         if any(d in file.parents for d in claimed_dirs):
             continue
@@ -153,7 +158,7 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
             leftovers.append((str(file.resolve()), "empty file"))
             continue
         module = parsers.detect(file)
-        covered = module is not None and hasattr(module, "covered_by") and module.covered_by(file)
+        covered = getattr(module, "covered_by", None) and module.covered_by(file)
         if covered:
             leftovers.append((str(file.resolve()), f"the same run as {covered.name}, which is read"))
         elif module is not None:
@@ -171,13 +176,14 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
     return found
 
 
-def _others_inside(directory: Path, module) -> list[tuple[str, str]]:
-    """Traces of another format inside a directory that `module` reads as a whole (a rocpd
-    database among rocprofv3 CSV files): not read with it, so named, with what to do."""
+def _others_inside(module, files: list[Path]) -> list[tuple[str, str]]:
+    """Traces of another format among the `files` of a directory that `module` reads as a
+    whole (a rocpd database among rocprofv3 CSV files): not read with it, so named, with
+    what to do."""
     from profkit import parsers
 
     out = []
-    for file in sorted(p for p in directory.rglob("*") if p.is_file() and not _ignored(p)):
+    for file in files:
         other = parsers.detect(file) if file.stat().st_size else None
         if other is not None and other is not module:
             out.append((str(file.resolve()), f"a {other.FORMAT} trace inside a {module.FORMAT} directory, "
