@@ -4,11 +4,12 @@ where each PROCESS holds `metadata` (pid, node), `agents`, `kernel_symbols` (nam
 `buffer_records` (`kernel_dispatch`, `hip_api`, `memory_copy`, `marker_api`, `rccl_api`, ...).
 
 The document is split by msgspec (each `buffer_records` list stays raw bytes; in a large
-input the lists are located by a byte search and only the rest is decoded); each list
-is copied to a temporary file and the document released (a plain file is mapped, not
-read), then DuckDB's JSON reader turns the lists into typed Arrow columns (no Python object per record: 1M dispatches as
-structs and lists cost ~3 s, this ~1 s), two lists at a time in worker threads while
-the main thread stores the ones already read. Device records name their agent by handle;
+input the lists are located by a byte search and only the rest is decoded; a plain file
+is mapped, not read). The lists become typed Arrow columns with no Python object per
+record (1M dispatches as structs and lists cost ~3 s): in a large input by a compiled
+scan of the bytes where they are (`json_scan`, in parts side by side), otherwise, and
+for any list the scan declines, by DuckDB's JSON reader from a temporary copy of each
+list, two at a time in worker threads while the main thread stores the ones read. Device records name their agent by handle;
 agents map handles to HSA node ids and GPU ordinals. A HIP call and the dispatch it
 enqueued share `correlation_id.internal`; `correlation_id.external` (a framework id,
 usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseconds.
@@ -31,7 +32,7 @@ import pyarrow.compute as pc
 
 from profkit.errors import TraceError
 
-from . import rocm_common as rc
+from . import json_scan, rocm_common as rc
 from .kineto_read import raw_offset
 
 FORMAT = "rocprofv3_json"
@@ -143,9 +144,11 @@ def _parse_document(path: Path, document: _Document, sink) -> None:
     with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp, \
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
         try:
-            # The raw lists are views of the document: once they are in files, it (as big
-            # as the input) is released.
-            staged = [_stage(path, proc, Path(tmp) / str(i), pool) for i, proc in enumerate(doc.processes)]
+            # The raw lists are views of the document: once they are read (a large input's
+            # by the compiled scan) or in files for DuckDB, it (as big as the input) is released.
+            scanned = _scanned(doc.processes, pool) if _worth_scanning(doc.processes) else {}
+            staged = [_stage(path, proc, Path(tmp) / str(i), pool, scanned.get(i, {}))
+                      for i, proc in enumerate(doc.processes)]
             document.release()
             for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
                 trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
@@ -228,11 +231,57 @@ def _list_kind(name: str) -> str | None:
     return "ApiCall" if name in API_LISTS else None
 
 
-def _stage(path: Path, proc: Process, folder: Path, pool: ThreadPoolExecutor) -> _Staged:
+# From this many bytes of lists in a document on, they are read by the compiled scan
+# (json_scan): below it, loading numba's compiled loop (~0.4 s) costs more than it saves.
+SCAN_MIN_BYTES = 128 << 20
+
+
+def _worth_scanning(processes: list[Process]) -> bool:
+    size = sum(len(raw) for proc in processes for name, raw in proc.buffer_records.items()
+               if _list_kind(name) is not None)
+    return size >= SCAN_MIN_BYTES and json_scan.available()
+
+
+def _scanned(processes: list[Process], pool: ThreadPoolExecutor) -> dict[int, dict[str, list[Future]]]:
+    """The lists the compiled scan takes, read by it in parts side by side (waited for,
+    so that the document can be released): {process index: {list name: reads}}. A list
+    it does not take is left out, to be read by DuckDB."""
+    reads = {}
+    for i, proc in enumerate(processes):
+        for name, raw in proc.buffer_records.items():
+            kind = _list_kind(name)
+            if kind is not None:
+                reads[(i, name)] = [pool.submit(_scan, raw, start, end, kind) for start, end in _part_spans(raw)]
+    out: dict[int, dict[str, list[Future]]] = {}
+    for (i, name), parts in reads.items():
+        if all(part.result() is not None for part in parts):
+            out.setdefault(i, {})[name] = parts
+    return out
+
+
+def _scan(raw, start: int, end: int, kind: str) -> pa.Table | None:
+    """A part of a list as `_read_json` reads it, or None where the scan does not take it."""
+    fields, objects = _SCANNED[kind], _OBJECTS[kind]
+    found = json_scan.read(raw, start, end, fields, objects)
+    if found is None:
+        return None
+    columns = {f: pa.array(found.values[i], mask=~found.has(i)) if f == "bytes" else pa.array(found.values[i])
+               for i, f in enumerate(FIELDS[kind])}
+    order = fields + objects
+    required = sum(1 << order.index(f) for f in REQUIRED[kind])
+    columns["_missing"] = pa.array(found.present & required != required)
+    return pa.table(columns)
+
+
+def _stage(path: Path, proc: Process, folder: Path, pool: ThreadPoolExecutor,
+           scanned: dict[str, list[Future]]) -> _Staged:
     folder.mkdir()
     files, unstored = {}, {}
     for name, raw in proc.buffer_records.items():
         kind = _list_kind(name)
+        if name in scanned:
+            files[name] = (kind, [], scanned[name])
+            continue
         if kind is None:
             try:
                 unstored[name] = len(msgspec.json.decode(raw, type=list[msgspec.Raw]))
@@ -252,13 +301,13 @@ _PART_BYTES = 64 << 20   # a larger list is cut into parts of about this size
 _RECORD_SEPARATOR = re.compile(rb"\},\{")
 
 
-def _write_parts(raw: memoryview, stem: Path) -> Iterator[Path]:
-    """A raw JSON list as JSON array files, yielded as each is written, cut between two
-    records after about every _PART_BYTES so that the parts can be read in parallel. A
-    cut goes at the next `},{` (rocprofv3 writes compact JSON); where that is not between
-    two records (inside a string or a nested list) a part is not valid JSON, and
-    `_columns` then reads the parts joined back into the list as written."""
-    cuts = []  # (end of a part, start of the next)
+def _cuts(raw) -> list[tuple[int, int]]:
+    """Where a raw JSON list is cut into parts of about _PART_BYTES, so that the parts can
+    be read in parallel: (end of a part, start of the next) at the next `},{` after each
+    _PART_BYTES (rocprofv3 writes compact JSON). Where that is not between two records
+    (inside a string or a nested list) a part is not valid JSON: its reader says so, and
+    the list is then read as written."""
+    cuts = []
     at = _PART_BYTES
     while at < len(raw) - _PART_BYTES // 4:  # no small last part
         match = _RECORD_SEPARATOR.search(raw, at)
@@ -266,6 +315,19 @@ def _write_parts(raw: memoryview, stem: Path) -> Iterator[Path]:
             break
         cuts.append((match.start() + 1, match.end() - 1))
         at = match.end() + _PART_BYTES
+    return cuts
+
+
+def _part_spans(raw) -> list[tuple[int, int]]:
+    """The parts of a raw list `[...]` as (start, end) of their records, brackets left out."""
+    cuts = _cuts(raw)
+    return list(zip([1] + [following for _end, following in cuts], [end for end, _following in cuts] + [len(raw) - 1]))
+
+
+def _write_parts(raw: memoryview, stem: Path) -> Iterator[Path]:
+    """A raw JSON list as JSON array files (see `_cuts`), yielded as each is written. Where
+    a part is not valid JSON, `_columns` reads the parts joined back into the list."""
+    cuts = _cuts(raw)
     start = 0
     for i, (end, following) in enumerate(cuts + [(len(raw), None)]):
         part = stem.with_name(f"{stem.name}.{i}.json")
@@ -362,6 +424,13 @@ COPY_FIELDS = ("start_timestamp", "end_timestamp", "thread_id", "correlation_id.
                "src_agent_id.handle", "stream_id.handle")
 # Fields read, per record kind.
 FIELDS = {"Dispatch": DISPATCH_FIELDS, "ApiCall": API_FIELDS, "Copy": COPY_FIELDS + ("bytes",)}
+# What the compiled scan reads per record kind: the fields read, then the other typed
+# integers (it declines a record where one is not an integer, as DuckDB does), then the
+# objects around them (it declines anything else there, as DuckDB where it reads a struct).
+_SCANNED = {kind: fields + tuple(k for k, t in _COMMON.items() if t == "BIGINT" and k not in fields)
+            for kind, fields in FIELDS.items()}
+_OBJECTS = {kind: tuple(sorted({f.rsplit(".", k)[0] for f in fields for k in range(1, f.count(".") + 1)}))
+            for kind, fields in FIELDS.items()}
 
 
 def _columns(path: Path, parts: list[Path], kind: str, reads: list[Future]) -> dict[str, pa.Array]:
