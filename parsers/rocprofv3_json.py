@@ -494,12 +494,15 @@ def _dispatches(c: dict[str, pa.Array], proc: Process, agents: rc.Agents, pid, w
     w.read(n)
     sym = _symbol_arrays(proc.kernel_symbols)
     idx = pc.index_in(c["dispatch_info.kernel_id"], value_set=sym["ids"])
-    names = pc.take(sym["name"], idx)
     unknown = pc.sum(pc.is_null(idx)).as_py() or 0
     if unknown:
         # Still stored (times are good); the name is unknown.
-        names = pc.coalesce(names, pc.binary_join_element_wise(
+        names = pc.coalesce(pc.take(sym["name"], idx), pc.binary_join_element_wise(
             "kernel_id ", pc.cast(c["dispatch_info.kernel_id"], pa.string()), ""))
+    else:
+        # The symbols' names as the dictionary, each dispatch's symbol as its code: no
+        # string copied per dispatch here, nor in DuckDB (1M dispatches: ~0.1 s).
+        names = pa.DictionaryArray.from_arrays(idx, sym["name"])
     handles = c["dispatch_info.agent_id.handle"]
     device = rc.map_codes(handles, agents.ordinal_by_key)
     args = rc.json_args({
