@@ -47,11 +47,12 @@ COMPILED_MIN_EDGES = 500_000
 
 
 def _compiled(name: str):
-    """A compiled loop of graph_kernels, or None where numba cannot be imported (the
-    callers then run the same loop in Python)."""
+    """A compiled loop of graph_kernels, or None where numba cannot be imported or cannot
+    compile it (no writable cache location, say: a RuntimeError); the callers then run the
+    same loop in Python."""
     try:
         from . import graph_kernels
-    except ImportError:
+    except Exception:  # noqa: BLE001 - any failure of numba means: the Python loop
         return None
     return getattr(graph_kernels, name)
 
