@@ -11,6 +11,7 @@ words any error."""
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,8 +49,16 @@ def _lookup(paths: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return keys, fields
 
 
-@functools.lru_cache(maxsize=None)
+_loading = threading.Lock()
+
+
 def _kernel():
+    with _loading:  # loaded once, whichever thread asks first
+        return _load_kernel()
+
+
+@functools.lru_cache(maxsize=None)
+def _load_kernel():
     """The compiled loop, loaded (or compiled) by a first call on one record; None where
     numba cannot be imported or cannot give the loop (its on-disk cache unusable, say)."""
     try:

@@ -121,14 +121,34 @@ class _Document:
 
 
 def parse(path: Path, sink) -> None:
-    document = _Document(path)
+    # Two workers: DuckDB reads a JSON array on one thread, so lists (and parts of large
+    # lists) are read side by side, each part as soon as it is written, while the main
+    # thread stores what is read; the compiled scan reads parts side by side too.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
+        if _may_be_scanned(path):
+            # numba and the compiled loop load (~0.3 s) while the input is read: a
+            # gzip input takes seconds to decompress, with the GIL released.
+            pool.submit(json_scan.available)
+        document = _Document(path)
+        try:
+            _parse_document(path, document, sink, pool)
+        finally:
+            document.release()
+
+
+def _may_be_scanned(path: Path) -> bool:
+    """Could the input hold SCAN_MIN_BYTES of lists? (A gzip input by its compressed size:
+    rocprofv3 JSON compresses ~11x.)"""
     try:
-        _parse_document(path, document, sink)
-    finally:
-        document.release()
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+    return size * (16 if gzipped else 1) >= SCAN_MIN_BYTES
 
 
-def _parse_document(path: Path, document: _Document, sink) -> None:
+def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecutor) -> None:
     doc = _located(document.data) if len(document.data) >= LOCATE_MIN_BYTES else None
     if doc is None:
         try:
@@ -138,11 +158,7 @@ def _parse_document(path: Path, document: _Document, sink) -> None:
     if not doc.processes:
         raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
     sink.report(str(path), len(document.data), len(document.data))
-    # Two readers: DuckDB reads a JSON array on one thread, so lists (and parts of large
-    # lists) are read side by side, each part as soon as it is written, while the main
-    # thread stores what is read.
-    with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp, \
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
+    with tempfile.TemporaryDirectory(prefix="profkit-rocprofv3-") as tmp:
         try:
             # The raw lists are views of the document: once they are read (a large input's
             # by the compiled scan) or in files for DuckDB, it (as big as the input) is released.

@@ -171,3 +171,19 @@ def test_any_list_is_read_alike_or_declined(records, odd, indent, tmp_path):
         scanned = _by_scan(raw, kind)
         if scanned is not None:
             assert scanned.equals(_by_duckdb(raw, kind, tmp_path)), raw
+
+
+def test_a_bad_input_while_the_scan_loads_is_one_error(tmp_path, monkeypatch):
+    """The compiled loop starts loading before a large input is read; an input that turns
+    out unreadable still ends as the parser's one error."""
+    import gzip
+
+    from profkit.errors import TraceError
+
+    monkeypatch.setattr(rocprofv3_json, "SCAN_MIN_BYTES", 0)
+    cut = tmp_path / "cut_results.json.gz"
+    cut.write_bytes(gzip.compress(json.dumps(_doc()).encode())[:200])
+    assert rocprofv3_json._may_be_scanned(cut)
+    with pytest.raises(TraceError) as raised:
+        ingest([str(cut)], Store.open(None))
+    assert str(cut) in str(raised.value) and "\n" not in str(raised.value)
