@@ -9,10 +9,11 @@ is mapped, not read). The lists become typed Arrow columns with no Python object
 record (1M dispatches as structs and lists cost ~3 s): in a large input by a compiled
 scan of the bytes where they are (`json_scan`, in parts side by side), otherwise, and
 for any list the scan declines, by DuckDB's JSON reader from a temporary copy of each
-list, two at a time in worker threads while the main thread stores the ones read. Device records name their agent by handle;
-agents map handles to HSA node ids and GPU ordinals. A HIP call and the dispatch it
-enqueued share `correlation_id.internal`; `correlation_id.external` (a framework id,
-usually 0) goes to `external_id` where non-zero. Timestamps are integer nanoseconds.
+list, two at a time in worker threads while the main thread stores the ones read.
+Device records name their agent by handle; agents map handles to HSA node ids and GPU
+ordinals. A HIP call and the dispatch it enqueued share `correlation_id.internal`;
+`correlation_id.external` (a framework id, usually 0) goes to `external_id` where
+non-zero. Timestamps are integer nanoseconds.
 """
 from __future__ import annotations
 
@@ -248,7 +249,8 @@ def _list_kind(name: str) -> str | None:
 
 
 # From this many bytes of lists in a document on, they are read by the compiled scan
-# (json_scan): below it, loading numba's compiled loop (~0.4 s) costs more than it saves.
+# (json_scan): below it, loading numba and the compiled loop (~0.3 s) costs more than
+# the scan saves (docs/performance.md, fifteenth session).
 SCAN_MIN_BYTES = 128 << 20
 
 
