@@ -25,7 +25,7 @@ from profkit.errors import TraceError
 
 from . import nsys_meta as meta
 from .nsys_db import Reader, catalog, read_meta
-from .sqlite_file import connect, is_sqlite, sqlite_problem
+from .sqlite_file import connect, is_sqlite, sqlite_problem, table_names
 from .nsys_events import ActivityReader
 
 FORMAT = "nsys"
@@ -46,7 +46,7 @@ def detect(path: Path) -> bool:
             return False
         con = connect(path)
         try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = table_names(con)
         finally:
             con.close()
     except sqlite3.OperationalError as exc:
