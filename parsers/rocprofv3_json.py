@@ -166,6 +166,7 @@ def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecu
             scanned = _scanned(doc.processes, pool) if _worth_scanning(doc.processes) else {}
             staged = [_stage(path, proc, Path(tmp) / str(i), pool, scanned.get(i, {}))
                       for i, proc in enumerate(doc.processes)]
+            del scanned  # the staged lists hold the reads now, each dropped once stored
             document.release()
             for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
                 trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
