@@ -187,3 +187,12 @@ def test_a_bad_input_while_the_scan_loads_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(TraceError) as raised:
         ingest([str(cut)], Store.open(None))
     assert str(cut) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_without_the_compiled_loop_duckdb_reads_every_list(tmp_path, monkeypatch):
+    path = tmp_path / "1_results.json"
+    path.write_text(json.dumps(_doc()))
+    read = _store(path, monkeypatch, False)
+    monkeypatch.setattr(json_scan, "_kernel", lambda: None)  # numba missing, or its cache unusable
+    assert not json_scan.available() and json_scan.read(b"[]", 1, 1, ("a",)) is None
+    assert _store(path, monkeypatch, True) == read
