@@ -182,16 +182,18 @@ class _StepMap:
         ends = np.array([s.end_ns for s in order], dtype=np.int64)
         host_side = bool(order) and order[0].source not in ("kernel_pattern", "whole_trace")
         anchors = comms["launch_ns"] if host_side else comms["start_ns"]
-        assigned = []
-        for step, start in zip(comms["step"].tolist(), anchors.tolist()):
-            if not self.has_steps:
-                assigned.append(None)
-            elif step is not None and step in known:
-                assigned.append(step)
-            else:
-                i = int(np.searchsorted(starts, start, side="right")) - 1
-                assigned.append(order[i].step if i >= 0 and start < ends[i] else -10**9)
-        self.assigned = np.array(assigned, dtype=object)
+        if not self.has_steps:
+            self.assigned = np.full(anchors.size, None, dtype=object)
+            return
+        # The window each anchor falls in, for all kernels at once; kept where the kernel's
+        # own step is a known one.
+        at = np.searchsorted(starts, anchors, side="right") - 1
+        inside = (at >= 0) & (anchors < ends[np.maximum(at, 0)]) if order else np.zeros(anchors.size, bool)
+        numbers = np.array([s.step for s in order] + [-10**9], dtype=object)
+        by_window = numbers[np.where(inside, at, len(order))]
+        own = comms["step"]
+        keep = np.array([step is not None and step in known for step in own.tolist()], dtype=bool)
+        self.assigned = np.where(keep, own, by_window)
 
     def in_steady(self) -> np.ndarray:
         return np.isin(self.assigned, np.array(self.steady, dtype=object))
@@ -317,13 +319,19 @@ def _bandwidth(comms, mask, op, steps: _StepMap, devices) -> tuple[int | None, d
 
 def _examples(comms, mask, compute) -> list[dict[str, int]]:
     """The kernels of the group with the most exposed time."""
-    rows = []
-    for i in np.flatnonzero(mask).tolist():
-        s, e = int(comms["start_ns"][i]), int(comms["end_ns"][i])
-        exposed = (e - s) - iv.covered(compute.get(comms["device"][i], _EMPTY), s, e)
-        rows.append({"event_id": int(comms["event_id"][i]), "start_ns": s, "dur_ns": e - s, "exposed_ns": exposed})
-    rows.sort(key=lambda r: -r["exposed_ns"])
-    return rows[:EXAMPLES]
+    idx = np.flatnonzero(mask)
+    starts, ends = comms["start_ns"][idx], comms["end_ns"][idx]
+    exposed = ends - starts
+    devices = comms["device"][idx]
+    for device in set(devices.tolist()):
+        # Per device at once: the compute union is disjoint, so the summed overlap of each
+        # kernel with it is the time it covers (143k collectives: 5.7 s one by one).
+        on = devices == device
+        covered_s, covered_e = compute.get(device, _EMPTY)
+        exposed[on] -= iv.overlap_sums(covered_s, covered_e, starts[on], ends[on])
+    top = np.argsort(-exposed, kind="stable")[:EXAMPLES]
+    return [{"event_id": int(comms["event_id"][idx[i]]), "start_ns": int(starts[i]),
+             "dur_ns": int(ends[i] - starts[i]), "exposed_ns": int(exposed[i])} for i in top]
 
 
 # -- findings ------------------------------------------------------------------

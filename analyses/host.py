@@ -13,7 +13,7 @@ import numpy as np
 
 from profkit import intervals
 from profkit.classify import PAGEABLE_DTOH_LAUNCHES, blocking_async_copies, runtime_role
-from profkit.columns import contains, group_codes
+from profkit.columns import contains, dictionary_codes, group_codes, per_value
 from profkit.findings import Finding
 from profkit.render import agreeing, human_ns, per_step_count, per_step_number
 
@@ -76,7 +76,7 @@ def run(ctx: Context) -> PassResult:
     dev = ctx.device_events()
     busy = intervals.union(dev.start, dev.end)
     calls = _runtime_calls(ctx)
-    roles = np.array([runtime_role(n) for n in calls["name"]], dtype=object)
+    roles = per_value(runtime_role, calls["name_code"], calls["name_values"])
     roles[np.isin(calls["event_id"], blocking_async_copies(ctx.store, ctx.trace_id))] = "blocking_copy"
     step_of_call = _window_index(calls["start"], windows)
 
@@ -130,14 +130,26 @@ def _runtime_calls(ctx: Context) -> dict:
         SELECT event_id, name, start_ns, end_ns, coalesce(pid, -1) AS pid, coalesce(tid, -1) AS tid
         FROM events WHERE trace_id = ? AND kind = 'runtime' ORDER BY start_ns, event_id
     """, [ctx.trace_id])
+    codes, values = dictionary_codes(table.column("name"))
     return {
         "event_id": table.column("event_id").to_numpy().astype(np.int64),
-        "name": table.column("name").to_pylist(),
+        "name": values[codes], "name_code": codes, "name_values": values,
         "start": table.column("start_ns").to_numpy().astype(np.int64),
         "end": table.column("end_ns").to_numpy().astype(np.int64),
         "pid": table.column("pid").to_numpy().astype(np.int64),
         "tid": table.column("tid").to_numpy().astype(np.int64),
     }
+
+
+def _names_counted(calls: dict, sel: np.ndarray) -> Counter:
+    """The names of the calls `sel` counted, in the order each first occurs there (as a
+    Counter fed one by one), by their codes: a million calls in ~20 ms, not ~0.5 s."""
+    codes = calls["name_code"][sel]
+    counts = np.bincount(codes, minlength=len(calls["name_values"]))
+    first = np.full(counts.size, codes.size, dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(codes.size))
+    used = np.flatnonzero(counts)
+    return Counter({calls["name_values"][c]: int(counts[c]) for c in used[np.argsort(first[used], kind="stable")]})
 
 
 def _per_step(value: float, n_steps: int) -> int:
@@ -189,7 +201,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
     n_measured = max(1, n_steps - unmeasured)
     blocked_total = intervals.length(calls["start"][sel], calls["end"][sel]) if sel.size else 0
     points = _sync_points(calls, sel, _launched(calls, dev))
-    by_name = Counter(calls["name"][i] for i in sel)
+    by_name = _names_counted(calls, sel)
     by_origin = Counter(o[0] for o in set(origin_ops) if o)  # an op whose copy and sync both block counts once
     metrics = {
         "calls": int(sel.size),
@@ -256,7 +268,7 @@ def _blocking_calls_sql(trace_id: int, calls, sel) -> str:
     """SQL for the calls `sel`: by name where the name blocks (roles sync, blocking_copy);
     asynchronous copies that blocked as the launches of copies to pageable memory
     (classify.blocking_async_copies)."""
-    names = {calls["name"][i] for i in sel}
+    names = set(calls["name"][sel].tolist())
     blocking = sorted(n for n in names if runtime_role(n) in ("sync", "blocking_copy"))
     parts = [f"name IN ({_in_list(blocking)})"] if blocking else []
     if names - set(blocking):
@@ -428,7 +440,7 @@ def _allocator(ctx, calls, roles) -> dict:
     idx = _window_index(calls["start"], [(s.start_ns, s.end_ns) for s in later])
     sel = np.flatnonzero(is_alloc & (idx >= 0))
     host_ns = intervals.length(calls["start"][sel], calls["end"][sel]) if sel.size else 0
-    by_name = Counter(calls["name"][i] for i in sel)
+    by_name = _names_counted(calls, sel)
     steps_hit = sorted({later[i].step for i in idx[sel].tolist()})
     metrics.update(calls_after_first_step=int(sel.size), calls_per_step=round(sel.size / len(later), 3),
                    host_ns_per_step=_per_step(host_ns, len(later)), by_name=dict(by_name), steps=len(steps_hit))
@@ -470,7 +482,7 @@ def _launch_gaps(ctx, calls, step_of_call, dev) -> dict:
     n_steps = max(1, len(set(step_of_call[sel].tolist())))
     return {"launch_calls": int(sel.size), "launch_calls_per_step": round(sel.size / n_steps, 3),
             "call_ns": _dist(durations), "gap_between_launches_ns": _dist(gaps),
-            "by_name": dict(Counter(calls["name"][i] for i in sel).most_common(8))}
+            "by_name": dict(_names_counted(calls, sel).most_common(8))}
 
 
 def _dist(a: np.ndarray) -> dict:

@@ -114,7 +114,8 @@ def _load_activities(store, trace_id):
                coalesce(l.launch_event, -1) AS launch_event, l.launch_start, l.launch_pid, l.launch_tid,
                l.launch_name, dep.dst_event IS NOT NULL AS dep_link
         FROM device_events d
-        LEFT JOIN (SELECT DISTINCT ON (event_id) * FROM kernel_info) ki ON ki.event_id = d.event_id
+        LEFT JOIN (SELECT DISTINCT ON (event_id) event_id, graph_id, graph_node_id FROM kernel_info) ki
+               ON ki.event_id = d.event_id
         LEFT JOIN l ON l.dst_event = d.event_id
         LEFT JOIN dep ON dep.dst_event = d.event_id
         WHERE d.trace_id = ?

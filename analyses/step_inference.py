@@ -20,7 +20,7 @@ import numpy as np
 
 from profkit import intervals
 from profkit.classify import runtime_role
-from profkit.columns import dictionary_codes, per_value
+from profkit.columns import dictionary_codes, group_codes, per_value
 from profkit.store import Store
 
 MIN_REPEATS = 3                 # occurrences before a name or pattern makes steps
@@ -181,13 +181,13 @@ def _number(name: str) -> int | None:
 # -- (b) graph replays ----------------------------------------------------------------
 
 def graph_replay_steps(store: Store, trace_id: int, dev: DeviceEvents) -> list[Window]:
-    kernels = np.array([k == "kernel" for k in dev.kind], dtype=bool)
+    kernels = dev.kind == "kernel"
     if not kernels.any():
         return []
     graph_kernels = dev.graph & kernels & (dev.launch_id >= 0)
     if graph_kernels.sum() < GRAPH_WORK_SHARE * kernels.sum():
         return []
-    names = {n for n, g in zip(dev.launch_name, graph_kernels) if g}
+    names = set(dev.launch_name[graph_kernels].tolist())
     launches = store.con.execute(f"""
         SELECT event_id, name, start_ns, end_ns FROM events
         WHERE trace_id = ? AND kind = 'runtime' AND name IN ({','.join('?' * len(names))})
@@ -212,16 +212,17 @@ def graph_replay_steps(store: Store, trace_id: int, dev: DeviceEvents) -> list[W
 # -- (c) repeating kernel sequence ----------------------------------------------------
 
 def kernel_pattern_steps(dev: DeviceEvents) -> list[Window]:
-    kernels = [i for i, k in enumerate(dev.kind) if k == "kernel"]
-    if len(kernels) < 2 * MIN_REPEATS:
+    kernels = np.flatnonzero(dev.kind == "kernel")
+    if kernels.size < 2 * MIN_REPEATS:
         return []
-    # The busiest stream (by kernel time) carries the loop.
-    busy: Counter = Counter()
-    for i in kernels:
-        busy[(int(dev.device[i]), int(dev.stream[i]))] += int(dev.end[i] - dev.start[i])
-    lane = busy.most_common(1)[0][0]
-    idx = np.array([i for i in kernels if (int(dev.device[i]), int(dev.stream[i])) == lane])
-    names = [dev.name[i] for i in idx]
+    # The busiest stream (by kernel time) carries the loop; of equally busy ones, the one
+    # whose first kernel comes first.
+    lane, first = group_codes(dev.device[kernels], dev.stream[kernels])
+    busy = np.zeros(first.size, np.int64)
+    np.add.at(busy, lane, dev.end[kernels] - dev.start[kernels])
+    tied = np.flatnonzero(busy == busy.max())
+    idx = kernels[lane == tied[np.argmin(first[tied])]]
+    names = dev.name[idx].tolist()
     period = _cycle_count(names)
     if period is None:
         return []

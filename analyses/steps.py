@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from profkit import intervals
+from profkit.columns import distinct_count
 from profkit.findings import Finding
 from profkit.render import human_ns
 
@@ -221,7 +222,7 @@ def _step_facts(window: Window, dev: DeviceEvents, mine: np.ndarray) -> dict:
     gemm = dev.category[mine] == "gemm"
     launches = dev.launch_id[mine]
     kernels = int(kernel.sum())
-    launch_calls = int(np.unique(launches[launches >= 0]).size)
+    launch_calls = distinct_count(launches[launches >= 0])
     graph_kernels = int((dev.graph[mine] & kernel).sum())
     per_launch = kernels / launch_calls if launch_calls else None
     facts.update(

@@ -86,3 +86,13 @@ def test_run_starts_marks_the_first_row_of_each_run_of_equal_keys():
     assert run_starts(a).tolist() == [True, False, True, False, False, True]
     assert run_starts(a, b).tolist() == [True, True, True, False, True, True]
     assert run_starts(np.zeros(0, np.int64)).tolist() == []
+
+
+def test_distinct_count():
+    from profkit.columns import distinct_count
+
+    rng = np.random.default_rng(3)
+    for values in (rng.integers(0, 50, 10_000), rng.permutation(100_000), np.zeros(5, np.int64),
+                   np.empty(0, np.int64), np.array([-3, 7, -3])):
+        assert distinct_count(values) == len(set(values.tolist()))
+

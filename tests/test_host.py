@@ -252,3 +252,22 @@ def test_advice_is_in_the_terms_of_the_program():
     for relative, framework in (("rocprof/v3_json_mi350x", "pytorch"), ("rocprof/v1_r9700_llamacpp", None)):
         store = profkit.load(shared_trace(relative))
         assert Context.of(store, store.trace_ids()[0]).framework == framework, relative
+
+
+def test_names_counted_as_a_counter_fed_one_by_one():
+    import numpy as np
+    import pyarrow as pa
+    from collections import Counter
+
+    from profkit.analyses.host import _names_counted
+    from profkit.columns import dictionary_codes
+
+    rng = np.random.default_rng(4)
+    names = [None if i % 7 == 0 else f"call{i}" for i in rng.integers(0, 30, 5_000)]
+    codes, values = dictionary_codes(pa.array(names))
+    calls = {"name": values[codes], "name_code": codes, "name_values": values}
+    for sel in (np.arange(len(names)), np.flatnonzero(rng.random(len(names)) < 0.1), np.empty(0, np.int64)):
+        expected = Counter(names[i] for i in sel)
+        got = _names_counted(calls, sel)
+        assert list(got.items()) == list(expected.items())
+        assert got.most_common(8) == expected.most_common(8)
