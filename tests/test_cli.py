@@ -345,3 +345,25 @@ def test_ctrl_c_during_a_query_is_an_interrupt_not_an_internal_error(tmp_path, m
     monkeypatch.setattr(cli_module, "_load", lambda path: (_ for _ in ()).throw(RuntimeError("Query interrupted")))
     assert cli_module._run_command() == 70
     assert "internal error: RuntimeError: Query interrupted" in capsys.readouterr().err
+
+
+def test_a_terminal_is_told_the_analysis_is_running(monkeypatch):
+    """After the load's progress bar, the passes can take seconds: a terminal sees a
+    transient status line; a pipe sees nothing (checked by every CliRunner test)."""
+    from conftest import SAMPLE_TRACES
+
+    from profkit import load
+    from profkit.cli import _analysed
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    store = load(SAMPLE_TRACES / "cpu_tiny_decoder_prefill_decode.json.gz", cache=False)
+    try:
+        result = _analysed(store)
+    finally:
+        store.close()
+    assert result["traces"] and "Analysing 1 trace" in terminal.getvalue()
