@@ -1,7 +1,7 @@
 """Analysis benchmark (issue 5): end-to-end `profkit analyze` against HTA's load plus
 temporal breakdown, on the same inputs.
 
-    python bench/analyze.py [--no-hta] [--tiles 1,5] [--repeat N] [--only WORDS]
+    python bench/analyze.py [--no-hta] [--tiles 1,5] [--repeat N] [--only WORDS] [--rocprof]
 
 Each measurement is one fresh process, timed from its start to its exit (interpreter start
 and imports included, for both tools):
@@ -17,6 +17,9 @@ Inputs: the largest shared Kineto traces and tiles of v100_nccl_rank1_of2 (bench
 ratio being the median of the rounds' ratios: this machine's speed drifts by 10-30% over
 minutes, so one round can be off either way. Prints a Markdown table and writes it with
 the raw numbers to bench/out/. Target: >= 10x faster than HTA (first run against HTA).
+`--rocprof` adds the 1M-dispatch rocprofv3 JSON of bench/rocprof_synthetic.py (2M events,
+no step annotations: the passes at scale on an AMD capture); HTA does not read rocprof, so
+that row has no ratio.
 """
 from __future__ import annotations
 
@@ -94,7 +97,17 @@ def cli_runs(path: Path) -> tuple[dict, dict]:
     return first, again
 
 
-def run(with_hta: bool, tiles: list[int], repeat: int = 1, only: list[str] | None = None) -> list[dict]:
+def _rocprof_json() -> Path:
+    """The 1M-dispatch rocprofv3 JSON, built (once, cached in bench/out) by its generator."""
+    import subprocess
+
+    built = subprocess.run([sys.executable, str(HERE / "rocprof_synthetic.py")], capture_output=True, text=True,
+                           check=True)
+    return next(Path(line) for line in built.stdout.splitlines() if line.endswith(".json"))
+
+
+def run(with_hta: bool, tiles: list[int], repeat: int = 1, only: list[str] | None = None,
+        rocprof: bool = False) -> list[dict]:
     inputs = [(p.name.split(".json")[0], p, tt.count_events(p)) for p in TRACES]
     for millions in tiles:
         tile = OUT / f"tile_v100_{millions}M.json"
@@ -102,6 +115,8 @@ def run(with_hta: bool, tiles: list[int], repeat: int = 1, only: list[str] | Non
             print(f"tiling {TILE_SOURCE.name} to {millions}M events -> {tile}", file=sys.stderr)
             tt.tile(TILE_SOURCE, millions * 1_000_000, tile)
         inputs.append((f"v100 tile {millions}M", tile, millions * 1_000_000))
+    if rocprof:
+        inputs.append(("rocprofv3 JSON 1M dispatches", _rocprof_json(), 2_000_000))
     if only:
         inputs = [i for i in inputs if any(word in i[0] for word in only)]
     rows = []
@@ -111,7 +126,8 @@ def run(with_hta: bool, tiles: list[int], repeat: int = 1, only: list[str] | Non
         rounds = []
         for _ in range(repeat):
             first, again = cli_runs(path)
-            theirs = child("hta", tt.hta_dir(path, OUT / "hta_dirs")) if with_hta else None
+            hta_reads = not label.startswith("rocprof")
+            theirs = child("hta", tt.hta_dir(path, OUT / "hta_dirs")) if with_hta and hta_reads else None
             rounds.append({"profkit_first": first, "profkit_again": again, "hta": theirs})
         split = child("profkit", path)
         row = {"trace": label, "events": events, "rounds": rounds, "profkit_split": split}
@@ -188,6 +204,8 @@ def main() -> None:
                         "again) then HTA; medians and ranges are printed (default 1)")
     parser.add_argument("--only", default="", help="comma-separated words: only inputs whose label has one "
                         "(e.g. 'tile 5M')")
+    parser.add_argument("--rocprof", action="store_true", help="add the 1M-dispatch rocprofv3 JSON "
+                        "(bench/rocprof_synthetic.py; profkit only: HTA does not read rocprof)")
     parser.add_argument("--worker", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
@@ -196,7 +214,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     _compile_profkit()
     rows = run(not a.no_hta, [int(x) for x in a.tiles.split(",") if x], a.repeat,
-               [w.strip() for w in a.only.split(",") if w.strip()])
+               [w.strip() for w in a.only.split(",") if w.strip()], a.rocprof)
     text = tt.table(rows, COLUMNS) + "\n"
     print(text)
     (OUT / "analyze.md").write_text(text)
