@@ -112,7 +112,7 @@ def _load_activities(store, trace_id):
                coalesce(ki.graph_id IS NOT NULL OR ki.graph_node_id IS NOT NULL, false)
                    OR coalesce(list_contains(?, l.launch_name), false) AS in_graph,
                coalesce(l.launch_event, -1) AS launch_event, l.launch_start, l.launch_pid, l.launch_tid,
-               l.launch_name, dep.dst_event IS NOT NULL AS dep_link
+               dep.dst_event IS NOT NULL AS dep_link
         FROM device_events d
         LEFT JOIN (SELECT DISTINCT ON (event_id) event_id, graph_id, graph_node_id FROM kernel_info) ki
                ON ki.event_id = d.event_id
