@@ -152,6 +152,8 @@ def scan(buf, start, end, keys, fields, out, present):  # pragma: no cover - com
                 c = buf[i]
             if c < 48 or c > 57:
                 return n, i, UNSUPPORTED
+            if c == 48 and i + 1 < end and 48 <= buf[i + 1] <= 57:  # a leading zero: not JSON
+                return n, i, UNSUPPORTED
             value = np.int64(0)
             while c >= 48 and c <= 57:
                 if value >= 922337203685477580:  # int64 ends at 9223372036854775807

@@ -120,6 +120,7 @@ def test_copy_bytes_missing_is_unknown(tmp_path):
     json.dumps([{**RECORD, "thread_id": {"x": 1}}]),         # an object where an integer is
     json.dumps([{**RECORD, "start_timestamp": 2**63}]),      # beyond int64
     json.dumps([{**RECORD, "start_timestamp": 10**19}]),
+    json.dumps([RECORD]).replace('"kernel_id": 4', '"kernel_id": 04'),  # a leading zero (not JSON)
     '[{"a\\u0062":1}]',                                      # an escaped key
     json.dumps([RECORD, RECORD])[:-30] + "]",                # cut short
     json.dumps([RECORD])[:-1] + ",]",                        # a comma after the last record
