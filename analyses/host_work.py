@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from profkit import intervals
-from profkit.columns import group_codes
+from profkit.columns import group_codes, run_starts
 
 HOST_KINDS = ("cpu_op", "python", "annotation", "runtime", "sync")
 NO_EVENT = "(no host event recorded)"
@@ -125,7 +125,7 @@ def _attribute(store, trace_id: int, pid: int, tid: int, lo: np.ndarray, hi: np.
     ids, parent_id, start, end = ids[order], parent_id[order], start[order], end[order]
     # Elementary segments: between consecutive boundaries of windows and events.
     points = np.sort(np.concatenate([lo, hi, start, end]))
-    points = points[np.r_[True, points[1:] != points[:-1]]]  # np.unique hashes: 10x slower here
+    points = points[run_starts(points)]  # distinct, by the sort: np.unique hashes, 10x slower here
     seg_lo, seg_hi = points[:-1], points[1:]
     w = np.searchsorted(lo, seg_lo, side="right") - 1
     inside = (w >= 0) & (seg_lo < hi[np.clip(w, 0, None)])

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from profkit.errors import TraceError
 
 from . import json_scan, rocm_common as rc
-from .kineto_read import raw_offset
+from .kineto_read import GZIP_MAGIC, raw_offset
 
 FORMAT = "rocprofv3_json"
 TOOL_KEY = b'"rocprofiler-sdk-tool"'
@@ -78,7 +78,7 @@ API_LISTS = ("hip_api", "hsa_api", "marker_api", "rccl_api", "rocdecode_api", "r
 def _head(path: Path, n: int = 4096) -> bytes:
     with open(path, "rb") as fh:
         magic = fh.read(2)
-    opener = gzip.open if magic == b"\x1f\x8b" else open
+    opener = gzip.open if magic == GZIP_MAGIC else open
     with opener(path, "rb") as fh:
         return fh.read(n)
 
@@ -101,7 +101,7 @@ class _Document:
         self.data: bytes | mmap.mmap | None = None
         try:
             with open(path, "rb") as fh:
-                if fh.read(2) == b"\x1f\x8b":
+                if fh.read(2) == GZIP_MAGIC:
                     fh.seek(0)
                     self.data = gzip.decompress(fh.read())
                     return
@@ -143,7 +143,7 @@ def _may_be_scanned(path: Path) -> bool:
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            gzipped = fh.read(2) == b"\x1f\x8b"
+            gzipped = fh.read(2) == GZIP_MAGIC
     except OSError:
         return False
     return size * (16 if gzipped else 1) >= SCAN_MIN_BYTES

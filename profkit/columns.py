@@ -109,7 +109,4 @@ def distinct_count(values: np.ndarray) -> int:
     """How many distinct values an array holds, by a sort. numpy 2.3+'s `np.unique` with no
     other output hashes instead, 30x slower on a million distinct integers (0.45 s against
     0.014 s here); it stays fast on few distinct values, where the passes still use it."""
-    if values.size == 0:
-        return 0
-    ordered = np.sort(values)
-    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
+    return int(np.count_nonzero(run_starts(np.sort(values))))
