@@ -80,10 +80,8 @@ def by_category(acts) -> tuple[list[dict], dict]:
         busy = intervals.length(acts["start_ns"][m], acts["end_ns"][m])
         busy_total += busy
         cats = {}
-        for c in CATEGORIES:
-            if c not in in_category:
-                continue
-            mc = m & in_category[c]
+        for c, rows in in_category.items():  # in CATEGORIES order
+            mc = m & rows
             if not mc.any():
                 continue
             union = intervals.length(acts["start_ns"][mc], acts["end_ns"][mc])

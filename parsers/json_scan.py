@@ -105,7 +105,7 @@ def read(data, start: int, end: int, values: Sequence[str], objects: Sequence[st
         n, at_next, status = kernel.scan(buf, at, end, keys, fields, out, present)
         if status == kernel.UNSUPPORTED:
             return None
-        if status == kernel.FULL and not blocks and at == start and capacity == 64:
+        if status == kernel.FULL and not blocks and capacity == 64:
             # A first small block tells the bytes per record; the list is then read
             # again into one block sized from it (10% spare), so usually not copied.
             capacity = int((end - start) / ((at_next - start) / n) * 1.1) + 64
