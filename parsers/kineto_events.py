@@ -71,7 +71,7 @@ class EventBuilder:
             cat = ""
         elif not isinstance(cat, str):
             return None
-        if cat in self.name_cats:
+        if cat in self.name_cats and isinstance(name, str):
             kind = self.by_name.get((cat, name))
             if kind:
                 return kind
@@ -103,14 +103,16 @@ class EventBuilder:
     def _complete(self, xs: list[Ev], ts: list, dur: list) -> None:
         start, ok_ts = micros_to_ns(ts)
         dur_ns, ok_dur = micros_to_ns(dur)
+        # The end, start + dur, must fit int64 too (numpy would wrap it).
+        ok_dur &= ~ok_ts | (dur_ns <= np.iinfo(np.int64).max - np.maximum(start, 0))
         keep = ok_ts & ok_dur & (dur_ns >= 0)
         if not keep.all():
             for i in np.flatnonzero(~keep):
                 r = xs[i]
                 if not ok_ts[i]:
-                    reason = "missing ts" if r.ts is None else "ts not a finite number"
+                    reason = "missing ts" if r.ts is None else "ts not a finite number in range"
                 elif not ok_dur[i]:
-                    reason = "missing dur" if r.dur is None else "dur not a finite number"
+                    reason = "missing dur" if r.dur is None else "dur not a finite number in range"
                 else:
                     reason = "negative duration"
                 self.w.issue(reason, 1, example(r))
@@ -185,10 +187,10 @@ class EventBuilder:
             "kind": pa.array(kinds, pa.string()),
             "name": pa.array(names, pa.string()),
             "start_ns": start, "dur_ns": dur, "end_ns": start + dur,
-            "pid": pa.array(pids, pa.int64()), "tid": pa.array(tids, pa.int64()),
-            "device": pa.array(devices, pa.int32()), "stream": pa.array(streams, pa.int64()),
-            "correlation": pa.array(corr, pa.int64()),
-            "external_id": pa.array(ext, pa.int64()),
+            "pid": self._ints("pid", pids), "tid": self._ints("tid", tids),
+            "device": self._ints("device", devices, pa.int32()), "stream": self._ints("stream", streams),
+            "correlation": self._ints("correlation", corr),
+            "external_id": self._ints("external_id", ext),
             "source_cat": pa.array(cats, pa.string()),
             "args": A.raw_text_array(raws),
         })
@@ -196,6 +198,18 @@ class EventBuilder:
         for table, rows in (("kernel_info", ki), ("copies", cp), ("collectives", co)):
             if rows:
                 self.w.add_rows(table, rows)
+
+    def _ints(self, column: str, values: list, typ: pa.DataType = pa.int64()) -> pa.Array:
+        """Integers as a column; one beyond the column's type (an id of 2**63, a device
+        of 2**31) is stored as NULL and counted."""
+        try:
+            return pa.array(values, typ)
+        except (OverflowError, pa.ArrowInvalid):
+            bits = typ.bit_width - 1
+            fits = [v if v is None or -(2 ** bits) <= v < 2 ** bits else None for v in values]
+            self.w.issue(f"{column} beyond {typ} (stored as NULL)",
+                         sum(v is not None for v in values) - sum(v is not None for v in fits))
+            return pa.array(fits, typ)
 
     # -- everything but X ---------------------------------------------------------------
     def _other_records(self, recs: list[Ev]):
@@ -218,7 +232,7 @@ class EventBuilder:
                 continue
             ts = one_micros_to_ns(r.ts)
             if ts is None:
-                w.issue("missing ts" if r.ts is None else "ts not a finite number", 1, example(r))
+                w.issue("missing ts" if r.ts is None else "ts not a finite number in range", 1, example(r))
                 continue
             if ph in ("i", "I"):
                 out.append(r), starts.append(ts), durs.append(0)
@@ -238,7 +252,7 @@ class EventBuilder:
         return out, starts, durs
 
     def _metadata(self, r: Ev) -> None:
-        spec = _THREAD_META.get(r.name)
+        spec = _THREAD_META.get(r.name) if isinstance(r.name, str) else None
         if spec is None:
             self.w.issue(f"metadata record not stored ({r.name})", 1, example(r))
             return

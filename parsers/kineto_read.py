@@ -367,6 +367,16 @@ def _big_ints(values: list[int]) -> bool:
 
 
 def one_micros_to_ns(v: Any) -> int | None:
+    """One microsecond value -> ns, or None where it is not a finite number whose
+    nanoseconds fit the store's int64."""
+    ns = _one_micros_to_ns(v)
+    return ns if ns is None or -_NS_LIMIT <= ns < _NS_LIMIT else None
+
+
+_NS_LIMIT = 2 ** 63
+
+
+def _one_micros_to_ns(v: Any) -> int | None:
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, int):

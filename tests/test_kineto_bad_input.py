@@ -15,6 +15,7 @@ import pytest
 from profkit.errors import TraceError
 from profkit.ingest import Sink, find_inputs, ingest
 from profkit.parsers import kineto
+from profkit.parsers.kineto_sql import FastPathFailed
 from profkit.store import Store
 
 PROFKIT = shutil.which("profkit", path=str(Path(sys.executable).parent))
@@ -155,9 +156,46 @@ def test_strings_as_numbers_are_converted_exactly(tmp_path):
     assert [(r["start_ns"], r["dur_ns"]) for r in rows] == [
         (4458676522690655, 1001), (1669783687352244000, 7000)]
     assert rows[0]["end_ns"] == 4458676522691656 and rows[1]["pid"] == 12
-    assert issues(store) == {"ts not a finite number": 1}
+    assert issues(store) == {"ts not a finite number in range": 1}
     tid = store.scalar("SELECT tid FROM events WHERE pid = 12")
     assert tid < 0 and store.scalar("SELECT name FROM threads WHERE tid = ?", [tid]) == "stream 7"
+
+
+def test_times_beyond_the_store_range_are_counted(tmp_path):
+    # 9.3e15 us is 9.3e18 ns: past int64 (a float, an integer and a string of it).
+    path = write(tmp_path, "far.json", trace([
+        event(ts=9223372036854776.0), event(ts=9_300_000_000_000_000), event(ts="9300000000000000.5"),
+        event(ts=1, dur=9_300_000_000_000_000), event(ts=8_999_999_999_999_999, dur=8_999_999_999_999_999),
+        event(ts=5),
+    ]))
+    store = ingest_one(path)
+    assert store.scalar("SELECT count(*) FROM events") == 1
+    assert issues(store) == {"ts not a finite number in range": 3, "dur not a finite number in range": 2}
+
+
+@pytest.mark.parametrize("way", ["duckdb", "record by record"])
+def test_values_of_odd_types_or_beyond_the_columns_are_counted(way, tmp_path, monkeypatch):
+    """Found by the property test of tests/test_kineto_scan.py: each ended in a traceback
+    on the record-by-record path (which the DuckDB path hands odd records to)."""
+    if way != "duckdb":
+        def refuse(*_):
+            raise FastPathFailed("test: the record-by-record path")
+        monkeypatch.setattr(kineto, "SqlPieces", refuse)
+    path = write(tmp_path, "odd.json", trace([
+        event(pid=9.223372036854776e18),                           # an integral float past int64
+        event(cat="kernel", pid=2147483648.0, args={"stream": 7}),  # a device (from pid) past int32
+        {"ph": "M", "name": ["thread_name"], "pid": 1, "tid": 2, "args": {"name": "x"}},
+        event(cat="mtia_ccp_events", name=["dma_request"]),         # a list name where names map kinds
+        event(ts=5),
+    ]))
+    store = ingest_one(path)
+    assert store.scalar("SELECT count(*) FROM events WHERE pid IS NULL AND device IS NULL AND stream = 7") == 1
+    found = issues(store)
+    assert found.pop("pid beyond int64 (stored as NULL)") == 1
+    assert found.pop("device beyond int32 (stored as NULL)") == 1
+    assert found.pop(next(r for r in found if r.startswith("metadata record not stored"))) == 1
+    # DuckDB's reader gives the list name as its JSON text; the record-by-record path counts it.
+    assert found == ({} if way == "duckdb" else {"missing name": 1})
 
 
 def test_exact_ns_beyond_float_precision(tmp_path):
