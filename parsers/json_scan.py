@@ -49,25 +49,32 @@ def _lookup(paths: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return keys, fields
 
 
-_loading = threading.Lock()
+def compiled(load):
+    """`load()` run once, by whichever thread asks first (the others wait for it), and
+    its result kept; None where it fails in any way: numba not installed, or unable to
+    give the loop (its on-disk cache unusable, say). The caller then reads by other means."""
+    lock = threading.Lock()
+
+    @functools.lru_cache(maxsize=None)
+    def once():
+        try:
+            return load()
+        except Exception:  # noqa: BLE001 - any failure of numba means: read by other means
+            return None
+
+    def get():
+        with lock:
+            return once()
+    return get
 
 
+@compiled
 def _kernel():
-    with _loading:  # loaded once, whichever thread asks first
-        return _load_kernel()
-
-
-@functools.lru_cache(maxsize=None)
-def _load_kernel():
-    """The compiled loop, loaded (or compiled) by a first call on one record; None where
-    numba cannot be imported or cannot give the loop (its on-disk cache unusable, say)."""
-    try:
-        from . import json_scan_kernel as kernel
-        keys, fields = _lookup(("a",))
-        found = kernel.scan(np.frombuffer(b'{"a":-7}', np.uint8), 0, 8, keys, fields,
-                            np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
-    except Exception:  # noqa: BLE001 - any failure of numba means: read by other means
-        return None
+    """The compiled loop, loaded (or compiled) by a first call on one record."""
+    from . import json_scan_kernel as kernel
+    keys, fields = _lookup(("a",))
+    found = kernel.scan(np.frombuffer(b'{"a":-7}', np.uint8), 0, 8, keys, fields,
+                        np.zeros((1, 1), np.int64), np.zeros(1, np.int64))
     return kernel if found == (1, 8, kernel.DONE) else None
 
 

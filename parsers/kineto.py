@@ -13,7 +13,8 @@ Choices (documented here and in kineto_categories.csv):
 - times are exact: see kineto_read.micros_to_ns.
 
 Speed: the input is memory-mapped (a gzip is first decompressed block by block into a
-temporary file), and the ordinary records go from JSON to `events` inside DuckDB
+temporary file), and the ordinary records go from JSON to `events` by a compiled scan
+(kineto_scan.py, inputs of 32 MB and more, where numba is there) or inside DuckDB
 (kineto_sql.py); only the rest is decoded with msgspec into `Ev` records and handled
 record by record (kineto_events.py). A large input's events array is located without
 first checking the whole document (kineto_read.Document, check_all=False): its pieces are
@@ -29,7 +30,7 @@ from pathlib import Path
 from profkit.classify import runtime_call_names
 from profkit.errors import TraceError
 
-from . import kineto_meta
+from . import kineto_meta, kineto_scan
 from .kineto_events import EventBuilder
 from .kineto_read import CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, decode_piece
 from .kineto_sql import SQL_PIECE_BYTES, FastPathFailed, SqlPieces
@@ -83,12 +84,19 @@ def parse(path: Path, sink) -> None:
 
 
 def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
+    if fast and _may_be_scanned(path):
+        kineto_scan.preload()
     src = Input(path)
     try:
         doc = Document(path, src.data, check_all)
         src.release()  # a whole-document check touched every page; pieces are read again
         with sink.trace(path, FORMAT) as w:
             builder = EventBuilder(w)
+            if fast and kineto_scan.worth_scanning(doc.events_bytes) and kineto_scan.store(doc, src.data, builder, w):
+                sink.report(str(path), doc.events_bytes, doc.events_bytes)
+                src.release()
+                _finish(path, doc, builder, w)
+                return
             sql = SqlPieces(builder) if fast else None
 
             def decode(piece: bytes):
@@ -107,25 +115,41 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
             finally:
                 if sql:
                     sql.close()
-            builder.finish()
-            if w.source_records == 0:
-                raise TraceError(path, "traceEvents is empty")
-            if w.events_written == 0:
-                raise TraceError(path, f"no usable events ({_top_issues(w)})")
-            vendor = kineto_meta.vendor(doc.top, builder.cats_seen, builder.runtime_prefixes)
-            w.set_trace(**kineto_meta.trace_fields(doc.top, vendor))
-            _grids_in_blocks(w)
-            used = [r[0] for r in w.store.con.execute(
-                "SELECT DISTINCT device FROM events WHERE trace_id = ? AND device IS NOT NULL "
-                "AND kind IN ('kernel', 'memcpy', 'memset') ORDER BY 1", [w.trace_id]).fetchall()]
-            rows, renumber = kineto_meta.match_devices(kineto_meta.device_rows(doc.top, vendor), used, w)
-            for node, ordinal in renumber.items():
-                w.store.con.execute("UPDATE events SET device = ? WHERE trace_id = ? AND device = ?",
-                                    [ordinal, w.trace_id, node])
-            w.add_rows("devices", rows)
+            _finish(path, doc, builder, w)
     finally:
         doc = None
         src.close()
+
+
+def _may_be_scanned(path: Path) -> bool:
+    """Large enough for the compiled scan (a gzip's text being ~8x its size or more)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            gzipped = fh.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
+    return kineto_scan.worth_scanning(size * 8 if gzipped else size)
+
+
+def _finish(path: Path, doc: Document, builder: EventBuilder, w) -> None:
+    """Everything after the events array: pending records, trace fields, devices."""
+    builder.finish()
+    if w.source_records == 0:
+        raise TraceError(path, "traceEvents is empty")
+    if w.events_written == 0:
+        raise TraceError(path, f"no usable events ({_top_issues(w)})")
+    vendor = kineto_meta.vendor(doc.top, builder.cats_seen, builder.runtime_prefixes)
+    w.set_trace(**kineto_meta.trace_fields(doc.top, vendor))
+    _grids_in_blocks(w)
+    used = [r[0] for r in w.store.con.execute(
+        "SELECT DISTINCT device FROM events WHERE trace_id = ? AND device IS NOT NULL "
+        "AND kind IN ('kernel', 'memcpy', 'memset') ORDER BY 1", [w.trace_id]).fetchall()]
+    rows, renumber = kineto_meta.match_devices(kineto_meta.device_rows(doc.top, vendor), used, w)
+    for node, ordinal in renumber.items():
+        w.store.con.execute("UPDATE events SET device = ? WHERE trace_id = ? AND device = ?",
+                            [ordinal, w.trace_id, node])
+    w.add_rows("devices", rows)
 
 
 def _grids_in_blocks(w) -> None:

@@ -327,7 +327,9 @@ class EventBuilder:
         if not self.flows:
             return
         w = self.w
-        ends = [(i, f) for i, f in enumerate(self.flows) if f[3] is not None and f[4] is not None and f[5] is not None]
+        # An end matches an event on its lane: a pid or tid beyond int64 is on none.
+        ends = [(i, f) for i, f in enumerate(self.flows)
+                if f[5] is not None and all(v is not None and -(2 ** 63) <= v < 2 ** 63 for v in f[3:5])]
         if not ends:
             return
         table = pa.table({

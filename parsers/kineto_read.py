@@ -235,6 +235,11 @@ class Document:
             self._events_list = events
 
     @property
+    def events_range(self) -> tuple[int, int] | None:
+        """Where the events array `[...]` is in the input, if it is read from there."""
+        return self._events_range
+
+    @property
     def events_bytes(self) -> int:
         if self._events_range:
             return self._events_range[1] - self._events_range[0]

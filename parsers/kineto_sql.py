@@ -116,6 +116,11 @@ _MACROS = [
 ]
 
 
+def define_macros(con) -> None:
+    for sql in _MACROS:
+        con.execute(sql)
+
+
 def _kind_case() -> str:
     """The category table as one SQL CASE (cheaper than a join per piece)."""
     by_cat, by_name = category_table()
@@ -179,13 +184,11 @@ class SqlPieces:
     def __init__(self, builder):
         self.b = builder
         self.w = builder.w
-        for sql in _MACROS:
-            self.w.store.con.execute(sql)
+        define_macros(self.w.store.con)
         self.cursors: queue.SimpleQueue = queue.SimpleQueue()
         self._cursors = [self.w.store.con.cursor() for _ in range(WORKERS)]
         for cur in self._cursors:
-            for sql in _MACROS:
-                cur.execute(sql)
+            define_macros(cur)
             self.cursors.put(cur)
         self.query = _piece_query()
         self.dir = tempfile.mkdtemp(prefix="profkit-kineto-")
@@ -257,7 +260,7 @@ class SqlPieces:
         rest = future.result()
         for path in files:
             os.unlink(path)
-        self._side_tables(lo, n)
+        store_side_tables(self.b, lo, n)
         b = self.b
         if rest:
             b.next_id = lo + n
@@ -283,56 +286,6 @@ class SqlPieces:
         rest = w.take_events(f"kind IS NULL AND event_id >= {lo} AND event_id < {lo + n}", [], "args", con=cur)
         return rest
 
-    def _side_tables(self, lo: int, n: int) -> None:
-        """kernel_info, copies, collectives and the parser's tallies for a batch's events.
-        On the main connection, while the worker reads the next batch."""
-        w, con = self.w, self.w.store.con
-        first, end = w.event_base + lo, w.event_base + lo + n
-        w.append_query("kernel_info", f"""
-            SELECT event_id - {w.event_base} AS event_id,
-                   {", ".join(f"_k_int(v[{i + 1}]) AS {c}" if i < 8 else f"_k_float(v[{i + 1}]) AS {c}"
-                              for i, c in enumerate(_KERNEL_COLUMNS))}
-            FROM (SELECT event_id, json_extract_string(args, {_sql_list(_KERNEL_ARGS)}) AS v
-                  FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
-                   AND kind = 'kernel')
-            WHERE v[12] IS NOT NULL OR v[13] IS NOT NULL OR v[7] IS NOT NULL
-        """)
-        # Copies and collectives are few: the Python row builders, on their args only.
-        # Literal bounds (see _read_batch_on).
-        rows = con.execute(f"""
-            SELECT event_id - {w.event_base}, kind, name, args FROM events
-            WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
-              AND (kind IN ('memcpy', 'memset') OR (kind = 'kernel' AND contains(args, '"Collective name"')))
-        """).fetchall()
-        tallies = con.execute(f"""
-            SELECT kind, CASE WHEN kind = 'runtime' THEN lower(name[1:4]) END AS prefix,
-                   count(*), list(DISTINCT source_cat)
-            FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end} GROUP BY ALL
-        """).fetchall()
-        b = self.b
-        for kind, prefix, count, cats in tallies:
-            b.kind_counts[kind] += count
-            b.cats_seen.update(cats)
-            if prefix is not None:
-                b.runtime_prefixes[prefix] += count
-        if rows:
-            self._copies_and_collectives(rows)
-
-    def _copies_and_collectives(self, rows: list[tuple]) -> None:
-        args = A.decode_batch([a.encode() if a is not None else None for _, _, _, a in rows])
-        copies, colls = [], []
-        for (event_id, kind, name, _), a in zip(rows, args):
-            if kind == "kernel":
-                row = A.collective_row(event_id, name, a)
-                if row:
-                    colls.append(row)
-            else:
-                copies.append(A.copy_row(event_id, kind, name, a))
-        for table, rows_ in (("copies", copies), ("collectives", colls)):
-            if rows_:
-                self.w.add_rows(table, rows_)
-
-
 def _number(text: Any) -> Any:
     """A text column back to what the JSON held, as far as the parser cares: integers as
     int, everything else as the text (times are then read exactly by Decimal)."""
@@ -349,3 +302,55 @@ def _record(row: tuple) -> Ev:
     return Ev(ph=ph, cat=cat, name=name, pid=_number(pid), tid=_number(tid), ts=_number(ts),
               dur=_number(dur), id=_number(id_),
               args=msgspec.Raw(args.encode()) if args is not None else msgspec.Raw())
+
+
+def store_side_tables(b, lo: int, n: int) -> None:
+    """kernel_info, copies, collectives and the parser's tallies (kinds, categories,
+    runtime-name prefixes) for the events of local ids [lo, lo + n) stored in bulk, from
+    their stored rows. On the main connection (SqlPieces: while a worker reads the next
+    batch). The macros (_MACROS) must be defined on it."""
+    w, con = b.w, b.w.store.con
+    first, end = w.event_base + lo, w.event_base + lo + n
+    w.append_query("kernel_info", f"""
+        SELECT event_id - {w.event_base} AS event_id,
+               {", ".join(f"_k_int(v[{i + 1}]) AS {c}" if i < 8 else f"_k_float(v[{i + 1}]) AS {c}"
+                          for i, c in enumerate(_KERNEL_COLUMNS))}
+        FROM (SELECT event_id, json_extract_string(args, {_sql_list(_KERNEL_ARGS)}) AS v
+              FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
+               AND kind = 'kernel')
+        WHERE v[12] IS NOT NULL OR v[13] IS NOT NULL OR v[7] IS NOT NULL
+    """)
+    # Copies and collectives are few: the Python row builders, on their args only.
+    # Literal bounds (see _read_batch_on).
+    rows = con.execute(f"""
+        SELECT event_id - {w.event_base}, kind, name, args FROM events
+        WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
+          AND (kind IN ('memcpy', 'memset') OR (kind = 'kernel' AND contains(args, '"Collective name"')))
+    """).fetchall()
+    tallies = con.execute(f"""
+        SELECT kind, CASE WHEN kind = 'runtime' THEN lower(name[1:4]) END AS prefix,
+               count(*), list(DISTINCT source_cat)
+        FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end} GROUP BY ALL
+    """).fetchall()
+    for kind, prefix, count, cats in tallies:
+        b.kind_counts[kind] += count
+        b.cats_seen.update(cats)
+        if prefix is not None:
+            b.runtime_prefixes[prefix] += count
+    if rows:
+        _copies_and_collectives(w, rows)
+
+
+def _copies_and_collectives(w, rows: list[tuple]) -> None:
+    args = A.decode_batch([a.encode() if a is not None else None for _, _, _, a in rows])
+    copies, colls = [], []
+    for (event_id, kind, name, _), a in zip(rows, args):
+        if kind == "kernel":
+            row = A.collective_row(event_id, name, a)
+            if row:
+                colls.append(row)
+        else:
+            copies.append(A.copy_row(event_id, kind, name, a))
+    for table, rows_ in (("copies", copies), ("collectives", colls)):
+        if rows_:
+            w.add_rows(table, rows_)
