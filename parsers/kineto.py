@@ -76,15 +76,19 @@ def parse(path: Path, sink) -> None:
     path = Path(path)
     try:
         try:
-            _parse(path, sink, fast=True, check_all=False)
+            try:
+                _parse(path, sink, fast=True, check_all=False)
+            except kineto_scan.ScanDeclined:
+                _parse(path, sink, fast=True, check_all=False, scan=False)
         except RangeUnverified:
-            _parse(path, sink, fast=True, check_all=True)
+            _parse(path, sink, fast=True, check_all=True, scan=False)
     except FastPathFailed:
         _parse(path, sink, fast=False, check_all=True)
 
 
-def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
-    if fast and _may_be_scanned(path):
+def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> None:
+    scan = scan and fast
+    if scan and _may_be_scanned(path):
         kineto_scan.preload()
     src = Input(path)
     try:
@@ -92,8 +96,9 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
         src.release()  # a whole-document check touched every page; pieces are read again
         with sink.trace(path, FORMAT) as w:
             builder = EventBuilder(w)
-            if fast and kineto_scan.worth_scanning(doc.events_bytes) and kineto_scan.store(doc, src.data, builder, w):
-                sink.report(str(path), doc.events_bytes, doc.events_bytes)
+            total = doc.events_bytes
+            if scan and kineto_scan.worth_scanning(total) and kineto_scan.store(
+                    doc, src.data, builder, w, src.release, lambda done: sink.report(str(path), done, total)):
                 src.release()
                 _finish(path, doc, builder, w)
                 return
@@ -103,7 +108,6 @@ def _parse(path: Path, sink, fast: bool, check_all: bool) -> None:
                 return None if sql and sql.add(piece) else decode_piece(piece)
 
             try:
-                total = doc.events_bytes
                 # DuckDB pieces are larger: each statement has a fixed cost.
                 piece = SQL_PIECE_BYTES if sql else CHUNK_BYTES
                 for value, done in doc.chunks(decode, src.release, piece):

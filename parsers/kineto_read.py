@@ -234,6 +234,24 @@ class Document:
                 raise TraceError(self.path, "traceEvents is not a JSON array")
             self._events_list = events
 
+    def closed_at(self, end: int) -> bool:
+        """The events array, located without the whole-document check, was found to end
+        at the `]` at `end` (a reader met it there): the top level is decoded again with
+        the array so bounded, as `_locate` does. False where that is not a valid document
+        with traceEvents there."""
+        start = self._events_range[0]
+        emptied = b"".join((self.data[:start], b"[]", self.data[end + 1:]))
+        try:
+            top = _TOP.decode(emptied)
+        except msgspec.DecodeError:
+            return False
+        events = top.pop("traceEvents", None)
+        if events is None or raw_offset(events, emptied) != start:
+            return False
+        self.top = {k: _ANY.decode(v) for k, v in top.items()}
+        self._events_range = (start, end + 1)
+        return True
+
     @property
     def events_range(self) -> tuple[int, int] | None:
         """Where the events array `[...]` is in the input, if it is read from there."""

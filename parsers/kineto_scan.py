@@ -39,6 +39,9 @@ _ARG_NAMES = ("correlation", "External id", "external id", "device", "stream")
 _LAUNCH_FLOW_CATS = frozenset(c for c, kind in FLOW_LINK_KIND.items() if kind is None)
 _STRING_SLOTS = 1 << 20  # distinct cat/name strings a part holds: half of this
 _PROBE_RECORDS = 4096
+# JSON scanned and stored at a time: bounds the arrays held (~1.3M records, ~0.3 GB) at
+# any size of input; the DuckDB path checkpoints about as often.
+ROUND_BYTES = 256 << 20
 _LEFTOVERS_AT_ONCE = 100_000  # records decoded into Python objects at a time
 _PH = {name: ord(name) for name in ("X", "i", "I", "s", "t", "f")}
 
@@ -82,6 +85,7 @@ class _Part:
     strings: list[bytes]
     args_rows: np.ndarray | None = None  # the records whose args `args` holds, in order
     args: pa.Array | None = None         # their args as compact JSON text
+    closed_at: int | None = None         # where the events array ended inside the part
 
 
 _OUTPUTS = ("rec_lo", "rec_hi", "ph", "cat", "name", "ints", "bits", "args_lo", "args_hi")
@@ -104,11 +108,11 @@ def _scan_part(kernel, buf: np.ndarray, start: int, end: int) -> _Part | None:
     while True:
         out = _outputs(capacity, kernel.N_INTS)
         n, at_next, status = kernel.scan(buf, at, end, arg_names, arg_ends, slots, codes, spans, count, *out)
-        if status not in (kernel.DONE, kernel.FULL):
+        if status not in (kernel.DONE, kernel.FULL, kernel.CLOSED):
             return None
         blocks.append([a[..., :n] for a in out])
         done += n
-        if status == kernel.DONE:
+        if status != kernel.FULL:
             break
         at = at_next
         # The bytes per record so far tell the room the rest needs (10% spare).
@@ -116,7 +120,7 @@ def _scan_part(kernel, buf: np.ndarray, start: int, end: int) -> _Part | None:
     arrays = blocks[0] if len(blocks) == 1 else [np.concatenate(parts, axis=-1) for parts in zip(*blocks)]
     raw = buf.data
     strings = [bytes(raw[lo:lo + length]) for lo, length in spans[:count[0]]]
-    part = _Part(*arrays, strings=strings)
+    part = _Part(*arrays, strings=strings, closed_at=at_next if status == kernel.CLOSED else None)
     _minify_args(kernel, buf, part)
     return part
 
@@ -189,9 +193,17 @@ def _workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def store(doc, data, builder, w) -> bool:
+class ScanDeclined(Exception):
+    """The scan did not take a round after earlier rounds were stored: the parser starts
+    again without it (the trace is removed first)."""
+
+
+def store(doc, data, builder, w, release=None, progress=None) -> bool:
     """Scan `doc`'s events array and store it through `builder` (its writer `w`);
-    False (nothing stored) where the scan does not take it."""
+    False (nothing stored) where the scan does not take it. Rounds of ROUND_BYTES, each
+    in parts on parallel threads; the next round is scanned while one is stored.
+    `release(lo, hi)` is told which bytes of the input are done with, `progress(bytes)`
+    how much of the array is stored."""
     kernel = _kernel()
     if kernel is None or doc.events_range is None:
         return False
@@ -200,17 +212,55 @@ def store(doc, data, builder, w) -> bool:
     end = data.rfind(b"]", lo, hi)
     buf = np.frombuffer(data, np.uint8)
     workers = _workers()
-    spans = _part_spans(data, start, end, workers)
+    rounds = _part_spans(data, start, end, max(1, -(-(end - start) // ROUND_BYTES)))
+    strings, first, leftovers = _Strings(), 0, []
     with ThreadPoolExecutor(workers, thread_name_prefix="profkit-kineto-scan") as pool:
-        parts = list(pool.map(lambda span: _scan_part(kernel, buf, *span), spans))
-    if any(part is None for part in parts):
-        return False
-    _store_parts(kernel, parts, data, builder, w)
+        def scan(span):
+            return [pool.submit(_scan_part, kernel, buf, *part) for part in _part_spans(data, *span, workers)]
+
+        pending = scan(rounds[0])
+        for k, span in enumerate(rounds):
+            parts = [future.result() for future in pending]
+            # An array located without the whole-document check may end before where it
+            # was located (a later array of objects, deviceProperties say): the parts
+            # after its `]` are not records, and the top level is read again.
+            closed = next((i for i, part in enumerate(parts) if part is not None and part.closed_at is not None), None)
+            if closed is not None:
+                parts = parts[:closed + 1]
+                if None in parts or not doc.closed_at(parts[-1].closed_at):
+                    parts.append(None)
+            last = closed is not None or k + 1 == len(rounds)
+            pending = scan(rounds[k + 1]) if not last and None not in parts else []
+            if None in parts:
+                if k == 0:
+                    return False
+                raise ScanDeclined()
+            leftovers.append(_store_parts(kernel, parts, builder, w, strings, first))
+            first += sum(len(part.ph) for part in parts)
+            if release:
+                release(*span)
+            if progress:
+                progress(span[1] - lo)
+            if last:
+                break
+            _checkpoint(w)
+    builder.next_id = max(builder.next_id, first)
+    _store_leftovers(data, builder, leftovers)
     return True
 
 
-def _store_parts(kernel, parts: list[_Part], data, builder, w) -> None:
-    strings = _Strings()
+def _checkpoint(w) -> None:
+    """Compress the rows stored so far (an in-memory store does not by itself: see
+    kineto_sql.CHECKPOINT_BATCHES)."""
+    try:
+        w.store.con.execute("CHECKPOINT")
+    except duckdb.Error:
+        pass  # only memory is at stake
+
+
+def _store_parts(kernel, parts: list[_Part], builder, w, strings: "_Strings", first: int):
+    """Store a round's ordinary records (event id: `first` + position in the round);
+    returns the spans (start, end arrays) of the records left to the record-by-record path."""
     codes = [strings.codes_of(p) for p in parts]
     cat = np.concatenate([c[p.cat] for c, p in zip(codes, parts)])
     name = np.concatenate([c[p.name] for c, p in zip(codes, parts)])
@@ -227,22 +277,29 @@ def _store_parts(kernel, parts: list[_Part], data, builder, w) -> None:
     launch_cats = [i for i, s in enumerate(strings.values) if s in _LAUNCH_FLOW_CATS]
     launch_flow = (plain & ((ph == _PH["s"]) | (ph == _PH["t"]) | (ph == _PH["f"]))
                    & np.isin(cat, launch_cats))
-    leftover = np.flatnonzero(~fast & ~launch_flow)
     w.read(total)
     ids = np.flatnonzero(fast)
     try:
-        _insert_events(kernel, w, ids, _args_text(parts, fast), strings.values, kinds, kind_code, cat, name,
-                       ints, has, is_x)
+        _insert_events(kernel, w, ids, first, _args_text(parts, fast), strings.values, kinds, kind_code, cat,
+                       name, ints, has, is_x)
     except (duckdb.Error, pa.ArrowInvalid) as exc:
         raise FastPathFailed(str(exc)) from None
     define_macros(w.store.con)
-    store_side_tables(builder, 0, total)
-    builder.next_id = max(builder.next_id, total)
-    rec_lo, rec_hi = (np.concatenate([getattr(p, f) for p in parts])[leftover] for f in ("rec_lo", "rec_hi"))
+    store_side_tables(builder, first, total)
+    leftover = np.flatnonzero(~fast & ~launch_flow)
+    return tuple(np.concatenate([getattr(p, f) for p in parts])[leftover] for f in ("rec_lo", "rec_hi"))
+
+
+def _store_leftovers(data, builder, spans: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """The records left to the record-by-record path, in file order, after all others
+    (their ids follow the records'): none of what it does with them (metadata, counters,
+    B/E pairs, flows) depends on the ordinary records stored before."""
+    rec_lo = np.concatenate([lo for lo, _ in spans])
+    rec_hi = np.concatenate([hi for _, hi in spans])
     with memoryview(data) as view:
-        for first in range(0, len(leftover), _LEFTOVERS_AT_ONCE):
-            spans = zip(rec_lo[first:first + _LEFTOVERS_AT_ONCE].tolist(), rec_hi[first:first + _LEFTOVERS_AT_ONCE].tolist())
-            records, _ = decode_piece(b"[" + b",".join(view[a:b] for a, b in spans) + b"]")
+        for at in range(0, len(rec_lo), _LEFTOVERS_AT_ONCE):
+            chunk = zip(rec_lo[at:at + _LEFTOVERS_AT_ONCE].tolist(), rec_hi[at:at + _LEFTOVERS_AT_ONCE].tolist())
+            records, _ = decode_piece(b"[" + b",".join(view[a:b] for a, b in chunk) + b"]")
             builder.add_records(records)
 
 
@@ -265,7 +322,7 @@ def _kinds(values: list[str], cat: np.ndarray, name: np.ndarray) -> tuple[list[s
     return kinds, code
 
 
-def _insert_events(kernel, w, ids, args, values, kinds, kind_code, cat, name, ints, has, is_x) -> None:
+def _insert_events(kernel, w, ids, first, args, values, kinds, kind_code, cat, name, ints, has, is_x) -> None:
     k = kernel
     lane_codes = [i for i, kind in enumerate(kinds) if kind in DEVICE_LANE_KINDS]
     lane = np.isin(kind_code[ids], lane_codes)
@@ -280,7 +337,7 @@ def _insert_events(kernel, w, ids, args, values, kinds, kind_code, cat, name, in
     ext_ok = ok[k.EXTERNAL_ID] | ok[k.EXTERNAL_ID_LOWER]
     strings = pa.array(values, pa.string())
     w.add_events({
-        "event_id": ids.astype(np.int64),
+        "event_id": ids.astype(np.int64) + first,
         "kind": pa.DictionaryArray.from_arrays(kind_code[ids], pa.array(kinds, pa.string())),
         "name": pa.DictionaryArray.from_arrays(name[ids], strings),
         "start_ns": col[k.TS], "dur_ns": np.where(is_x[ids], col[k.DUR], 0),

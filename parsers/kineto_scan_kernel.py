@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-DONE, FULL, UNSUPPORTED, TOO_MANY_STRINGS = 0, 1, 2, 3
+DONE, FULL, UNSUPPORTED, TOO_MANY_STRINGS, CLOSED = 0, 1, 2, 3, 4
 MAX_DEPTH = 64
 
 # Rows of `ints` and bits of `bits`: the record's fields read as integers.
@@ -384,7 +384,7 @@ def scan(buf, start, end, arg_names, arg_name_ends, slots, codes, spans, count,
     (`_intern`). Returns (records, position, status): DONE at `end`; FULL when the
     outputs have no room (position = the next record); UNSUPPORTED at the first byte that
     is not valid JSON or not an object where a record is; TOO_MANY_STRINGS where the
-    intern table is full."""
+    intern table is full; CLOSED at a `]` after a record (position: the `]`)."""
     cap = rec_lo.shape[0]
     stack = np.empty(MAX_DEPTH, np.uint8)
     n = 0
@@ -396,6 +396,8 @@ def scan(buf, start, end, arg_names, arg_name_ends, slots, codes, spans, count,
             i += 1
             continue
         if between:
+            if c == 93:  # the array's `]` before `end`: where it was located is not its end
+                return n, i, CLOSED
             if c != 44:
                 return n, i, UNSUPPORTED
             between = False

@@ -295,6 +295,59 @@ def test_parts_read_in_parallel_equal_one_part(tmp_path, monkeypatch):
     assert one[0] == _canonical(_store(path, monkeypatch, False))
 
 
+def test_rounds_store_what_one_round_stores(tmp_path, monkeypatch):
+    """Rounds of a few KB (ROUND_BYTES bounds the memory held at 256 MB): ids stay
+    positions in traceEvents, odd records still go to the record-by-record path in file
+    order (B/E pairs across rounds), and a cut inside a string between rounds (names full
+    of `},{`) makes the parser start again without the scan, to the same store."""
+    records = []
+    for i in range(400):
+        records += [_x(name='x"},{"ph":"X' * (i % 2), ts=i), dict(_LAUNCH, ts=i), dict(_KERNEL, ts=i + 1)]
+        records.append({"ph": "B" if i % 2 == 0 else "E", "cat": "user_annotation", "name": "r", "pid": 1,
+                        "tid": 2, "ts": i})
+    path = _trace(tmp_path, records)
+    whole = _canonical(_store(path, monkeypatch, True))
+    monkeypatch.setattr(kineto_scan, "ROUND_BYTES", 3000)
+    declined = []
+    real = kineto_scan.ScanDeclined.__init__
+    monkeypatch.setattr(kineto_scan.ScanDeclined, "__init__", lambda self: (declined.append(1), real(self))[1])
+    assert _canonical(_store(path, monkeypatch, True)) == whole
+    assert declined  # a cut fell inside a name
+    kept = [r for r in records if '},{' not in r["name"]]
+    plain = _trace(tmp_path, kept, name="plain.json")
+    declined.clear()
+    rounds = _store(plain, monkeypatch, True)
+    assert not declined
+    ids = [i for (i,) in rounds.con.execute("SELECT event_id FROM events WHERE kind = 'cpu_op' ORDER BY 1").fetchall()]
+    assert ids == [i for i, r in enumerate(kept) if r["cat"] == "cpu_op"]  # positions in traceEvents
+    monkeypatch.setattr(kineto_scan, "ROUND_BYTES", 1 << 30)
+    assert _canonical(rounds) == _canonical(_store(plain, monkeypatch, True)) == _canonical(_store(plain, monkeypatch, False))
+
+
+@pytest.mark.parametrize("round_bytes", [1 << 30, 2000])
+def test_an_array_of_objects_after_the_events_is_not_read_as_events(round_bytes, tmp_path, monkeypatch):
+    """Located without the whole-document check, the events array seems to end at the last
+    `]` after a `}`: here deviceProperties'. The scan meets the real `]`, stops there (in a
+    round before the last, when rounds are small) and the top level is read again."""
+    devices = [{"id": i, "name": f"GPU {i}", "totalGlobalMem": 80 << 30, "numSms": 132} for i in range(60)]
+    path = _trace(tmp_path, [_x(ts=i) for i in range(50)] + [_LAUNCH, _KERNEL],
+                  top={"schemaVersion": 1}, name="t.json")
+    text = path.read_text()
+    path.write_text(text[:-1] + ', "deviceProperties": ' + json.dumps(devices, indent=1) + ', "traceName": "x"}')
+    monkeypatch.setattr(kineto_scan, "ROUND_BYTES", round_bytes)
+    assert _scanned(path, monkeypatch)
+    scanned, read = _either_way(path, monkeypatch)
+    assert scanned == read and len(scanned["devices"]) == 60 and len(scanned["events"]) == 52
+
+
+def test_a_bad_record_in_a_later_round_is_the_duckdb_path_error(tmp_path, monkeypatch):
+    text = json.dumps({"traceEvents": [_x(ts=i) for i in range(200)]})
+    path = _trace(tmp_path, None, raw=text[:-3] + ', "bad": "\\q"}]}')
+    monkeypatch.setattr(kineto_scan, "ROUND_BYTES", 2000)
+    scanned, read = _either_way(path, monkeypatch)
+    assert isinstance(read, str) and "malformed JSON" in read and scanned == read
+
+
 def test_many_distinct_names_are_declined_beyond_the_table(tmp_path, monkeypatch):
     monkeypatch.setattr(kineto_scan, "_STRING_SLOTS", 64)
     path = _trace(tmp_path, [_x(name=f"op{i}") for i in range(100)])
