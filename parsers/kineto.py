@@ -14,7 +14,7 @@ Choices (documented here and in kineto_categories.csv):
 
 Speed: the input is memory-mapped (a gzip is first decompressed block by block into a
 temporary file), and the ordinary records go from JSON to `events` by a compiled scan
-(kineto_scan.py, inputs of 32 MB and more, where numba is there) or inside DuckDB
+(kineto_scan.py, inputs of 128 MB and more, where numba is there) or inside DuckDB
 (kineto_sql.py); only the rest is decoded with msgspec into `Ev` records and handled
 record by record (kineto_events.py). A large input's events array is located without
 first checking the whole document (kineto_read.Document, check_all=False): its pieces are

@@ -30,18 +30,20 @@ import pyarrow as pa
 
 from .json_scan import compiled
 from .kineto_read import _BOUNDARY, decode_piece
-from .kineto_sql import FastPathFailed, define_macros, store_side_tables
+from .kineto_sql import FastPathFailed, define_macros, store_copies_and_tallies, store_kernel_info
 from .kineto_tables import DEVICE_LANE_KINDS, FLOW_LINK_KIND, category_table
 
-# Below this the DuckDB path is as fast: loading numba and the cached loop costs ~0.3 s.
-SCAN_MIN_BYTES = 32 << 20
+# Below this the DuckDB path is as fast: numba's import and first call cost ~0.55 s, as much
+# as the scan saves on a 100 MB input (docs/performance.md).
+SCAN_MIN_BYTES = 128 << 20
 _ARG_NAMES = ("correlation", "External id", "external id", "device", "stream")
 _LAUNCH_FLOW_CATS = frozenset(c for c, kind in FLOW_LINK_KIND.items() if kind is None)
 _STRING_SLOTS = 1 << 20  # distinct cat/name strings a part holds: half of this
 _PROBE_RECORDS = 4096
-# JSON scanned and stored at a time: bounds the arrays held (~1.3M records, ~0.3 GB) at
-# any size of input; the DuckDB path checkpoints about as often.
-ROUND_BYTES = 256 << 20
+# JSON scanned and stored at a time (at least; up to twice): bounds the arrays held at any
+# size of input. 5M-event tile: peak 1.38x the JSON with 128 MB rounds, 2.10x with 256 MB
+# (the next round is scanned while one is stored); the DuckDB path checkpoints as often.
+ROUND_BYTES = 128 << 20
 _LEFTOVERS_AT_ONCE = 100_000  # records decoded into Python objects at a time
 _PH = {name: ord(name) for name in ("X", "i", "I", "s", "t", "f")}
 
@@ -212,7 +214,7 @@ def store(doc, data, builder, w, release=None, progress=None) -> bool:
     end = data.rfind(b"]", lo, hi)
     buf = np.frombuffer(data, np.uint8)
     workers = _workers()
-    rounds = _part_spans(data, start, end, max(1, -(-(end - start) // ROUND_BYTES)))
+    rounds = _part_spans(data, start, end, max(1, (end - start) // ROUND_BYTES))  # no small last round
     strings, first, leftovers = _Strings(), 0, []
     with ThreadPoolExecutor(workers, thread_name_prefix="profkit-kineto-scan") as pool:
         def scan(span):
@@ -284,8 +286,13 @@ def _store_parts(kernel, parts: list[_Part], builder, w, strings: "_Strings", fi
                        name, ints, has, is_x)
     except (duckdb.Error, pa.ArrowInvalid) as exc:
         raise FastPathFailed(str(exc)) from None
-    define_macros(w.store.con)
-    store_side_tables(builder, first, total)
+    # kernel_info (a DuckDB statement, no GIL held) beside the copies and tallies.
+    with w.store.con.cursor() as cursor:
+        define_macros(cursor)
+        with ThreadPoolExecutor(1, thread_name_prefix="profkit-kineto-kernels") as side:
+            kernels = side.submit(store_kernel_info, w, first, total, cursor)
+            store_copies_and_tallies(builder, first, total)
+            kernels.result()
     leftover = np.flatnonzero(~fast & ~launch_flow)
     return tuple(np.concatenate([getattr(p, f) for p in parts])[leftover] for f in ("rec_lo", "rec_hi"))
 

@@ -309,7 +309,13 @@ def store_side_tables(b, lo: int, n: int) -> None:
     runtime-name prefixes) for the events of local ids [lo, lo + n) stored in bulk, from
     their stored rows. On the main connection (SqlPieces: while a worker reads the next
     batch). The macros (_MACROS) must be defined on it."""
-    w, con = b.w, b.w.store.con
+    store_kernel_info(b.w, lo, n)
+    store_copies_and_tallies(b, lo, n)
+
+
+def store_kernel_info(w, lo: int, n: int, con=None) -> None:
+    """kernel_info of the kernels among the events of local ids [lo, lo + n); `con`: a
+    cursor to run on (the macros defined on it), else the main connection."""
     first, end = w.event_base + lo, w.event_base + lo + n
     w.append_query("kernel_info", f"""
         SELECT event_id - {w.event_base} AS event_id,
@@ -319,7 +325,13 @@ def store_side_tables(b, lo: int, n: int) -> None:
               FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
                AND kind = 'kernel')
         WHERE v[12] IS NOT NULL OR v[13] IS NOT NULL OR v[7] IS NOT NULL
-    """)
+    """, con=con)
+
+
+def store_copies_and_tallies(b, lo: int, n: int) -> None:
+    """copies, collectives and the parser's tallies for the events of local ids [lo, lo + n)."""
+    w, con = b.w, b.w.store.con
+    first, end = w.event_base + lo, w.event_base + lo + n
     # Copies and collectives are few: the Python row builders, on their args only.
     # Literal bounds (see _read_batch_on).
     rows = con.execute(f"""
