@@ -22,8 +22,9 @@ ProgressCallback = Callable[[str, int, int], None]
 # store cached by the previous code is parsed again). 2: Nsight reports split by process,
 # their sync records' device from the context; no stream is -1 for every format. 3: ROCm
 # Kineto activities on a node id stored under the device's ordinal. 4: files of an input
-# directory that no parser claims listed in inputs_not_read.
-REVISION = 4
+# directory that no parser claims listed in inputs_not_read. 5: Kineto times, ids and
+# devices beyond their columns counted ("... in range"), large inputs read by kineto_scan.
+REVISION = 5
 
 
 def rank_from_filename(path: str | Path) -> int | None:
