@@ -204,18 +204,27 @@ class Document:
             before = data[max(start, end - 64):end].rstrip()
             if not before.endswith(b"}"):
                 continue  # not the end of an array of objects (a log line's `]`, a list of ids)
-            emptied = b"".join((data[:start], b"[]", data[end + 1:]))
-            try:
-                top = _TOP.decode(emptied)
-            except msgspec.DecodeError:
-                continue
-            events = top.pop("traceEvents", None)
-            if events is None or raw_offset(events, emptied) != start:
-                return False
-            self.top = {k: _ANY.decode(v) for k, v in top.items()}
-            self._events_range = (start, end + 1)
-            return True
+            found = self._bound_at(data, start, end)
+            if found is not None:
+                return found
         return False
+
+    def _bound_at(self, data, start: int, end: int) -> bool | None:
+        """Take data[start:end + 1] as the events array: True (the top level decoded, the
+        range set) where the document with it emptied is a valid object whose traceEvents
+        is that array; False where its traceEvents is elsewhere; None where it is not
+        valid JSON."""
+        emptied = b"".join((data[:start], b"[]", data[end + 1:]))
+        try:
+            top = _TOP.decode(emptied)
+        except msgspec.DecodeError:
+            return None
+        events = top.pop("traceEvents", None)
+        if events is None or raw_offset(events, emptied) != start:
+            return False
+        self.top = {k: _ANY.decode(v) for k, v in top.items()}
+        self._events_range = (start, end + 1)
+        return True
 
     def _slow(self, data: bytes) -> None:
         try:
@@ -239,18 +248,7 @@ class Document:
         at the `]` at `end` (a reader met it there): the top level is decoded again with
         the array so bounded, as `_locate` does. False where that is not a valid document
         with traceEvents there."""
-        start = self._events_range[0]
-        emptied = b"".join((self.data[:start], b"[]", self.data[end + 1:]))
-        try:
-            top = _TOP.decode(emptied)
-        except msgspec.DecodeError:
-            return False
-        events = top.pop("traceEvents", None)
-        if events is None or raw_offset(events, emptied) != start:
-            return False
-        self.top = {k: _ANY.decode(v) for k, v in top.items()}
-        self._events_range = (start, end + 1)
-        return True
+        return bool(self._bound_at(self.data, self._events_range[0], end))
 
     @property
     def events_range(self) -> tuple[int, int] | None:

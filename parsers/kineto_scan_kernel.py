@@ -224,6 +224,41 @@ def _key_then_colon(buf, i, end):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _object_start(buf, i, end):  # pragma: no cover - compiled
+    """At an object's `{`: (index of its first key, False), or (index after it, True) for
+    `{}`; (-1, False) where the input ends."""
+    i = _ws(buf, i + 1, end)
+    if i >= end:
+        return -1, False
+    if buf[i] == 125:
+        return i + 1, True
+    return i, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _member_value(buf, i, end):  # pragma: no cover - compiled
+    """At a member's key: (index of its value, key start, key end, escaped), or i = -1."""
+    i, klo, khi, escaped = _key_then_colon(buf, i, end)
+    if i >= 0:
+        i = _ws(buf, i, end)
+        if i >= end:
+            i = -1
+    return i, klo, khi, escaped
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_member(buf, i, end):  # pragma: no cover - compiled
+    """After an object member's value: (index of the next key, False) after a `,`;
+    (index after the `}`, True) at the object's end; (-1, False) otherwise."""
+    i = _ws(buf, i, end)
+    if i < end and buf[i] == 44:
+        return _ws(buf, i + 1, end), False
+    if i < end and buf[i] == 125:
+        return i + 1, True
+    return -1, False
+
+
+@numba.njit(cache=True, nogil=True)
 def _skip(buf, i, end, stack):  # pragma: no cover - compiled
     """Past one JSON value starting at i (space already skipped), checking it: the index
     after it, or -1."""
@@ -413,18 +448,13 @@ def scan(buf, start, end, arg_names, arg_name_ends, slots, codes, spans, count,
         name[n] = -1
         b = np.int64(0)
         seen = 0  # top-level keys met (bits of _top_key)
-        i = _ws(buf, i + 1, end)
-        if i >= end:
-            return n, i, UNSUPPORTED
-        if buf[i] == 125:
-            i += 1
-        else:
+        i, empty = _object_start(buf, i, end)
+        if i < 0:
+            return n, rec_lo[n], UNSUPPORTED
+        if not empty:
             while True:
-                i, klo, khi, escaped = _key_then_colon(buf, i, end)
+                i, klo, khi, escaped = _member_value(buf, i, end)
                 if i < 0:
-                    return n, rec_lo[n], UNSUPPORTED
-                i = _ws(buf, i, end)
-                if i >= end:
                     return n, rec_lo[n], UNSUPPORTED
                 key = -1 if escaped else _top_key(buf, klo, khi)
                 if escaped:
@@ -482,18 +512,13 @@ def scan(buf, start, end, arg_names, arg_name_ends, slots, codes, spans, count,
                     else:
                         args_lo[n] = i
                         b |= np.int64(1) << ARGS
-                        i = _ws(buf, i + 1, end)
-                        if i >= end:
+                        i, empty = _object_start(buf, i, end)
+                        if i < 0:
                             return n, rec_lo[n], UNSUPPORTED
-                        if buf[i] == 125:
-                            i += 1
-                        else:
+                        if not empty:
                             while True:
-                                i, alo, ahi, aesc = _key_then_colon(buf, i, end)
+                                i, alo, ahi, aesc = _member_value(buf, i, end)
                                 if i < 0:
-                                    return n, rec_lo[n], UNSUPPORTED
-                                i = _ws(buf, i, end)
-                                if i >= end:
                                     return n, rec_lo[n], UNSUPPORTED
                                 row = -1 if aesc else _args_key(buf, alo, ahi, arg_names, arg_name_ends)
                                 if aesc:
@@ -518,33 +543,21 @@ def scan(buf, start, end, arg_names, arg_name_ends, slots, codes, spans, count,
                                         i = _skip(buf, i, end, stack)
                                 else:
                                     i = _skip(buf, i, end, stack)
+                                if i >= 0:
+                                    i, closed = _next_member(buf, i, end)
                                 if i < 0:
                                     return n, rec_lo[n], UNSUPPORTED
-                                i = _ws(buf, i, end)
-                                if i >= end:
-                                    return n, rec_lo[n], UNSUPPORTED
-                                if buf[i] == 44:
-                                    i = _ws(buf, i + 1, end)
-                                    continue
-                                if buf[i] == 125:
-                                    i += 1
+                                if closed:
                                     break
-                                return n, i, UNSUPPORTED
                         args_hi[n] = i
                 else:
                     i = _skip(buf, i, end, stack)
+                if i >= 0:
+                    i, closed = _next_member(buf, i, end)
                 if i < 0:
                     return n, rec_lo[n], UNSUPPORTED
-                i = _ws(buf, i, end)
-                if i >= end:
-                    return n, rec_lo[n], UNSUPPORTED
-                if buf[i] == 44:
-                    i = _ws(buf, i + 1, end)
-                    continue
-                if buf[i] == 125:
-                    i += 1
+                if closed:
                     break
-                return n, i, UNSUPPORTED
         rec_hi[n] = i
         bits[n] = b
         n += 1
