@@ -38,6 +38,11 @@ def example(rec: Any) -> str:
         return repr(fields)[:300]
 
 
+def _int64(v: int | None) -> int | None:
+    """An id as the store's BIGINT holds it: None beyond int64 (a pid of 9.2e18, say)."""
+    return v if v is None or -(2 ** 63) <= v < 2 ** 63 else None
+
+
 class EventBuilder:
     def __init__(self, writer):
         self.w = writer
@@ -259,8 +264,8 @@ class EventBuilder:
         field, per_thread = spec
         a = A.decode_batch([r.args])[0]
         value = getattr(a, field)
-        pid = self.norm_id(r.pid)
-        tid = self.norm_id(r.tid) if per_thread else None
+        pid = _int64(self.norm_id(r.pid))
+        tid = _int64(self.norm_id(r.tid)) if per_thread else None
         if pid is None or value is None:
             self.w.issue(f"metadata record without pid or value ({r.name})", 1, example(r))
             return
@@ -286,7 +291,7 @@ class EventBuilder:
                 f = A.as_float(v)
                 if f is not None:
                     label = name if len(values) == 1 and key in (name, "value") else f"{name}.{key}"
-                    rows.append({"name": label, "pid": self.norm_id(r.pid), "ts_ns": ts, "value": f})
+                    rows.append({"name": label, "pid": _int64(self.norm_id(r.pid)), "ts_ns": ts, "value": f})
         if not rows:
             self.w.issue("counter record without a time or numeric values", 1, example(r))
             return
@@ -329,7 +334,7 @@ class EventBuilder:
         w = self.w
         # An end matches an event on its lane: a pid or tid beyond int64 is on none.
         ends = [(i, f) for i, f in enumerate(self.flows)
-                if f[5] is not None and all(v is not None and -(2 ** 63) <= v < 2 ** 63 for v in f[3:5])]
+                if f[5] is not None and _int64(f[3]) is not None and _int64(f[4]) is not None]
         if not ends:
             return
         table = pa.table({

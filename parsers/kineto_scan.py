@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from .json_scan import compiled
 from .kineto_read import _BOUNDARY, decode_piece
-from .kineto_sql import FastPathFailed, define_macros, store_copies_and_tallies, store_kernel_info
+from .kineto_sql import FastPathFailed, define_macros, store_copies, store_kernel_info
 from .kineto_tables import DEVICE_LANE_KINDS, FLOW_LINK_KIND, category_table
 
 # Below this the DuckDB path is as fast: numba's import and first call cost ~0.55 s, as much
@@ -293,7 +293,8 @@ def _store_parts(kernel, parts: list[_Part], builder, w, strings: "_Strings", fi
         define_macros(cursor)
         with ThreadPoolExecutor(1, thread_name_prefix="profkit-kineto-kernels") as side:
             kernels = side.submit(store_kernel_info, w, first, total, cursor)
-            store_copies_and_tallies(builder, first, total)
+            store_copies(w, first, total)
+            _tally(builder, strings.values, kinds, kind_code[ids], cat[ids], name[ids])
             kernels.result()
     leftover = np.flatnonzero(~fast & ~launch_flow)
     return tuple(np.concatenate([getattr(p, f) for p in parts])[leftover] for f in ("rec_lo", "rec_hi"))
@@ -310,6 +311,19 @@ def _store_leftovers(data, builder, spans: list[tuple[np.ndarray, np.ndarray]]) 
             chunk = zip(rec_lo[at:at + _LEFTOVERS_AT_ONCE].tolist(), rec_hi[at:at + _LEFTOVERS_AT_ONCE].tolist())
             records, _ = decode_piece(b"[" + b",".join(view[a:b] for a, b in chunk) + b"]")
             builder.add_records(records)
+
+
+def _tally(builder, values: list[str], kinds: list[str], kind: np.ndarray, cat: np.ndarray, name: np.ndarray) -> None:
+    """The parser's tallies of stored records (kinds, categories, runtime-name prefixes:
+    the vendor's evidence), as kineto_sql counts them, from the codes."""
+    for code, count in enumerate(np.bincount(kind, minlength=len(kinds)).tolist()):
+        if count:
+            builder.kind_counts[kinds[code]] += count
+    builder.cats_seen.update(values[c] if c >= 0 else None for c in np.unique(cat).tolist())
+    runtime = name[kind == kinds.index("runtime")] if "runtime" in kinds else name[:0]
+    for code, count in enumerate(np.bincount(runtime, minlength=len(values)).tolist()):
+        if count:
+            builder.runtime_prefixes[values[code][:4].lower()] += count
 
 
 def _kinds(values: list[str], cat: np.ndarray, name: np.ndarray) -> tuple[list[str], np.ndarray]:

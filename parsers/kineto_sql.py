@@ -310,7 +310,8 @@ def store_side_tables(b, lo: int, n: int) -> None:
     their stored rows. On the main connection (SqlPieces: while a worker reads the next
     batch). The macros (_MACROS) must be defined on it."""
     store_kernel_info(b.w, lo, n)
-    store_copies_and_tallies(b, lo, n)
+    store_copies(b.w, lo, n)
+    _tally(b, lo, n)
 
 
 def store_kernel_info(w, lo: int, n: int, con=None) -> None:
@@ -328,18 +329,26 @@ def store_kernel_info(w, lo: int, n: int, con=None) -> None:
     """, con=con)
 
 
-def store_copies_and_tallies(b, lo: int, n: int) -> None:
-    """copies, collectives and the parser's tallies for the events of local ids [lo, lo + n)."""
-    w, con = b.w, b.w.store.con
+def store_copies(w, lo: int, n: int) -> None:
+    """copies and collectives of the events of local ids [lo, lo + n)."""
     first, end = w.event_base + lo, w.event_base + lo + n
     # Copies and collectives are few: the Python row builders, on their args only.
     # Literal bounds (see _read_batch_on).
-    rows = con.execute(f"""
+    rows = w.store.con.execute(f"""
         SELECT event_id - {w.event_base}, kind, name, args FROM events
         WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end}
           AND (kind IN ('memcpy', 'memset') OR (kind = 'kernel' AND contains(args, '"Collective name"')))
     """).fetchall()
-    tallies = con.execute(f"""
+    if rows:
+        _copies_and_collectives(w, rows)
+
+
+def _tally(b, lo: int, n: int) -> None:
+    """The parser's tallies (kinds, categories, runtime-name prefixes: the vendor's evidence)
+    for the events of local ids [lo, lo + n)."""
+    w = b.w
+    first, end = w.event_base + lo, w.event_base + lo + n
+    tallies = w.store.con.execute(f"""
         SELECT kind, CASE WHEN kind = 'runtime' THEN lower(name[1:4]) END AS prefix,
                count(*), list(DISTINCT source_cat)
         FROM events WHERE trace_id = {w.trace_id} AND event_id >= {first} AND event_id < {end} GROUP BY ALL
@@ -349,8 +358,6 @@ def store_copies_and_tallies(b, lo: int, n: int) -> None:
         b.cats_seen.update(cats)
         if prefix is not None:
             b.runtime_prefixes[prefix] += count
-    if rows:
-        _copies_and_collectives(w, rows)
 
 
 def _copies_and_collectives(w, rows: list[tuple]) -> None:

@@ -186,10 +186,13 @@ def test_values_of_odd_types_or_beyond_the_columns_are_counted(way, tmp_path, mo
         event(cat="kernel", pid=2147483648.0, args={"stream": 7}),  # a device (from pid) past int32
         {"ph": "M", "name": ["thread_name"], "pid": 1, "tid": 2, "args": {"name": "x"}},
         event(cat="mtia_ccp_events", name=["dma_request"]),         # a list name where names map kinds
+        {"ph": "C", "name": "mem", "pid": 9.223372036854776e18, "ts": 3, "args": {"used": 1}},  # a counter's
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2 ** 64, "args": {"name": "x"}},  # a thread's
         event(ts=5),
     ]))
     store = ingest_one(path)
     assert store.scalar("SELECT count(*) FROM events WHERE pid IS NULL AND device IS NULL AND stream = 7") == 1
+    assert store.scalar("SELECT pid FROM counters") is None
     found = issues(store)
     assert found.pop("pid beyond int64 (stored as NULL)") == 1
     assert found.pop("device beyond int32 (stored as NULL)") == 1
