@@ -32,7 +32,7 @@ from profkit.errors import TraceError
 
 from . import kineto_meta, kineto_scan
 from .kineto_events import EventBuilder
-from .kineto_read import CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, decode_piece
+from .kineto_read import CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, decode_piece, text_bytes_estimate
 from .kineto_sql import SQL_PIECE_BYTES, FastPathFailed, SqlPieces
 
 FORMAT = "kineto"
@@ -127,13 +127,7 @@ def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> 
 
 def _may_be_scanned(path: Path) -> bool:
     """Large enough for the compiled scan (a gzip's text being ~8x its size or more)."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            gzipped = fh.read(2) == GZIP_MAGIC
-    except OSError:
-        return False
-    return kineto_scan.worth_scanning(size * 8 if gzipped else size)
+    return kineto_scan.worth_scanning(text_bytes_estimate(path, 8))
 
 
 def _finish(path: Path, doc: Document, builder: EventBuilder, w) -> None:

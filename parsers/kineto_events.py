@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import kineto_args as A
-from .kineto_read import Ev, micros_to_ns, one_micros_to_ns
+from .kineto_read import Ev, int_within, micros_to_ns, one_micros_to_ns
 from .kineto_tables import (DEFAULT_FLOW_LINK_KIND, DEVICE_LANE_KINDS, FLOW_LINK_KIND,
                             category_table)
 
@@ -36,11 +36,6 @@ def example(rec: Any) -> str:
         return msgspec.json.encode(fields).decode("utf-8", "replace")[:300]
     except (TypeError, msgspec.EncodeError):
         return repr(fields)[:300]
-
-
-def _int64(v: int | None) -> int | None:
-    """An id as the store's BIGINT holds it: None beyond int64 (a pid of 9.2e18, say)."""
-    return v if v is None or -(2 ** 63) <= v < 2 ** 63 else None
 
 
 class EventBuilder:
@@ -210,8 +205,7 @@ class EventBuilder:
         try:
             return pa.array(values, typ)
         except (OverflowError, pa.ArrowInvalid):
-            bits = typ.bit_width - 1
-            fits = [v if v is None or -(2 ** bits) <= v < 2 ** bits else None for v in values]
+            fits = [int_within(v, typ.bit_width) for v in values]
             self.w.issue(f"{column} beyond {typ} (stored as NULL)",
                          sum(v is not None for v in values) - sum(v is not None for v in fits))
             return pa.array(fits, typ)
@@ -264,8 +258,8 @@ class EventBuilder:
         field, per_thread = spec
         a = A.decode_batch([r.args])[0]
         value = getattr(a, field)
-        pid = _int64(self.norm_id(r.pid))
-        tid = _int64(self.norm_id(r.tid)) if per_thread else None
+        pid = int_within(self.norm_id(r.pid))
+        tid = int_within(self.norm_id(r.tid)) if per_thread else None
         if pid is None or value is None:
             self.w.issue(f"metadata record without pid or value ({r.name})", 1, example(r))
             return
@@ -291,7 +285,7 @@ class EventBuilder:
                 f = A.as_float(v)
                 if f is not None:
                     label = name if len(values) == 1 and key in (name, "value") else f"{name}.{key}"
-                    rows.append({"name": label, "pid": _int64(self.norm_id(r.pid)), "ts_ns": ts, "value": f})
+                    rows.append({"name": label, "pid": int_within(self.norm_id(r.pid)), "ts_ns": ts, "value": f})
         if not rows:
             self.w.issue("counter record without a time or numeric values", 1, example(r))
             return
@@ -334,7 +328,7 @@ class EventBuilder:
         w = self.w
         # An end matches an event on its lane: a pid or tid beyond int64 is on none.
         ends = [(i, f) for i, f in enumerate(self.flows)
-                if f[5] is not None and _int64(f[3]) is not None and _int64(f[4]) is not None]
+                if f[5] is not None and int_within(f[3]) is not None and int_within(f[4]) is not None]
         if not ends:
             return
         table = pa.table({

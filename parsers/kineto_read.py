@@ -390,11 +390,25 @@ def _big_ints(values: list[int]) -> bool:
 def one_micros_to_ns(v: Any) -> int | None:
     """One microsecond value -> ns, or None where it is not a finite number whose
     nanoseconds fit the store's int64."""
-    ns = _one_micros_to_ns(v)
-    return ns if ns is None or -_NS_LIMIT <= ns < _NS_LIMIT else None
+    return int_within(_one_micros_to_ns(v))
 
 
-_NS_LIMIT = 2 ** 63
+def int_within(v: int | None, bits: int = 64) -> int | None:
+    """`v` where a signed integer of `bits` bits holds it (the store's BIGINT, INTEGER),
+    else None."""
+    return v if v is None or -(2 ** (bits - 1)) <= v < 2 ** (bits - 1) else None
+
+
+def text_bytes_estimate(path, gzip_ratio: int) -> int:
+    """The size of an input's text, before reading it: a gzip's compressed size times
+    `gzip_ratio`; 0 where it cannot be read."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == GZIP_MAGIC
+    except OSError:
+        return 0
+    return size * gzip_ratio if gzipped else size
 
 
 def _one_micros_to_ns(v: Any) -> int | None:

@@ -90,9 +90,6 @@ class _Part:
     closed_at: int | None = None         # where the events array ended inside the part
 
 
-_OUTPUTS = ("rec_lo", "rec_hi", "ph", "cat", "name", "ints", "bits", "args_lo", "args_hi")
-
-
 def _arg_names() -> tuple[np.ndarray, np.ndarray]:
     names = [n.encode() for n in _ARG_NAMES]
     ends = np.cumsum([0] + [len(n) for n in names]).astype(np.int64)
@@ -134,9 +131,7 @@ def _scan_part(kernel, buf: np.ndarray, start: int, end: int, release=None) -> _
 def _minify_args(kernel, buf: np.ndarray, part: _Part) -> None:
     """The args text of the records that may be stored (X/i/I with an args object and
     nothing odd), here in the part's thread: most of them will be."""
-    ph = part.ph
-    rows = np.flatnonzero(((part.bits >> kernel.ARGS) & 1 == 1) & ((part.bits >> kernel.LEFTOVER) & 1 == 0)
-                          & ((ph == _PH["X"]) | (ph == _PH["i"]) | (ph == _PH["I"])))
+    rows = np.flatnonzero(_bit(part.bits, kernel.ARGS) & ~_bit(part.bits, kernel.LEFTOVER) & _timed(part.ph))
     lo, hi = part.args_lo[rows], part.args_hi[rows]
     out = np.empty(int((hi - lo).sum()), np.uint8)
     offsets = np.empty(len(rows) + 1, np.int64)
@@ -144,6 +139,15 @@ def _minify_args(kernel, buf: np.ndarray, part: _Part) -> None:
     part.args_rows = rows
     part.args = pa.Array.from_buffers(pa.large_string(), len(rows),
                                       [None, pa.py_buffer(offsets), pa.py_buffer(out[:used])])
+
+
+def _bit(bits: np.ndarray, index: int) -> np.ndarray:
+    return (bits >> index) & 1 == 1
+
+
+def _timed(ph: np.ndarray) -> np.ndarray:
+    """Records of the phases stored as events on the ordinary path: X, i, I."""
+    return (ph == _PH["X"]) | (ph == _PH["i"]) | (ph == _PH["I"])
 
 
 def _outputs(capacity: int, n_ints: int) -> list[np.ndarray]:
@@ -273,10 +277,10 @@ def _store_parts(kernel, parts: list[_Part], builder, w, strings: "_Strings", fi
     total = len(ph)
     # A missing cat maps as the empty one does (category_table).
     kinds, kind_code = _kinds(strings.values, np.where(cat < 0, strings.code(""), cat), name)
-    has = [(bits >> f) & 1 == 1 for f in range(kernel.N_INTS)]
-    plain = (bits >> kernel.LEFTOVER) & 1 == 0
+    has = [_bit(bits, f) for f in range(kernel.N_INTS)]
+    plain = ~_bit(bits, kernel.LEFTOVER)
     is_x = ph == _PH["X"]
-    fast = (plain & (is_x | (ph == _PH["i"]) | (ph == _PH["I"])) & (kind_code >= 0) & (name >= 0)
+    fast = (plain & _timed(ph) & (kind_code >= 0) & (name >= 0)
             & has[kernel.TS] & (~is_x | (has[kernel.DUR] & (ints[kernel.DUR] >= 0))))
     launch_cats = [i for i, s in enumerate(strings.values) if s in _LAUNCH_FLOW_CATS]
     launch_flow = (plain & ((ph == _PH["s"]) | (ph == _PH["t"]) | (ph == _PH["f"]))

@@ -10,6 +10,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .json_scan_kernel import _space
+from .kineto_read import EXACT_FLOAT_LIMIT
+
 DONE, FULL, UNSUPPORTED, TOO_MANY_STRINGS, CLOSED = 0, 1, 2, 3, 4
 MAX_DEPTH = 64
 
@@ -22,12 +25,7 @@ LEFTOVER = 10      # bit: something the Python path must judge (odd key, value o
 VALID, IS_INT, NS_OK = 1, 2, 4
 
 _TIME_INT_LIMIT = 9_000_000_000_000_000  # |us| below it: us * 1000 fits int64
-_TIME_FLOAT_LIMIT = 8_796_093_022_207     # 2**43 - 1: a double keeps 3 decimals of a us below it
-
-
-@numba.njit(cache=True, nogil=True)
-def _space(c):  # pragma: no cover - compiled
-    return c == 32 or c == 10 or c == 13 or c == 9
+_TIME_FLOAT_LIMIT = int(EXACT_FLOAT_LIMIT) - 1  # a double keeps 3 decimals of a us below it
 
 
 @numba.njit(cache=True, nogil=True)
@@ -325,14 +323,6 @@ def _skip(buf, i, end, stack):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _same(buf, a, b, n):  # pragma: no cover - compiled
-    for k in range(n):
-        if buf[a + k] != buf[b + k]:
-            return False
-    return True
-
-
-@numba.njit(cache=True, nogil=True)
 def _intern(buf, lo, hi, slots, codes, spans, count):  # pragma: no cover - compiled
     """The code of the string buf[lo:hi] (raw, escapes as written): the same bytes get
     the same code. `slots` is an open-addressing table of codes + 1 (0 empty) a power of
@@ -347,7 +337,7 @@ def _intern(buf, lo, hi, slots, codes, spans, count):  # pragma: no cover - comp
     n = hi - lo
     while slots[slot] != 0:
         code = slots[slot] - 1
-        if codes[code] == h and spans[code, 1] == n and _same(buf, spans[code, 0], lo, n):
+        if codes[code] == h and spans[code, 1] == n and _same_as(buf, lo, buf, spans[code, 0], n):
             return code
         slot = (slot + 1) & mask
     code = count[0]
@@ -502,7 +492,7 @@ def scan(buf, start, end, arg_names, arg_name_ends, slots, codes, spans, count,
                             ints[row, n] = ns
                             b |= np.int64(1) << row
                     else:
-                        if row_is_id(key):
+                        if key == 3 or key == 4:  # pid, tid: integers on the ordinary path
                             b |= np.int64(1) << LEFTOVER
                         i = _skip(buf, i, end, stack)
                 elif key == 8:  # args
@@ -565,13 +555,6 @@ def scan(buf, start, end, arg_names, arg_name_ends, slots, codes, spans, count,
     if n and not between:  # a `,` after the last record
         return n, i, UNSUPPORTED
     return n, i, DONE
-
-
-@numba.njit(cache=True, nogil=True)
-def row_is_id(key):  # pragma: no cover - compiled
-    """pid and tid must be integers on the ordinary path; ts and dur that are not
-    numbers are judged by the Python path from the bits alone (absent time)."""
-    return key == 3 or key == 4
 
 
 @numba.njit(cache=True, nogil=True)

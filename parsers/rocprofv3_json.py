@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from profkit.errors import TraceError
 
 from . import json_scan, rocm_common as rc
-from .kineto_read import GZIP_MAGIC, raw_offset
+from .kineto_read import GZIP_MAGIC, raw_offset, text_bytes_estimate
 
 FORMAT = "rocprofv3_json"
 TOOL_KEY = b'"rocprofiler-sdk-tool"'
@@ -140,13 +140,7 @@ def parse(path: Path, sink) -> None:
 def _may_be_scanned(path: Path) -> bool:
     """Could the input hold SCAN_MIN_BYTES of lists? (A gzip input by its compressed size:
     rocprofv3 JSON compresses ~11x.)"""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            gzipped = fh.read(2) == GZIP_MAGIC
-    except OSError:
-        return False
-    return size * (16 if gzipped else 1) >= SCAN_MIN_BYTES
+    return text_bytes_estimate(path, 16) >= SCAN_MIN_BYTES
 
 
 def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecutor) -> None:
