@@ -11,11 +11,12 @@ words any error."""
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from profkit.compiled import compiled
 
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
@@ -47,25 +48,6 @@ def _lookup(paths: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
             slot = (slot + 1) & (size - 1)
         keys[slot], fields[slot] = h, index
     return keys, fields
-
-
-def compiled(load):
-    """`load()` run once, by whichever thread asks first (the others wait for it), and
-    its result kept; None where it fails in any way: numba not installed, or unable to
-    give the loop (its on-disk cache unusable, say). The caller then reads by other means."""
-    lock = threading.Lock()
-
-    @functools.lru_cache(maxsize=None)
-    def once():
-        try:
-            return load()
-        except Exception:  # noqa: BLE001 - any failure of numba means: read by other means
-            return None
-
-    def get():
-        with lock:
-            return once()
-    return get
 
 
 @compiled

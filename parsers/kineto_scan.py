@@ -19,7 +19,6 @@ On the 1M-event tile the scan replaces ~1.8 s of DuckDB statements (docs/perform
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,7 +27,8 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from .json_scan import compiled
+from profkit.compiled import compiled
+
 from .kineto_read import _BOUNDARY, decode_piece
 from .kineto_sql import FastPathFailed, define_macros, store_copies, store_kernel_info
 from .kineto_tables import DEVICE_LANE_KINDS, FLOW_LINK_KIND, category_table
@@ -64,7 +64,7 @@ def available() -> bool:
 
 def preload() -> None:
     """Load the loop on a thread (a gzip input decompresses meanwhile, GIL released)."""
-    threading.Thread(target=available, name="profkit-kineto-scan-load", daemon=True).start()
+    _kernel.start("profkit-kineto-scan-load")
 
 
 def worth_scanning(events_bytes: int) -> bool:

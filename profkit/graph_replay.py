@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import intervals
+from .compiled import compiled
 from .columns import group_codes
 from .graph_build import Graph
 from .graph_model import CLASS_NAMES
@@ -42,19 +43,45 @@ def replay(graph: Graph, weight: np.ndarray | None = None) -> Schedule:
     return _replay(graph, weight)
 
 
-# Below this many edges the Python loop is cheaper than importing numba (graph_kernels).
+# From this many edges on the compiled loops are waited for: the Python loop costs ~0.5 us
+# an edge a replay, an analysis replays about five times (the schedule and one per
+# what-if), and numba's import and cache load cost ~0.55 s (profkit/compiled.py).
 COMPILED_MIN_EDGES = 500_000
+# From this many edges on they are used where loaded already: critical_path.prefetch
+# builds the graph on a worker thread as the passes begin, and loads them there
+# (`load_compiled`), so that the load overlaps the passes. On the 325k-edge v100 trace that
+# saved 0.2-0.8 s; on the 141k-edge a100 one the load cost 0.5-0.7 s more than the Python
+# loop (first runs of `profkit analyze`, alternating).
+PRELOAD_MIN_EDGES = 250_000
 
 
-def _compiled(name: str):
-    """A compiled loop of graph_kernels, or None where numba cannot be imported or cannot
-    compile it (no writable cache location, say: a RuntimeError); the callers then run the
-    same loop in Python."""
-    try:
-        from . import graph_kernels
-    except Exception:  # noqa: BLE001 - any failure of numba means: the Python loop
+@compiled
+def _kernels():
+    """profkit.graph_kernels with both loops loaded by a first call on a one-edge graph."""
+    from . import graph_kernels
+
+    one = np.zeros(1, np.int64)
+    time, via = np.zeros(1, np.int64), np.full(1, -1, np.int64)
+    graph_kernels.longest_path(one, one, one, time, via)
+    graph_kernels.walk_back(via, one, time, 0, 0, 1)
+    return graph_kernels
+
+
+def load_compiled(graph: Graph) -> None:
+    """Load the compiled loops where `graph` is large enough to use them once loaded (for a
+    worker thread: the replays on the main thread then find them ready)."""
+    if graph.n_edges >= PRELOAD_MIN_EDGES:
+        _kernels()
+
+
+def _loop(name: str, n_edges: int, compiled: bool | None = None):
+    """A compiled loop of graph_kernels, or None for the Python loop (numba not importable,
+    the graph too small, or `compiled=False`); compiled=True waits for it at any size."""
+    if compiled is False:
         return None
-    return getattr(graph_kernels, name)
+    wanted = compiled or n_edges >= COMPILED_MIN_EDGES or (n_edges >= PRELOAD_MIN_EDGES and _kernels.ready())
+    kernels = _kernels() if wanted else None
+    return getattr(kernels, name) if kernels is not None else None
 
 
 def _replay(graph: Graph, w: np.ndarray, compiled: bool | None = None) -> Schedule:
@@ -62,7 +89,7 @@ def _replay(graph: Graph, w: np.ndarray, compiled: bool | None = None) -> Schedu
     nv = graph.n_vertices
     has_pred = np.zeros(nv, dtype=bool)
     has_pred[graph.dst] = True
-    loop = _compiled("longest_path") if compiled or (compiled is None and graph.n_edges >= COMPILED_MIN_EDGES) else None
+    loop = _loop("longest_path", graph.n_edges, compiled)
     if loop is not None:
         time = np.where(has_pred, NEG, graph.vtime).astype(np.int64)
         via = np.full(nv, -1, dtype=np.int64)
@@ -91,7 +118,7 @@ def critical_path(graph: Graph, sched: Schedule, end_vertex: int, window_start: 
     of ran on the path then)."""
     t = sched.time
     start = NEG if window_start is None else int(window_start)
-    walk = _compiled("walk_back") if graph.n_edges >= COMPILED_MIN_EDGES else None
+    walk = _loop("walk_back", graph.n_edges)
     if walk is not None:
         edges, ns, v = walk(sched.via, graph.src, t, int(end_vertex), start,
                             max_edges if max_edges is not None else 1 << 62)

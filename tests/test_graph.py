@@ -102,10 +102,10 @@ def test_to_networkx_keeps_parallel_edges(alexnet):
 def test_compiled_replay_equals_python_loop():
     """The numba loop (used for large graphs) and the Python loop give the same schedule,
     with the graph's weights and with a what-if's (NEG weights included)."""
-    from profkit.graph_replay import _compiled, _replay
+    from profkit.graph_replay import _loop, _replay
     from profkit.whatif import apply_changes
 
-    assert _compiled("longest_path") is not None, "numba is a dependency: the compiled loop must import"
+    assert _loop("longest_path", 0, compiled=True) is not None, "numba is a dependency: the compiled loop must import"
     store = _store(shared_trace("kineto/cuda/a100_nccl_rank0_of2.json.gz"))
     g = build_graph(store)
     for w in (g.weight, apply_changes(g, [{"kind": "no_sync"}, {"kind": "no_host_overhead"}])):
@@ -122,6 +122,7 @@ def test_compiled_critical_path_equals_python(monkeypatch):
     reports = []
     for threshold in (0, 1 << 62):
         monkeypatch.setattr(graph_replay, "COMPILED_MIN_EDGES", threshold)
+        monkeypatch.setattr(graph_replay, "PRELOAD_MIN_EDGES", threshold)
         reports.append(critical_path_report(store, store.trace_ids()[0], graph=build_graph(store)))
     assert reports[0]["available"] and reports[0] == reports[1]
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import shared_trace
+from profkit.compiled import compiled
 from profkit.ingest import ingest
 from profkit.parsers import json_scan, rocprofv3_json
 from profkit.store import Store
@@ -194,6 +195,6 @@ def test_without_the_compiled_loop_duckdb_reads_every_list(tmp_path, monkeypatch
     path = tmp_path / "1_results.json"
     path.write_text(json.dumps(_doc()))
     read = _store(path, monkeypatch, False)
-    monkeypatch.setattr(json_scan, "_kernel", lambda: None)  # numba missing, or its cache unusable
+    monkeypatch.setattr(json_scan, "_kernel", compiled(lambda: None))  # numba missing, or its cache unusable
     assert not json_scan.available() and json_scan.read(b"[]", 1, 1, ("a",)) is None
     assert _store(path, monkeypatch, True) == read

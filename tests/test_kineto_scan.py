@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import shared_trace
+from profkit.compiled import compiled
 from profkit.errors import TraceError
 from profkit.ingest import ingest
 from profkit.parsers import kineto, kineto_read, kineto_scan
@@ -367,7 +368,7 @@ def test_a_gzip_input_is_scanned(tmp_path, monkeypatch):
 def test_without_the_compiled_loop_duckdb_reads(tmp_path, monkeypatch):
     path = _trace(tmp_path, [_x(), _LAUNCH, _KERNEL])
     read = _canonical(_store(path, monkeypatch, False))
-    monkeypatch.setattr(kineto_scan, "_kernel", lambda: None)  # numba missing, or its cache unusable
+    monkeypatch.setattr(kineto_scan, "_kernel", compiled(lambda: None))  # numba missing, or its cache unusable
     assert not kineto_scan.available()
     assert not _scanned(path, monkeypatch)
     assert _canonical(_store(path, monkeypatch, True)) == read
