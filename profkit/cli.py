@@ -170,7 +170,8 @@ def sql(trace: str, query: str, fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table",
               show_default=True, help="json follows docs/analysis-json.md (schema profkit.analysis/1); html is "
                                       "one self-contained page.")
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Findings to show.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Findings to show in the terminal, Markdown and HTML views (the JSON holds every finding).")
 @click.option("--step", "step", default="all", show_default=True,
               help="Restrict per-step figures to step N (an error if a trace has no step N), or 'all' "
                    "for the steady state.")
