@@ -53,3 +53,12 @@ def test_the_replay_uses_a_loaded_loop_from_the_preload_size_on(monkeypatch):
     assert graph_replay._loop("walk_back", middle) is not None
     assert graph_replay._loop("longest_path", small) is None
     assert graph_replay._loop("longest_path", large, compiled=False) is None
+
+
+def test_without_numba_every_replay_runs_the_python_loop(monkeypatch):
+    """numba missing (or its cache unusable): the loader gives None, and the replay, even
+    of a graph past COMPILED_MIN_EDGES, falls back to the Python loop."""
+    monkeypatch.setattr(graph_replay, "_kernels", compiled(lambda: None))
+    for edges in (0, graph_replay.PRELOAD_MIN_EDGES, graph_replay.COMPILED_MIN_EDGES):
+        assert graph_replay._loop("longest_path", edges) is None
+    assert graph_replay._loop("walk_back", 0, compiled=True) is None
