@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import intervals
-from .compiled import compiled
 from .columns import group_codes
+from .compiled import compiled
 from .graph_build import Graph
 from .graph_model import CLASS_NAMES
 
@@ -50,8 +50,8 @@ COMPILED_MIN_EDGES = 500_000
 # From this many edges on they are used where loaded already: critical_path.prefetch
 # builds the graph on a worker thread as the passes begin, and loads them there
 # (`load_compiled`), so that the load overlaps the passes. On the 325k-edge v100 trace that
-# saved 0.2-0.8 s; on the 141k-edge a100 one the load cost 0.5-0.7 s more than the Python
-# loop (first runs of `profkit analyze`, alternating).
+# saved 0.2-0.9 s; on the 141k-edge a100 one, loading them at every analysis's start cost
+# 0.5-0.7 s more than the Python loop (first runs of `profkit analyze`, alternating).
 PRELOAD_MIN_EDGES = 250_000
 
 
