@@ -59,16 +59,8 @@ US = 1000
 
 
 def run(ctx: Context) -> PassResult:
-    store, trace_id = ctx.store, ctx.trace_id
-    events = store.arrow(f"""
-        SELECT device, start_ns, end_ns, category
-        FROM events
-        WHERE trace_id = ? AND kind IN {DEVICE_KINDS}
-    """, [trace_id])
-    starts = events.column("start_ns").to_numpy(zero_copy_only=False).astype(np.int64)
-    ends = events.column("end_ns").to_numpy(zero_copy_only=False).astype(np.int64)
-    devices = np.asarray(events.column("device").fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-    categories = np.asarray(events.column("category").fill_null("other").to_numpy(zero_copy_only=False), dtype=object)
+    dev = ctx.device_events()
+    starts, ends, devices, categories = dev.start, dev.end, dev.device, dev.category
 
     if starts.size == 0:
         # No device activity: a breakdown cannot be answered, and saying 0% idle would be

@@ -8,7 +8,6 @@ import numpy as np
 
 from profkit import intervals
 from profkit.classify import runtime_call_names
-from profkit.columns import dictionary_codes
 from profkit.findings import Finding
 from profkit.render import UNIT_NOUNS, human_ns, short_name
 from profkit.schema import CATEGORIES
@@ -55,14 +54,14 @@ def _windows(ctx: Context, lo: int, hi: int):
     return [(None, lo, hi)], False
 
 
-def _device_activity(store, trace_id):
-    t = store.arrow("""
-        SELECT d.event_id, coalesce(d.device, -1) AS device, d.kind, d.start_ns, d.end_ns, d.dur_ns,
-               coalesce(d.category, 'other') AS category
-        FROM device_events d WHERE d.trace_id = ? ORDER BY device, start_ns
-    """, [trace_id])
-    acts = {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
-    acts["category_code"], acts["category_values"] = dictionary_codes(t.column("category"))
+def _device_activity(dev) -> dict:
+    """The device activities (`Context.device_events`, loaded once for every pass) by
+    device, then start, then id, as named columns."""
+    order = np.argsort(dev.device, kind="stable")  # dev is in (start, id) order
+    acts = {"event_id": dev.event_id[order], "device": dev.device[order], "kind": dev.kind[order],
+            "start_ns": dev.start[order], "end_ns": dev.end[order], "category": dev.category[order],
+            "category_code": dev.category_code[order], "category_values": dev.category_values}
+    acts["dur_ns"] = acts["end_ns"] - acts["start_ns"]
     return acts
 
 
@@ -311,7 +310,7 @@ def grids(store, trace_id, windows):
 # ---------------------------------------------------------------- the pass -----------
 def run(ctx: Context) -> PassResult:
     store, tid = ctx.store, ctx.trace_id
-    acts = _device_activity(store, tid)
+    acts = _device_activity(ctx.device_events())
     if acts["event_id"].size == 0:
         return PassResult(metrics={"devices": [], "note": "no device activity in this trace"})
     devices, trace_cats = by_category(acts)

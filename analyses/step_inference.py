@@ -66,6 +66,8 @@ class DeviceEvents:
     launch_start: np.ndarray  # launch call start, else the device start
     launch_name: np.ndarray
     graph: np.ndarray       # bool: enqueued by a graph replay
+    category_code: np.ndarray    # category as codes into category_values (dictionary_codes)
+    category_values: np.ndarray
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -97,10 +99,10 @@ def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
         ORDER BY e.start_ns, e.event_id
     """, [trace_id, trace_id])
     col = table.column
-    strings = {}
+    strings, dictionaries = {}, {}
     for name in ("kind", "name", "category", "launch_name"):
         codes, values = dictionary_codes(col(name))
-        strings[name] = values[codes]
+        strings[name], dictionaries[name] = values[codes], (codes, values)
         if name == "launch_name":  # decided once per distinct launch call
             graph_call = per_value(is_graph_launch, codes, values, bool)
     graph = col("graph_id").is_valid().to_numpy(zero_copy_only=False) | graph_call
@@ -114,6 +116,7 @@ def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
         launch_id=col("launch_id").to_numpy().astype(np.int64),
         launch_start=col("launch_start").to_numpy().astype(np.int64),
         launch_name=strings["launch_name"], graph=graph,
+        category_code=dictionaries["category"][0], category_values=dictionaries["category"][1],
     )
 
 
