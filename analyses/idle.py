@@ -36,13 +36,14 @@ import pyarrow as pa
 
 from profkit import intervals
 from profkit.classify import blocking_async_copies, runtime_call_names
-from profkit.columns import group_codes, lexsort, run_starts
+from profkit.columns import dictionary_codes, distinct_count, group_codes, lexsort, per_value, positions, run_starts
 from profkit.findings import Finding
 from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
 from profkit.render import short_name
 
 from . import Context, PassResult
 from .host_work import host_work
+from .step_inference import DeviceEvents, load_device_events
 
 NAME = "idle"
 
@@ -92,45 +93,27 @@ class Gaps:
 
 
 # ---------------------------------------------------------------- loading ----------
-def _load_activities(store, trace_id):
-    """Device activities with their launch (one per activity) and evidence flags."""
-    table = store.arrow("""
-        WITH l AS (
-            SELECT l.dst_event, r.event_id AS launch_event, r.start_ns AS launch_start,
-                   r.pid AS launch_pid, r.tid AS launch_tid, r.name AS launch_name
-            FROM links l JOIN events r ON r.event_id = l.src_event
-            JOIN events d ON d.event_id = l.dst_event
-            WHERE l.trace_id = ? AND l.kind = 'launch'
-            QUALIFY row_number() OVER (PARTITION BY l.dst_event
-                                       ORDER BY (r.start_ns <= d.start_ns) DESC, r.start_ns DESC) = 1
-        ), dep AS (
-            SELECT DISTINCT dst_event FROM links
-            WHERE trace_id = ? AND kind IN ('event_wait', 'sync')
-        )
-        SELECT d.event_id, coalesce(d.device, -1) AS device, coalesce(d.stream, -1) AS stream,
-               d.start_ns, d.end_ns, coalesce(d.category = 'communication', false) AS comm,
-               coalesce(ki.graph_id IS NOT NULL OR ki.graph_node_id IS NOT NULL, false)
-                   OR coalesce(list_contains(?, l.launch_name), false) AS in_graph,
-               coalesce(l.launch_event, -1) AS launch_event, l.launch_start, l.launch_pid, l.launch_tid,
-               dep.dst_event IS NOT NULL AS dep_link
-        FROM device_events d
-        LEFT JOIN (SELECT DISTINCT ON (event_id) event_id, graph_id, graph_node_id FROM kernel_info) ki
-               ON ki.event_id = d.event_id
-        LEFT JOIN l ON l.dst_event = d.event_id
-        LEFT JOIN dep ON dep.dst_event = d.event_id
-        WHERE d.trace_id = ?
-        ORDER BY device, stream, d.start_ns, d.end_ns, d.event_id
-    """, [trace_id, trace_id, runtime_call_names(store, trace_id, "graph_launch"), trace_id])
-    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in
-            ("event_id", "device", "stream", "start_ns", "end_ns", "comm", "in_graph", "launch_event", "dep_link")}
-    acts = {k: np.asarray(v) for k, v in cols.items()}
+def _load_activities(store, trace_id, dev: DeviceEvents):
+    """Device activities (`dev`, the context's shared load) in lane order (device, stream,
+    start, end, id), with their launch (one per activity) and evidence flags."""
+    order = lexsort((dev.event_id, dev.end, dev.start, dev.stream, dev.device))
+    ids = dev.event_id[order]
+    acts = {"event_id": ids, "device": dev.device[order], "stream": dev.stream[order],
+            "start_ns": dev.start[order], "end_ns": dev.end[order],
+            "comm": (dev.category_values == "communication")[dev.category_code][order]}
+    launch = _launches(store, trace_id, ids, acts["start_ns"])
+    acts["launch_event"] = launch["event"]
+    acts["dep_link"] = np.isin(ids, store.arrow("""
+        SELECT DISTINCT dst_event FROM links WHERE trace_id = ? AND kind IN ('event_wait', 'sync')
+    """, [trace_id]).column("dst_event").to_numpy())
+    graph_names = set(runtime_call_names(store, trace_id, "graph_launch"))
+    acts["in_graph"] = _graph_nodes(store, ids) | per_value(lambda n: n in graph_names, *launch["name"], bool)
     has_launch = acts["launch_event"] >= 0
     acts["has_launch"] = has_launch
-    acts["launch_start"] = np.where(has_launch, table.column("launch_start").fill_null(0).to_numpy(), 0).astype(np.int64)
+    acts["launch_start"] = np.where(has_launch, launch["start"], 0)
     threads: dict[tuple, int] = {}
     acts["thread"] = np.full(has_launch.size, -1, dtype=np.int64)
-    acts["thread"][has_launch] = _thread_codes(table.column("launch_pid"), table.column("launch_tid"),
-                                               threads, has_launch)
+    acts["thread"][has_launch] = _thread_codes(launch["pid"], launch["tid"], threads, has_launch)
     # A graph replay's first node: the earliest activity of its launch call. The waits before
     # the others are the graph's own edges; the wait before it, on what precedes the replay.
     acts["graph_head"] = np.zeros(has_launch.size, dtype=bool)
@@ -142,11 +125,53 @@ def _load_activities(store, trace_id):
     return acts, threads
 
 
-def _thread_codes(pids, tids, threads: dict[tuple, int], rows=None) -> np.ndarray:
-    """A code per row (of `rows`) for its (pid, tid), from `threads`, which numbers the
-    pairs not yet in it: the activities and the host calls share one numbering."""
-    pid = pids.fill_null(_NULL_ID).to_numpy()
-    tid = tids.fill_null(_NULL_ID).to_numpy()
+def _launches(store, trace_id, ids: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per activity (`ids`, starting at `starts`): the launch call linked to it (event -1
+    where none), its start, pid and tid (null: _NULL_ID), and its name as (codes, values).
+    Where several calls are linked to one activity: the latest to start at or before it,
+    else the latest."""
+    links = store.arrow("""
+        SELECT l.dst_event, r.event_id, r.start_ns, r.pid, r.tid, r.name
+        FROM links l JOIN events r ON r.event_id = l.src_event
+        WHERE l.trace_id = ? AND l.kind = 'launch'
+    """, [trace_id])
+    by_id = np.argsort(ids, kind="stable")
+    at = positions(ids, links.column("dst_event").to_numpy(), sorter=by_id)
+    rows = np.flatnonzero(at >= 0)  # links to device activities
+    call_start = links.column("start_ns").to_numpy()
+    if distinct_count(at[rows]) < rows.size:
+        # Last per activity by (launched by its start, call start, call id): the chosen one.
+        before = call_start[rows] <= starts[at[rows]]
+        rows = rows[lexsort((links.column("event_id").to_numpy()[rows], call_start[rows], before, at[rows]))]
+        rows = rows[np.r_[at[rows][1:] != at[rows][:-1], True]]
+    n = ids.size
+    out = {"event": np.full(n, -1, dtype=np.int64), "start": np.zeros(n, dtype=np.int64),
+           "pid": np.full(n, _NULL_ID, dtype=np.int64), "tid": np.full(n, _NULL_ID, dtype=np.int64)}
+    for key, column, null in (("event", "event_id", -1), ("start", "start_ns", 0), ("pid", "pid", _NULL_ID),
+                              ("tid", "tid", _NULL_ID)):
+        out[key][at[rows]] = links.column(column).fill_null(null).to_numpy()[rows]
+    codes, values = dictionary_codes(links.column("name"))
+    name = np.full(n, values.size - 1, dtype=np.int64)  # the last value is None
+    name[at[rows]] = codes[rows]
+    out["name"] = (name, values)
+    return out
+
+
+def _graph_nodes(store, ids: np.ndarray) -> np.ndarray:
+    """Per activity: launched as a node of a graph (kernel_info names its graph or node)."""
+    if ids.size == 0:
+        return np.zeros(0, dtype=bool)
+    nodes = store.arrow("""
+        SELECT DISTINCT event_id FROM kernel_info
+        WHERE event_id BETWEEN ? AND ? AND (graph_id IS NOT NULL OR graph_node_id IS NOT NULL)
+    """, [int(ids.min()), int(ids.max())]).column("event_id").to_numpy()
+    return np.isin(ids, nodes)
+
+
+def _thread_codes(pid: np.ndarray, tid: np.ndarray, threads: dict[tuple, int], rows=None) -> np.ndarray:
+    """A code per row (of `rows`) for its (pid, tid) (nulls as _NULL_ID), from `threads`,
+    which numbers the pairs not yet in it: the activities and the host calls share one
+    numbering."""
     if rows is not None:
         pid, tid = pid[rows], tid[rows]
     code, first = group_codes(pid, tid)
@@ -175,7 +200,8 @@ def _load_host(store, trace_id, threads):
         SELECT * FROM host WHERE is_launch OR is_sync OR is_wait ORDER BY pid, tid, start_ns
     """, [trace_id, blocking_call_names(store, trace_id), blocking_async_copies(store, trace_id),
           runtime_call_names(store, trace_id, "stream_wait", "device_wait"), trace_id])
-    code = _thread_codes(rows.column("pid"), rows.column("tid"), threads)
+    code = _thread_codes(rows.column("pid").fill_null(_NULL_ID).to_numpy(),
+                         rows.column("tid").fill_null(_NULL_ID).to_numpy(), threads)
     start = rows.column("start_ns").to_numpy()
     end = rows.column("end_ns").to_numpy()
     is_launch = rows.column("is_launch").to_numpy(zero_copy_only=False)
@@ -350,9 +376,10 @@ def _device_busy(acts) -> dict:
     return out
 
 
-def attribute(store, trace_id, steps, graph_replay=False):
-    """(activities, stream-level gaps, device-level gaps) of one trace."""
-    acts, threads = _load_activities(store, trace_id)
+def attribute(store, trace_id, steps, graph_replay=False, dev: DeviceEvents | None = None):
+    """(activities, stream-level gaps, device-level gaps) of one trace. `dev`: its device
+    activities (`Context.device_events`), loaded here when not given."""
+    acts, threads = _load_activities(store, trace_id, dev if dev is not None else load_device_events(store, trace_id))
     host, everything = _load_host(store, trace_id, threads)
     waits = _load_wait_records(store, trace_id)
     busy = _device_busy(acts)
@@ -411,7 +438,7 @@ def _span_busy(acts, mask):
 
 def run(ctx: Context) -> PassResult:
     graph_replay = bool((ctx.results.get("steps") or {}).get("graph_replay", False))
-    acts, per_stream, per_device = attribute(ctx.store, ctx.trace_id, ctx.steps, graph_replay)
+    acts, per_stream, per_device = attribute(ctx.store, ctx.trace_id, ctx.steps, graph_replay, ctx.device_events())
     windows = ctx.steady_steps
     devices_out = []
     findings: list[Finding] = []

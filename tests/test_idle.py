@@ -11,6 +11,7 @@ import pytest
 
 from conftest import SAMPLE_TRACES, shared_trace
 from profkit.analyses import Context, Step, analyze_trace, idle
+from profkit.analyses.step_inference import load_device_events
 from profkit.ingest import Sink, ingest
 from profkit.store import Store
 
@@ -113,6 +114,34 @@ def test_graph_replay_turns_unlinked_gaps_device_side(tmp_path):
     i = int(np.flatnonzero(per_stream.next_event == k7)[0])
     assert idle.CAUSES[per_stream.cause[i]] == "launch_latency"
     assert idle.FALLBACK_REASONS[per_stream.fallback[i] - 1] == "graph_replay"
+
+
+def test_an_activity_linked_to_several_calls_takes_the_latest_launched_before_it(tmp_path):
+    """Correlation ids repeat where a process restarts its numbering (or the input names no
+    process): each activity then has several launch links, and its launch is the latest
+    call to start at or before it, else the latest call."""
+    src = tmp_path / "dup.json"
+    src.write_text("{}")
+    store = Store.open(None)
+    with Sink(store).trace(src, "dup") as w:
+        w.set_trace(rank=0, vendor="nvidia")
+        rows = [("kernel", "KA", 10_000, 5_000, None, 1), ("kernel", "KB", 50_000, 5_000, None, 2),
+                ("kernel", "KC", 80_000, 5_000, None, 3),
+                ("runtime", "early", 1_000, 1_000, TID, 1), ("runtime", "late", 30_000, 1_000, TID, 1),
+                ("runtime", "first", 20_000, 1_000, TID, 2), ("runtime", "second", 40_000, 1_000, TID + 1, 2),
+                ("runtime", "after1", 90_000, 1_000, TID, 3), ("runtime", "after2", 95_000, 1_000, TID, 3)]
+        w.add_events({"event_id": list(range(len(rows))), "kind": [r[0] for r in rows], "name": [r[1] for r in rows],
+                      "start_ns": [r[2] for r in rows], "dur_ns": [r[3] for r in rows],
+                      "pid": [None if r[0] == "kernel" else PID for r in rows], "tid": [r[4] for r in rows],
+                      "device": [0 if r[0] == "kernel" else None for r in rows],
+                      "stream": [1 if r[0] == "kernel" else None for r in rows], "correlation": [r[5] for r in rows]})
+    assert store.scalar("SELECT count(*) FROM links WHERE kind = 'launch'") == 6
+    acts, threads = idle._load_activities(store, 0, load_device_events(store, 0))
+    name = dict(store.con.execute("SELECT event_id, name FROM events").fetchall())
+    assert [name[int(e)] for e in acts["event_id"]] == ["KA", "KB", "KC"]
+    assert [name[int(e)] for e in acts["launch_event"]] == ["early", "second", "after2"]
+    assert acts["launch_start"].tolist() == [1_000, 40_000, 95_000]
+    assert {code: pair[1] for pair, code in threads.items()} == {acts["thread"][0]: TID, acts["thread"][1]: TID + 1}
 
 
 def test_findings_on_hand_store_name_the_cause_and_their_sql_runs(tmp_path):
