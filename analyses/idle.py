@@ -36,14 +36,14 @@ import pyarrow as pa
 
 from profkit import intervals
 from profkit.classify import blocking_async_copies, runtime_call_names
-from profkit.columns import dictionary_codes, distinct_count, group_codes, lexsort, per_value, positions, run_starts
+from profkit.columns import group_codes, lexsort, per_value, run_starts
 from profkit.findings import Finding
 from profkit.graph_model import LAUNCH_LATENCY_MAX_NS
 from profkit.render import short_name
 
 from . import Context, PassResult
 from .host_work import host_work
-from .step_inference import DeviceEvents, load_device_events
+from .step_inference import NULL_ID, DeviceEvents, LaunchLinks, load_device_events, recorded_in_graph
 
 NAME = "idle"
 
@@ -56,7 +56,6 @@ WAIT_RECORD_PATTERN = r"(?i)wait"
 # A next activity starting this soon after another stream's activity ended is taken to
 # have waited on it (when the device side of the gap dominates).
 DEPENDENCY_WINDOW_NS = 10_000
-_NULL_ID = -(1 << 62)  # a null pid or tid, as a number no real one takes
 # Findings: a cause must cost at least this share of a step and this much time per step.
 FINDING_MIN_PCT = 2.0
 FINDING_MIN_NS = 10_000
@@ -101,13 +100,14 @@ def _load_activities(store, trace_id, dev: DeviceEvents):
     acts = {"event_id": ids, "device": dev.device[order], "stream": dev.stream[order],
             "start_ns": dev.start[order], "end_ns": dev.end[order],
             "comm": (dev.category_values == "communication")[dev.category_code][order]}
-    launch = _launches(store, trace_id, ids, acts["start_ns"])
+    launch = _launches(dev.links, order, acts["start_ns"])
     acts["launch_event"] = launch["event"]
     acts["dep_link"] = np.isin(ids, store.arrow("""
         SELECT DISTINCT dst_event FROM links WHERE trace_id = ? AND kind IN ('event_wait', 'sync')
     """, [trace_id]).column("dst_event").to_numpy())
     graph_names = set(runtime_call_names(store, trace_id, "graph_launch"))
-    acts["in_graph"] = _graph_nodes(store, ids) | per_value(lambda n: n in graph_names, *launch["name"], bool)
+    acts["in_graph"] = (recorded_in_graph(store, ids, ("graph_id", "graph_node_id"))
+                        | per_value(lambda n: n in graph_names, *launch["name"], bool))
     has_launch = acts["launch_event"] >= 0
     acts["has_launch"] = has_launch
     acts["launch_start"] = np.where(has_launch, launch["start"], 0)
@@ -125,51 +125,30 @@ def _load_activities(store, trace_id, dev: DeviceEvents):
     return acts, threads
 
 
-def _launches(store, trace_id, ids: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
-    """Per activity (`ids`, starting at `starts`): the launch call linked to it (event -1
-    where none), its start, pid and tid (null: _NULL_ID), and its name as (codes, values).
-    Where several calls are linked to one activity: the latest to start at or before it,
-    else the latest."""
-    links = store.arrow("""
-        SELECT l.dst_event, r.event_id, r.start_ns, r.pid, r.tid, r.name
-        FROM links l JOIN events r ON r.event_id = l.src_event
-        WHERE l.trace_id = ? AND l.kind = 'launch'
-    """, [trace_id])
-    by_id = np.argsort(ids, kind="stable")
-    at = positions(ids, links.column("dst_event").to_numpy(), sorter=by_id)
-    rows = np.flatnonzero(at >= 0)  # links to device activities
-    call_start = links.column("start_ns").to_numpy()
-    if distinct_count(at[rows]) < rows.size:
-        # Last per activity by (launched by its start, call start, call id): the chosen one.
-        before = call_start[rows] <= starts[at[rows]]
-        rows = rows[lexsort((links.column("event_id").to_numpy()[rows], call_start[rows], before, at[rows]))]
-        rows = rows[np.r_[at[rows][1:] != at[rows][:-1], True]]
-    n = ids.size
+def _launches(links: LaunchLinks, order: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per activity (the device events in `order`, starting at `starts`): the launch call
+    linked to it (event -1 where none), its start, pid and tid (null: NULL_ID), and its
+    name as (codes, values). Where several calls are linked to one activity: the latest to
+    start at or before it, else the latest."""
+    position = np.empty(order.size, dtype=np.int64)
+    position[order] = np.arange(order.size)  # of each device event in `order`
+    at = position[links.activity]
+    rows = links.one_per_activity([links.call, links.start, links.start_known & (links.start <= starts[at])])
+    at = at[rows]
+    n = order.size
     out = {"event": np.full(n, -1, dtype=np.int64), "start": np.zeros(n, dtype=np.int64),
-           "pid": np.full(n, _NULL_ID, dtype=np.int64), "tid": np.full(n, _NULL_ID, dtype=np.int64)}
-    for key, column, null in (("event", "event_id", -1), ("start", "start_ns", 0), ("pid", "pid", _NULL_ID),
-                              ("tid", "tid", _NULL_ID)):
-        out[key][at[rows]] = links.column(column).fill_null(null).to_numpy()[rows]
-    codes, values = dictionary_codes(links.column("name"))
-    name = np.full(n, values.size - 1, dtype=np.int64)  # the last value is None
-    name[at[rows]] = codes[rows]
-    out["name"] = (name, values)
+           "pid": np.full(n, NULL_ID, dtype=np.int64), "tid": np.full(n, NULL_ID, dtype=np.int64)}
+    out["event"][at] = links.call[rows]
+    out["start"][at] = np.where(links.start_known[rows], links.start[rows], 0)
+    out["pid"][at], out["tid"][at] = links.pid[rows], links.tid[rows]
+    name = np.full(n, links.name_values.size - 1, dtype=np.int64)  # the last value is None
+    name[at] = links.name_code[rows]
+    out["name"] = (name, links.name_values)
     return out
 
 
-def _graph_nodes(store, ids: np.ndarray) -> np.ndarray:
-    """Per activity: launched as a node of a graph (kernel_info names its graph or node)."""
-    if ids.size == 0:
-        return np.zeros(0, dtype=bool)
-    nodes = store.arrow("""
-        SELECT DISTINCT event_id FROM kernel_info
-        WHERE event_id BETWEEN ? AND ? AND (graph_id IS NOT NULL OR graph_node_id IS NOT NULL)
-    """, [int(ids.min()), int(ids.max())]).column("event_id").to_numpy()
-    return np.isin(ids, nodes)
-
-
 def _thread_codes(pid: np.ndarray, tid: np.ndarray, threads: dict[tuple, int], rows=None) -> np.ndarray:
-    """A code per row (of `rows`) for its (pid, tid) (nulls as _NULL_ID), from `threads`,
+    """A code per row (of `rows`) for its (pid, tid) (nulls as NULL_ID), from `threads`,
     which numbers the pairs not yet in it: the activities and the host calls share one
     numbering."""
     if rows is not None:
@@ -200,8 +179,8 @@ def _load_host(store, trace_id, threads):
         SELECT * FROM host WHERE is_launch OR is_sync OR is_wait ORDER BY pid, tid, start_ns
     """, [trace_id, blocking_call_names(store, trace_id), blocking_async_copies(store, trace_id),
           runtime_call_names(store, trace_id, "stream_wait", "device_wait"), trace_id])
-    code = _thread_codes(rows.column("pid").fill_null(_NULL_ID).to_numpy(),
-                         rows.column("tid").fill_null(_NULL_ID).to_numpy(), threads)
+    code = _thread_codes(rows.column("pid").fill_null(NULL_ID).to_numpy(),
+                         rows.column("tid").fill_null(NULL_ID).to_numpy(), threads)
     start = rows.column("start_ns").to_numpy()
     end = rows.column("end_ns").to_numpy()
     is_launch = rows.column("is_launch").to_numpy(zero_copy_only=False)

@@ -20,7 +20,7 @@ import numpy as np
 
 from profkit import intervals
 from profkit.classify import runtime_role
-from profkit.columns import dictionary_codes, group_codes, per_value
+from profkit.columns import dictionary_codes, distinct_count, group_codes, lexsort, per_value, positions
 from profkit.store import Store
 
 MIN_REPEATS = 3                 # occurrences before a name or pattern makes steps
@@ -51,6 +51,35 @@ def is_graph_launch(name: str | None) -> bool:
     return runtime_role(name) == "graph_launch"
 
 
+# A null pid or tid among the launch links, as a number no real one takes.
+NULL_ID = -(1 << 62)
+
+
+@dataclass
+class LaunchLinks:
+    """The trace's launch links to its device activities, one row per link (an activity
+    has one in almost every trace, several where correlation ids repeat): the activity (its
+    index in DeviceEvents) and the calling event's id, start, pid and tid (nulls: NULL_ID)
+    and name (codes into name_values, whose last entry is None)."""
+    activity: np.ndarray
+    call: np.ndarray
+    start: np.ndarray
+    start_known: np.ndarray  # bool: the call has a start
+    pid: np.ndarray
+    tid: np.ndarray
+    name_code: np.ndarray
+    name_values: np.ndarray
+
+    def one_per_activity(self, keys: list[np.ndarray]) -> np.ndarray:
+        """Rows (links) chosen one per activity: the last by `keys` (most significant
+        last, as np.lexsort) among each activity's links."""
+        if distinct_count(self.activity) == self.activity.size:
+            return np.arange(self.activity.size)
+        order = lexsort([*keys, self.activity])
+        last = np.r_[self.activity[order][1:] != self.activity[order][:-1], True]
+        return order[last]
+
+
 @dataclass
 class DeviceEvents:
     """Device activities of one trace in start order, with their launching call."""
@@ -62,12 +91,13 @@ class DeviceEvents:
     end: np.ndarray
     device: np.ndarray      # -1 where unknown
     stream: np.ndarray      # -1 where unknown
-    launch_id: np.ndarray   # -1 where no launch link
+    launch_id: np.ndarray   # -1 where no launch link; of several, the call with the smallest id
     launch_start: np.ndarray  # launch call start, else the device start
     launch_name: np.ndarray
     graph: np.ndarray       # bool: enqueued by a graph replay
     category_code: np.ndarray    # category as codes into category_values (dictionary_codes)
     category_values: np.ndarray
+    links: LaunchLinks      # every launch link, for passes that choose among several otherwise
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -78,46 +108,72 @@ class DeviceEvents:
 
 
 def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
+    # The activities, their launch links and their graph ids by three plain queries, joined
+    # here: one query joining links and kernel_info to the events (twice) took 1.6 s at a
+    # million dispatches, against ~0.5 s for these.
     table = store.arrow("""
-        WITH l AS (
-            SELECT l.dst_event, min(r.event_id) AS launch_id
-            FROM links l JOIN events r ON r.event_id = l.src_event
-            WHERE l.trace_id = ? AND l.kind = 'launch'
-            GROUP BY l.dst_event
-        )
-        SELECT e.event_id, e.kind, e.name, coalesce(e.category, 'other') AS category,
-               e.start_ns, e.end_ns, coalesce(e.device, -1) AS device,
-               coalesce(e.stream, -1) AS stream,
-               coalesce(l.launch_id, -1) AS launch_id,
-               coalesce(r.start_ns, e.start_ns) AS launch_start, r.name AS launch_name,
-               k.graph_id
-        FROM events e
-        LEFT JOIN l ON l.dst_event = e.event_id
-        LEFT JOIN events r ON r.event_id = l.launch_id
-        LEFT JOIN kernel_info k ON k.event_id = e.event_id
-        WHERE e.trace_id = ? AND e.kind IN ('kernel', 'memcpy', 'memset')
-        ORDER BY e.start_ns, e.event_id
-    """, [trace_id, trace_id])
+        SELECT event_id, kind, name, coalesce(category, 'other') AS category, start_ns, end_ns,
+               coalesce(device, -1) AS device, coalesce(stream, -1) AS stream
+        FROM events WHERE trace_id = ? AND kind IN ('kernel', 'memcpy', 'memset')
+        ORDER BY start_ns, event_id
+    """, [trace_id])
     col = table.column
     strings, dictionaries = {}, {}
-    for name in ("kind", "name", "category", "launch_name"):
+    for name in ("kind", "name", "category"):
         codes, values = dictionary_codes(col(name))
         strings[name], dictionaries[name] = values[codes], (codes, values)
-        if name == "launch_name":  # decided once per distinct launch call
-            graph_call = per_value(is_graph_launch, codes, values, bool)
-    graph = col("graph_id").is_valid().to_numpy(zero_copy_only=False) | graph_call
+    event_id = col("event_id").to_numpy().astype(np.int64)
+    start = col("start_ns").to_numpy().astype(np.int64)
+    links = _launch_links(store, trace_id, event_id)
+    # Each activity's launch: its linked call with the smallest id.
+    first = links.one_per_activity([-links.call])
+    at = links.activity[first]
+    launch_id = np.full(event_id.size, -1, dtype=np.int64)
+    launch_id[at] = links.call[first]
+    launch_start = start.copy()
+    known = first[links.start_known[first]]
+    launch_start[links.activity[known]] = links.start[known]
+    name_code = np.full(event_id.size, links.name_values.size - 1, dtype=np.int64)  # None
+    name_code[at] = links.name_code[first]
+    graph_call = per_value(is_graph_launch, name_code, links.name_values, bool)  # once per distinct name
     return DeviceEvents(
-        event_id=col("event_id").to_numpy().astype(np.int64),
-        kind=strings["kind"], name=strings["name"], category=strings["category"],
-        start=col("start_ns").to_numpy().astype(np.int64),
-        end=col("end_ns").to_numpy().astype(np.int64),
+        event_id=event_id, kind=strings["kind"], name=strings["name"], category=strings["category"],
+        start=start, end=col("end_ns").to_numpy().astype(np.int64),
         device=col("device").to_numpy().astype(np.int64),
         stream=col("stream").to_numpy().astype(np.int64),
-        launch_id=col("launch_id").to_numpy().astype(np.int64),
-        launch_start=col("launch_start").to_numpy().astype(np.int64),
-        launch_name=strings["launch_name"], graph=graph,
+        launch_id=launch_id, launch_start=launch_start, launch_name=links.name_values[name_code],
+        graph=recorded_in_graph(store, event_id) | graph_call,
         category_code=dictionaries["category"][0], category_values=dictionaries["category"][1],
+        links=links,
     )
+
+
+def _launch_links(store: Store, trace_id: int, event_id: np.ndarray) -> LaunchLinks:
+    table = store.arrow("""
+        SELECT l.dst_event, r.event_id, r.start_ns, r.pid, r.tid, r.name
+        FROM links l JOIN events r ON r.event_id = l.src_event
+        WHERE l.trace_id = ? AND l.kind = 'launch'
+    """, [trace_id])
+    at = positions(event_id, table.column("dst_event").to_numpy(), sorter=np.argsort(event_id, kind="stable"))
+    rows = np.flatnonzero(at >= 0)  # links to the device activities
+    ints = {name: table.column(name).fill_null(NULL_ID).to_numpy()[rows]
+            for name in ("event_id", "start_ns", "pid", "tid")}
+    name_code, name_values = dictionary_codes(table.column("name"))
+    return LaunchLinks(activity=at[rows], call=ints["event_id"], start=ints["start_ns"],
+                       start_known=table.column("start_ns").is_valid().to_numpy(zero_copy_only=False)[rows],
+                       pid=ints["pid"], tid=ints["tid"], name_code=name_code[rows], name_values=name_values)
+
+
+def recorded_in_graph(store: Store, event_id: np.ndarray, columns: tuple[str, ...] = ("graph_id",)) -> np.ndarray:
+    """Per activity: kernel_info gives it one of `columns` (the graph, or the graph node,
+    it was launched as)."""
+    if event_id.size == 0:
+        return np.zeros(0, dtype=bool)
+    graphed = store.arrow(f"""
+        SELECT event_id FROM kernel_info
+        WHERE event_id BETWEEN ? AND ? AND ({" OR ".join(f"{c} IS NOT NULL" for c in columns)})
+    """, [int(event_id.min()), int(event_id.max())]).column("event_id").to_numpy()
+    return np.isin(event_id, graphed)
 
 
 def assign(anchor: np.ndarray, windows: list[Window]) -> np.ndarray:

@@ -136,8 +136,12 @@ def test_an_activity_linked_to_several_calls_takes_the_latest_launched_before_it
                       "device": [0 if r[0] == "kernel" else None for r in rows],
                       "stream": [1 if r[0] == "kernel" else None for r in rows], "correlation": [r[5] for r in rows]})
     assert store.scalar("SELECT count(*) FROM links WHERE kind = 'launch'") == 6
-    acts, threads = idle._load_activities(store, 0, load_device_events(store, 0))
+    dev = load_device_events(store, 0)
+    acts, threads = idle._load_activities(store, 0, dev)
     name = dict(store.con.execute("SELECT event_id, name FROM events").fetchall())
+    # The steps pass places an activity by the first call recorded (smallest id).
+    assert [name[int(e)] for e in dev.launch_id] == ["early", "first", "after1"]
+    assert dev.launch_start.tolist() == [1_000, 20_000, 90_000]
     assert [name[int(e)] for e in acts["event_id"]] == ["KA", "KB", "KC"]
     assert [name[int(e)] for e in acts["launch_event"]] == ["early", "second", "after2"]
     assert acts["launch_start"].tolist() == [1_000, 40_000, 95_000]
