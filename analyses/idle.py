@@ -95,7 +95,7 @@ class Gaps:
 def _load_activities(store, trace_id, dev: DeviceEvents):
     """Device activities (`dev`, the context's shared load) in lane order (device, stream,
     start, end, id), with their launch (one per activity) and evidence flags."""
-    order = lexsort((dev.event_id, dev.end, dev.start, dev.stream, dev.device))
+    order = dev.lane_order
     ids = dev.event_id[order]
     acts = {"event_id": ids, "device": dev.device[order], "stream": dev.stream[order],
             "start_ns": dev.start[order], "end_ns": dev.end[order],

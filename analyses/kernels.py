@@ -8,6 +8,7 @@ import numpy as np
 
 from profkit import intervals
 from profkit.classify import runtime_call_names
+from profkit.columns import group_codes, per_value, run_starts
 from profkit.findings import Finding
 from profkit.render import UNIT_NOUNS, human_ns, short_name
 from profkit.schema import CATEGORIES
@@ -15,6 +16,7 @@ from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
 from . import Context, PassResult
 from .copy_time import copy_bound_findings, copy_time
+from .step_inference import DeviceEvents, recorded_in_graph
 
 NAME = "kernels"
 
@@ -183,31 +185,43 @@ def by_op(store, trace_id, kernel_sum_ns):
 
 
 # ---------------------------------------------------------------- launches -----------
-def launch_table(store, trace_id):
-    """Per launched device activity: latencies, and whether its stream was idle at launch.
+def launch_table(store, trace_id, dev: DeviceEvents):
+    """Per launched device activity (`dev`, the context's shared load): latencies, and
+    whether its stream was idle at launch (no earlier activity on it still running).
 
     Graph launches (one call enqueuing many activities) are left out: the time from the
     call to each node's start includes the nodes before it."""
-    t = store.arrow(f"""
-        WITH a AS (
-            SELECT event_id, max(end_ns) OVER (PARTITION BY device, stream ORDER BY start_ns, end_ns
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
-            FROM device_events WHERE trace_id = ?
-        ), l AS (  -- each launch with the number of activities its call enqueued (one scan of the view)
-            SELECT *, count(*) OVER (PARTITION BY runtime_event) AS fan FROM launches WHERE trace_id = ?
-        )
-        SELECT coalesce(l.device, -1) AS device, l.device_event, l.device_start_ns, l.launch_start_ns,
-               l.launch_end_ns, l.device_start_ns - l.launch_start_ns AS from_launch_start_ns,
-               l.device_start_ns - l.launch_end_ns AS from_launch_end_ns,
-               l.launch_end_ns - l.launch_start_ns AS call_ns,
-               coalesce(a.prev_end <= l.launch_start_ns, true) AS idle_stream,
-               l.device_kind = 'kernel' AND l.device_end_ns - l.device_start_ns < {TINY_KERNEL_NS} AS tiny
-        FROM l JOIN a ON a.event_id = l.device_event
-        LEFT JOIN kernel_info ki ON ki.event_id = l.device_event
-        WHERE l.fan = 1 AND NOT list_contains(?, l.runtime_name)
-          AND ki.graph_id IS NULL AND ki.graph_node_id IS NULL
-    """, [trace_id, trace_id, runtime_call_names(store, trace_id, "graph_launch")])
-    return {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
+    links = dev.links
+    code, _ = group_codes(links.call)
+    graph_names = set(runtime_call_names(store, trace_id, "graph_launch"))
+    keep = ((np.bincount(code)[code] == 1)
+            & ~per_value(lambda n: n in graph_names, links.name_code, links.name_values, bool)
+            & ~recorded_in_graph(store, dev.event_id, ("graph_id", "graph_node_id"))[links.activity])
+    rows = np.flatnonzero(keep)
+    at = links.activity[rows]
+    start, end = dev.start[at], dev.end[at]
+    call_start, call_end = links.start[rows], links.end[rows]
+    prev_end = _previous_end(dev)[at]
+    return {"device": dev.device[at], "device_event": dev.event_id[at], "device_start_ns": start,
+            "launch_start_ns": call_start, "launch_end_ns": call_end,
+            "from_launch_start_ns": start - call_start, "from_launch_end_ns": start - call_end,
+            "call_ns": call_end - call_start, "idle_stream": prev_end <= call_start,
+            "tiny": (dev.kind[at] == "kernel") & (end - start < TINY_KERNEL_NS)}
+
+
+def _previous_end(dev: DeviceEvents) -> np.ndarray:
+    """Per device event: the latest end of the activities before it on its stream (by
+    start, end, id), the smallest int64 for the first."""
+    order = dev.lane_order
+    lane_start = run_starts(dev.device[order], dev.stream[order])
+    ends = dev.end[order]
+    previous = np.full(ends.size, np.iinfo(np.int64).min, dtype=np.int64)
+    bounds = np.r_[np.flatnonzero(lane_start), ends.size]
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        previous[a + 1:b] = np.maximum.accumulate(ends[a:b - 1])
+    out = np.empty_like(previous)
+    out[order] = previous
+    return out
 
 
 def _dist(values) -> dict:
@@ -317,7 +331,7 @@ def run(ctx: Context) -> PassResult:
     kernel_sum = int(acts["dur_ns"][acts["kind"] == "kernel"].sum())
     top = top_kernels(store, tid, trace_cats["busy_ns"])
     ops, tiny_ops = by_op(store, tid, kernel_sum)
-    launches = launch_table(store, tid)
+    launches = launch_table(store, tid, ctx.device_events())
     latency = launch_latency(launches)
     windows, have_steps = _windows(ctx, int(acts["start_ns"].min()), int(acts["end_ns"].max()))
     tiny = [tiny_kernels(acts, launches, windows, d) for d in np.unique(acts["device"])]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -59,12 +60,13 @@ NULL_ID = -(1 << 62)
 class LaunchLinks:
     """The trace's launch links to its device activities, one row per link (an activity
     has one in almost every trace, several where correlation ids repeat): the activity (its
-    index in DeviceEvents) and the calling event's id, start, pid and tid (nulls: NULL_ID)
-    and name (codes into name_values, whose last entry is None)."""
+    index in DeviceEvents) and the calling event's id, start, end, pid and tid (nulls:
+    NULL_ID) and name (codes into name_values, whose last entry is None)."""
     activity: np.ndarray
     call: np.ndarray
     start: np.ndarray
     start_known: np.ndarray  # bool: the call has a start
+    end: np.ndarray
     pid: np.ndarray
     tid: np.ndarray
     name_code: np.ndarray
@@ -105,6 +107,11 @@ class DeviceEvents:
     def anchor(self, host_side: bool) -> np.ndarray:
         """Time each event is placed in a step by: its launch call for host-defined steps."""
         return self.launch_start if host_side else self.start
+
+    @cached_property
+    def lane_order(self) -> np.ndarray:
+        """The events' order by stream: device, stream, start, end, id."""
+        return lexsort((self.event_id, self.end, self.start, self.stream, self.device))
 
 
 def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
@@ -150,18 +157,18 @@ def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
 
 def _launch_links(store: Store, trace_id: int, event_id: np.ndarray) -> LaunchLinks:
     table = store.arrow("""
-        SELECT l.dst_event, r.event_id, r.start_ns, r.pid, r.tid, r.name
+        SELECT l.dst_event, r.event_id, r.start_ns, r.end_ns, r.pid, r.tid, r.name
         FROM links l JOIN events r ON r.event_id = l.src_event
         WHERE l.trace_id = ? AND l.kind = 'launch'
     """, [trace_id])
     at = positions(event_id, table.column("dst_event").to_numpy(), sorter=np.argsort(event_id, kind="stable"))
     rows = np.flatnonzero(at >= 0)  # links to the device activities
     ints = {name: table.column(name).fill_null(NULL_ID).to_numpy()[rows]
-            for name in ("event_id", "start_ns", "pid", "tid")}
+            for name in ("event_id", "start_ns", "end_ns", "pid", "tid")}
     name_code, name_values = dictionary_codes(table.column("name"))
     return LaunchLinks(activity=at[rows], call=ints["event_id"], start=ints["start_ns"],
                        start_known=table.column("start_ns").is_valid().to_numpy(zero_copy_only=False)[rows],
-                       pid=ints["pid"], tid=ints["tid"], name_code=name_code[rows], name_values=name_values)
+                       end=ints["end_ns"], pid=ints["pid"], tid=ints["tid"], name_code=name_code[rows], name_values=name_values)
 
 
 def recorded_in_graph(store: Store, event_id: np.ndarray, columns: tuple[str, ...] = ("graph_id",)) -> np.ndarray:
