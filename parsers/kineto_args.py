@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -162,22 +163,27 @@ def copy_row(event_id: int, kind: str, name: str, a: Args) -> dict:
     nbytes = as_int(a.bytes)
     if nbytes is None:
         nbytes = as_int(a.size)
-    src = dst = None
-    if kind == "memset":
-        direction = "memset"
-        m = _MEMSET_TARGET.search(name)
-        dst = MEMORY_KINDS.get(m.group(1).lower()) if m else None
-    else:
-        m = _DIRECTION.search(name)
-        direction = _canonical_direction(m.group(1)) if m else None
-        for hint in (a.kind, a.direction):
-            if direction is None and isinstance(hint, str):
-                direction = _canonical_direction(hint)
-        m = _MEMORIES.search(name)
-        if m:
-            src, dst = MEMORY_KINDS.get(m.group(1).lower()), MEMORY_KINDS.get(m.group(2).lower())
+    direction, src, dst = _named_copy(kind, name)
+    for hint in (a.kind, a.direction):
+        if direction is None and isinstance(hint, str):
+            direction = _canonical_direction(hint)
     return {"event_id": event_id, "bytes": nbytes, "direction": direction,
             "src_memory": src, "dst_memory": dst}
+
+
+@lru_cache(maxsize=4096)
+def _named_copy(kind: str, name: str) -> tuple[str | None, str | None, str | None]:
+    """(direction, source memory, destination memory) as a copy's name says them, worked
+    out once per name: a trace has a few names for thousands of copies."""
+    if kind == "memset":
+        m = _MEMSET_TARGET.search(name)
+        return "memset", None, MEMORY_KINDS.get(m.group(1).lower()) if m else None
+    m = _DIRECTION.search(name)
+    direction = _canonical_direction(m.group(1)) if m else None
+    m = _MEMORIES.search(name)
+    if m:
+        return direction, MEMORY_KINDS.get(m.group(1).lower()), MEMORY_KINDS.get(m.group(2).lower())
+    return direction, None, None
 
 
 def collective_row(event_id: int, kernel_name: str, a: Args) -> dict | None:
