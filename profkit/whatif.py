@@ -174,12 +174,16 @@ def _within_steps(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
     463 ms sooner, into a copy that had waited as long for nothing recorded: 472.7 ms
     instead of 10 ms; on the MI300X Qwen step, fixing host time, syncs and gaps together
     won less than fixing the syncs alone. With the begin fixed, no change lengthens a step."""
-    begin = np.full(int(graph.trace_id.max()) + 1 if graph.n_events else 0, np.iinfo(np.int64).min)
-    for i in np.unique(index.trace_id, return_index=True)[1]:  # each trace's first step
-        begin[index.trace_id[i]] = graph.vtime[2 * index.first[i]]
-    event = graph.vevent[graph.dst]
-    trace = graph.trace_id[np.maximum(event, 0)]
-    before = (event >= 0) & (graph.vtime[graph.dst] <= begin[trace])
+    key = ("before_first_step", id(index))
+    if key not in graph.memo:  # the same edges for every change
+        begin = np.full(int(graph.trace_id.max()) + 1 if graph.n_events else 0, np.iinfo(np.int64).min)
+        for i in np.unique(index.trace_id, return_index=True)[1]:  # each trace's first step
+            begin[index.trace_id[i]] = graph.vtime[2 * index.first[i]]
+        event = graph.vevent[graph.dst]
+        trace = graph.trace_id[np.maximum(event, 0)]
+        before = (event >= 0) & (graph.vtime[graph.dst] <= begin[trace])
+        graph.memo[key] = (index, np.flatnonzero(before))  # the index kept alive: its id stays its own
+    before = graph.memo[key][1]
     out = weight.copy()
     out[before] = graph.weight[before]
     return out
@@ -190,16 +194,35 @@ def capacity_floors(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
     device capacity. Per device, the union of the step's compute kernels as observed, times
     the ratio of their durations under `weight` to their observed ones; the largest over
     the step's devices (0 for a step without compute kernels)."""
-    durations = np.flatnonzero(graph.ekind == E_DURATION)
-    per_event = np.zeros((2, graph.n_events), dtype=np.int64)
-    per_event[:, graph.eevent[durations]] = graph.weight[durations], weight[durations]
+    durations, events, starts, step, union_ns, observed = _compute_groups(graph, index)
+    per_event = np.zeros(graph.n_events, dtype=np.int64)
+    per_event[graph.eevent[durations]] = weight[durations]
+    changed = np.add.reduceat(per_event[events], starts) if events.size else np.zeros(0, dtype=np.int64)
     floors = np.zeros(index.step.size, dtype=np.int64)
-    for i, groups in enumerate(_compute_unions(graph, index)):
-        for events, union_ns in groups:
-            observed, changed = (int(x) for x in per_event[:, events].sum(axis=1))  # Python ints: no overflow
-            if observed > 0:
-                floors[i] = max(floors[i], union_ns * changed // observed)
+    for i, union, seen, now in zip(step.tolist(), union_ns, observed.tolist(), changed.tolist()):
+        if seen > 0:  # Python ints: no overflow
+            floors[i] = max(floors[i], union * now // seen)
     return floors
+
+
+def _compute_groups(graph: Graph, index) -> tuple:
+    """`_compute_unions` flat, for sums over every group at once: the duration edges, the
+    groups' events one after another, where each group starts, its step, the length of
+    its union and its events' observed duration. Memoised on the graph."""
+    key = ("compute_groups", id(index))
+    if key not in graph.memo:
+        durations = np.flatnonzero(graph.ekind == E_DURATION)
+        groups = [(i, events, union) for i, step in enumerate(_compute_unions(graph, index))
+                  for events, union in step]
+        events = np.concatenate([g[1] for g in groups]) if groups else np.zeros(0, dtype=np.int64)
+        sizes = np.array([g[1].size for g in groups], dtype=np.int64)
+        starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64) if groups else sizes
+        observed_per_event = np.zeros(graph.n_events, dtype=np.int64)
+        observed_per_event[graph.eevent[durations]] = graph.weight[durations]
+        observed = np.add.reduceat(observed_per_event[events], starts) if events.size else sizes
+        graph.memo[key] = (index, (durations, events, starts, np.array([g[0] for g in groups], dtype=np.int64),
+                                   [int(g[2]) for g in groups], observed))
+    return graph.memo[key][1]
 
 
 def _compute_unions(graph: Graph, index) -> list[list[tuple[np.ndarray, int]]]:
