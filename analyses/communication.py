@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 
 from profkit import intervals as iv
+from profkit.columns import positions
 from profkit.findings import Finding
 from profkit.render import human_ns
 
 from . import Context, PassResult
 from .comm_skew import cross_rank as _cross_rank, trace_metrics as _skew_trace_metrics
 from .nccl_bandwidth import busbw, algbw, link_peak_from_name, message_bytes
+from .step_inference import DeviceEvents
 
 NAME = "communication"
 
@@ -36,7 +38,8 @@ COMPUTE_EXCLUDED = ("communication", "memory")
 
 def run(ctx: Context) -> PassResult:
     store, trace_id = ctx.store, ctx.trace_id
-    comms = _load_comms(store, trace_id)
+    dev = ctx.device_events()
+    comms = _load_comms(store, trace_id, dev)
     if not comms["event_id"].size:
         metrics: dict[str, Any] = {"comm_kernels": 0, "groups": []}
         skew = _cross_rank(store, _compute_unions, ctx.peer_steps)
@@ -44,7 +47,7 @@ def run(ctx: Context) -> PassResult:
             metrics["cross_rank"] = _skew_trace_metrics(skew, trace_id)
         return PassResult(metrics=metrics)
 
-    compute = _compute_unions(store, trace_id)
+    compute = _own_compute_unions(dev, comms["event_id"])
     steps = _StepMap(ctx, comms)
     devices = _device_facts(store, trace_id)
     findings: list[Finding] = []
@@ -111,30 +114,46 @@ _EMPTY = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 
 # -- loading -------------------------------------------------------------------
 
-def _load_comms(store, trace_id: int) -> dict[str, np.ndarray]:
+def _load_comms(store, trace_id: int, dev: DeviceEvents) -> dict[str, np.ndarray]:
     table = store.arrow("""
-        WITH launch AS (
-            SELECT l.dst_event, min(r.start_ns) AS launch_ns FROM links l
-            JOIN events r ON r.event_id = l.src_event
-            WHERE l.trace_id = ? AND l.kind = 'launch' GROUP BY l.dst_event
-        )
         SELECT event_id, name, start_ns, end_ns, dur_ns, device, stream, step,
-               coalesce(launch.launch_ns, start_ns) AS launch_ns,
                coalesce(op, 'other') AS op, bytes, in_elems, out_elems, dtype,
                CAST(coalesce(group_size, json_array_length(try_cast(group_ranks AS JSON))) AS INTEGER) AS group_size,
                process_group, process_group_desc
-        FROM comms LEFT JOIN launch ON launch.dst_event = comms.event_id
+        FROM comms
         WHERE trace_id = ? AND kind = 'kernel'
         ORDER BY start_ns, event_id
-    """, [trace_id, trace_id])
+    """, [trace_id])
     out = {}
     for name in table.column_names:
         col = table.column(name)
-        if name in ("event_id", "start_ns", "end_ns", "dur_ns", "launch_ns"):
+        if name in ("event_id", "start_ns", "end_ns", "dur_ns"):
             out[name] = col.to_numpy(zero_copy_only=False).astype(np.int64)
         else:
             out[name] = np.array(col.to_pylist(), dtype=object)
+    out["launch_ns"] = _earliest_launch(dev, out["event_id"], out["start_ns"])
     return out
+
+
+def _earliest_launch(dev: DeviceEvents, event_id: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per kernel, the earliest start of its launch calls, else its own start."""
+    links = dev.links
+    known = links.start_known
+    earliest = np.full(len(dev), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(earliest, links.activity[known], links.start[known])
+    at = positions(dev.event_id, event_id, sorter=np.argsort(dev.event_id, kind="stable"))
+    launch = np.where(at >= 0, earliest[np.maximum(at, 0)], np.iinfo(np.int64).max)
+    return np.where(launch == np.iinfo(np.int64).max, start, launch)
+
+
+def _own_compute_unions(dev: DeviceEvents, comm_ids: np.ndarray) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
+    """`_compute_unions` of the analysed trace, from its device events loaded once
+    (`comm_ids`: its communication kernels, every kernel of it in `collectives`)."""
+    excluded = np.isin(dev.category_values, COMPUTE_EXCLUDED)[dev.category_code]
+    chosen = (dev.kind == "kernel") & (dev.end > dev.start) & ~excluded & ~np.isin(dev.event_id, comm_ids)
+    devices, starts, ends = dev.device[chosen], dev.start[chosen], dev.end[chosen]
+    return {None if d == -1 else d: iv.union(starts[devices == d], ends[devices == d])
+            for d in np.unique(devices).tolist()}
 
 
 def _compute_unions(store, trace_id: int) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
@@ -266,14 +285,15 @@ def _bandwidth(comms, mask, op, steps: _StepMap, devices) -> tuple[int | None, d
     """(bytes in all, bandwidth metrics, positions of the large collectives in `comms`)."""
     idx = np.flatnonzero(mask)
     sizes, algs, buses, large_idx = [], [], [], []
-    for i in idx.tolist():
-        n = comms["group_size"][i]
-        size = message_bytes(op, comms["bytes"][i], comms["in_elems"][i], comms["out_elems"][i],
-                             comms["dtype"][i], n)
+    size_of: dict[tuple, int | None] = {}  # per distinct description: kernels repeat a few
+    described = zip(*(comms[c][idx].tolist() for c in ("bytes", "in_elems", "out_elems", "dtype", "group_size")))
+    for i, dur, key in zip(idx.tolist(), comms["dur_ns"][idx].tolist(), described):
+        if key not in size_of:
+            size_of[key] = message_bytes(op, *key)
+        size, n = size_of[key], key[4]
         if size is None:
             continue
         sizes.append(size)
-        dur = int(comms["dur_ns"][i])
         a, b = algbw(size, dur), busbw(op, size, dur, n)
         if a is not None:
             algs.append(a)

@@ -8,6 +8,7 @@ import statistics
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import profkit
@@ -15,6 +16,8 @@ from profkit import classify
 from profkit.analyses import analyze_trace
 from profkit.analyses import communication as comm
 from profkit.analyses import comm_skew
+from profkit.analyses.step_inference import load_device_events
+from profkit.ingest import Sink
 from profkit.analyses.nccl_bandwidth import (algbw, bus_factor, busbw, dtype_bytes, link_peak_from_name,
                                              message_bytes)
 
@@ -259,6 +262,57 @@ def test_nsys_sendrecv():
         metrics, findings = run(store, trace_id)
         check_invariants(store, metrics, findings)
         assert group(metrics, "send_recv", None)["count"] == metrics["comm_kernels"] == per_process[pid]
+
+
+@pytest.mark.parametrize("rel", ["kineto/cuda/a100_nccl_rank0_of2.json.gz", "kineto/cuda/v100_nccl_rank1_of2.json.gz",
+                                 "rocprof/v3_json_mi350x/908_results.json.gz",
+                                 "nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite"])
+def test_compute_and_launches_from_the_shared_device_events_match_the_store(rel):
+    """The analysed trace's compute unions and each comm kernel's earliest launch, taken
+    from the device events every pass shares, equal what SQL over the store says."""
+    store = profkit.load(shared_trace(rel))
+    for trace_id in store.trace_ids():
+        dev = load_device_events(store, trace_id)
+        comms = comm._load_comms(store, trace_id, dev)
+        own, queried = comm._own_compute_unions(dev, comms["event_id"]), comm._compute_unions(store, trace_id)
+        assert own.keys() == queried.keys() and own
+        for device, (starts, ends) in queried.items():
+            assert np.array_equal(own[device][0], starts) and np.array_equal(own[device][1], ends)
+        launch = dict(store.con.execute("""
+            SELECT c.event_id, coalesce(min(r.start_ns), any_value(c.start_ns)) FROM comms c
+            LEFT JOIN links l ON l.dst_event = c.event_id AND l.kind = 'launch'
+            LEFT JOIN events r ON r.event_id = l.src_event
+            WHERE c.trace_id = ? AND c.kind = 'kernel' GROUP BY c.event_id
+        """, [trace_id]).fetchall())
+        assert comms["event_id"].size == len(launch) > 0
+        assert comms["launch_ns"].tolist() == [launch[e] for e in comms["event_id"].tolist()]
+
+
+def test_a_comm_kernel_linked_to_several_calls_is_launched_by_the_earliest(tmp_path):
+    """Correlation ids repeat where the input names no process: a kernel is then linked to
+    every call with its id, and placed in a step by the earliest of them."""
+    src = tmp_path / "dup.json"
+    src.write_text("{}")
+    store = profkit.Store.open(None)
+    rows = [("kernel", "ncclDevKernel_AllReduce_Sum_f32_RING_LL", 50_000, None, 7),
+            ("kernel", "gemm", 60_000, None, 8),
+            ("runtime", "cudaLaunchKernel", 30_000, 1, 7), ("runtime", "cudaLaunchKernel", 10_000, 2, 7),
+            ("runtime", "cudaLaunchKernel", 40_000, 1, 7), ("runtime", "cudaLaunchKernel", 55_000, 1, 8)]
+    with Sink(store).trace(src, "dup") as w:
+        w.set_trace(rank=0, vendor="nvidia")
+        w.add_events({"event_id": list(range(len(rows))), "kind": [r[0] for r in rows],
+                      "name": [r[1] for r in rows], "start_ns": [r[2] for r in rows],
+                      "dur_ns": [4_000] * len(rows), "pid": [None if r[0] == "kernel" else 100 for r in rows],
+                      "tid": [r[3] for r in rows], "device": [0 if r[0] == "kernel" else None for r in rows],
+                      "stream": [7 if r[0] == "kernel" else None for r in rows],
+                      "correlation": [r[4] for r in rows]})
+    dev = load_device_events(store, 0)
+    comms = comm._load_comms(store, 0, dev)
+    assert store.scalar("SELECT count(*) FROM links WHERE kind = 'launch'") == 4
+    assert comms["name"].tolist() == ["ncclDevKernel_AllReduce_Sum_f32_RING_LL"]
+    assert comms["launch_ns"].tolist() == [10_000]
+    assert {d: (s.tolist(), e.tolist()) for d, (s, e) in comm._own_compute_unions(dev, comms["event_id"]).items()} \
+        == {0: ([60_000], [64_000])}
 
 
 def test_cross_rank_waits_are_per_step_of_inferred_steps():
