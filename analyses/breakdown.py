@@ -60,7 +60,10 @@ US = 1000
 
 def run(ctx: Context) -> PassResult:
     dev = ctx.device_events()
-    starts, ends, devices, categories = dev.start, dev.end, dev.device, dev.category
+    starts, ends, devices = dev.start, dev.end, dev.device
+    # Category tests once per distinct category, then per event by its code.
+    is_comm = (dev.category_values == COMMUNICATION)[dev.category_code]
+    is_mem = (dev.category_values == MEMORY)[dev.category_code]
 
     if starts.size == 0:
         # No device activity: a breakdown cannot be answered, and saying 0% idle would be
@@ -70,26 +73,25 @@ def run(ctx: Context) -> PassResult:
                                    "all_devices": None, "devices": []})
     metrics: dict[str, Any] = hta_breakdown(ctx)
     metrics["device_activity"] = True
-    metrics["all_devices"] = profile(starts, ends, categories)
-    metrics["devices"] = [
-        {"device": None if d < 0 else int(d),
-         **profile(starts[devices == d], ends[devices == d], categories[devices == d])}
-        for d in sorted(set(devices.tolist()))
-    ]
+    metrics["all_devices"] = profile(starts, ends, is_comm, is_mem)
+    metrics["devices"] = []
+    for d in np.unique(devices).tolist():
+        on = devices == d
+        metrics["devices"].append({"device": None if d < 0 else d,
+                                   **profile(starts[on], ends[on], is_comm[on], is_mem[on])})
     return PassResult(metrics=metrics)
 
 
 # --- profkit's own view ------------------------------------------------------------------
 
-def profile(starts: np.ndarray, ends: np.ndarray, categories: np.ndarray) -> dict[str, Any]:
-    """Busy, idle and per-category time over the span of the given device events."""
+def profile(starts: np.ndarray, ends: np.ndarray, is_comm: np.ndarray, is_mem: np.ndarray) -> dict[str, Any]:
+    """Busy, idle and per-category time over the span of the given device events (the
+    masks: which are communication, which memory; the rest is compute)."""
     if starts.size == 0:
         return {"events": 0, "start_ns": None, "end_ns": None, **{k: 0 for k in _NS_KEYS},
                 **{k: 0.0 for k in _PCT_KEYS}}
     lo, hi = int(starts.min()), int(ends.max())
     span = hi - lo
-    is_comm = categories == COMMUNICATION
-    is_mem = categories == MEMORY
     is_compute = ~(is_comm | is_mem)
     busy = iv.union(starts, ends)
     compute = iv.union(starts[is_compute], ends[is_compute])
@@ -157,7 +159,7 @@ def hta_breakdown(ctx: Context) -> dict[str, Any]:
         keep = _hta_kept(ctx, table, window["last_step_start_ns"])
         starts, ends, types = starts[keep], ends[keep], types[keep]
     busy = iv.union(starts, ends)
-    compute = iv.union(starts[types == "compute"], ends[types == "compute"])
+    compute = iv.union(starts[types == _COMPUTE], ends[types == _COMPUTE])
     span = int(busy[1][-1] - busy[0][0]) if busy[0].size else 0
     busy_ns, compute_ns = iv.total(busy), iv.total(compute)
     out = {
@@ -170,8 +172,8 @@ def hta_breakdown(ctx: Context) -> dict[str, Any]:
         "compute_pct": _pct(compute_ns, span),
         "non_compute_pct": _pct(busy_ns - compute_ns, span),
     }
-    by_type = {t: iv.total(iv.union(starts[types == t], ends[types == t]))
-               for t in ("communication", "memory", "other")}
+    by_type = {t: iv.total(iv.union(starts[types == code], ends[types == code]))
+               for code, t in enumerate(HTA_TYPES) if code != _COMPUTE}
     out["hta"] = {
         "definition": "HTA get_temporal_breakdown (traceinsight 0.6.1), per rank, all devices merged",
         "start_ns": int(busy[0][0]) if busy[0].size else None,
@@ -190,15 +192,10 @@ def _hta_window(ctx: Context) -> dict[str, Any]:
     """HTA drops the last ProfilerStep's device work when the trace names two or more steps
     (Trace._filter_irrelevant_gpu_kernels, include_last_profiler_step=False)."""
     store, trace_id = ctx.store, ctx.trace_id
-    step_names = store.scalar("""
-        SELECT count(DISTINCT name) FROM events
+    step_names, last_start = store.con.execute(f"""
+        SELECT count(DISTINCT name), max(start_ns) FILTER (WHERE NOT {_HTA_GPU_LIKE}) FROM events
         WHERE trace_id = ? AND regexp_matches(name, ?)
-    """, [trace_id, HTA_PROFILER_STEP])
-    last_start = store.scalar(f"""
-        SELECT max(start_ns) FROM events
-        WHERE trace_id = ? AND regexp_matches(name, ?)
-          AND NOT {_HTA_GPU_LIKE}
-    """, [trace_id, HTA_PROFILER_STEP])
+    """, [trace_id, HTA_PROFILER_STEP]).fetchall()[0]
     excluded = bool(step_names >= 2 and last_start is not None)
     return {"profiler_step_names": int(step_names), "last_step_excluded": excluded,
             "last_step_start_ns": int(last_start) if excluded else None}
@@ -224,17 +221,21 @@ def _hta_kept(ctx: Context, table, last_step_start: int) -> np.ndarray:
     return np.where(gpu_like, launched_before, starts < cut)
 
 
+HTA_TYPES = ("compute", "communication", "memory", "other")
+_COMPUTE = HTA_TYPES.index("compute")
+
+
 def _hta_types(kinds, names) -> np.ndarray:
-    """HTA's get_kernel_type per event (Arrow columns in, object array out), decided once
-    per distinct (kind, name); copies and fills are memory whatever their name (a no-op on
+    """HTA's get_kernel_type per event (Arrow columns in; out: codes into HTA_TYPES),
+    decided once per distinct (kind, name); copies and fills are memory whatever their name (a no-op on
     Kineto, where they are named Memcpy/Memset, and sane on other inputs), and sync records
     are never compute."""
     kind_code, kind_values = dictionary_codes(kinds)
     name_code, name_values = dictionary_codes(names)
     pair, first = group_codes(kind_code, name_code)
-    lut = np.array([_hta_type(kind_values[kind_code[i]], name_values[name_code[i]]) for i in first.tolist()],
-                   dtype=object)
-    return lut[pair] if first.size else np.empty(0, dtype=object)
+    lut = np.array([HTA_TYPES.index(_hta_type(kind_values[kind_code[i]], name_values[name_code[i]]))
+                    for i in first.tolist()], dtype=np.int8)
+    return lut[pair] if first.size else np.empty(0, dtype=np.int8)
 
 
 def _hta_type(kind: str, name: str | None) -> str:
