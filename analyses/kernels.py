@@ -62,7 +62,8 @@ def _device_activity(dev) -> dict:
     order = np.argsort(dev.device, kind="stable")  # dev is in (start, id) order
     acts = {"event_id": dev.event_id[order], "device": dev.device[order], "kind": dev.kind[order],
             "start_ns": dev.start[order], "end_ns": dev.end[order], "category": dev.category[order],
-            "category_code": dev.category_code[order], "category_values": dev.category_values}
+            "category_code": dev.category_code[order], "category_values": dev.category_values,
+            "name_code": dev.name_code[order], "name_values": dev.name_values}
     acts["dur_ns"] = acts["end_ns"] - acts["start_ns"]
     return acts
 
@@ -452,8 +453,8 @@ def _latency_findings(ctx, latency, launches, windows, step_ref):
 
 
 def _per_step_time(acts, mask, windows):
-    return float(np.median([acts["dur_ns"][mask & (acts["start_ns"] >= lo) & (acts["start_ns"] < hi)].sum()
-                            for _, lo, hi in windows]))
+    starts, durs = acts["start_ns"][mask], acts["dur_ns"][mask]
+    return float(np.median([durs[(starts >= lo) & (starts < hi)].sum() for _, lo, hi in windows]))
 
 
 def hotspots(store, trace_id, devices):
@@ -479,11 +480,13 @@ def hotspots(store, trace_id, devices):
 
 def _hotspot_findings(ctx, acts, hot, windows, step_ref):
     out = []
+    code_of = {v: i for i, v in enumerate(acts["name_values"].tolist()) if v is not None}
+    is_kernel = acts["kind"] == "kernel"
     for k in hot:
-        ids = ctx.store.arrow("SELECT event_id FROM events WHERE trace_id = ? AND kind = 'kernel' AND name = ? "
-                              "AND coalesce(device, -1) = ?", [ctx.trace_id, k["name"], k["device"]]
-                              ).column("event_id").to_numpy()
-        per_step = _per_step_time(acts, np.isin(acts["event_id"], ids), windows)
+        if k["name"] not in code_of:
+            continue  # a kernel without a name: nothing to point at
+        mine = is_kernel & (acts["name_code"] == code_of[k["name"]]) & (acts["device"] == k["device"])
+        per_step = _per_step_time(acts, mine, windows)
         potential = int(per_step * (1 - 1 / HOTSPOT_SPEEDUP))
         if not _keep(potential, step_ref):
             continue

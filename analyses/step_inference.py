@@ -99,6 +99,8 @@ class DeviceEvents:
     graph: np.ndarray       # bool: enqueued by a graph replay
     category_code: np.ndarray    # category as codes into category_values (dictionary_codes)
     category_values: np.ndarray
+    name_code: np.ndarray        # name as codes into name_values, likewise
+    name_values: np.ndarray
     links: LaunchLinks      # every launch link, for passes that choose among several otherwise
 
     def __len__(self) -> int:
@@ -151,6 +153,7 @@ def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
         launch_id=launch_id, launch_start=launch_start, launch_name=links.name_values[name_code],
         graph=recorded_in_graph(store, event_id) | graph_call,
         category_code=dictionaries["category"][0], category_values=dictionaries["category"][1],
+        name_code=dictionaries["name"][0], name_values=dictionaries["name"][1],
         links=links,
     )
 
