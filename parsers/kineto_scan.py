@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from profkit.compiled import compiled
+from profkit.store import checked_json
 
 from .kineto_read import _BOUNDARY, decode_piece
 from .kineto_sql import FastPathFailed, define_macros, store_copies, store_kernel_info
@@ -391,4 +392,4 @@ def _args_text(parts: list[_Part], fast: np.ndarray) -> pa.ChunkedArray:
         at = np.minimum(np.searchsorted(part.args_rows, stored), max(len(part.args_rows) - 1, 0))
         found = part.args_rows[at] == stored if len(part.args_rows) else np.zeros(len(stored), bool)
         chunks.append(part.args.take(pa.array(at, mask=~found)))
-    return pa.chunked_array(chunks, pa.large_string())
+    return checked_json(pa.chunked_array(chunks, pa.large_string()))  # the scan checked it

@@ -155,6 +155,18 @@ def _as_arrow(columns: Mapping[str, Any], types: Mapping[str, str]) -> pa.Table:
     return pa.table(arrays)
 
 
+def checked_json(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text known to be valid JSON (a parser's own compiled scan checked every byte),
+    typed as Arrow's JSON extension: DuckDB then stores it in a JSON column as it is,
+    instead of parsing it again to validate it (1M Kineto args: 0.25-0.65 CPU-s). With a
+    pyarrow before 19 (no JSON type) it stays text, validated by DuckDB as before."""
+    json_type = getattr(pa, "json_", None)
+    if json_type is None:
+        return text
+    typ = json_type(text.type)
+    return pa.chunked_array([pa.ExtensionArray.from_storage(typ, chunk) for chunk in text.chunks], typ)
+
+
 _ARROW_TYPES = {
     "BIGINT": pa.int64(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
     "VARCHAR": pa.string(), "JSON": pa.string(),

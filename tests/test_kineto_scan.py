@@ -224,6 +224,26 @@ def test_odd_records_store_the_same_either_way(case, tmp_path, monkeypatch):
     assert scanned == read
 
 
+def test_scanned_args_go_into_the_json_column_as_checked_text(tmp_path, monkeypatch):
+    """The scan checked every byte of the args it keeps, so their text is stored without
+    DuckDB parsing it again: typed JSON, valid, the text DuckDB keeps when it does parse
+    it, and readable by the JSON functions."""
+    texts = [json.dumps(ODD_RECORDS["float args values"]), ODD_RECORDS["spaces everywhere"],
+             json.dumps(_LAUNCH), json.dumps(_KERNEL)]
+    path = _trace(tmp_path, None, raw='{"traceEvents": [\n' + ",\n".join(texts) + "\n]}")
+    assert _scanned(path, monkeypatch)
+    store = _store(path, monkeypatch, True)
+    rows = store.con.execute("""
+        SELECT typeof(args), json_valid(CAST(args AS VARCHAR)),
+               CAST(args AS VARCHAR) = CAST(CAST(CAST(args AS VARCHAR) AS JSON) AS VARCHAR)
+        FROM events WHERE args IS NOT NULL
+    """).fetchall()
+    assert len(rows) == 4 and set(rows) == {("JSON", True, True)}
+    assert store.con.execute("SELECT args->>'$.s', args->'$.l' FROM events WHERE args->>'$.x' IS NOT NULL"
+                             ).fetchall() == [(ODD_RECORDS["float args values"]["args"]["s"], "[1,2.0,null,true]")]
+    assert store.scalar("SELECT CAST(args AS VARCHAR) FROM events WHERE name = 'sp'") == '{"External id":3,"k":[1,{},[]]}'
+
+
 # Inputs the scan declines as a whole (DuckDB's path then reads them and words any error).
 DECLINED = {
     "an element that is not an object": '[{"ph": "X", "cat": "cpu_op", "name": "a", "pid": 1, "tid": 2, "ts": 1, "dur": 1}, 5]',

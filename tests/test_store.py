@@ -134,3 +134,26 @@ def test_unknown_columns_are_rejected(tmp_path):
     with pytest.raises(KeyError):
         with Sink(Store.open(None)).trace(source, "test") as w:
             w.add_events({"event_id": [0], "colour": ["red"]})
+
+
+def test_checked_json_is_stored_without_being_parsed_again():
+    """`checked_json` is for text a parser has checked itself: DuckDB stores it in the JSON
+    column as it is (the proof: text that is not JSON goes in unchanged), where plain text
+    is parsed to validate it and refused when it is not JSON."""
+    import duckdb
+    import pyarrow as pa
+
+    from profkit.store import checked_json
+
+    if getattr(pa, "json_", None) is None:
+        pytest.skip("pyarrow before 19 has no JSON type: the text is validated by DuckDB")
+    store = Store.open(None)
+    store.con.execute("CREATE TABLE t (a JSON)")
+    text = pa.chunked_array([pa.array(['{"a":1}', None, "not json"], pa.large_string())])
+    typed = checked_json(text)
+    assert pa.types.is_large_string(typed.type.storage_type) and typed.type.extension_name == "arrow.json"
+    with store.registered(pa.table({"a": typed}), "_checked"):
+        store.con.execute("INSERT INTO t SELECT CAST(a AS JSON) FROM _checked")
+    assert store.con.execute("SELECT CAST(a AS VARCHAR) FROM t").fetchall() == [('{"a":1}',), (None,), ("not json",)]
+    with store.registered(pa.table({"a": text}), "_plain"), pytest.raises(duckdb.Error, match="(?i)json"):
+        store.con.execute("INSERT INTO t SELECT CAST(a AS JSON) FROM _plain")
