@@ -22,7 +22,7 @@ import numpy as np
 
 from profkit import intervals as iv
 from profkit.derive import CUPTI_NO_STREAM
-from profkit.columns import dictionary_codes, group_codes
+from profkit.columns import dictionary_codes, group_codes, per_value
 
 from . import Context, PassResult
 
@@ -61,9 +61,8 @@ US = 1000
 def run(ctx: Context) -> PassResult:
     dev = ctx.device_events()
     starts, ends, devices = dev.start, dev.end, dev.device
-    # Category tests once per distinct category, then per event by its code.
-    is_comm = (dev.category_values == COMMUNICATION)[dev.category_code]
-    is_mem = (dev.category_values == MEMORY)[dev.category_code]
+    is_comm = per_value(lambda c: c == COMMUNICATION, dev.category_code, dev.category_values, bool)
+    is_mem = per_value(lambda c: c == MEMORY, dev.category_code, dev.category_values, bool)
 
     if starts.size == 0:
         # No device activity: a breakdown cannot be answered, and saying 0% idle would be

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from profkit import intervals as iv
-from profkit.columns import positions
+from profkit.columns import per_value, positions
 from profkit.findings import Finding
 from profkit.render import human_ns
 
@@ -149,7 +149,7 @@ def _earliest_launch(dev: DeviceEvents, event_id: np.ndarray, start: np.ndarray)
 def _own_compute_unions(dev: DeviceEvents, comm_ids: np.ndarray) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
     """`_compute_unions` of the analysed trace, from its device events loaded once
     (`comm_ids`: its communication kernels, every kernel of it in `collectives`)."""
-    excluded = np.isin(dev.category_values, COMPUTE_EXCLUDED)[dev.category_code]
+    excluded = per_value(lambda c: c in COMPUTE_EXCLUDED, dev.category_code, dev.category_values, bool)
     chosen = (dev.kind == "kernel") & (dev.end > dev.start) & ~excluded & ~np.isin(dev.event_id, comm_ids)
     devices, starts, ends = dev.device[chosen], dev.start[chosen], dev.end[chosen]
     return {None if d == -1 else d: iv.union(starts[devices == d], ends[devices == d])

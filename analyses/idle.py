@@ -99,7 +99,7 @@ def _load_activities(store, trace_id, dev: DeviceEvents):
     ids = dev.event_id[order]
     acts = {"event_id": ids, "device": dev.device[order], "stream": dev.stream[order],
             "start_ns": dev.start[order], "end_ns": dev.end[order],
-            "comm": (dev.category_values == "communication")[dev.category_code][order]}
+            "comm": per_value(lambda c: c == "communication", dev.category_code, dev.category_values, bool)[order]}
     launch = _launches(dev.links, order, acts["start_ns"])
     acts["launch_event"] = launch["event"]
     acts["dep_link"] = np.isin(ids, store.arrow("""
