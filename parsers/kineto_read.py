@@ -128,6 +128,24 @@ def _decode_error(path, exc: Exception, size: int) -> TraceError:
     return TraceError(path, f"malformed JSON ({text})")
 
 
+def _piece_error(path, exc: Exception, data, pos: int) -> TraceError:
+    """The error for a piece of the events array starting at byte `pos`: msgspec names
+    no position for invalid UTF-8, so it is found here."""
+    if "UTF-8" in str(exc):
+        return not_utf8(path, data, pos)
+    return _decode_error(path, exc, len(data))
+
+
+def not_utf8(path, data, pos: int = 0) -> TraceError:
+    """The error for input that is not UTF-8 text, naming the first bad byte at or after `pos`."""
+    with memoryview(data) as view:
+        try:
+            bytes(view[pos:]).decode("utf-8")
+        except UnicodeDecodeError as err:
+            return TraceError(path, f"not UTF-8 text: invalid byte 0x{err.object[err.start]:02x} at offset {pos + err.start}")
+    return TraceError(path, "not UTF-8 text")
+
+
 class Document:
     """The top level of a trace: `top` maps keys to decoded values (except the events),
     and `chunks()` yields lists of `Ev`."""
@@ -231,6 +249,8 @@ class Document:
             value = json.loads(bytes(data), strict=False)
         except json.JSONDecodeError as exc:
             raise TraceError(self.path, f"malformed JSON ({exc})") from None
+        except UnicodeDecodeError:
+            raise not_utf8(self.path, data) from None
         if isinstance(value, list):
             self._events_list = value
             return
@@ -287,8 +307,13 @@ class Document:
                 try:
                     value = decode(_piece(data, pos, m.start() + 1))
                 except msgspec.DecodeError as exc:
-                    if not self.checked and "truncated" not in str(exc):
-                        raise RangeUnverified(str(exc)) from None
+                    # A piece cut inside a string or a nested object is truncated; any
+                    # other error is in the input (trying ever longer pieces would take
+                    # quadratic time to reach the same error at the end).
+                    if "truncated" not in str(exc):
+                        if not self.checked:
+                            raise RangeUnverified(str(exc)) from None
+                        raise _piece_error(self.path, exc, data, pos) from None
                     target = m.end()  # the match was inside a string: try the next one
                     continue
                 yield value, m.start() - lo
@@ -303,7 +328,7 @@ class Document:
                 except msgspec.DecodeError as exc:
                     if not self.checked:
                         raise RangeUnverified(str(exc)) from None
-                    raise _decode_error(self.path, exc, len(data)) from None
+                    raise _piece_error(self.path, exc, data, pos) from None
                 yield value, hi - lo
                 if release:
                     release(pos, end)

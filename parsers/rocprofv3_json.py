@@ -398,7 +398,7 @@ def _parse_process(path: Path, proc: Process, lists: _Staged, w) -> None:
 def _take(path: Path, lists: _Staged, name: str) -> dict[str, pa.Array]:
     """A list's columns, dropping its reads so they are freed once stored."""
     kind, parts, reads = lists.files.pop(name)
-    return _columns(path, parts, kind, reads)
+    return _columns(path, name, parts, kind, reads)
 
 
 _H = "STRUCT(handle BIGINT)"
@@ -446,8 +446,8 @@ _OBJECTS = {kind: tuple(sorted({f.rsplit(".", k)[0] for f in fields for k in ran
             for kind, fields in FIELDS.items()}
 
 
-def _columns(path: Path, parts: list[Path], kind: str, reads: list[Future]) -> dict[str, pa.Array]:
-    """One Arrow array per (dotted) field of the records of a staged list, from the
+def _columns(path: Path, name: str, parts: list[Path], kind: str, reads: list[Future]) -> dict[str, pa.Array]:
+    """One Arrow array per (dotted) field of the records of the staged list `name`, from the
     reads of its parts. A record without a required field is an unusable input, as with
     a typed decoder."""
     try:
@@ -457,11 +457,19 @@ def _columns(path: Path, parts: list[Path], kind: str, reads: list[Future]) -> d
         try:
             table = _read_json(_joined(parts), kind)
         except duckdb.Error as exc:
-            raise TraceError(path, f"unexpected {kind} record: {str(exc).splitlines()[0]}") from None
+            raise TraceError(path, f"unreadable {name} records: {_duckdb_json_error(exc)}") from None
     if pc.any(table.column("_missing")).as_py():
         bad = pc.index(table.column("_missing"), True).as_py()
-        raise TraceError(path, f"unexpected {kind} record: record {bad} lacks one of {', '.join(REQUIRED[kind])}")
+        raise TraceError(path, f"unusable {name} record: record {bad} lacks one of {', '.join(REQUIRED[kind])}")
     return {f: table.column(f).combine_chunks() for f in FIELDS[kind]}
+
+
+def _duckdb_json_error(exc: duckdb.Error) -> str:
+    """DuckDB's message for a list it could not read, without its error class and the
+    name of the staged file (a temporary file the user never saw)."""
+    text = str(exc).splitlines()[0]
+    text = re.sub(r'^[A-Za-z ]+Error: ', "", text)
+    return re.sub(r' in file "[^"]*",', "", text)
 
 
 def _read_json(file: Path, kind: str) -> pa.Table:

@@ -131,3 +131,40 @@ def test_an_end_far_from_the_end_of_the_file_keeps_the_whole_document_check(tmp_
     path = _write(tmp_path, json.dumps({"traceEvents": [event(i) for i in range(5)], "traceName": "x" * 500}))
     assert not _located(path, monkeypatch)
     _same_either_way(path, monkeypatch)
+
+
+BAD_BYTE = b"\xff"
+
+
+@pytest.mark.parametrize("control_character", [False, True])
+def test_invalid_utf8_is_named_at_its_offset_either_way(tmp_path, monkeypatch, control_character):
+    # msgspec passes over the events array's strings without checking their UTF-8 (a
+    # msgspec.Raw), so the bad byte is first met by a piece; with a raw control character
+    # too, the stdlib's decoder meets it.
+    text = json.dumps({"traceEvents": [event(i) for i in range(40)], "traceName": "x"}).encode()
+    bad = text.replace(b'"k7"', b'"k\xff7"' if not control_character else b'"k\x01\xff7"', 1)
+    path = tmp_path / "t.json"
+    path.write_bytes(bad)
+    expected = f"not UTF-8 text: invalid byte 0xff at offset {bad.index(BAD_BYTE)}"
+    assert _error(path, True, monkeypatch) == expected
+    assert _error(path, False, monkeypatch) == expected
+
+
+def test_a_piece_that_is_bad_for_another_reason_than_its_cut_is_not_extended(tmp_path):
+    # A piece is extended to the next record boundary only when it was cut inside a
+    # string or an object (msgspec: truncated). Extending it past invalid UTF-8 decoded
+    # ever longer pieces to the end of the array: quadratic, hours on a 50 MB trace.
+    text = json.dumps({"traceEvents": [event(i) for i in range(3000)]}).encode()
+    data = text.replace(b'"k70"', b'"k\xff70"', 1)
+    doc = kineto_read.Document(tmp_path / "t.json", data, check_all=True)
+    assert doc.checked  # the whole-document check does not look inside the strings
+    decoded = []
+
+    def counting(piece):
+        decoded.append(len(piece))
+        return kineto_read.decode_piece(piece)
+
+    with pytest.raises(TraceError, match=f"invalid byte 0xff at offset {data.index(BAD_BYTE)}"):
+        for _ in doc.chunks(counting, piece_bytes=1024):
+            pass
+    assert len(decoded) <= data.index(BAD_BYTE) // 1024 + 2

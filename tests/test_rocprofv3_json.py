@@ -153,3 +153,22 @@ def test_kind_and_operation_names(extra_kind, extra_op):
 
     assert list(zip(kind_names.to_pylist(), op_names.to_pylist())) == \
         [expected(k, o) for k, o in zip(kind_codes, op_codes)]
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("damage", [b'"dispatch_id":@2', b'"dispatch_id":\xff2'])
+def test_a_malformed_record_in_a_located_list_is_named_without_the_staged_file(tmp_path, monkeypatch, scan, damage):
+    # A large input's lists are not checked before they are staged in temporary files for
+    # DuckDB: its error must name the list and the record, not a file the user never saw.
+    from profkit.errors import TraceError
+    from profkit.parsers import rocprofv3_json
+    monkeypatch.setattr(rocprofv3_json, "LOCATE_MIN_BYTES", 0)
+    monkeypatch.setattr(rocprofv3_json, "SCAN_MIN_BYTES", 0 if scan else 1 << 62)
+    text = json.dumps(_doc(), separators=(",", ":")).encode()
+    path = tmp_path / "1_results.json"
+    path.write_bytes(text.replace(b'"dispatch_id":2', damage, 1))
+    with pytest.raises(TraceError) as raised:
+        ingest([str(path)], Store.open(None))
+    problem = raised.value.problem
+    assert problem.startswith("unreadable kernel_dispatch records: Malformed JSON"), problem
+    assert "in record/value" in problem and "profkit-rocprofv3" not in problem and "\n" not in problem
