@@ -197,6 +197,19 @@ def analyze(store: Store, selected_step: int | None = None, passes: tuple[str, .
         return _analyze(store, selected_step, passes)
 
 
+def _input_accounting(store: Store, trace_id: int) -> dict[str, Any]:
+    """What the parser read and what it could not store, so that a report on a damaged
+    input says that its figures leave records out (never a silent partial result)."""
+    records, not_stored = store.con.execute(
+        "SELECT source_records, issue_count FROM traces WHERE trace_id = ?", [trace_id]).fetchone()
+    issues = store.rows("""
+        SELECT reason, count AS records, unusable, example FROM ingest_issues WHERE trace_id = ?
+        ORDER BY unusable DESC, count DESC, reason
+    """, [trace_id])
+    return {"records_read": records, "records_not_stored": not_stored,
+            "unusable_records": sum(i["records"] for i in issues if i["unusable"]), "issues": issues}
+
+
 def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -> dict[str, Any]:
     traces_out = []
     all_findings: list[Finding] = []
@@ -223,7 +236,7 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
         """, [trace_id])[0]
         devices = store.rows("SELECT device, node_id, vendor, name, arch, sm_count, memory_bytes FROM devices "
                              "WHERE trace_id = ? ORDER BY device", [trace_id])
-        traces_out.append({**trace, "devices": devices, **metrics})
+        traces_out.append({**trace, "devices": devices, "input": _input_accounting(store, trace_id), **metrics})
         all_findings.extend(findings)
     return {
         "schema": ANALYSIS_SCHEMA,

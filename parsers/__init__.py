@@ -7,7 +7,9 @@ Every parser module exposes:
   from its content (never raises; reads only a little);
 - `parse(path: Path, sink: profkit.ingest.Sink) -> None`: opens one trace per input unit
   with `sink.trace(...)` and fills it; raises `profkit.errors.TraceError` for input it
-  cannot use at all, and counts every record it skips with `writer.issue(...)`.
+  cannot use at all, and counts every record it skips: `writer.issue(...)` for records it
+  could not use (damaged, inconsistent, of an unknown kind: reports warn of them),
+  `writer.not_stored(...)` for records it reads and leaves out by design (metadata).
 
 and may expose `covered_by(path: Path) -> Path | None`: another file beside `path` that
 holds the same run in a form read instead (an Nsight report's SQLite export), so that a

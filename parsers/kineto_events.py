@@ -253,7 +253,7 @@ class EventBuilder:
     def _metadata(self, r: Ev) -> None:
         spec = _THREAD_META.get(r.name) if isinstance(r.name, str) else None
         if spec is None:
-            self.w.issue(f"metadata record not stored ({r.name})", 1, example(r))
+            self.w.not_stored(f"metadata record not stored ({r.name})", 1, example(r))
             return
         field, per_thread = spec
         a = A.decode_batch([r.args])[0]

@@ -205,5 +205,5 @@ def _fill(con, cat, reader, w, sink, database: Path, shown_path: Path) -> None:
     w.add_rows("threads", meta.threads(con, cat, pids))
     for table, count in meta.unread_tables(con, cat):
         w.read(count)
-        w.issue(f"table not ingested: {table}", count)
+        w.not_stored(f"table not ingested: {table}", count)
     sink.report(str(shown_path), total, total)

@@ -392,14 +392,35 @@ def write_copies(w, first_id: int, bytes_: Any, direction: Any, keep: pa.Array |
 _DICTIONARY_MAX_VALUES = 1 << 16
 
 
-def read_csv(path: Path) -> pa.Table:
-    """A CSV file of a rocprof output as an Arrow table; an unreadable one is a TraceError."""
+def read_csv(path: Path, w) -> pa.Table:
+    """A CSV file of a rocprof output as an Arrow table; an unreadable one is a TraceError.
+
+    Rows with another number of fields than the header (the last row of a file cut short
+    by a crash, a damaged line) are left out and counted as unusable records in `w`: the
+    rest of the file is still read. A file with no such row at all is a TraceError."""
     options = pacsv.ConvertOptions(strings_can_be_null=False, auto_dict_encode=True,
                                    auto_dict_max_cardinality=_DICTIONARY_MAX_VALUES)
+    bad: list = []
+
+    def skip(row) -> str:
+        bad.append(row)
+        return "skip"
+
     try:
-        return pacsv.read_csv(path, convert_options=options)
+        table = pacsv.read_csv(path, convert_options=options,
+                               parse_options=pacsv.ParseOptions(invalid_row_handler=skip))
     except (pa.ArrowInvalid, OSError) as exc:
         raise TraceError(path, f"unreadable CSV: {str(exc).splitlines()[0]}") from None
+    if bad:
+        first = bad[0]
+        where = f" (line {first.number})" if first.number is not None else ""
+        if table.num_rows == 0:
+            raise TraceError(path, f"unreadable CSV: no row has the header's {first.expected_columns} "
+                                   f"fields (the first has {first.actual_columns}{where})")
+        w.read(len(bad))
+        w.issue("CSV rows with another number of fields than the header (cut short or damaged)", len(bad),
+                f"{path.name}{where}: {first.text[:200]}")
+    return table
 
 
 def map_strings(arr: Any, fn, typ: pa.DataType | None = None) -> pa.Array:

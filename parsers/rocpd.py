@@ -122,7 +122,7 @@ def _parse_process(con, names: set[str], guid: str, version, w) -> None:
         if table in names:
             count = _one(con, f"SELECT count(*) FROM {table} WHERE guid = ?", [guid]) or 0
             w.read(count)
-            w.issue(reason, count, table)
+            w.not_stored(reason, count, table)
     threads = [{"pid": pid, "tid": tid, "name": name} for pid, tid, name in con.execute(
         "SELECT P.pid, T.tid, T.name FROM rocpd_info_thread T JOIN rocpd_info_process P "
         "ON P.id = T.pid AND P.guid = T.guid WHERE T.guid = ? AND T.name IS NOT NULL AND T.name != ''",

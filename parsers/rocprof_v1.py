@@ -321,7 +321,7 @@ def _write_rows(rows: list[dict], w) -> None:
 # --- results.csv (per dispatch) ---------------------------------------------------
 
 def _parse_csv(path: Path, w) -> set[int]:
-    table = rc.read_csv(path)
+    table = rc.read_csv(path, w)
     cols = rc.Columns(table.column_names)
     missing = cols.missing({"begin": ("BeginNs",), "end": ("EndNs",), "name": ("KernelName",)})
     if missing:

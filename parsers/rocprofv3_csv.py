@@ -125,7 +125,7 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
     tables = {}
     for file, role in files:
         if role != "stats":
-            tables.setdefault(role, []).append((file, rc.read_csv(file)))
+            tables.setdefault(role, []).append((file, rc.read_csv(file, w)))
     agents = None
     for _file, table in tables.get("agent_info", []):
         agents = _agents(table)
@@ -150,7 +150,7 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
     else:
         for file, table in counters:
             w.read(table.num_rows)
-            w.issue("counter rows not stored (the kernels come from kernel_trace)", table.num_rows, file.name)
+            w.not_stored("counter rows not stored (the kernels come from kernel_trace)", table.num_rows, file.name)
 
     next_id = 0
     nodes_seen: list[int] = []
@@ -173,7 +173,7 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
         next_id += _api(file, table, w, next_id)
     for file, table in tables.get("memory_allocation", []):
         w.read(table.num_rows)
-        w.issue("memory allocation rows not stored", table.num_rows, file.name)
+        w.not_stored("memory allocation rows not stored", table.num_rows, file.name)
     w.set_trace(
         format_version=_version(tables), producer="rocprofv3", vendor=rc.VENDOR,
         metadata={"prefix": prefix, "files": [f.name for f, _ in files], "process_id": pid,
@@ -241,7 +241,7 @@ def _dispatches(file: Path, table: pa.Table, w) -> pa.Table:
     w.note("counter values not stored: counter_collection gives the kernels only, one per dispatch")
     if repeated:
         w.read(repeated)
-        w.issue("counter rows after the first of their dispatch not stored", repeated, file.name)
+        w.not_stored("counter rows after the first of their dispatch not stored", repeated, file.name)
     dropped = {cols.find("Counter_Name"), cols.find("Counter_Value")}
     return table.take(np.sort(first)).drop_columns([c for c in dropped if c])
 

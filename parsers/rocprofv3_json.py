@@ -384,7 +384,7 @@ def _parse_process(path: Path, proc: Process, lists: _Staged, w) -> None:
             next_id += _api(_take(path, lists, name), kinds, markers, pid, w, next_id)
     for name, count in lists.unstored.items():
         w.read(count)
-        w.issue(f"{name} records not stored", count, name)
+        w.not_stored(f"{name} records not stored", count, name)
     node = meta.get("node") or {}
     w.set_trace(
         format_version=str(meta.get("version") or ""), producer="rocprofv3 (rocprofiler-sdk-tool)",

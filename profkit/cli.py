@@ -110,12 +110,15 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
         events, issues = store.con.execute(
             f"SELECT coalesce(sum(event_count), 0), coalesce(sum(issue_count), 0) FROM traces "
             f"WHERE trace_id IN ({ids_sql})").fetchone()
+        unusable = store.con.execute(
+            f"SELECT coalesce(sum(count), 0) FROM ingest_issues WHERE unusable AND trace_id IN ({ids_sql})").fetchone()[0]
         unread = len(store.inputs_not_read()) - unread_before
     finally:
         store.close()
     not_read = f", {unread} file(s) under the input not read" if unread else ""
+    unusable_part = f" ({unusable} of them unusable: damaged or of an unknown kind)" if unusable else ""
     click.echo(f"{output}: {len(ids)} trace(s), {events} events, {issues} input records "
-               f"not stored{not_read} (see `profkit info {output}`)")
+               f"not stored{unusable_part}{not_read} (see `profkit info {output}`)")
 
 
 @cli.command()

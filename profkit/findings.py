@@ -140,6 +140,25 @@ def input_notes(result: dict[str, Any]) -> list[str]:
     return not_read_notes(result) + shared_rank_notes(result.get("traces") or [])
 
 
+def unusable_input_notes(traces: list[dict[str, Any]], shown: int = 3) -> list[str]:
+    """One warning line per trace whose parser met records it could not use (malformed,
+    inconsistent, of an unknown kind): every figure leaves them out, which a report must
+    say before anything else."""
+    lines = []
+    for t in traces:
+        accounting = t.get("input") or {}
+        count = accounting.get("unusable_records") or 0
+        if not count:
+            continue
+        reasons = [i for i in accounting.get("issues") or [] if i.get("unusable")]
+        more = f"; {len(reasons) - shown} more reasons" if len(reasons) > shown else ""
+        listed = "; ".join(f"{i['reason']} ({i['records']:,})" for i in reasons[:shown])
+        lines.append(f"Rank {t.get('rank')} ({t.get('path')}): {count:,} input "
+                     f"{'record' if count == 1 else 'records'} could not be used and every figure leaves "
+                     f"{'it' if count == 1 else 'them'} out: {listed}{more}. profkit info shows an example of each.")
+    return lines
+
+
 def shared_rank_notes(traces: list[dict[str, Any]]) -> list[str]:
     """One line per rank that several traces claim (two runs' traces in one directory):
     the reports tell them apart only by file, and cross-rank figures take them for one job."""

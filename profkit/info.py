@@ -18,7 +18,8 @@ def summary(store: Store) -> list[dict[str, Any]]:
         SELECT trace_id, device, node_id, vendor, name, arch, sm_count, memory_bytes
         FROM devices ORDER BY trace_id, device
     """)
-    issues = store.rows("SELECT trace_id, reason, count, example FROM ingest_issues ORDER BY count DESC")
+    issues = store.rows("SELECT trace_id, reason, count, unusable, example FROM ingest_issues "
+                        "ORDER BY unusable DESC, count DESC, reason")
     used = store.rows("""
         SELECT trace_id, count(DISTINCT device) AS active_devices,
                min(start_ns) AS device_start_ns, max(end_ns) AS device_end_ns

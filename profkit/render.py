@@ -159,9 +159,11 @@ def info_tables(traces: list[dict[str, Any]], out=None, not_read: list[dict[str,
                              str(d["sm_count"] or "-"), human_bytes(d["memory_bytes"]))
             page.print(devs)
         if t["ingest_issues"]:
-            issues = Table("reason", "records", "example", title="input records not stored", title_justify="left")
+            issues = Table("reason", "records", "why", "example", title="input records not stored", title_justify="left")
             for i in t["ingest_issues"]:
-                issues.add_row(i["reason"], f"{i['count']:,}", (i["example"] or "")[:80])
+                why = "unusable" if i["unusable"] else ("note" if not i["count"] else "by design")
+                issues.add_row(i["reason"], f"{i['count']:,}", why, (i["example"] or "")[:80],
+                               style="yellow" if i["unusable"] else None)
             page.print(issues)
         page.print()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .check import Outcome
+from .findings import unusable_input_notes
 from .render import markdown_text
 from .report_markdown import analysis_markdown
 
@@ -23,6 +24,8 @@ def print_check(outcomes: list[Outcome], result: dict[str, Any], code: int) -> N
     from .report_terminal import make_console
 
     console = make_console()
+    for line in unusable_input_notes(result.get("traces") or []):
+        console.print(Text(f"Warning: {line}", style="bold yellow"))
     console.print(table)
     console.print(f"{_VERDICT.get(code, '')} (exit {code})")
 

@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from . import __version__
-from .findings import combined_lines, group_across_ranks, input_notes, path_parts, replay_note, trace_notes
+from .findings import (combined_lines, group_across_ranks, input_notes, path_parts, replay_note, trace_notes,
+                       unusable_input_notes)
 from .render import device_names, human_bytes, human_ns
 from .report_html_parts import (CSS, SORT_JS, cell, colour, esc, evidence_table, meter, ns_cell, num, pct,
                                 stacked_bar, step_chart, table)
@@ -249,7 +250,8 @@ def analysis_html(result: dict[str, Any], top: int = 10) -> str:
     """The whole report as one HTML document (a string)."""
     traces = result.get("traces") or []
     findings = group_across_ranks(result.get("findings") or [])
-    notes = "".join(f'<p class="muted">{esc(line)}</p>' for line in input_notes(result))
+    notes = "".join(f'<p class="warning"><b>Warning:</b> {esc(line)}</p>' for line in unusable_input_notes(traces))
+    notes += "".join(f'<p class="muted">{esc(line)}</p>' for line in input_notes(result))
     body = (_header(traces) + notes + _summary(traces) + _where_time_goes(traces)
             + _findings(findings, top, _trace_arg(traces), traces) + _rank_details(traces))
     return ("<!DOCTYPE html>\n"

@@ -228,6 +228,7 @@ td.name{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-br
 table.kv th{width:30%;font-weight:500;background:none;white-space:normal}
 table.kv,table.records{font-size:12.5px;width:auto;min-width:50%}
 .muted{color:var(--muted)}.sub{margin:8px 0 2px;font-weight:600}
+.warning{border-left:4px solid #c77700;background:var(--panel);padding:6px 10px}
 .meta{color:var(--muted);margin:0 0 8px}.meta b{color:var(--fg);font-weight:600}
 .card{border:1px solid var(--line);border-left:4px solid var(--accent);border-radius:4px;padding:10px 14px;margin:12px 0;background:var(--bg)}
 .card .help{color:var(--muted);font-size:13px}

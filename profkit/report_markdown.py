@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings import combined_lines, group_across_ranks, input_notes, replay_note, trace_notes
+from .findings import combined_lines, group_across_ranks, input_notes, replay_note, trace_notes, unusable_input_notes
 from .render import device_names, human_ns, markdown_text
 
 
@@ -12,8 +12,11 @@ def _pct(value: Any) -> str:
 
 
 def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
-    out = ["# profkit analysis", "", "| rank | format | devices | steps | step p50 | idle | compute | communication |",
-           "|---:|---|---|---:|---:|---:|---:|---:|"]
+    out = ["# profkit analysis", ""]
+    for line in unusable_input_notes(result["traces"]):
+        out += [f"> **Warning:** {markdown_text(line)}", ""]
+    out += ["| rank | format | devices | steps | step p50 | idle | compute | communication |",
+            "|---:|---|---|---:|---:|---:|---:|---:|"]
     for t in result["traces"]:
         b = (t.get("breakdown") or {}).get("all_devices") or {}
         s = t.get("steps") or {}

@@ -7,7 +7,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .findings import combined_lines, group_across_ranks, input_notes, path_parts, replay_note, trace_notes
+from .findings import (combined_lines, group_across_ranks, input_notes, path_parts, replay_note, trace_notes,
+                       unusable_input_notes)
 from .render import console as pipe_console, device_names, human_ns
 
 
@@ -102,6 +103,8 @@ def critical_path_bar(trace: dict[str, Any], width: int = 40) -> Text | None:
 
 def print_analysis(result: dict[str, Any], top: int = 10, console: Console | None = None) -> None:
     console = console or make_console()
+    for line in unusable_input_notes(result["traces"]):
+        console.print(Text(f"Warning: {line}", style="bold yellow"))
     console.print(summary_table(result["traces"]))
     for trace in result["traces"]:
         line = critical_path_bar(trace)

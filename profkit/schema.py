@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ingest_issues.unusable
 
 # The closed set of event kinds every parser maps onto.
 EVENT_KINDS = (
@@ -209,6 +209,10 @@ TABLES: tuple[Table, ...] = (
         C("reason", "VARCHAR", "Why the records were not stored as events (e.g. `negative duration`, `unknown ph`)."),
         C("count", "BIGINT", "How many records; 0 notes something the input lacks (a table, a column) without anything dropped."),
         C("example", "VARCHAR", "One such record, abbreviated."),
+        C("unusable", "BOOLEAN", "True where the records could not be used as the input gives them "
+          "(malformed, inconsistent or out-of-range values; kinds this profkit does not know): every "
+          "figure leaves them out, and `profkit analyze` says so. False where they were read and left "
+          "out by design (metadata, tables profkit does not use), and for notes (count 0).", default="false"),
     ), grain="reason"),
     Table("inputs_not_read", "Files under an input directory that no parser claimed, so that nothing "
           "of them is in the store (a rank's trace in a format profkit does not read would otherwise be "

@@ -190,6 +190,7 @@ class TraceWriter:
         self.fields: dict[str, Any] = {}
         self.issues: Counter[str] = Counter()
         self.issue_examples: dict[str, str] = {}
+        self.unusable: set[str] = set()  # reasons counted by issue(), not not_stored()
         self.source_records = 0
         self._events_written = 0
         self._count_lock = threading.Lock()  # a parser may insert from a worker thread too
@@ -208,7 +209,19 @@ class TraceWriter:
         self.fields.update(fields)
 
     def issue(self, reason: str, count: int = 1, example: Any = None) -> None:
-        """Count input records that were not stored, with a reason and one example."""
+        """Count input records that could not be used (malformed, inconsistent, of a kind
+        this parser does not know), with a reason and one example: the reports say that
+        the figures leave them out."""
+        self._count(reason, count, example)
+        if count > 0:
+            self.unusable.add(reason)
+
+    def not_stored(self, reason: str, count: int = 1, example: Any = None) -> None:
+        """Count input records read and left out by design (metadata, tables profkit does
+        not use), with a reason and one example."""
+        self._count(reason, count, example)
+
+    def _count(self, reason: str, count: int, example: Any) -> None:
         if count <= 0:
             return
         self.issues[reason] += count
@@ -319,8 +332,8 @@ class TraceWriter:
         """Write the `traces` row and the issue counts."""
         con = self.store.con
         for reason, count in self.issues.items():
-            con.execute("INSERT INTO ingest_issues VALUES (?, ?, ?, ?)",
-                        [self.trace_id, reason, count, self.issue_examples.get(reason)])
+            con.execute("INSERT INTO ingest_issues (trace_id, reason, count, example, unusable) VALUES (?, ?, ?, ?, ?)",
+                        [self.trace_id, reason, count, self.issue_examples.get(reason), reason in self.unusable])
         fields = dict(self.fields)
         metadata = fields.pop("metadata", None)
         row = {
