@@ -92,13 +92,20 @@ def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> 
         kineto_scan.preload()
     src = Input(path)
     try:
-        doc = Document(path, src.data, check_all)
+        try:
+            doc = Document(path, src.data, check_all)
+        except TraceError:
+            if src.gzip_cut:
+                raise TraceError(path, "truncated gzip (compressed data ends early)") from None
+            raise
         src.release()  # a whole-document check touched every page; pieces are read again
         with sink.trace(path, FORMAT) as w:
+            _count_cut(doc, src, w)
             builder = EventBuilder(w)
             total = doc.events_bytes
+            # doc.data is the input itself, or the part of an input cut short that is read.
             if scan and kineto_scan.worth_scanning(total) and kineto_scan.store(
-                    doc, src.data, builder, w, src.release, lambda done: sink.report(str(path), done, total)):
+                    doc, doc.data, builder, w, src.release, lambda done: sink.report(str(path), done, total)):
                 src.release()
                 _finish(path, doc, builder, w)
                 return
@@ -123,6 +130,18 @@ def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> 
     finally:
         doc = None
         src.close()
+
+
+def _count_cut(doc: Document, src: Input, w) -> None:
+    """An input cut short is read up to its last whole record; what follows is lost, and
+    counted as one unusable record so that every report warns of it."""
+    if doc.cut_short is None:
+        return
+    size, lost = doc.cut_short
+    w.read(1)
+    gzip_cut = " (and its gzip stream ends early)" if src.gzip_cut else ""
+    w.issue(f"input cut short inside traceEvents{gzip_cut}: its last {lost:,} of {size:,} bytes, "
+            "after the last whole record, are lost", 1)
 
 
 def _may_be_scanned(path: Path) -> bool:

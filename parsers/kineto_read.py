@@ -78,7 +78,12 @@ class Input:
         self.data: Any = b""
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == GZIP_MAGIC
-        self._file = _gunzip_to_temp(path) if gzipped else open(path, "rb")
+        # True where the gzip stream ends early: what it holds is read, and the parser says so.
+        self.gzip_cut = False
+        if gzipped:
+            self._file, self.gzip_cut = _gunzip_to_temp(path)
+        else:
+            self._file = open(path, "rb")
         size = os.fstat(self._file.fileno()).st_size
         if size:
             self.data = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -106,19 +111,46 @@ class Input:
 
 
 def _gunzip_to_temp(path):
+    """(temporary file holding the decompressed text, whether the gzip stream ended early).
+    A stream cut short (a copy or a write interrupted) gives what it holds."""
     out = tempfile.TemporaryFile(prefix="profkit-kineto-")
     try:
-        with gzip.open(path, "rb") as src:
-            while block := src.read(_GUNZIP_BLOCK):
-                out.write(block)
+        try:
+            with gzip.open(path, "rb") as src:
+                while block := src.read(_GUNZIP_BLOCK):
+                    out.write(block)
+            cut = False
+        except EOFError:
+            # The gzip module drops the last block it was decompressing: read again with
+            # zlib, which gives everything up to where the stream ends.
+            out.seek(0)
+            out.truncate()
+            _gunzip_available(path, out)
+            cut = True
         out.flush()
-    except EOFError:
-        out.close()
-        raise TraceError(path, "truncated gzip (compressed data ends early)") from None
+        if cut and out.tell() == 0:
+            raise TraceError(path, "truncated gzip (compressed data ends early)")
     except (OSError, zlib.error) as exc:
         out.close()
         raise TraceError(path, f"corrupt gzip ({exc})") from None
-    return out
+    except TraceError:
+        out.close()
+        raise
+    return out, cut
+
+
+def _gunzip_available(path, out) -> None:
+    """Decompress what a gzip file cut short holds (every member, the last one partly)."""
+    with open(path, "rb") as src:
+        stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while block := src.read(_GUNZIP_BLOCK):
+            while block:
+                out.write(stream.decompress(block))
+                block, rest = b"", stream.unused_data
+                if stream.eof and rest:  # the next member of a multi-member file
+                    stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    block = rest
+        out.write(stream.flush())
 
 
 def _decode_error(path, exc: Exception, size: int) -> TraceError:
@@ -160,6 +192,9 @@ class Document:
         # pieces are checked as they are read, and `chunks` raises RangeUnverified if the
         # location does not hold (the caller then starts again with check_all).
         self.checked = True
+        # (input bytes, bytes lost) where the input ends inside the events array and is read
+        # up to its last whole record (`data` is then that part, closed).
+        self.cut_short: tuple[int, int] | None = None
         first = _LEADING_SPACE.match(data).end()
         if first == len(data):
             raise TraceError(path, "empty file")
@@ -172,12 +207,29 @@ class Document:
         try:
             self._fast(data, head)
         except msgspec.DecodeError as exc:
+            if "truncated" in str(exc) and self._close_cut_events(data):
+                return
             if "invalid character" not in str(exc):
                 raise _decode_error(path, exc, len(data)) from None
             self._slow(data)  # control characters inside strings
         if self._events_range is None and self._events_list is None:
             keys = ", ".join(sorted(self.top)[:5]) or "none"
             raise TraceError(path, f"JSON but not a Chrome trace: no traceEvents (top-level keys: {keys})")
+
+    def _close_cut_events(self, data) -> bool:
+        """A document cut short inside its events array (a crash or a full disk while the
+        trace was written) is read up to its last whole record: True where one is found."""
+        found = closed_after_last_record(data)
+        if found is None:
+            return False
+        closed, lost = found
+        self.data = closed
+        self.cut_short = (len(data), lost)
+        try:
+            self._fast(closed, b"{")
+        except msgspec.DecodeError:
+            self._slow(closed)  # control characters inside strings
+        return True
 
     def _fast(self, data: bytes, head: bytes) -> None:
         if head == b"[":
@@ -248,6 +300,10 @@ class Document:
         try:
             value = json.loads(bytes(data), strict=False)
         except json.JSONDecodeError as exc:
+            # Where the input ended inside a value, it may be a trace cut short.
+            at_end = exc.msg.startswith("Unterminated string") or exc.pos >= len(data) - 16
+            if at_end and self.cut_short is None and self._close_cut_events(data):
+                return
             raise TraceError(self.path, f"malformed JSON ({exc})") from None
         except UnicodeDecodeError:
             raise not_utf8(self.path, data) from None
@@ -333,6 +389,39 @@ class Document:
                 if release:
                     release(pos, end)
                 return
+
+
+# A cut document is closed after one of the last record boundaries in its last MB.
+_CUT_WINDOW = 1 << 20
+_CUT_CANDIDATES = 16
+
+
+def closed_after_last_record(data) -> tuple[bytes, int] | None:
+    """(the document closed after the last whole record of its events array, bytes
+    lost) for input that ends inside that array; None where no whole record is found
+    near the end (nothing is guessed: a boundary inside a string does not decode)."""
+    key = _EVENTS_KEY.search(data, 0, min(len(data), _LOCATE_KEY_WITHIN))
+    if key is None:
+        return None
+    start = key.end() - 1
+    window = max(key.end(), len(data) - _CUT_WINDOW)
+    ends = [m.start() + 1 for m in _BOUNDARY.finditer(data, window)]
+    for end in reversed(ends[-_CUT_CANDIDATES:]):
+        closed = b"".join((data[:end], b"]}"))
+        try:
+            top = _TOP.decode(closed)
+        except msgspec.DecodeError as exc:
+            if "invalid character" not in str(exc):
+                continue
+            try:  # control characters inside strings: the stdlib decoder reads them
+                json.loads(closed, strict=False)
+            except ValueError:
+                continue
+            return closed, len(data) - end
+        events = top.get("traceEvents")
+        if events is not None and raw_offset(events, closed) == start:
+            return closed, len(data) - end
+    return None
 
 
 def raw_offset(part, whole) -> int:

@@ -118,3 +118,19 @@ def test_a_csv_without_one_whole_row_is_an_error(tmp_path):
         load(folder)
     proc = run("analyze", str(folder))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and str(kernels) in proc.stderr
+
+
+def test_a_real_trace_cut_short_is_analysed_with_a_warning(tmp_path):
+    """The H100 Qwen trace cut at 70% of its text (as a crash while writing leaves it): its
+    whole records are stored as the full trace stores them, and the reports warn."""
+    raw = gzip.decompress(shared_trace("kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz").read_bytes())
+    path = tmp_path / "cut.json"
+    path.write_bytes(raw[:len(raw) * 7 // 10])
+    full, cut = load(shared_trace("kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz")), load(path)
+    rows = "SELECT kind, name, start_ns, dur_ns FROM events"
+    kept = set(map(tuple, cut.con.execute(rows).fetchall()))
+    assert kept <= set(map(tuple, full.con.execute(rows).fetchall()))
+    assert 0.5 < len(kept) / full.scalar("SELECT count(*) FROM events") < 0.9
+    proc = run("analyze", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "input cut short inside traceEvents" in " ".join(proc.stdout.split())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_strings_that_look_like_boundaries_and_control_characters(tmp_path, monk
 
 @pytest.mark.parametrize("broken", [
     lambda t: t.replace('"dur": 5', '"dur" 5', 1),          # malformed inside the events
-    lambda t: t[:len(t) // 2],                               # truncated
+    lambda t: t[:60],                                        # truncated before a whole record
     lambda t: t.replace('"traceName"', '"traceName" "', 1),  # malformed after the events
 ])
 def test_broken_documents_give_the_checked_parse_error(tmp_path, monkeypatch, broken):
@@ -168,3 +169,37 @@ def test_a_piece_that_is_bad_for_another_reason_than_its_cut_is_not_extended(tmp
         for _ in doc.chunks(counting, piece_bytes=1024):
             pass
     assert len(decoded) <= data.index(BAD_BYTE) // 1024 + 2
+
+
+@pytest.mark.parametrize("control_character", [False, True])
+def test_a_document_cut_short_is_read_up_to_its_last_whole_record(tmp_path, monkeypatch, control_character):
+    # A trace written by a process that crashed or ran out of disk ends inside its events
+    # array: its whole records are read, the same either way, and the loss is counted as
+    # an unusable record (every report warns of it). With a raw control character the
+    # stdlib's decoder meets the cut.
+    events = [event(i, note="k\x01" if control_character and i == 3 else "x") for i in range(40)]
+    text = json.dumps({"traceEvents": events, "traceName": "x"})
+    cut_inside_record_30 = text.index('"k30"') + 3
+    path = _write(tmp_path, text[:cut_inside_record_30])
+    store = _same_either_way(path, monkeypatch)
+    assert store.scalar("SELECT count(*) FROM events") == 30
+    lost = len(text[:cut_inside_record_30]) - (text.index('{"ph"', text.index('"k29"')) - 2)
+    assert store.rows("SELECT reason, count, unusable FROM ingest_issues WHERE unusable") == [{
+        "reason": f"input cut short inside traceEvents: its last {lost:,} of {cut_inside_record_30:,} bytes, "
+                  "after the last whole record, are lost", "count": 1, "unusable": True}]
+    assert store.scalar("SELECT source_records FROM traces") == 31
+
+
+def test_a_gzip_cut_short_gives_what_it_holds(tmp_path):
+    text = json.dumps({"traceEvents": [event(i, note="x" * 200) for i in range(4000)]}).encode()
+    packed = gzip.compress(text)
+    path = tmp_path / "t.json.gz"
+    path.write_bytes(packed[:len(packed) * 3 // 4])
+    store = Store.open(None)
+    ingest([path], store)
+    reason = store.scalar("SELECT reason FROM ingest_issues WHERE unusable")
+    assert reason.startswith("input cut short inside traceEvents (and its gzip stream ends early): its last ")
+    # Every whole record the cut stream holds (each ends `"}}`), read independently.
+    held = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(packed[:len(packed) * 3 // 4])
+    assert 2000 < held.count(b'"}}') < 4000
+    assert store.scalar("SELECT count(*) FROM events") == held.count(b'"}}')
