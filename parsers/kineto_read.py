@@ -407,7 +407,8 @@ def closed_after_last_record(data) -> tuple[bytes, int] | None:
     window = max(key.end(), len(data) - _CUT_WINDOW)
     ends = [m.start() + 1 for m in _BOUNDARY.finditer(data, window)]
     for end in reversed(ends[-_CUT_CANDIDATES:]):
-        closed = b"".join((data[:end], b"]}"))
+        with memoryview(data) as view:
+            closed = b"".join((view[:end], b"]}"))  # one copy (a slice of a map is one more)
         try:
             top = _TOP.decode(closed)
         except msgspec.DecodeError as exc:
