@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import kernel_names
-from .findings import steady_windows
+from .findings import steady_windows, unusable_input_notes
 from .store import Store
 
 DIFF_SCHEMA = "profkit.diff/1"
@@ -415,6 +415,9 @@ def diff(base_store: Store, new_store: Store, base_result: dict[str, Any],
         "base": {"traces": len(b_traces), "paths": sorted({t.get("path") for t in b_traces})},
         "new": {"traces": len(n_traces), "paths": sorted({t.get("path") for t in n_traces})},
         "pairing": {"mode": mode, "note": note},
+        # A side whose parser could not use some records: its figures leave them out.
+        "warnings": [f"base: {line}" for line in unusable_input_notes(b_traces)]
+                    + [f"new: {line}" for line in unusable_input_notes(n_traces)],
         "thresholds": {"finding_grew_pct": GROW_PCT, "finding_grew_min_ns": GROW_MIN_NS},
         "pairs": [diff_pair(base_store, new_store, b, n, base_result.get("findings") or [],
                             new_result.get("findings") or []) for b, n in pairs],

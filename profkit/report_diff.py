@@ -125,6 +125,8 @@ def print_diff(result: dict[str, Any], top: int = 10, console=None) -> None:
     from .render import console as pipe_console
 
     console = console or pipe_console()
+    for line in result.get("warnings") or []:
+        console.print(Text(f"Warning: {line}", style="bold yellow"))
     console.print(Text.assemble(("profkit diff", "bold"), f" — {result['pairing']['note']}"))
     for pair in result["pairs"]:
         console.print(f"base: {_side(pair['base'])}")
@@ -146,7 +148,10 @@ def print_diff(result: dict[str, Any], top: int = 10, console=None) -> None:
 
 
 def diff_markdown(result: dict[str, Any], top: int = 10) -> str:
-    out = ["# profkit diff", "", markdown_text(result["pairing"]["note"]) + ".", ""]
+    out = ["# profkit diff", ""]
+    for line in result.get("warnings") or []:
+        out += [f"> **Warning:** {markdown_text(line)}", ""]
+    out += [markdown_text(result["pairing"]["note"]) + ".", ""]
     for pair in result["pairs"]:
         out += [f"- **base**: {markdown_text(_side(pair['base']))}", f"- **new**: {markdown_text(_side(pair['new']))}", ""]
         for title, columns, make in SECTIONS:

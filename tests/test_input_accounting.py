@@ -134,3 +134,13 @@ def test_a_real_trace_cut_short_is_analysed_with_a_warning(tmp_path):
     proc = run("analyze", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "input cut short inside traceEvents" in " ".join(proc.stdout.split())
+
+
+def test_a_diff_warns_of_the_side_with_unusable_records(kineto_with_a_bad_duration):
+    base = shared_trace("kineto/cuda/h100_bert_small.json.gz")
+    proc = run("diff", str(base), str(kineto_with_a_bad_duration), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    warnings = json.loads(proc.stdout)["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"new: Rank 0 ({kineto_with_a_bad_duration}): 1 {WARNING}")
+    terminal = run("diff", str(base), str(kineto_with_a_bad_duration)).stdout
+    assert terminal.startswith("Warning: new: Rank 0")
