@@ -32,7 +32,9 @@ from profkit.errors import TraceError
 
 from . import kineto_meta, kineto_scan
 from .kineto_events import EventBuilder
-from .kineto_read import CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, decode_piece, text_bytes_estimate
+from .kineto_args import NotUtf8Text
+from .kineto_read import (CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, decode_piece, not_utf8,
+                          text_bytes_estimate)
 from .kineto_sql import SQL_PIECE_BYTES, FastPathFailed, SqlPieces
 
 FORMAT = "kineto"
@@ -77,13 +79,20 @@ def parse(path: Path, sink) -> None:
     try:
         try:
             try:
-                _parse(path, sink, fast=True, check_all=False)
-            except kineto_scan.ScanDeclined:
-                _parse(path, sink, fast=True, check_all=False, scan=False)
-        except RangeUnverified:
-            _parse(path, sink, fast=True, check_all=True, scan=False)
-    except FastPathFailed:
-        _parse(path, sink, fast=False, check_all=True)
+                try:
+                    _parse(path, sink, fast=True, check_all=False)
+                except kineto_scan.ScanDeclined:
+                    _parse(path, sink, fast=True, check_all=False, scan=False)
+            except RangeUnverified:
+                _parse(path, sink, fast=True, check_all=True, scan=False)
+        except FastPathFailed:
+            _parse(path, sink, fast=False, check_all=True)
+    except NotUtf8Text:
+        src = Input(path)
+        try:
+            raise not_utf8(path, src.data) from None
+        finally:
+            src.close()
 
 
 def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> None:

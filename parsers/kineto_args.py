@@ -87,7 +87,15 @@ def raw_text_array(raws: list) -> pa.Array:
     typ = pa.binary() if offsets.dtype == np.int32 else pa.large_binary()
     validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
     arr = pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)])
-    return arr.cast(pa.string() if typ == pa.binary() else pa.large_string())
+    try:
+        return arr.cast(pa.string() if typ == pa.binary() else pa.large_string())
+    except pa.ArrowInvalid:
+        raise NotUtf8Text from None
+
+
+class NotUtf8Text(ValueError):
+    """Raw JSON values holding bytes that are not UTF-8 (msgspec passes over a raw value
+    without checking its text): the parser names the input's first such byte."""
 
 
 # -- scalar normalisation ------------------------------------------------------------

@@ -260,10 +260,11 @@ class EventBuilder:
         value = getattr(a, field)
         pid = int_within(self.norm_id(r.pid))
         tid = int_within(self.norm_id(r.tid)) if per_thread else None
+        if value is not None:  # a sort index beyond BIGINT is no value
+            value = str(value) if field == "name" else int_within(A.as_int(value))
         if pid is None or value is None:
             self.w.issue(f"metadata record without pid or value ({r.name})", 1, example(r))
             return
-        value = str(value) if field == "name" else A.as_int(value)
         self.threads.setdefault((pid, tid), {})[field] = value
 
     def _flow(self, r: Ev) -> None:

@@ -19,6 +19,7 @@ Conventions every rocprof parser follows (documented once, here):
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -406,11 +407,32 @@ def read_csv(path: Path, w) -> pa.Table:
         bad.append(row)
         return "skip"
 
+    def read(source) -> pa.Table:
+        return pacsv.read_csv(source, convert_options=options,
+                              parse_options=pacsv.ParseOptions(invalid_row_handler=skip))
+
+    unraisable: list = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
     try:
-        table = pacsv.read_csv(path, convert_options=options,
-                               parse_options=pacsv.ParseOptions(invalid_row_handler=skip))
+        try:
+            table = read(path)
+        except pa.ArrowInvalid:
+            if not unraisable:
+                raise
+            # pyarrow cannot hand the handler a bad row that is not UTF-8 text (it prints
+            # the failure and stops): read again with such bytes replaced by U+FFFD.
+            bad.clear()
+            text = Path(path).read_bytes().decode("utf-8", "replace").encode()
+            table = read(pa.BufferReader(text))
+            w.note(f"{path.name}: bytes not UTF-8 text replaced by U+FFFD")
     except (pa.ArrowInvalid, OSError) as exc:
         raise TraceError(path, f"unreadable CSV: {str(exc).splitlines()[0]}") from None
+    finally:
+        sys.unraisablehook = hook
+    try:
+        table.column_names
+    except UnicodeDecodeError:
+        raise TraceError(path, "unreadable CSV: its header is not UTF-8 text") from None
     if bad:
         first = bad[0]
         where = f" (line {first.number})" if first.number is not None else ""
@@ -420,7 +442,35 @@ def read_csv(path: Path, w) -> pa.Table:
         w.read(len(bad))
         w.issue("CSV rows with another number of fields than the header (cut short or damaged)", len(bad),
                 f"{path.name}{where}: {first.text[:200]}")
+    return _as_text(table, path, w)
+
+
+def _as_text(table: pa.Table, path: Path, w) -> pa.Table:
+    """Columns the reader left as bytes because some values are not UTF-8 text (a damaged
+    file) as text, each bad byte replaced by U+FFFD and noted: the rows are kept."""
+    for i, column_field in enumerate(table.schema):
+        typ = column_field.type.value_type if pa.types.is_dictionary(column_field.type) else column_field.type
+        if not (pa.types.is_binary(typ) or pa.types.is_large_binary(typ)):
+            continue
+        column = table.column(i).combine_chunks()
+        values = column.dictionary if pa.types.is_dictionary(column.type) else column
+        raw = values.to_pylist()
+        text = pa.array([None if v is None else v.decode("utf-8", "replace") for v in raw], pa.string())
+        bad = sum(1 for v in raw if v is not None and not _is_utf8(v))
+        if pa.types.is_dictionary(column.type):
+            text = pa.DictionaryArray.from_arrays(column.indices, text)
+        table = table.set_column(i, pa.field(column_field.name, text.type), text)
+        distinct = "distinct " if pa.types.is_dictionary(column.type) else ""
+        w.note(f"{path.name}: {bad} {distinct}{column_field.name} value(s) not UTF-8 text (bad bytes replaced by U+FFFD)")
     return table
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def map_strings(arr: Any, fn, typ: pa.DataType | None = None) -> pa.Array:
