@@ -192,9 +192,9 @@ class Document:
         # pieces are checked as they are read, and `chunks` raises RangeUnverified if the
         # location does not hold (the caller then starts again with check_all).
         self.checked = True
-        # (input bytes, bytes lost) where the input ends inside the events array and is read
-        # up to its last whole record (`data` is then that part, closed).
-        self.cut_short: tuple[int, int] | None = None
+        # (input bytes, bytes lost, whether records were lost) where the input is cut short
+        # and read up to where it was whole (`data` is then that part, closed).
+        self.cut_short: tuple[int, int, bool] | None = None
         first = _LEADING_SPACE.match(data).end()
         if first == len(data):
             raise TraceError(path, "empty file")
@@ -222,9 +222,9 @@ class Document:
         found = closed_after_last_record(data)
         if found is None:
             return False
-        closed, lost = found
+        closed, lost, records_lost = found
         self.data = closed
-        self.cut_short = (len(data), lost)
+        self.cut_short = (len(data), lost, records_lost)
         try:
             self._fast(closed, b"{")
         except msgspec.DecodeError:
@@ -396,33 +396,60 @@ _CUT_WINDOW = 1 << 20
 _CUT_CANDIDATES = 16
 
 
-def closed_after_last_record(data) -> tuple[bytes, int] | None:
-    """(the document closed after the last whole record of its events array, bytes
-    lost) for input that ends inside that array; None where no whole record is found
-    near the end (nothing is guessed: a boundary inside a string does not decode)."""
+def cut_short_reason(size: int, lost: int, records_lost: bool = True, gzip_cut: bool = False) -> str:
+    """The ingest issue of a Chrome-trace document cut short and read up to where it was whole."""
+    gzip_part = " (and its gzip stream ends early)" if gzip_cut else ""
+    if records_lost:
+        return (f"input cut short inside traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes, "
+                "after the last whole record, are lost")
+    return f"input cut short after traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes (what follows the events) are lost"
+
+
+def closed_after_last_record(data) -> tuple[bytes, int, bool] | None:
+    """(the document closed where it was last whole, bytes lost, whether records were
+    lost) for input cut short: right after its events array where that ended before the
+    cut (no record lost), else after the last whole record of the array. None where
+    neither is found near the end (nothing is guessed: a close inside a string or a
+    record does not decode)."""
     key = _EVENTS_KEY.search(data, 0, min(len(data), _LOCATE_KEY_WITHIN))
     if key is None:
         return None
     start = key.end() - 1
     window = max(key.end(), len(data) - _CUT_WINDOW)
     ends = [m.start() + 1 for m in _BOUNDARY.finditer(data, window)]
+    at = ends[-1] if ends else key.end()
+    for _ in range(_CUT_CANDIDATES):
+        at = data.find(b"]", at)
+        if at < 0:
+            break
+        closed = _closed(data, at + 1, b"}", start)
+        if closed is not None:
+            return closed, len(data) - at - 1, False
+        at += 1
     for end in reversed(ends[-_CUT_CANDIDATES:]):
-        with memoryview(data) as view:
-            closed = b"".join((view[:end], b"]}"))  # one copy (a slice of a map is one more)
-        try:
-            top = _TOP.decode(closed)
-        except msgspec.DecodeError as exc:
-            if "invalid character" not in str(exc):
-                continue
-            try:  # control characters inside strings: the stdlib decoder reads them
-                json.loads(closed, strict=False)
-            except ValueError:
-                continue
-            return closed, len(data) - end
-        events = top.get("traceEvents")
-        if events is not None and raw_offset(events, closed) == start:
-            return closed, len(data) - end
+        closed = _closed(data, end, b"]}", start)
+        if closed is not None:
+            return closed, len(data) - end, True
     return None
+
+
+def _closed(data, end: int, closing: bytes, events_start: int) -> bytes | None:
+    """data[:end] + closing where that is a valid document whose traceEvents starts at
+    events_start; else None."""
+    with memoryview(data) as view:
+        closed = b"".join((view[:end], closing))  # one copy (a slice of a map is one more)
+    try:
+        top = _TOP.decode(closed)
+    except msgspec.DecodeError as exc:
+        if "invalid character" not in str(exc):
+            return None
+        try:  # control characters inside strings: the stdlib decoder reads them
+            json.loads(closed, strict=False)
+        except ValueError:
+            return None
+        return closed
+    events = top.get("traceEvents")
+    return closed if events is not None and raw_offset(events, closed) == events_start else None
 
 
 def raw_offset(part, whole) -> int:

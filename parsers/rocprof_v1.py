@@ -26,6 +26,7 @@ import pyarrow as pa
 from profkit.errors import TraceError
 
 from . import rocm_common as rc
+from .kineto_read import closed_after_last_record, cut_short_reason
 
 FORMAT = "rocprof_v1"
 _LANE_NAME = re.compile(rb'"args":\s*\{"name":\s*"(CPU HIP API|CPU HSA API|COPY|GPU\d+|GPU Barriers\d+|'
@@ -188,10 +189,22 @@ def _lane(name: str | None):
 
 
 def _parse_json(path: Path, w) -> set[int]:
+    data = path.read_bytes()
     try:
-        doc = msgspec.json.decode(path.read_bytes())
+        doc = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        raise TraceError(path, f"not valid JSON: {exc}") from None
+        # Cut short inside its events (rocprof stopped while writing): read up to the last
+        # whole record, the loss counted as an unusable record (reports warn of it).
+        found = closed_after_last_record(data) if "truncated" in str(exc) else None
+        doc = msgspec.json.decode(found[0]) if found else None
+        if not any(isinstance(e, dict) and e.get("ph") not in (None, "M") for e in (doc or {}).get("traceEvents", [])):
+            raise TraceError(path, f"not valid JSON: {exc}") from None  # nothing but metadata before the cut
+        _, lost, records_lost = found
+        if records_lost:
+            w.read(1)
+            w.issue(cut_short_reason(len(data), lost), 1)
+        else:
+            w.note(cut_short_reason(len(data), lost, records_lost=False))
     events = doc.get("traceEvents") if isinstance(doc, dict) else doc
     if not isinstance(events, list):
         raise TraceError(path, "no traceEvents list")

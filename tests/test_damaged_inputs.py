@@ -169,3 +169,41 @@ def test_a_csv_header_that_is_not_utf8_is_a_one_line_error(tmp_path):
     path.write_bytes(CSV_HEADER.replace(b"Kind", b"Ki\xffnd") + b'"KERNEL_DISPATCH",1,"k",1,10,20\n')
     with pytest.raises(TraceError, match="its header is not UTF-8 text"):
         ingest([str(path)], Store.open(None))
+
+
+def _ingested(path: Path) -> Store:
+    store = Store.open(None)
+    ingest([str(path)], store)
+    return store
+
+
+@pytest.mark.parametrize("where", ["inside the events", "after the events"])
+def test_a_rocprof_v1_results_json_cut_short_is_read_where_it_was_whole(tmp_path, where):
+    source = shared_trace("rocprof/v1_mi300x_bmm")
+    copy = tmp_path / "v1"
+    shutil.copytree(source, copy)
+    results = copy / "results.json"
+    results.chmod(0o644)
+    data = results.read_bytes()
+    events_end = data.index(b"\n],") + 2
+    results.write_bytes(data[:events_end // 2] if where == "inside the events" else data[:events_end + 100])
+    full, cut = _ingested(source), _ingested(copy)
+    issues = cut.rows("SELECT reason, count, unusable FROM ingest_issues WHERE reason LIKE 'input cut short%'")
+    assert len(issues) == 1
+    if where == "after the events":  # every record read: a note, the same events
+        assert issues[0]["count"] == 0 and not issues[0]["unusable"]
+        assert issues[0]["reason"].startswith("input cut short after traceEvents: its last ")
+        assert cut.scalar("SELECT count(*) FROM events") == full.scalar("SELECT count(*) FROM events")
+    else:
+        assert issues[0]["count"] == 1 and issues[0]["unusable"]
+        assert 0 < cut.scalar("SELECT count(*) FROM events") < full.scalar("SELECT count(*) FROM events")
+
+
+def test_a_kineto_trace_cut_after_its_events_keeps_every_event(tmp_path):
+    text = json.dumps({"traceEvents": [KINETO_EVENT] * 5, "traceName": "a long name " * 20})
+    path = tmp_path / "t.json"
+    path.write_text(text[:-40])
+    store = _ingested(path)
+    assert store.scalar("SELECT count(*) FROM events") == 5
+    assert store.rows("SELECT count, unusable FROM ingest_issues WHERE reason LIKE 'input cut short after%'") == [
+        {"count": 0, "unusable": False}]
