@@ -33,7 +33,7 @@ from profkit.errors import TraceError
 from . import kineto_meta, kineto_scan
 from .kineto_events import EventBuilder
 from .kineto_args import NotUtf8Text
-from .kineto_read import (CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, cut_short_reason,
+from .kineto_read import (CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, count_cut_short,
                           decode_piece, not_utf8, text_bytes_estimate)
 from .kineto_sql import SQL_PIECE_BYTES, FastPathFailed, SqlPieces
 
@@ -142,17 +142,10 @@ def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> 
 
 
 def _count_cut(doc: Document, src: Input, w) -> None:
-    """An input cut short is read up to where it was whole. Records lost are counted as one
-    unusable record, so that every report warns of it."""
+    """An input cut short is read up to where it was whole, and says so."""
     if doc.cut_short is None:
         return
-    size, lost, records_lost = doc.cut_short
-    reason = cut_short_reason(size, lost, records_lost, src.gzip_cut)
-    if records_lost:
-        w.read(1)
-        w.issue(reason, 1)
-    else:
-        w.note(reason)  # every record is read: only what follows the events is missing
+    count_cut_short(w, *doc.cut_short, src.gzip_cut)
 
 
 def _may_be_scanned(path: Path) -> bool:

@@ -391,18 +391,24 @@ class Document:
                 return
 
 
-# A cut document is closed after one of the last record boundaries in its last MB.
+# A cut document is closed right after its events array, else after one of the last
+# record boundaries in its last MB: this many candidates of each are tried.
 _CUT_WINDOW = 1 << 20
 _CUT_CANDIDATES = 16
 
 
-def cut_short_reason(size: int, lost: int, records_lost: bool = True, gzip_cut: bool = False) -> str:
-    """The ingest issue of a Chrome-trace document cut short and read up to where it was whole."""
+def count_cut_short(w, size: int, lost: int, records_lost: bool, gzip_cut: bool = False) -> None:
+    """Say in `w` that a Chrome-trace document cut short was read up to where it was whole:
+    records lost are one unusable record (every report warns of it); a cut after the
+    events array loses no record and is a note."""
     gzip_part = " (and its gzip stream ends early)" if gzip_cut else ""
     if records_lost:
-        return (f"input cut short inside traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes, "
-                "after the last whole record, are lost")
-    return f"input cut short after traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes (what follows the events) are lost"
+        w.read(1)
+        w.issue(f"input cut short inside traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes, "
+                "after the last whole record, are lost", 1)
+    else:
+        w.note(f"input cut short after traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes "
+               "(what follows the events) are lost")
 
 
 def closed_after_last_record(data) -> tuple[bytes, int, bool] | None:

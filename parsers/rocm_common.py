@@ -422,7 +422,7 @@ def read_csv(path: Path, w) -> pa.Table:
             # pyarrow cannot hand the handler a bad row that is not UTF-8 text (it prints
             # the failure and stops): read again with such bytes replaced by U+FFFD.
             bad.clear()
-            text = Path(path).read_bytes().decode("utf-8", "replace").encode()
+            text = path.read_bytes().decode("utf-8", "replace").encode()
             table = read(pa.BufferReader(text))
             w.note(f"{path.name}: bytes not UTF-8 text replaced by U+FFFD")
     except (pa.ArrowInvalid, OSError) as exc:
@@ -454,23 +454,20 @@ def _as_text(table: pa.Table, path: Path, w) -> pa.Table:
             continue
         column = table.column(i).combine_chunks()
         values = column.dictionary if pa.types.is_dictionary(column.type) else column
-        raw = values.to_pylist()
-        text = pa.array([None if v is None else v.decode("utf-8", "replace") for v in raw], pa.string())
-        bad = sum(1 for v in raw if v is not None and not _is_utf8(v))
+        decoded, bad = [], 0
+        for value in values.to_pylist():
+            try:
+                decoded.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                decoded.append(value.decode("utf-8", "replace"))
+                bad += 1
+        text = pa.array(decoded, pa.string())
         if pa.types.is_dictionary(column.type):
             text = pa.DictionaryArray.from_arrays(column.indices, text)
         table = table.set_column(i, pa.field(column_field.name, text.type), text)
         distinct = "distinct " if pa.types.is_dictionary(column.type) else ""
         w.note(f"{path.name}: {bad} {distinct}{column_field.name} value(s) not UTF-8 text (bad bytes replaced by U+FFFD)")
     return table
-
-
-def _is_utf8(value: bytes) -> bool:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def map_strings(arr: Any, fn, typ: pa.DataType | None = None) -> pa.Array:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from profkit.errors import TraceError
 
 from . import rocm_common as rc
-from .kineto_read import closed_after_last_record, cut_short_reason
+from .kineto_read import closed_after_last_record, count_cut_short
 
 FORMAT = "rocprof_v1"
 _LANE_NAME = re.compile(rb'"args":\s*\{"name":\s*"(CPU HIP API|CPU HSA API|COPY|GPU\d+|GPU Barriers\d+|'
@@ -200,11 +200,7 @@ def _parse_json(path: Path, w) -> set[int]:
         if not any(isinstance(e, dict) and e.get("ph") not in (None, "M") for e in (doc or {}).get("traceEvents", [])):
             raise TraceError(path, f"not valid JSON: {exc}") from None  # nothing but metadata before the cut
         _, lost, records_lost = found
-        if records_lost:
-            w.read(1)
-            w.issue(cut_short_reason(len(data), lost), 1)
-        else:
-            w.note(cut_short_reason(len(data), lost, records_lost=False))
+        count_cut_short(w, len(data), lost, records_lost)
     events = doc.get("traceEvents") if isinstance(doc, dict) else doc
     if not isinstance(events, list):
         raise TraceError(path, "no traceEvents list")

@@ -78,6 +78,18 @@ def console(file=None, **options):
 _MARKDOWN_SPECIAL = re.compile(r"[\\`*<>\[\]~|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 
 
+def markdown_warnings(lines: list[str]) -> list[str]:
+    """Warnings as Markdown quote blocks, each followed by a blank line."""
+    return [part for line in lines for part in (f"> **Warning:** {markdown_text(line)}", "")]
+
+
+def warning_text(line: str):
+    """A warning for a rich console: the reports print them before anything else."""
+    from rich.text import Text
+
+    return Text(f"Warning: {line}", style="bold yellow")
+
+
 def markdown_text(text: Any) -> str:
     """Data (kernel names, paths, titles built from them) as one line of Markdown that
     renders as itself: GitHub would take `FillFunctor<float>` for an HTML tag and drop it,

@@ -5,7 +5,7 @@ from typing import Any
 
 from .check import Outcome
 from .findings import unusable_input_notes
-from .render import markdown_text
+from .render import markdown_text, warning_text
 from .report_markdown import analysis_markdown
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "unanswerable": "N/A"}
@@ -25,7 +25,7 @@ def print_check(outcomes: list[Outcome], result: dict[str, Any], code: int) -> N
 
     console = make_console()
     for line in unusable_input_notes(result.get("traces") or []):
-        console.print(Text(f"Warning: {line}", style="bold yellow"))
+        console.print(warning_text(line))
     console.print(table)
     console.print(f"{_VERDICT.get(code, '')} (exit {code})")
 

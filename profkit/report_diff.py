@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .render import human_ns, markdown_text
+from .render import human_ns, markdown_text, markdown_warnings, warning_text
 
 
 def _signed_ns(value: float | None) -> str:
@@ -126,7 +126,7 @@ def print_diff(result: dict[str, Any], top: int = 10, console=None) -> None:
 
     console = console or pipe_console()
     for line in result.get("warnings") or []:
-        console.print(Text(f"Warning: {line}", style="bold yellow"))
+        console.print(warning_text(line))
     console.print(Text.assemble(("profkit diff", "bold"), f" — {result['pairing']['note']}"))
     for pair in result["pairs"]:
         console.print(f"base: {_side(pair['base'])}")
@@ -148,9 +148,7 @@ def print_diff(result: dict[str, Any], top: int = 10, console=None) -> None:
 
 
 def diff_markdown(result: dict[str, Any], top: int = 10) -> str:
-    out = ["# profkit diff", ""]
-    for line in result.get("warnings") or []:
-        out += [f"> **Warning:** {markdown_text(line)}", ""]
+    out = ["# profkit diff", "", *markdown_warnings(result.get("warnings") or [])]
     out += [markdown_text(result["pairing"]["note"]) + ".", ""]
     for pair in result["pairs"]:
         out += [f"- **base**: {markdown_text(_side(pair['base']))}", f"- **new**: {markdown_text(_side(pair['new']))}", ""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .findings import combined_lines, group_across_ranks, input_notes, replay_note, trace_notes, unusable_input_notes
-from .render import device_names, human_ns, markdown_text
+from .render import device_names, human_ns, markdown_text, markdown_warnings
 
 
 def _pct(value: Any) -> str:
@@ -12,9 +12,7 @@ def _pct(value: Any) -> str:
 
 
 def analysis_markdown(result: dict[str, Any], top: int = 10) -> str:
-    out = ["# profkit analysis", ""]
-    for line in unusable_input_notes(result["traces"]):
-        out += [f"> **Warning:** {markdown_text(line)}", ""]
+    out = ["# profkit analysis", "", *markdown_warnings(unusable_input_notes(result["traces"]))]
     out += ["| rank | format | devices | steps | step p50 | idle | compute | communication |",
             "|---:|---|---|---:|---:|---:|---:|---:|"]
     for t in result["traces"]:

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from .findings import (combined_lines, group_across_ranks, input_notes, path_parts, replay_note, trace_notes,
                        unusable_input_notes)
-from .render import console as pipe_console, device_names, human_ns
+from .render import console as pipe_console, device_names, human_ns, warning_text
 
 
 def _pct(value: Any) -> str:
@@ -104,7 +104,7 @@ def critical_path_bar(trace: dict[str, Any], width: int = 40) -> Text | None:
 def print_analysis(result: dict[str, Any], top: int = 10, console: Console | None = None) -> None:
     console = console or make_console()
     for line in unusable_input_notes(result["traces"]):
-        console.print(Text(f"Warning: {line}", style="bold yellow"))
+        console.print(warning_text(line))
     console.print(summary_table(result["traces"]))
     for trace in result["traces"]:
         line = critical_path_bar(trace)
