@@ -125,7 +125,7 @@ def _gunzip_to_temp(path):
             # zlib, which gives everything up to where the stream ends.
             out.seek(0)
             out.truncate()
-            _gunzip_available(path, out)
+            gunzip_available(path, out)
             cut = True
         out.flush()
         if cut and out.tell() == 0:
@@ -139,7 +139,7 @@ def _gunzip_to_temp(path):
     return out, cut
 
 
-def _gunzip_available(path, out) -> None:
+def gunzip_available(path, out) -> None:
     """Decompress what a gzip file cut short holds (every member, the last one partly)."""
     with open(path, "rb") as src:
         stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -397,18 +397,19 @@ _CUT_WINDOW = 1 << 20
 _CUT_CANDIDATES = 16
 
 
-def count_cut_short(w, size: int, lost: int, records_lost: bool, gzip_cut: bool = False) -> None:
-    """Say in `w` that a Chrome-trace document cut short was read up to where it was whole:
-    records lost are one unusable record (every report warns of it); a cut after the
-    events array loses no record and is a note."""
+def count_cut_short(w, size: int, lost: int, records_lost: bool, gzip_cut: bool = False,
+                    inside: str = "traceEvents") -> None:
+    """Say in `w` that a document cut short was read up to where it was whole: records
+    lost are one unusable record (every report warns of it); a cut after the records
+    (`inside`: the list they were in) loses none and is a note."""
     gzip_part = " (and its gzip stream ends early)" if gzip_cut else ""
     if records_lost:
         w.read(1)
-        w.issue(f"input cut short inside traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes, "
+        w.issue(f"input cut short inside {inside}{gzip_part}: its last {lost:,} of {size:,} bytes, "
                 "after the last whole record, are lost", 1)
     else:
-        w.note(f"input cut short after traceEvents{gzip_part}: its last {lost:,} of {size:,} bytes "
-               "(what follows the events) are lost")
+        w.note(f"input cut short after {inside}{gzip_part}: its last {lost:,} of {size:,} bytes "
+               f"(what follows {inside}) are lost")
 
 
 def closed_after_last_record(data) -> tuple[bytes, int, bool] | None:

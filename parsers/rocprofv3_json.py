@@ -9,7 +9,8 @@ is mapped, not read). The lists become typed Arrow columns with no Python object
 record (1M dispatches as structs and lists cost ~3 s): in a large input by a compiled
 scan of the bytes where they are (`json_scan`, in parts side by side), otherwise, and
 for any list the scan declines, by DuckDB's JSON reader from a temporary copy of each
-list, two at a time in worker threads while the main thread stores the ones read.
+list, two at a time in worker threads while the main thread stores the ones read. A
+document cut short is read up to its last whole record, the loss counted (`_cut_short`).
 Device records name their agent by handle; agents map handles to HSA node ids and GPU
 ordinals. A HIP call and the dispatch it enqueued share `correlation_id.internal`;
 `correlation_id.external` (a framework id, usually 0) goes to `external_id` where
@@ -18,9 +19,11 @@ non-zero. Timestamps are integer nanoseconds.
 from __future__ import annotations
 
 import gzip
+import io
 import mmap
 import re
 import tempfile
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,7 @@ import pyarrow.compute as pc
 from profkit.errors import TraceError
 
 from . import json_scan, rocm_common as rc
-from .kineto_read import GZIP_MAGIC, raw_offset, text_bytes_estimate
+from .kineto_read import GZIP_MAGIC, count_cut_short, gunzip_available, raw_offset, text_bytes_estimate
 
 FORMAT = "rocprofv3_json"
 TOOL_KEY = b'"rocprofiler-sdk-tool"'
@@ -99,18 +102,32 @@ class _Document:
 
     def __init__(self, path: Path):
         self.data: bytes | mmap.mmap | None = None
+        self.gzip_cut = False  # a gzip stream that ends early: what it holds is read
         try:
             with open(path, "rb") as fh:
                 if fh.read(2) == GZIP_MAGIC:
                     fh.seek(0)
-                    self.data = gzip.decompress(fh.read())
+                    self.data = self._gunzipped(path, fh.read())
                     return
                 try:
                     self.data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
                 except ValueError:  # an empty file cannot be mapped
                     self.data = b""
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise TraceError(path, f"cannot read: {exc}") from None
+
+    def _gunzipped(self, path: Path, packed: bytes) -> bytes:
+        try:
+            return gzip.decompress(packed)
+        except EOFError:
+            # Cut short (a copy or a write interrupted): what the stream holds; the JSON
+            # it ends in is then read up to its last whole record (`_cut_short`).
+            out = io.BytesIO()
+            gunzip_available(path, out)
+            if not out.tell():
+                raise TraceError(path, "truncated gzip (compressed data ends early)") from None
+            self.gzip_cut = True
+            return out.getvalue()
 
     def release(self) -> None:
         data, self.data = self.data, None
@@ -144,12 +161,7 @@ def _may_be_scanned(path: Path) -> bool:
 
 
 def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecutor) -> None:
-    doc = _located(document.data) if len(document.data) >= LOCATE_MIN_BYTES else None
-    if doc is None:
-        try:
-            doc = msgspec.json.decode(document.data, type=Document)
-        except msgspec.DecodeError as exc:
-            raise TraceError(path, f"not a readable rocprofv3 JSON file: {exc}") from None
+    doc, cut = _decoded(path, document.data)
     if not doc.processes:
         raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
     sink.report(str(path), len(document.data), len(document.data))
@@ -165,6 +177,8 @@ def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecu
             for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
                 trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
                 with sink.trace(trace_path, FORMAT, stat_path=path) as w:
+                    if cut is not None and i == len(doc.processes) - 1:  # the process cut short
+                        count_cut_short(w, cut.size, cut.lost, cut.records_lost, document.gzip_cut, inside=cut.inside)
                     try:
                         _parse_process(path, proc, lists, w)
                     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
@@ -172,6 +186,96 @@ def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecu
         except BaseException:
             pool.shutdown(cancel_futures=True)  # reads not started are of no use now
             raise
+
+
+def _decoded(path: Path, data) -> tuple[Document, _Cut | None]:
+    """The document (its lists raw), and where it was cut short if it was."""
+    doc = _located(data) if len(data) >= LOCATE_MIN_BYTES else None
+    if doc is not None:
+        return doc, None
+    try:
+        return msgspec.json.decode(data, type=Document), None
+    except msgspec.DecodeError as exc:
+        if "truncated" not in str(exc):
+            raise TraceError(path, f"not a readable rocprofv3 JSON file: {exc}") from None
+        found = _cut_short(data)
+        if found is None:
+            raise TraceError(path, f"truncated JSON (input ends after {len(data):,} bytes, "
+                                   "before the records of its last process)") from None
+    doc, cut = found
+    if not any(len(raw) > 2 for proc in doc.processes for raw in proc.buffer_records.values()):
+        raise TraceError(path, f"truncated JSON (input ends after {len(data):,} bytes, before its first whole record)")
+    return doc, cut
+
+
+@dataclass
+class _Cut:
+    """Where a document cut short was closed: bytes lost of `size`, whether records were
+    among them, and the list (`inside`) the cut was in or after."""
+    size: int
+    lost: int
+    records_lost: bool
+    inside: str
+
+
+_CLOSE_LIST = b"]}}]}"  # a list, its buffer_records, the process, the process list, the document
+
+
+def _cut_short(data) -> tuple[Document, _Cut] | None:
+    """A document cut short (a crash or a full disk while rocprofv3 wrote it, a copy
+    interrupted) closed where it was last whole, and the cut. rocprofv3 writes
+    `buffer_records` last in each process, and its records hold no list: the cut list is
+    the one whose `]` is missing. None where nothing decodes (a cut before the last
+    process's records)."""
+    found = None
+    for found in _BUFFER_RECORDS.finditer(data):
+        pass  # the last process's lists: the ones cut
+    if found is None:
+        return None
+    at = found.end()
+    while (key := _LIST_START.match(data, at)) is not None:
+        start = key.end() - 1
+        end = data.find(b"]", start)
+        if end < 0:
+            return _closed_inside_list(data, start, f"buffer_records.{key.group(1).decode('utf-8', 'replace')}")
+        at = end + 1
+    # Every list begun is whole: the cut is after the last, where a key may have begun.
+    closed = _closed(data, at, _CLOSE_LIST[1:])
+    if closed is None:
+        return None
+    lost = bytes(data[at:])
+    return closed, _Cut(len(data), len(lost), lost.strip(b" \t\r\n}]") != b"", "buffer_records")
+
+
+def _closed_inside_list(data, start: int, inside: str) -> tuple[Document, _Cut] | None:
+    """The document closed after the last whole record of the list starting at `start`
+    that the cut is in: the first of these that decodes: at the input's end (its last
+    record whole), at the last `},{` (records are compact and hold no string with one),
+    at the list's `[` (no whole record)."""
+    tail = len(data)
+    while tail > start and data[tail - 1:tail] in (b" ", b"\t", b"\r", b"\n", b","):
+        tail -= 1
+    candidates = [tail] if data[tail - 1:tail] == b"}" else []
+    candidates += [data.rfind(b"},{", start) + 1, start + 1]
+    for end in candidates:
+        if end > start:
+            closed = _closed(data, end, _CLOSE_LIST)
+            if closed is not None:
+                return closed, _Cut(len(data), len(data) - end, True, inside)
+    return None
+
+
+def _closed(data, end: int, closing: bytes) -> Document | None:
+    """data[:end] + closing decoded, or None where that is not a document."""
+    with memoryview(data) as view:
+        closed = b"".join((view[:end], closing))
+    doc = _located(closed) if len(closed) >= LOCATE_MIN_BYTES else None
+    if doc is not None:
+        return doc
+    try:
+        return msgspec.json.decode(closed, type=Document)
+    except msgspec.DecodeError:
+        return None
 
 
 # From this size on, the buffer_records lists are located by a byte search instead of

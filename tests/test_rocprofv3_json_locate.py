@@ -95,16 +95,20 @@ def test_several_processes(tmp_path, monkeypatch):
     assert located is not None and len(located) == 2
 
 
-def test_broken_documents_give_the_decoders_error(tmp_path, monkeypatch):
+def test_documents_cut_short_read_alike_either_way(tmp_path, monkeypatch):
+    """Cut short inside its records (read up to the last whole one) or before them (a
+    one-line error): the same with the search on or off."""
     text = json.dumps(_doc(), separators=(",", ":")).encode()
     cut = tmp_path / "cut_results.json"
     cut.write_bytes(text[: len(text) - 40])
+    stores = [_ingest(cut, monkeypatch, locate)[0] for locate in (True, False)]
+    assert table_digests(stores[0]) == table_digests(stores[1])
+    assert stores[0].scalar("SELECT count(*) FROM ingest_issues WHERE reason LIKE 'input cut short inside%'") == 1
     gz = tmp_path / "gz_results.json.gz"
-    gz.write_bytes(gzip.compress(text[: len(text) // 2]))
-    for path in (cut, gz):
-        messages = []
-        for locate in (True, False):
-            with pytest.raises(TraceError) as info:
-                _ingest(path, monkeypatch, locate)
-            messages.append(str(info.value))
-        assert messages[0] == messages[1] and "not a readable rocprofv3 JSON file" in messages[0]
+    gz.write_bytes(gzip.compress(text[: text.index(b'"buffer_records":{')]))
+    messages = []
+    for locate in (True, False):
+        with pytest.raises(TraceError) as info:
+            _ingest(gz, monkeypatch, locate)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "truncated JSON" in messages[0]
