@@ -122,7 +122,7 @@ def _parse_database(database: Path, sink, shown_path: Path) -> None:
         con = connect(database)
         cat = catalog(con)
     except sqlite3.Error as exc:
-        raise TraceError(shown_path, sqlite_problem(exc)) from None
+        raise TraceError(shown_path, sqlite_problem(exc, database)) from None
     reader = Reader(database, con)
     try:
         with sink.trace(shown_path, FORMAT) as w:
@@ -130,7 +130,7 @@ def _parse_database(database: Path, sink, shown_path: Path) -> None:
             try:
                 _fill(con, cat, reader, w, sink, database, shown_path)
             except sqlite3.Error as exc:
-                raise TraceError(shown_path, sqlite_problem(exc)) from None
+                raise TraceError(shown_path, sqlite_problem(exc, database)) from None
             except (duckdb.Error, pa.ArrowException) as exc:
                 # Content the export should not hold (a value of the wrong type where a
                 # number belongs, ...): one line naming the problem, not a traceback.

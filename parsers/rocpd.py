@@ -48,7 +48,7 @@ def parse(path: Path, sink) -> None:
         con = connect(path)
         names = table_names(con)
     except sqlite3.Error as exc:
-        raise TraceError(path, sqlite_problem(exc)) from None
+        raise TraceError(path, sqlite_problem(exc, path)) from None
     try:
         if "rocpd_op" in names or "rocpd_api_ops" in names:
             raise TraceError(path, "rocmProfileData (rpd_tracer) database (tables rocpd_op, rocpd_api_ops): "
@@ -70,7 +70,7 @@ def parse(path: Path, sink) -> None:
                 _parse_process(con, names, guid, version, w)
             sink.report(str(path), guids.index(guid) + 1, len(guids))
     except sqlite3.Error as exc:
-        raise TraceError(path, file_problem(exc) or f"unexpected rocpd content: {str(exc).splitlines()[0]}") from None
+        raise TraceError(path, file_problem(exc, path) or f"unexpected rocpd content: {str(exc).splitlines()[0]}") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise TraceError(path, f"unexpected rocpd content: {str(exc).splitlines()[0]}") from None
     finally:

@@ -537,7 +537,18 @@ def test_truncated_export_is_a_one_line_error(tmp_path):
         with pytest.raises(TraceError):
             nsys.parse(cut, _sink())
     line = _one_line_error(_cli("info", str(cut)))
-    assert f"{cut}: the SQLite database is damaged or truncated" in line
+    assert (f"{cut}: the SQLite file is cut short: it holds {len(data) // 2:,} of the {len(data):,} bytes "
+            "its header gives (an export or a copy that was interrupted)") in line
+
+
+def test_a_damaged_export_of_full_length_is_named_damaged(tmp_path):
+    """Pages overwritten, the size what the header says: damaged, not cut short."""
+    data = bytearray(shared_trace("nsys/t4_vectoradd_streams.sqlite").read_bytes())
+    data[1024:len(data) - 4096] = bytes(len(data) - 5120)  # every page but the first zeroed
+    path = tmp_path / "zeroed.sqlite"
+    path.write_bytes(bytes(data))
+    line = _one_line_error(_cli("info", str(path)))
+    assert f"{path}: the SQLite database is damaged or truncated (" in line
 
 
 def test_a_truncated_rank_in_a_directory_stops_the_run(tmp_path):
@@ -551,7 +562,7 @@ def test_a_truncated_rank_in_a_directory_stops_the_run(tmp_path):
     con.commit()
     con.close()
     line = _one_line_error(_cli("info", str(tmp_path)))
-    assert f"{tmp_path / 'rank1.sqlite'}: the SQLite database is damaged or truncated" in line
+    assert f"{tmp_path / 'rank1.sqlite'}: the SQLite file is cut short: it holds 100,000 of the " in line
     (tmp_path / "rank1.sqlite").unlink()
     assert _cli("info", str(tmp_path)).returncode == 0
 

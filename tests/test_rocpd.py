@@ -129,4 +129,5 @@ def test_a_truncated_database_is_named_as_such(tmp_path):
         path = tmp_path / f"cut{keep}" / "results.db"
         path.parent.mkdir()
         path.write_bytes(data[:keep])
-        _one_line(_cli(path, tmp_path), path, "damaged or truncated")
+        _one_line(_cli(path, tmp_path), path, f"the SQLite file is cut short: it holds {keep:,} of the "
+                                              f"{len(data):,} bytes its header gives")
