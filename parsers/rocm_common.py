@@ -470,8 +470,9 @@ def _as_text(table: pa.Table, path: Path, w) -> pa.Table:
     return table
 
 
-def map_strings(arr: Any, fn, typ: pa.DataType | None = None) -> pa.Array:
-    """Apply a Python function once per distinct value of a string (or any) column.
+def map_strings(arr: Any, fn, typ: pa.DataType | None = None, *, text: bool = True) -> pa.Array:
+    """Apply a Python function once per distinct value of a string column (of any column
+    with `text=False`: `fn` then takes the column's own values).
 
     The result is dictionary-encoded (the input's codes, the mapped values as the
     dictionary, of type `typ` when given): decoding a million strings costs more than
@@ -480,6 +481,9 @@ def map_strings(arr: Any, fn, typ: pa.DataType | None = None) -> pa.Array:
     a = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if not isinstance(a, pa.Array):
         a = pa.array(a)
+    value_type = a.type.value_type if pa.types.is_dictionary(a.type) else a.type
+    if text and not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
+        a = a.cast(pa.string())  # a text column the CSV reader typed otherwise (all numbers, or a damaged header)
     # Columns read with dictionary encoding (the CSV reader) are used as they are.
     encoded = a if pa.types.is_dictionary(a.type) else a.dictionary_encode()
     mapped = pa.array([fn(v) for v in encoded.dictionary.to_pylist()], typ)

@@ -224,7 +224,7 @@ def _missing(file: Path, cols: rc.Columns, fields) -> None:
 def _nodes(table: pa.Table, col: str | None) -> pa.Array | None:
     if not col:
         return None
-    return rc.map_strings(table[col], rc.agent_node, pa.int64()).cast(pa.int64())
+    return rc.map_strings(table[col], rc.agent_node, pa.int64(), text=False).cast(pa.int64())
 
 
 def _dispatches(file: Path, table: pa.Table, w) -> pa.Table:

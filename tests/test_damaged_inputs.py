@@ -164,6 +164,17 @@ def test_a_short_csv_row_that_is_not_utf8_is_counted_without_noise(tmp_path):
     assert store.scalar("SELECT sum(count) FROM ingest_issues WHERE unusable") == 1
 
 
+def test_csv_text_columns_that_read_as_numbers_are_names(tmp_path):
+    # Found by the sweep: a damaged header shifted Kernel_Name onto a column of numbers,
+    # which the reader types as integers; the names' mapping then failed on an int.
+    path = tmp_path / "5_kernel_trace.csv"
+    path.write_bytes(CSV_HEADER + b'"KERNEL_DISPATCH",1,17,1,10,20\n"KERNEL_DISPATCH",1,18,2,30,40\n')
+    store = _ingested(path)
+    assert store.scalar("SELECT list(name ORDER BY start_ns) FROM events") == ["17", "18"]
+    # An Agent_Id written as a number (ROCm 6.2) is still the HSA node it names.
+    assert store.scalar("SELECT list(DISTINCT device) FROM events") == [0]
+
+
 def test_a_csv_header_that_is_not_utf8_is_a_one_line_error(tmp_path):
     path = tmp_path / "5_kernel_trace.csv"
     path.write_bytes(CSV_HEADER.replace(b"Kind", b"Ki\xffnd") + b'"KERNEL_DISPATCH",1,"k",1,10,20\n')
