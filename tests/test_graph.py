@@ -64,6 +64,22 @@ def test_edges_run_forward_and_replay_reproduces_complete_trace(alexnet):
     assert sched.time.max() == g.vtime.max()
 
 
+def test_clock_offsets_put_each_trace_on_the_common_clock():
+    """Two ranks of one trace, the second's clock set 5 ms back: the graph's times are
+    each trace's own plus its offset, and the graph is otherwise the same."""
+    path = shared_trace("kineto/cuda/a100_alexnet_train.json.gz")
+    store = Store.open(None)
+    ingest([path, path], store)  # the same file twice: two traces with equal events
+    before = build_graph(store)
+    store.con.execute("UPDATE traces SET clock_offset_ns = -5000000 WHERE trace_id = 1")
+    after = build_graph(store)
+    shift = np.where(after.trace_id == 1, -5_000_000, 0)
+    assert np.array_equal(after.event_id, before.event_id)
+    assert np.array_equal(after.start, before.start + shift)
+    assert np.array_equal(after.end, before.end + shift)
+    assert np.array_equal(np.sort(after.weight), np.sort(before.weight))
+
+
 def test_sync_waits_from_cuda_sync_events(alexnet):
     path, _, g = alexnet
     raw = _raw(path)
