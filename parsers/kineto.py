@@ -33,7 +33,7 @@ from profkit.errors import TraceError
 from . import kineto_meta, kineto_scan
 from .kineto_events import EventBuilder
 from .kineto_args import NotUtf8Text
-from .kineto_read import (CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, count_cut_short,
+from .kineto_read import (CHUNK_BYTES, GZIP_MAGIC, Document, Input, RangeUnverified, count_cut_short, count_padding,
                           decode_piece, not_utf8, text_bytes_estimate)
 from .kineto_sql import SQL_PIECE_BYTES, FastPathFailed, SqlPieces
 
@@ -143,6 +143,7 @@ def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> 
 
 def _count_cut(doc: Document, src: Input, w) -> None:
     """An input cut short is read up to where it was whole, and says so."""
+    count_padding(w, src.padding)
     if doc.cut_short is None:
         return
     count_cut_short(w, *doc.cut_short, src.gzip_cut)

@@ -85,8 +85,19 @@ class Input:
         else:
             self._file = open(path, "rb")
         size = os.fstat(self._file.fileno()).st_size
+        # NUL bytes the text ends in (a file system's zero-filled tail after a crash, a
+        # preallocated file) are left out of the map: the decoder then sees where the text
+        # really ends, and a document cut short there is read as one.
+        self.padding = 0
         if size:
-            self.data = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            whole = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            end = end_before_padding(whole)
+            self.padding = size - end
+            if self.padding:
+                whole.close()
+                self.data = mmap.mmap(self._file.fileno(), end, access=mmap.ACCESS_READ) if end else b""
+            else:
+                self.data = whole
 
     def release(self, lo: int = 0, hi: int | None = None) -> None:
         """Drop the pages of [lo, hi) from memory (they are read back if touched again)."""
@@ -137,6 +148,28 @@ def _gunzip_to_temp(path):
         out.close()
         raise
     return out, cut
+
+
+_PADDING_BLOCK = 1 << 16
+
+
+def end_before_padding(data) -> int:
+    """len(data) without the NUL bytes it ends in, found a block at a time from the end."""
+    end = len(data)
+    while end:
+        block = bytes(data[max(0, end - _PADDING_BLOCK):end])
+        kept = len(block.rstrip(b"\x00"))
+        end -= len(block) - kept
+        if kept:
+            break
+    return end
+
+
+def count_padding(w, padding: int) -> None:
+    """Say in `w` that the input's trailing NUL bytes were left out."""
+    if padding:
+        w.note(f"{padding:,} NUL bytes after the text left out (a file system's zero-filled tail after a "
+               "crash, or a preallocated file)")
 
 
 def gunzip_available(path, out) -> None:

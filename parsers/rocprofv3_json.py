@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 from profkit.errors import TraceError
 
 from . import json_scan, rocm_common as rc
-from .kineto_read import GZIP_MAGIC, count_cut_short, gunzip_available, raw_offset, text_bytes_estimate
+from .kineto_read import (GZIP_MAGIC, count_cut_short, count_padding, end_before_padding, gunzip_available, raw_offset,
+                          text_bytes_estimate)
 
 FORMAT = "rocprofv3_json"
 TOOL_KEY = b'"rocprofiler-sdk-tool"'
@@ -103,16 +104,26 @@ class _Document:
     def __init__(self, path: Path):
         self.data: bytes | mmap.mmap | None = None
         self.gzip_cut = False  # a gzip stream that ends early: what it holds is read
+        self.padding = 0  # NUL bytes the text ends in, left out (see kineto_read.Input)
         try:
             with open(path, "rb") as fh:
                 if fh.read(2) == GZIP_MAGIC:
                     fh.seek(0)
-                    self.data = self._gunzipped(path, fh.read())
+                    data = self._gunzipped(path, fh.read())
+                    end = end_before_padding(data)
+                    self.padding, self.data = len(data) - end, (data[:end] if end < len(data) else data)
                     return
                 try:
-                    self.data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                    data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
                 except ValueError:  # an empty file cannot be mapped
                     self.data = b""
+                    return
+                end = end_before_padding(data)
+                self.padding = len(data) - end
+                if self.padding:
+                    data.close()
+                    data = mmap.mmap(fh.fileno(), end, access=mmap.ACCESS_READ) if end else b""
+                self.data = data
         except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise TraceError(path, f"cannot read: {exc}") from None
 
@@ -177,8 +188,10 @@ def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecu
             for i, (proc, lists) in enumerate(zip(doc.processes, staged)):
                 trace_path = str(path) if len(doc.processes) == 1 else f"{path}#{i}"
                 with sink.trace(trace_path, FORMAT, stat_path=path) as w:
-                    if cut is not None and i == len(doc.processes) - 1:  # the process cut short
-                        count_cut_short(w, cut.size, cut.lost, cut.records_lost, document.gzip_cut, inside=cut.inside)
+                    if i == len(doc.processes) - 1:  # the process the text ends in
+                        count_padding(w, document.padding)
+                        if cut is not None:
+                            count_cut_short(w, cut.size, cut.lost, cut.records_lost, document.gzip_cut, inside=cut.inside)
                     try:
                         _parse_process(path, proc, lists, w)
                     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:

@@ -218,3 +218,50 @@ def test_a_kineto_trace_cut_after_its_events_keeps_every_event(tmp_path):
     assert store.scalar("SELECT count(*) FROM events") == 5
     assert store.rows("SELECT count, unusable FROM ingest_issues WHERE reason LIKE 'input cut short after%'") == [
         {"count": 0, "unusable": False}]
+
+
+# A crash while a file is written can leave it at its full size with the unwritten part
+# zero-filled (delayed allocation): the text then ends in NUL bytes, where it was cut.
+def _zero_filled(data: bytes, keep: int) -> bytes:
+    return data[:keep] + bytes(len(data) - keep)
+
+
+def _issues(store: Store) -> list[dict]:
+    return store.rows("SELECT reason, count, unusable FROM ingest_issues ORDER BY reason")
+
+
+NUL_NOTE = "NUL bytes after the text left out"
+
+
+@pytest.mark.parametrize("name, member", [("kineto/cuda/a100_event_sync.json.gz", None),
+                                          ("rocprof/v1_mi300x_bmm", "results.json")])
+def test_a_cut_left_zero_filled_is_read_as_the_cut(tmp_path, name, member):
+    source = shared_trace(name)
+    data = gzip.decompress(source.read_bytes()) if member is None else (source / member).read_bytes()
+    keep = len(data) * 3 // 5
+    plain, filled = tmp_path / "plain", tmp_path / "filled"
+    for folder, text in ((plain, data[:keep]), (filled, _zero_filled(data, keep))):
+        if member is None:
+            folder.mkdir()
+            (folder / "t.json").write_bytes(text)
+        else:
+            shutil.copytree(source, folder)
+            (folder / member).chmod(0o644)
+            (folder / member).write_bytes(text)
+    cut, zero_filled = (_ingested(f / "t.json" if member is None else f) for f in (plain, filled))
+    query = "SELECT kind, name, start_ns, dur_ns FROM events ORDER BY event_id"
+    assert zero_filled.rows(query) == cut.rows(query) and cut.rows(query)
+    notes = [i for i in _issues(zero_filled) if NUL_NOTE in i["reason"]]
+    assert notes == [{"reason": f"{len(data) - keep:,} {NUL_NOTE} (a file system's zero-filled tail after a crash, "
+                                "or a preallocated file)", "count": 0, "unusable": False}]
+    assert [i for i in _issues(zero_filled) if NUL_NOTE not in i["reason"]] == _issues(cut)
+
+
+def test_a_whole_trace_followed_by_nul_bytes_keeps_every_event(tmp_path):
+    text = json.dumps({"traceEvents": [KINETO_EVENT] * 5}).encode()
+    path = tmp_path / "t.json"
+    path.write_bytes(text + bytes(100_000))  # more than one block of the search from the end
+    store = _ingested(path)
+    assert store.scalar("SELECT count(*) FROM events") == 5
+    assert store.rows("SELECT count, unusable FROM ingest_issues") == [{"count": 0, "unusable": False}]
+    assert store.scalar("SELECT reason FROM ingest_issues").startswith(f"100,000 {NUL_NOTE}")

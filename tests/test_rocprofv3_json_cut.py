@@ -129,3 +129,17 @@ def test_a_gzip_cut_short_gives_the_whole_records_it_holds(tmp_path, text, full)
     assert _dispatches(store) == _dispatches(full, kept)
     assert _cut_issue(store)["reason"].startswith(
         "input cut short inside buffer_records.kernel_dispatch (and its gzip stream ends early): its last ")
+
+
+def test_a_cut_left_zero_filled_is_read_as_the_cut(tmp_path, text, full):
+    """A crash can leave the file at its full size, the unwritten part zero-filled."""
+    _start, ends = _record_ends(text)
+    cut_at = ends[len(ends) // 2] - 7
+    plain, filled = tmp_path / "plain_results.json", tmp_path / "filled_results.json"
+    plain.write_bytes(text[:cut_at])
+    filled.write_bytes(text[:cut_at] + bytes(len(text) - cut_at))
+    cut, zero_filled = _ingested(plain), _ingested(filled)
+    assert _dispatches(zero_filled) == _dispatches(cut) == _dispatches(full, len(ends) // 2)
+    assert _cut_issue(zero_filled) == _cut_issue(cut)
+    assert zero_filled.scalar("SELECT reason FROM ingest_issues WHERE reason LIKE '%NUL bytes%'").startswith(
+        f"{len(text) - cut_at:,} NUL bytes after the text left out")
