@@ -59,7 +59,24 @@ def detect(path: Path) -> ModuleType | None:
 
 def unreadable(path: Path) -> str | None:
     """For a file no parser claims: what keeps a file of a container the formats use from
-    being read (a truncated or locked SQLite database), or None if nothing does."""
+    being read (a truncated or locked SQLite database, a file of NUL bytes only), or None
+    if nothing does."""
     from .sqlite_file import damage
 
-    return damage(path)
+    return _only_nul(path) or damage(path)
+
+
+def _only_nul(path: Path) -> str | None:
+    """A file whose every byte is NUL: space a crash left unwritten, or a preallocated file."""
+    import mmap
+
+    from .kineto_read import end_before_padding
+
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if end_before_padding(data):
+                return None
+            size = len(data)
+    except (OSError, ValueError):
+        return None
+    return f"every one of its {size:,} bytes is NUL: nothing was written to it (a crash, or a preallocated file)"

@@ -265,3 +265,20 @@ def test_a_whole_trace_followed_by_nul_bytes_keeps_every_event(tmp_path):
     assert store.scalar("SELECT count(*) FROM events") == 5
     assert store.rows("SELECT count, unusable FROM ingest_issues") == [{"count": 0, "unusable": False}]
     assert store.scalar("SELECT reason FROM ingest_issues").startswith(f"100,000 {NUL_NOTE}")
+
+
+def test_a_file_of_nul_bytes_only_is_named_so_alone_or_in_a_directory(tmp_path):
+    # Nothing was written before a crash: in a directory of ranks that is one rank lost,
+    # and analysing the others alone would be a partial result nobody asked for.
+    lone = tmp_path / "lone.json"
+    lone.write_bytes(bytes(5000))
+    with pytest.raises(TraceError, match="every one of its 5,000 bytes is NUL: nothing was written to it"):
+        _ingested(lone)
+    ranks = tmp_path / "ranks"
+    ranks.mkdir()
+    shutil.copy(shared_trace("kineto/cuda/sampled_2ranks/sampled_rank-0.json.gz"), ranks)
+    (ranks / "sampled_rank-1.json").write_bytes(bytes(70_000))
+    with pytest.raises(TraceError) as info:
+        _ingested(ranks)
+    assert info.value.path == str(ranks / "sampled_rank-1.json")
+    assert info.value.problem.startswith("every one of its 70,000 bytes is NUL")
