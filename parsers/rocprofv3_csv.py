@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -127,8 +128,8 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
         if role != "stats":
             tables.setdefault(role, []).append((file, rc.read_csv(file, w)))
     agents = None
-    for _file, table in tables.get("agent_info", []):
-        agents = _agents(table)
+    for file, table in tables.get("agent_info", []):
+        agents = _agents(file, table, w)
         w.read(table.num_rows)
     api_pids = set()
     for _file, table in tables.get("api", []):
@@ -189,25 +190,47 @@ def _version(tables) -> str:
     return ""
 
 
-def _agents(table: pa.Table) -> rc.Agents:
+def _agents(file: Path, table: pa.Table, w) -> rc.Agents | None:
+    """The agents of an agent_info table; None where a row is damaged (no numeric
+    Node_Id): the GPU ordinals would then shift, so devices come from the node ids the
+    records name, as without agent_info."""
     cols = rc.Columns(table.column_names)
-    agents = []
+    agents, unusable = [], []
     for row in table.to_pylist():
         def get(*names):
             c = cols.find(*names)
             return row.get(c) if c else None
+        node = _integer(get("Node_Id"))
+        if node is None:  # a damaged row: no agent can be keyed by it
+            unusable.append(row)
+            continue
         gpu = str(get("Agent_Type")).upper() == "GPU"
-        memory = get("Local_Mem_Size")
-        clock = get("Max_Engine_Clk_Fcompute")
+        memory, clock = _integer(get("Local_Mem_Size")), _integer(get("Max_Engine_Clk_Fcompute"))
         agents.append(rc.Agent(
-            node_id=int(get("Node_Id")), type="GPU" if gpu else "CPU",
+            node_id=node, type="GPU" if gpu else "CPU",
             name=get("Product_Name", "Marketing_Name") or get("Name"),
             arch=get("Name") if gpu else None,
-            cu_count=get("Cu_Count"), wavefront=get("Wave_Front_Size") or None,
-            memory_bytes=memory or None, clock_hz=int(clock) * 1_000_000 if gpu and clock else None,
+            cu_count=_integer(get("Cu_Count")), wavefront=_integer(get("Wave_Front_Size")) or None,
+            memory_bytes=memory or None, clock_hz=clock * 1_000_000 if gpu and clock else None,
             properties={k: v for k, v in row.items() if v not in (None, "")},
         ))
+    if unusable:
+        w.issue("agent_info rows without a numeric Node_Id (agent_info not used: devices from the node ids "
+                "the records name)", len(unusable), f"{file.name}: {unusable[0]}"[:200])
+        return None
     return rc.Agents(agents)
+
+
+def _integer(value: Any) -> int | None:
+    """An integer cell (the reader types a column with a damaged cell as text): else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
 
 
 def _other_args(table: pa.Table, used: set[str]) -> pa.Array:

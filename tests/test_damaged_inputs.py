@@ -282,3 +282,35 @@ def test_a_file_of_nul_bytes_only_is_named_so_alone_or_in_a_directory(tmp_path):
         _ingested(ranks)
     assert info.value.path == str(ranks / "sampled_rank-1.json")
     assert info.value.problem.startswith("every one of its 70,000 bytes is NUL")
+
+
+def test_a_damaged_agent_info_row_falls_back_to_the_node_ids_the_records_name(tmp_path):
+    # Found by the sweep: a byte overwritten in Node_Id ended in an internal error. Without
+    # that row the GPU ordinals would shift, so agent_info is not used at all.
+    source = shared_trace("rocprof/v3_csv_mi300a_rocm6.2")
+    copy = tmp_path / "run"
+    shutil.copytree(source, copy)
+    info = copy / "53730_agent_info.csv"
+    info.chmod(0o644)
+    lines = info.read_bytes().split(b"\n")
+    gpu = next(i for i, line in enumerate(lines) if b'"GPU"' in line)
+    lines[gpu] = b"[" + lines[gpu][1:]  # the first GPU's Node_Id, 4, overwritten
+    info.write_bytes(b"\n".join(lines))
+    full, damaged = _ingested(source), _ingested(copy)
+    query = "SELECT device, count(*) AS n FROM events WHERE kind = 'kernel' GROUP BY 1"
+    assert damaged.rows(query) == full.rows(query) == [{"device": 0, "n": 9}]
+    assert damaged.rows("SELECT device, node_id FROM devices") == [{"device": 0, "node_id": 4}]
+    (issue,) = damaged.rows("SELECT reason, count, unusable FROM ingest_issues WHERE unusable")
+    assert issue["count"] == 1 and issue["reason"].startswith("agent_info rows without a numeric Node_Id")
+
+
+def test_agent_info_numbers_that_are_not_numbers_are_left_unknown(tmp_path):
+    source = shared_trace("rocprof/v3_csv_mi300a_rocm6.2")
+    copy = tmp_path / "run"
+    shutil.copytree(source, copy)
+    info = copy / "53730_agent_info.csv"
+    info.chmod(0o644)
+    info.write_bytes(info.read_bytes().replace(b",3700,2100,", b",3700,21x0,"))  # the GPUs' clock
+    store = _ingested(copy)
+    assert store.scalar("SELECT count(*) FROM devices") == 4
+    assert store.scalar("SELECT count(*) FROM events WHERE kind = 'kernel'") == 9
