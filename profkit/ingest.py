@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import duckdb
+
 from . import derive, schema, split
 from .errors import TraceError
 from .gc_pause import paused_gc
@@ -199,7 +201,13 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
     inputs = [pair for p in paths for pair in find_inputs(Path(p), not_read)]
     with paused_gc():
         for input_path, module in inputs:
-            module.parse(input_path, sink)
+            try:
+                module.parse(input_path, sink)
+            except duckdb.DataError as exc:
+                # A value no column of the store can hold (an integer beyond its type): the
+                # input's, whichever parser met it; its trace was removed on the way out.
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise TraceError(input_path, f"a value profkit cannot store ({first})") from None
         _fill_missing_ranks(store, sink.trace_ids)
     if not_read:
         store.con.executemany("INSERT INTO inputs_not_read VALUES (?, ?)", not_read)

@@ -314,3 +314,27 @@ def test_agent_info_numbers_that_are_not_numbers_are_left_unknown(tmp_path):
     store = _ingested(copy)
     assert store.scalar("SELECT count(*) FROM devices") == 4
     assert store.scalar("SELECT count(*) FROM events WHERE kind = 'kernel'") == 9
+
+
+def test_a_value_beyond_its_columns_type_is_a_one_line_error_naming_it(tmp_path):
+    # Found by a sweep that set one SQLite value of each column to text, a float, NULL or
+    # 2**62: a rocpd workgroup size of 2**62 (kernel_info's block_x is 32-bit) ended in an
+    # internal error.
+    import sqlite3
+
+    path = tmp_path / "28_results.db"
+    shutil.copy(shared_trace("rocprof/rocpd_mi300x_ck_bmm/28_results.db"), path)
+    path.chmod(0o644)
+    con = sqlite3.connect(path)
+    (table,) = con.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                           "AND name LIKE 'rocpd_kernel_dispatch%'").fetchone()
+    con.execute(f'UPDATE "{table}" SET workgroup_size_x = ? WHERE rowid = 3', (2 ** 62,))
+    con.commit()
+    con.close()
+    store = Store.open(None)
+    with pytest.raises(TraceError) as info:
+        ingest([str(path)], store)
+    assert info.value.path == str(path)
+    assert info.value.problem.startswith("a value profkit cannot store (Conversion Error: ")
+    assert "4611686018427387904" in info.value.problem and "block_x" in info.value.problem
+    assert store.scalar("SELECT count(*) FROM traces") == 0  # nothing half-read left behind
