@@ -203,10 +203,13 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
         for input_path, module in inputs:
             try:
                 module.parse(input_path, sink)
-            except duckdb.DataError as exc:
-                # A value no column of the store can hold (an integer beyond its type): the
-                # input's, whichever parser met it; its trace was removed on the way out.
+            except (duckdb.DataError, OverflowError) as exc:
+                # A value no column of the store can hold (an integer beyond its type, or
+                # beyond 64 bits as Arrow takes it in): the input's, whichever parser met it;
+                # its trace was removed on the way out.
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if isinstance(exc, OverflowError):
+                    first = f"an integer beyond 64 bits: {first}"
                 raise TraceError(input_path, f"a value profkit cannot store ({first})") from None
         _fill_missing_ranks(store, sink.trace_ids)
     if not_read:

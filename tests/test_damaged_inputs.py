@@ -338,3 +338,18 @@ def test_a_value_beyond_its_columns_type_is_a_one_line_error_naming_it(tmp_path)
     assert info.value.problem.startswith("a value profkit cannot store (Conversion Error: ")
     assert "4611686018427387904" in info.value.problem and "block_x" in info.value.problem
     assert store.scalar("SELECT count(*) FROM traces") == 0  # nothing half-read left behind
+
+
+def test_an_integer_beyond_64_bits_is_a_one_line_error(tmp_path):
+    # Found by a sweep setting one JSON field to odd values: a kernel symbol's sgpr_count of
+    # 2**64 (msgspec takes it; Arrow's int64 cannot) ended in an internal error.
+    doc = json.loads(gzip.decompress(shared_trace("rocprof/v3_json_mi350x/908_results.json.gz").read_bytes()))
+    doc["rocprofiler-sdk-tool"][0]["kernel_symbols"][5]["sgpr_count"] = 2 ** 64
+    path = tmp_path / "908_results.json"
+    path.write_text(json.dumps(doc))
+    store = Store.open(None)
+    with pytest.raises(TraceError) as info:
+        ingest([str(path)], store)
+    assert info.value.path == str(path)
+    assert info.value.problem.startswith("a value profkit cannot store (an integer beyond 64 bits")
+    assert store.scalar("SELECT count(*) FROM traces") == 0
