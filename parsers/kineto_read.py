@@ -90,14 +90,7 @@ class Input:
         # really ends, and a document cut short there is read as one.
         self.padding = 0
         if size:
-            whole = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-            end = end_before_padding(whole)
-            self.padding = size - end
-            if self.padding:
-                whole.close()
-                self.data = mmap.mmap(self._file.fileno(), end, access=mmap.ACCESS_READ) if end else b""
-            else:
-                self.data = whole
+            self.data, self.padding = mapped_without_padding(self._file.fileno())
 
     def release(self, lo: int = 0, hi: int | None = None) -> None:
         """Drop the pages of [lo, hi) from memory (they are read back if touched again)."""
@@ -163,6 +156,24 @@ def end_before_padding(data) -> int:
         if kept:
             break
     return end
+
+
+def mapped_without_padding(fileno: int) -> tuple[Any, int]:
+    """A read-only map of the open file without the NUL bytes it ends in (b"" where it
+    holds nothing else), and how many those are. ValueError for an empty file."""
+    whole = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+    end = end_before_padding(whole)
+    padding = len(whole) - end
+    if not padding:
+        return whole, 0
+    whole.close()
+    return (mmap.mmap(fileno, end, access=mmap.ACCESS_READ) if end else b""), padding
+
+
+def without_padding(data: bytes) -> tuple[bytes, int]:
+    """`data` without the NUL bytes it ends in, and how many those are."""
+    end = end_before_padding(data)
+    return (data[:end] if end < len(data) else data), len(data) - end
 
 
 def count_padding(w, padding: int) -> None:

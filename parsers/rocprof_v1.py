@@ -26,7 +26,7 @@ import pyarrow as pa
 from profkit.errors import TraceError
 
 from . import rocm_common as rc
-from .kineto_read import closed_after_last_record, count_cut_short, count_padding, end_before_padding
+from .kineto_read import closed_after_last_record, count_cut_short, count_padding, without_padding
 
 FORMAT = "rocprof_v1"
 _LANE_NAME = re.compile(rb'"args":\s*\{"name":\s*"(CPU HIP API|CPU HSA API|COPY|GPU\d+|GPU Barriers\d+|'
@@ -189,11 +189,8 @@ def _lane(name: str | None):
 
 
 def _parse_json(path: Path, w) -> set[int]:
-    data = path.read_bytes()
-    end = end_before_padding(data)
-    if end < len(data):
-        count_padding(w, len(data) - end)
-        data = data[:end]
+    data, padding = without_padding(path.read_bytes())
+    count_padding(w, padding)
     try:
         doc = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:

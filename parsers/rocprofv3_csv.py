@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 from profkit.errors import TraceError
 
 from . import rocm_common as rc
+from .kineto_args import as_int
 
 FORMAT = "rocprofv3_csv"
 
@@ -200,17 +200,17 @@ def _agents(file: Path, table: pa.Table, w) -> rc.Agents | None:
         def get(*names):
             c = cols.find(*names)
             return row.get(c) if c else None
-        node = _integer(get("Node_Id"))
+        node = as_int(get("Node_Id"))
         if node is None:  # a damaged row: no agent can be keyed by it
             unusable.append(row)
             continue
         gpu = str(get("Agent_Type")).upper() == "GPU"
-        memory, clock = _integer(get("Local_Mem_Size")), _integer(get("Max_Engine_Clk_Fcompute"))
+        memory, clock = as_int(get("Local_Mem_Size")), as_int(get("Max_Engine_Clk_Fcompute"))
         agents.append(rc.Agent(
             node_id=node, type="GPU" if gpu else "CPU",
             name=get("Product_Name", "Marketing_Name") or get("Name"),
             arch=get("Name") if gpu else None,
-            cu_count=_integer(get("Cu_Count")), wavefront=_integer(get("Wave_Front_Size")) or None,
+            cu_count=as_int(get("Cu_Count")), wavefront=as_int(get("Wave_Front_Size")) or None,
             memory_bytes=memory or None, clock_hz=clock * 1_000_000 if gpu and clock else None,
             properties={k: v for k, v in row.items() if v not in (None, "")},
         ))
@@ -219,18 +219,6 @@ def _agents(file: Path, table: pa.Table, w) -> rc.Agents | None:
                 "the records name)", len(unusable), f"{file.name}: {unusable[0]}"[:200])
         return None
     return rc.Agents(agents)
-
-
-def _integer(value: Any) -> int | None:
-    """An integer cell (the reader types a column with a damaged cell as text): else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
 
 
 def _other_args(table: pa.Table, used: set[str]) -> pa.Array:

@@ -37,8 +37,8 @@ import pyarrow.compute as pc
 from profkit.errors import TraceError
 
 from . import json_scan, rocm_common as rc
-from .kineto_read import (GZIP_MAGIC, count_cut_short, count_padding, end_before_padding, gunzip_available, raw_offset,
-                          text_bytes_estimate)
+from .kineto_read import (GZIP_MAGIC, count_cut_short, count_padding, gunzip_available, mapped_without_padding,
+                          raw_offset, text_bytes_estimate, without_padding)
 
 FORMAT = "rocprofv3_json"
 TOOL_KEY = b'"rocprofiler-sdk-tool"'
@@ -109,21 +109,12 @@ class _Document:
             with open(path, "rb") as fh:
                 if fh.read(2) == GZIP_MAGIC:
                     fh.seek(0)
-                    data = self._gunzipped(path, fh.read())
-                    end = end_before_padding(data)
-                    self.padding, self.data = len(data) - end, (data[:end] if end < len(data) else data)
+                    self.data, self.padding = without_padding(self._gunzipped(path, fh.read()))
                     return
                 try:
-                    data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                    self.data, self.padding = mapped_without_padding(fh.fileno())
                 except ValueError:  # an empty file cannot be mapped
                     self.data = b""
-                    return
-                end = end_before_padding(data)
-                self.padding = len(data) - end
-                if self.padding:
-                    data.close()
-                    data = mmap.mmap(fh.fileno(), end, access=mmap.ACCESS_READ) if end else b""
-                self.data = data
         except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise TraceError(path, f"cannot read: {exc}") from None
 

@@ -51,6 +51,15 @@ def _cut_line(data: bytes, rng: random.Random) -> bytes:
     return b"\n".join(lines)
 
 
+def _copy_rewriting(source: Path, copy: Path, member: str, rewrite) -> Path:
+    """A copy at `copy` of the input directory `source`, its file `member` rewritten."""
+    shutil.copytree(source, copy)
+    target = copy / member
+    target.chmod(0o644)
+    target.write_bytes(rewrite(target.read_bytes()))
+    return copy
+
+
 # (input under shared/traces, the file in it that is damaged, how it is damaged)
 INPUTS = [
     ("kineto/cuda/a100_event_sync.json.gz", None, (_cut, _overwrite)),
@@ -76,12 +85,7 @@ def _damaged_copy(tmp_path: Path, relative: str, member: str | None, damage, see
     source = shared_trace(relative)
     rng = random.Random(seed)
     if member is not None:  # a directory: one of its files is damaged
-        copy = tmp_path / source.name
-        shutil.copytree(source, copy)
-        target = copy / member
-        target.chmod(0o644)
-        target.write_bytes(damage(target.read_bytes(), rng))
-        return copy
+        return _copy_rewriting(source, tmp_path / source.name, member, lambda data: damage(data, rng))
     copy = tmp_path / source.name
     data = source.read_bytes()
     if source.suffix == ".gz":  # the JSON text is damaged, then compressed again
@@ -191,13 +195,12 @@ def _ingested(path: Path) -> Store:
 @pytest.mark.parametrize("where", ["inside the events", "after the events"])
 def test_a_rocprof_v1_results_json_cut_short_is_read_where_it_was_whole(tmp_path, where):
     source = shared_trace("rocprof/v1_mi300x_bmm")
-    copy = tmp_path / "v1"
-    shutil.copytree(source, copy)
-    results = copy / "results.json"
-    results.chmod(0o644)
-    data = results.read_bytes()
-    events_end = data.index(b"\n],") + 2
-    results.write_bytes(data[:events_end // 2] if where == "inside the events" else data[:events_end + 100])
+
+    def cut(data: bytes) -> bytes:
+        events_end = data.index(b"\n],") + 2
+        return data[:events_end // 2] if where == "inside the events" else data[:events_end + 100]
+
+    copy = _copy_rewriting(source, tmp_path / "v1", "results.json", cut)
     full, cut = _ingested(source), _ingested(copy)
     issues = cut.rows("SELECT reason, count, unusable FROM ingest_issues WHERE reason LIKE 'input cut short%'")
     assert len(issues) == 1
@@ -245,9 +248,7 @@ def test_a_cut_left_zero_filled_is_read_as_the_cut(tmp_path, name, member):
             folder.mkdir()
             (folder / "t.json").write_bytes(text)
         else:
-            shutil.copytree(source, folder)
-            (folder / member).chmod(0o644)
-            (folder / member).write_bytes(text)
+            _copy_rewriting(source, folder, member, lambda _old, text=text: text)
     cut, zero_filled = (_ingested(f / "t.json" if member is None else f) for f in (plain, filled))
     query = "SELECT kind, name, start_ns, dur_ns FROM events ORDER BY event_id"
     assert zero_filled.rows(query) == cut.rows(query) and cut.rows(query)
@@ -288,14 +289,14 @@ def test_a_damaged_agent_info_row_falls_back_to_the_node_ids_the_records_name(tm
     # Found by the sweep: a byte overwritten in Node_Id ended in an internal error. Without
     # that row the GPU ordinals would shift, so agent_info is not used at all.
     source = shared_trace("rocprof/v3_csv_mi300a_rocm6.2")
-    copy = tmp_path / "run"
-    shutil.copytree(source, copy)
-    info = copy / "53730_agent_info.csv"
-    info.chmod(0o644)
-    lines = info.read_bytes().split(b"\n")
-    gpu = next(i for i, line in enumerate(lines) if b'"GPU"' in line)
-    lines[gpu] = b"[" + lines[gpu][1:]  # the first GPU's Node_Id, 4, overwritten
-    info.write_bytes(b"\n".join(lines))
+
+    def overwrite_first_gpu_node(data: bytes) -> bytes:
+        lines = data.split(b"\n")
+        gpu = next(i for i, line in enumerate(lines) if b'"GPU"' in line)
+        lines[gpu] = b"[" + lines[gpu][1:]  # the first GPU's Node_Id, 4, overwritten
+        return b"\n".join(lines)
+
+    copy = _copy_rewriting(source, tmp_path / "run", "53730_agent_info.csv", overwrite_first_gpu_node)
     full, damaged = _ingested(source), _ingested(copy)
     query = "SELECT device, count(*) AS n FROM events WHERE kind = 'kernel' GROUP BY 1"
     assert damaged.rows(query) == full.rows(query) == [{"device": 0, "n": 9}]
@@ -305,12 +306,8 @@ def test_a_damaged_agent_info_row_falls_back_to_the_node_ids_the_records_name(tm
 
 
 def test_agent_info_numbers_that_are_not_numbers_are_left_unknown(tmp_path):
-    source = shared_trace("rocprof/v3_csv_mi300a_rocm6.2")
-    copy = tmp_path / "run"
-    shutil.copytree(source, copy)
-    info = copy / "53730_agent_info.csv"
-    info.chmod(0o644)
-    info.write_bytes(info.read_bytes().replace(b",3700,2100,", b",3700,21x0,"))  # the GPUs' clock
+    copy = _copy_rewriting(shared_trace("rocprof/v3_csv_mi300a_rocm6.2"), tmp_path / "run", "53730_agent_info.csv",
+                           lambda data: data.replace(b",3700,2100,", b",3700,21x0,"))  # the GPUs' clock
     store = _ingested(copy)
     assert store.scalar("SELECT count(*) FROM devices") == 4
     assert store.scalar("SELECT count(*) FROM events WHERE kind = 'kernel'") == 9
