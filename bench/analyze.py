@@ -20,6 +20,9 @@ the raw numbers to bench/out/. Target: >= 10x faster than HTA (first run against
 `--rocprof` adds the 1M-dispatch rocprofv3 JSON of bench/rocprof_synthetic.py (2M events,
 no step annotations: the passes at scale on an AMD capture); HTA does not read rocprof, so
 that row has no ratio.
+`--memory cold,warm` runs every round in each memory state (tile_trace.MEMORY_STATES), a row
+per state: on a VM whose host takes back freed memory, as here, fresh memory costs 3-6 s a
+GB when cold and both tools touch 1-6 GB. Default: as the machine happens to be.
 """
 from __future__ import annotations
 
@@ -76,19 +79,19 @@ def worker(which: str, path: str) -> None:
                           "vmhwm_bytes": tt.own_peak_rss()}))
 
 
-def child(which: str, path: Path) -> dict:
-    return tt.measure([sys.executable, __file__, "--worker", which, str(path)], timeout=900)
+def child(which: str, path: Path, memory: tuple[str, float] | None = None) -> dict:
+    return tt.measure([sys.executable, __file__, "--worker", which, str(path)], timeout=900, memory=memory)
 
 
-def cli_runs(path: Path) -> tuple[dict, dict]:
+def cli_runs(path: Path, memory: tuple[str, float] | None = None) -> tuple[dict, dict]:
     """`profkit analyze PATH --format json` with an empty cache directory, then again."""
     argv = [sys.executable, "-c", "import sys; from profkit.cli import main; sys.argv[0] = 'profkit'; main()",
             "analyze", str(path), "--format", "json"]
     cache = tempfile.mkdtemp(prefix="profkit-bench-cache-")
     env = {**os.environ, "PROFKIT_CACHE_DIR": cache}  # the cache goes there, not beside the input
     try:
-        first = tt.measure(argv, timeout=900, json_output=False, env=env)
-        again = tt.measure(argv, timeout=900, json_output=False, env=env)
+        first = tt.measure(argv, timeout=900, json_output=False, env=env, memory=memory)
+        again = tt.measure(argv, timeout=900, json_output=False, env=env, memory=memory)
         for run in (first, again):
             if "error" not in run and run["output_bytes"] == 0:
                 run["error"] = "no output"
@@ -107,7 +110,7 @@ def _rocprof_json() -> Path:
 
 
 def run(with_hta: bool, tiles: list[int], repeat: int = 1, only: list[str] | None = None,
-        rocprof: bool = False) -> list[dict]:
+        rocprof: bool = False, memory: list[str] | None = None, warm_gb: float = 2.0) -> list[dict]:
     inputs = [(p.name.split(".json")[0], p, tt.count_events(p)) for p in TRACES]
     for millions in tiles:
         tile = OUT / f"tile_v100_{millions}M.json"
@@ -120,17 +123,20 @@ def run(with_hta: bool, tiles: list[int], repeat: int = 1, only: list[str] | Non
     if only:
         inputs = [i for i in inputs if any(word in i[0] for word in only)]
     rows = []
-    for label, path, events in inputs:
+    for (label, path, events), state in ((i, s) for i in inputs for s in (memory or [None])):
+        prepared = (state, warm_gb) if state else None
         # Rounds alternate the tools, so the machine's drift over minutes hits both alike;
         # each round's ratio compares runs made minutes apart at most.
         rounds = []
         for _ in range(repeat):
-            first, again = cli_runs(path)
+            first, again = cli_runs(path, prepared)
             hta_reads = not label.startswith("rocprof")
-            theirs = child("hta", tt.hta_dir(path, OUT / "hta_dirs")) if with_hta and hta_reads else None
+            theirs = (child("hta", tt.hta_dir(path, OUT / "hta_dirs"), prepared) if with_hta and hta_reads
+                      else None)
             rounds.append({"profkit_first": first, "profkit_again": again, "hta": theirs})
-        split = child("profkit", path)
-        row = {"trace": label, "events": events, "rounds": rounds, "profkit_split": split}
+        split = child("profkit", path, prepared)
+        row = {"trace": label, "memory": state or "as found", "events": events, "rounds": rounds,
+               "profkit_split": split}
         row.update(_summary(rounds))
         if "error" not in split:
             row.update(profkit_load_s=round(split["load_s"], 2), profkit_passes_s=round(split["analyze_s"], 2),
@@ -171,7 +177,7 @@ def _summary(rounds: list[dict]) -> dict:
     return out
 
 
-COLUMNS = [("trace", "trace"), ("events", "events"),
+COLUMNS = [("trace", "trace"), ("memory", "memory"), ("events", "events"),
            ("profkit_s", "profkit analyze, first run s"), ("profkit_cpu_s", "CPU s"), ("rss_mb", "peak RSS MB"),
            ("profkit_load_s", "split: load s"), ("profkit_passes_s", "split: passes s"),
            ("profkit_again_s", "again (cached) s"),
@@ -206,16 +212,24 @@ def main() -> None:
                         "(e.g. 'tile 5M')")
     parser.add_argument("--rocprof", action="store_true", help="add the 1M-dispatch rocprofv3 JSON "
                         "(bench/rocprof_synthetic.py; profkit only: HTA does not read rocprof)")
+    parser.add_argument("--memory", default="", help="comma-separated memory states to run each input in, "
+                        "a row each (cold, warm; default: as the machine happens to be)")
+    parser.add_argument("--warm-gb", type=float, default=2.0, help="GB touched before each warm run: above "
+                        "the larger tool's peak (default 2, for the 1M tile; 6 for 5M)")
     parser.add_argument("--worker", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
         worker(*a.worker)
         return
+    states = [m.strip() for m in a.memory.split(",") if m.strip()]
+    if not set(states) <= set(tt.MEMORY_STATES):
+        parser.error(f"--memory: states are {', '.join(tt.MEMORY_STATES)}")
     OUT.mkdir(exist_ok=True)
     _compile_profkit()
     rows = run(not a.no_hta, [int(x) for x in a.tiles.split(",") if x], a.repeat,
-               [w.strip() for w in a.only.split(",") if w.strip()], a.rocprof)
-    text = tt.table(rows, COLUMNS) + "\n"
+               [w.strip() for w in a.only.split(",") if w.strip()], a.rocprof,
+               states, a.warm_gb)
+    text = tt.table(rows, COLUMNS) + "\n" + (f"\n{tt.memory_costs()}\n" if states else "")
     print(text)
     (OUT / "analyze.md").write_text(text)
     (OUT / "analyze.json").write_text(json.dumps(rows, indent=1, default=str))

@@ -142,15 +142,60 @@ def own_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+# Memory states a measured child can start in. On a VM whose host takes back the memory the
+# guest frees (virtio-balloon free page reporting, as on this project's machine), the first
+# touch of that memory costs the host's fault on top of the guest's: 3-6 s a GB measured
+# here, against ~0.2 s a GB for memory the guest freed a moment ago (and on bare metal).
+# "cold": the child starts after COLD_PAUSE_S idle, so the host has taken back what earlier
+# runs freed (its memory costs what it would after the machine sat idle); "warm": a
+# throwaway child touches `warm_gb` GB and exits just before, so the measured one reuses
+# memory the host still backs (what the software costs, as on a machine without this).
+MEMORY_STATES = ("cold", "warm")
+COLD_PAUSE_S = 5.0
+_TOUCH = "import sys, numpy; numpy.ones(int(float(sys.argv[1]) * 2**30) // 8)"
+
+
+def touch_memory(gigabytes: float) -> float:
+    """Touch `gigabytes` of memory in a throwaway child, freed as it exits; seconds it took
+    (python start-up, ~0.1 s, included)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _TOUCH, str(gigabytes)], check=True)
+    return time.perf_counter() - t0
+
+
+def prepare_memory(state: str, warm_gb: float) -> dict:
+    """Put memory in `state` (MEMORY_STATES) for the next child; what it cost, to print."""
+    if state == "cold":
+        time.sleep(COLD_PAUSE_S)
+        return {"memory": "cold"}
+    seconds = touch_memory(warm_gb)
+    return {"memory": "warm", "warm_gb": warm_gb, "warm_s_per_gb": round(seconds / warm_gb, 2)}
+
+
+def memory_costs(gigabytes: float = 1.0) -> str:
+    """What first touching memory costs on this machine, cold and warm: a line to print
+    beside the figures, which depend on it."""
+    start_up = touch_memory(0)  # python and numpy, to take out
+    costs = {}
+    for state in MEMORY_STATES:
+        prepare_memory(state, gigabytes + 0.5)  # the child's own start-up memory too
+        costs[state] = max(touch_memory(gigabytes) - start_up, 0.0) / gigabytes
+    return ("this machine, first touch of memory: "
+            + ", ".join(f"{costs[state]:.2f} s/GB {state}" for state in MEMORY_STATES)
+            + " (tile_trace.MEMORY_STATES)")
+
+
 def measure(argv: list[str], timeout: float | None = None, json_output: bool = True,
-            env: dict | None = None) -> dict:
+            env: dict | None = None, memory: tuple[str, float] | None = None) -> dict:
     """Run `argv` (a Python worker printing one JSON line) in a fresh process: its JSON,
     plus wall seconds and the child's peak RSS (`peak_rss_bytes`: the VmHWM the worker
     reports, else wait4's ru_maxrss). `json_output=False`: any command, judged only by its
-    exit status. `env`: the child's environment (default: this one's)."""
+    exit status. `env`: the child's environment (default: this one's). `memory`: (state,
+    warm GB) to start the child in (see MEMORY_STATES); default: as the machine is."""
+    prepared = prepare_memory(*memory) if memory else {}
     # Output goes to files: a pipe nobody reads until the exit would block a chatty child.
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        return _measure(argv, timeout, json_output, env, out_file, err_file)
+        return {**_measure(argv, timeout, json_output, env, out_file, err_file), **prepared}
 
 
 def _measure(argv, timeout, json_output, env, out_file, err_file) -> dict:
