@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from profkit import classify
+from profkit.store import relation_table
 
 from . import nsys_enums as enums
 from .nsys_db import Catalog, Reader, quote
@@ -216,10 +217,10 @@ class ActivityReader:
                         self.w.append(target, cols)
                     events = pa.table(columns)
                 else:
-                    events = _arrow(tx.sql(events_sql.format(ok=ok)))
+                    events = relation_table(tx.sql(events_sql.format(ok=ok)))
                     self.w.add_events({c: events.column(c) for c in events.column_names})
                 for target, sql in side:
-                    rows = _arrow(tx.sql(sql.format(ok=ok)))
+                    rows = relation_table(tx.sql(sql.format(ok=ok)))
                     self.w.append(target, {c: rows.column(c) for c in rows.column_names})
                 if after is not None:
                     after(events)
@@ -483,7 +484,7 @@ def _pid(global_id) -> pa.Array:
 
 
 def _bad_ids(tx, reason_sql: str) -> np.ndarray:
-    rows = _arrow(tx.sql(f"SELECT _eid FROM b WHERE ({reason_sql}) IS NOT NULL"))
+    rows = relation_table(tx.sql(f"SELECT _eid FROM b WHERE ({reason_sql}) IS NOT NULL"))
     return rows.column(0).to_numpy()
 
 
@@ -548,8 +549,3 @@ def _rows(rows: list[dict], names: tuple[str, ...]) -> pa.Table:
     return pa.table({n: pa.array([r.get(n) for r in rows],
                                  pa.int64() if n == "id" else pa.string()) for n in names})
 
-
-def _arrow(relation) -> pa.Table:
-    """A DuckDB relation as an Arrow table (DuckDB 1.x and 2.x name this differently)."""
-    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
-    return fetch()

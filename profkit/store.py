@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,12 @@ _ID_COLUMNS = {
 _NO_AUTO_CHECKPOINT = "1000 GiB"
 # Tables whose rows carry trace_id, filled in by the writer.
 _TRACE_COLUMN = {"events", "links", "counters", "steps", "ingest_issues", "devices", "threads"}
+
+
+def relation_table(relation: duckdb.DuckDBPyRelation) -> pa.Table:
+    """A DuckDB relation's rows as an Arrow table (DuckDB 1.x and 2.x name this differently)."""
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
 
 
 class Store:
@@ -81,14 +86,18 @@ class Store:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def arrow(self, query: str, params: Iterable[Any] | None = None) -> pa.Table:
-        """Run a query and return an Arrow table (DuckDB 1.x and 2.x name this differently)."""
-        cur = self.con.execute(query, list(params) if params else [])
-        fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table
-        with warnings.catch_warnings():
-            # DuckDB 2 suggests con.sql() to save a copy, but con.sql() refuses to run while
-            # an execute() result elsewhere is unfinished; the copy is the safer trade.
-            warnings.simplefilter("ignore", UserWarning)
-            return fetch()
+        """Run a query and return an Arrow table.
+
+        Through `con.sql()`, not `execute()`: DuckDB 2 copies every row of an `execute()`
+        result once more on its way to Arrow (716,800 graph events: 220 MB of fresh memory
+        against 112 MB, 0.10 s against 0.06 s; fresh memory is slow on a VM whose host takes
+        freed memory back). `con.sql()` refuses to run while an `execute()` result on this
+        connection is unfinished; such a result would be dropped by the next `execute()`
+        anyway, so it is dropped here first (`abort`, DuckDB 2)."""
+        abort = getattr(self.con, "abort", None)
+        if abort is not None:
+            abort()
+        return relation_table(self.con.sql(query, params=list(params) if params else None))
 
     @contextmanager
     def registered(self, table: pa.Table, name: str = "_profkit_input") -> Iterator[str]:
