@@ -91,7 +91,8 @@ def find_config(start: Path | None = None) -> Path | None:
         if (folder / "profkit.toml").is_file():
             return folder / "profkit.toml"
         pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and "profkit" in _read_toml(pyproject).get("tool", {}):
+        tool = _read_toml(pyproject).get("tool") if pyproject.is_file() else None
+        if isinstance(tool, dict) and "profkit" in tool:
             return pyproject
     return None
 
@@ -105,10 +106,32 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ProfkitError(f"{path}: invalid TOML: {exc}") from None
 
 
+def _budget_table(path: Path, data: dict[str, Any]) -> Any:
+    """The budgets table of a profkit.toml or pyproject.toml (each level checked to be a
+    table: `tool = 5` or `budgets = [1, 2]` is a mistake to name, not a crash)."""
+    def below(table: Any, key: str, where: str) -> Any:
+        if not isinstance(table, dict):
+            raise ProfkitError(f"{path}: {where} must be a table")
+        return table.get(key)
+
+    if path.name == "pyproject.toml" or "budgets" not in data:
+        tool_profkit = below(below(data, "tool", "the file") or {}, "profkit", "[tool]") or {}
+        table, where = below(tool_profkit, "budgets", "[tool.profkit]"), "[tool.profkit.budgets]"
+    else:
+        table, where = data["budgets"], "[budgets]"
+    if table is not None and not isinstance(table, dict):
+        raise ProfkitError(f"{path}: {where} must be a table of budgets like idle_pct = {{ max = 10 }}")
+    return table
+
+
+def _number(value: Any) -> bool:
+    """A limit TOML can give: an int or float, not a bool (TOML's true is Python's 1) nor
+    nan (no value is above or below it, so the budget could never fail)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 def load(path: Path) -> list[Budget]:
-    data = _read_toml(path)
-    table = data.get("tool", {}).get("profkit", {}).get("budgets") if path.name == "pyproject.toml" \
-        else data.get("budgets", data.get("tool", {}).get("profkit", {}).get("budgets"))
+    table = _budget_table(path, _read_toml(path))
     if not table:
         raise ProfkitError(f"{path}: no budgets (expected a [budgets] table, or [tool.profkit.budgets] in pyproject.toml)")
     budgets = []
@@ -122,8 +145,11 @@ def load(path: Path) -> list[Budget]:
         if not {"max", "min", "max_increase_pct"} & set(limit):
             raise ProfkitError(f'{path}: budget "{metric}" sets no limit (max, min or max_increase_pct)')
         for key in ("max", "min", "max_increase_pct"):
-            if key in limit and not isinstance(limit[key], (int, float)):
+            if key in limit and not _number(limit[key]):
                 raise ProfkitError(f'{path}: budget "{metric}": {key} must be a number')
+        if "rank" in limit and (not isinstance(limit["rank"], int) or isinstance(limit["rank"], bool)
+                                or limit["rank"] < 0):
+            raise ProfkitError(f'{path}: budget "{metric}": rank must be a rank number (0, 1, ...)')
         budgets.append(Budget(metric=metric, max=limit.get("max"), min=limit.get("min"),
                               max_increase_pct=limit.get("max_increase_pct"), rank=limit.get("rank"),
                               description=str(limit.get("description", ""))))

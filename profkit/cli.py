@@ -153,12 +153,17 @@ def sql(trace: str, query: str, fmt: str) -> None:
 
     from . import render
 
+    no_statement = ProfkitError("QUERY holds no SQL statement (see `profkit schema` for the tables)")
+    if not query.strip().strip(";").strip():
+        raise no_statement  # before the trace is read, which can take a while
     store = _load(trace)
     try:
         try:
             cur = store.con.execute(query)
         except duckdb.Error as exc:
             raise ProfkitError(f"SQL error: {str(exc).splitlines()[0]}") from None
+        if cur is None:  # only comments, or empty statements between semicolons
+            raise no_statement
         if cur.description is None:
             return
         names = [d[0] for d in cur.description]

@@ -43,6 +43,8 @@ CHANGE_KINDS = ("no_host_overhead", "host_gaps", "launch_latency", "speedup", "c
                 "straggler")
 # What a launch to an idle stream usually costs (CUDA and HIP, call start to kernel start).
 TYPICAL_LAUNCH_LATENCY_NS = 5_000
+# The largest time a change may give: the graph's weights are int64 nanoseconds.
+_MAX_NS = 2**63 - 1
 
 
 def parse_change(spec: str | dict) -> dict[str, Any]:
@@ -93,12 +95,15 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
             trim = graph.gap_trim >= 0
             w[trim] = np.minimum(w[trim], graph.gap_trim[trim])
         elif kind == "launch_latency":
+            ns = int(ch.get("ns", TYPICAL_LAUNCH_LATENCY_NS))
+            if not 0 <= ns <= _MAX_NS:
+                raise ValueError(f"launch latency must be 0 to {_MAX_NS:,} ns, not {ns:,}")
             launch = (graph.ekind == E_LAUNCH) & (graph.ecls == CLS["launch"])  # not the waits (graph_model)
-            w[launch] = np.minimum(w[launch], int(ch.get("ns", TYPICAL_LAUNCH_LATENCY_NS)))
+            w[launch] = np.minimum(w[launch], ns)
         elif kind == "speedup":
             factor = float(ch.get("factor", 2.0))
-            if factor <= 0:
-                raise ValueError("speedup factor must be positive")
+            if not factor > 0:  # also nan
+                raise ValueError("speedup factor must be a positive number")
             timed = _device_time_edges(graph)
             # Events are matched per distinct name or category (codes), not per edge.
             if ch.get("category"):

@@ -90,6 +90,14 @@ def test_unknown_metric_is_a_usage_error_exit_2(tmp_path, synthetic_json):
     ('[budgets]\n"breakdown.idle_pct" = { rank = 1 }\n', "sets no limit"),
     ('[budgets\n', "invalid TOML"),
     ('[other]\nx = 1\n', "no budgets"),
+    # Found by a sweep of odd CLI arguments: an internal error, or a budget that could never fail.
+    ('budgets = [1, 2]\n', "[budgets] must be a table of budgets"),
+    ('tool = 5\n', "[tool] must be a table"),
+    ('[tool.profkit]\nbudgets = "x"\n', "[tool.profkit.budgets] must be a table of budgets"),
+    ('[budgets]\n"breakdown.idle_pct" = { max = nan }\n', "max must be a number"),
+    ('[budgets]\n"breakdown.idle_pct" = { max = true }\n', "max must be a number"),
+    ('[budgets]\n"breakdown.idle_pct" = { max = 5, rank = "0" }\n', "rank must be a rank number"),
+    ('[budgets]\n"breakdown.idle_pct" = { max = 5, rank = -1 }\n', "rank must be a rank number"),
 ])
 def test_bad_budget_files_exit_2(tmp_path, synthetic_json, text, problem):
     proc = run("check", synthetic_json, "--budget", budget(tmp_path, text))

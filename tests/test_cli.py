@@ -54,6 +54,14 @@ def test_sql_json_is_an_array_of_row_objects(db):
     assert json.loads(result.output) == [{"kind": "runtime", "dur_ns": 3}, {"kind": "kernel", "dur_ns": 10}]
 
 
+@pytest.mark.parametrize("query", ["", " ; ", "/* only a comment */"])
+def test_sql_without_a_statement_is_a_one_line_error(db, query):
+    # Was an internal error (DuckDB's execute() returns None for no statement).
+    proc = run("sql", db, query)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "profkit: error: QUERY holds no SQL statement (see `profkit schema` for the tables)\n"
+
+
 def test_sql_csv_and_table(db):
     result = CliRunner().invoke(cli, ["sql", str(db), "SELECT name FROM kernels", "--format", "csv"])
     assert result.output == "name\nk|1\n"

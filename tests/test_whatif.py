@@ -71,6 +71,20 @@ def test_parse_change():
             parse_change(bad)
 
 
+@pytest.mark.parametrize("change,problem", [
+    ("speedup:gemm=nan", "speedup factor must be a positive number"),
+    ("speedup:gemm=0", "speedup factor must be a positive number"),
+    ("launch-latency:-5", "launch latency must be 0 to"),
+    (f"launch-latency:{10**23}", "launch latency must be 0 to"),
+])
+def test_changes_out_of_range_are_refused(synthetic, change, problem):
+    # Before: nan gave a numpy warning and a report, a negative latency negative launch
+    # times, a latency beyond int64 an internal OverflowError.
+    store, g, _ = synthetic
+    with pytest.raises(ValueError, match=problem):
+        whatif(store, graph=g, changes=[change])
+
+
 def test_launch_latency_caps_launch_edges_only(synthetic):
     store, g, _ = synthetic
     launch = g.ekind == E_LAUNCH
