@@ -244,3 +244,30 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
         "findings": [f.to_dict() for f in rank(all_findings)],
         "inputs_not_read": store.inputs_not_read(),
     }
+
+
+def read_saved(path: str) -> dict[str, Any] | None:
+    """A saved `profkit analyze --format json` (what `analyze` returns) from `path`, or None
+    where the file is not one. A file that says it is one but is not whole (cut short, or
+    without its per-trace list) is a mistake to name, not a trace to parse."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(200)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if '"schema"' not in head or ANALYSIS_SCHEMA not in head:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ProfkitError(f"{path}: a saved analysis ({ANALYSIS_SCHEMA}) that is not valid JSON: {exc}") from None
+    traces = saved.get("traces") if isinstance(saved, dict) else None
+    if not isinstance(traces, list) or not all(isinstance(t, dict) for t in traces):
+        raise ProfkitError(f"{path}: a saved analysis ({ANALYSIS_SCHEMA}) without its list of traces "
+                           "(`traces`: one object per trace)")
+    if not isinstance(saved.get("findings", []), list):
+        raise ProfkitError(f"{path}: a saved analysis ({ANALYSIS_SCHEMA}) whose `findings` is not a list")
+    return saved

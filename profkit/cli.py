@@ -83,7 +83,8 @@ def cli(no_cache: bool) -> None:
 @cli.command()
 @click.argument("traces", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="DuckDB file to write (traces are added to it if it exists).")
+              help="DuckDB file to write (traces are added to it if it exists; an input it holds already is "
+                   "not read again, or its traces are replaced if the input changed).")
 def ingest(traces: tuple[str, ...], output: str) -> None:
     """Parse TRACES (files or directories) into the DuckDB store OUTPUT."""
     from .cache import is_store_file, open_store
@@ -100,11 +101,12 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
     try:
         unread_before = len(store.inputs_not_read())
         progress, update = _progress_bar()
+        held: list[tuple[str, bool]] = []
         if progress is None:
-            ids = run_ingest(list(traces), store)
+            ids = run_ingest(list(traces), store, held=held)
         else:
             with progress:
-                ids = run_ingest(list(traces), store, update)
+                ids = run_ingest(list(traces), store, update, held=held)
         store.con.execute("CHECKPOINT")
         ids_sql = ",".join(map(str, ids)) or "NULL"
         events, issues = store.con.execute(
@@ -117,8 +119,12 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
         store.close()
     not_read = f", {unread} file(s) under the input not read" if unread else ""
     unusable_part = f" ({unusable} of them unusable: damaged or of an unknown kind)" if unusable else ""
-    click.echo(f"{output}: {len(ids)} trace(s), {events} events, {issues} input records "
-               f"not stored{unusable_part}{not_read} (see `profkit info {output}`)")
+    replaced = sum(changed for _, changed in held)
+    kept = (f"; {len(held) - replaced} input(s) already in the store and unchanged, not read again"
+            if len(held) > replaced else "")
+    renewed = f"; {replaced} input(s) changed since they were read, their traces replaced" if replaced else ""
+    click.echo(f"{output}: {len(ids)} trace(s) added, {events} events, {issues} input records "
+               f"not stored{unusable_part}{not_read}{kept}{renewed} (see `profkit info {output}`)")
 
 
 @cli.command()
@@ -305,19 +311,11 @@ def whatif(trace: str, speedup: tuple[str, ...], speedup_kernel: tuple[str, ...]
 
 def _analysis_of(path: str, selected_step: int | None = None) -> dict:
     """An analysis result from a trace, a directory, a store, or a saved analysis JSON."""
-    import json
+    from .analyses import read_saved
 
-    from .analyses import ANALYSIS_SCHEMA
-
-    if path.endswith(".json") and Path(path).is_file():
-        try:
-            with open(path, encoding="utf-8") as fh:
-                head = fh.read(200)
-            if '"schema"' in head and ANALYSIS_SCHEMA in head:
-                with open(path, encoding="utf-8") as fh:
-                    return json.load(fh)
-        except (OSError, ValueError):
-            pass
+    saved = read_saved(path) if path.endswith(".json") and Path(path).is_file() else None
+    if saved is not None:
+        return saved
     store = _load(path)
     try:
         return _analysed(store, selected_step=selected_step)
@@ -402,8 +400,13 @@ def diff(base: str, new: str, fmt: str, top: int, fail_pct: float | None) -> Non
     Kernel names are normalised (and kernels matched by the operator that launched them)
     so the same work on another vendor or library version still matches."""
     from . import render
+    from .analyses import ANALYSIS_SCHEMA, read_saved
     from .diff import diff_paths, regressions
 
+    for path in (base, new):
+        if Path(path).is_file() and read_saved(path) is not None:
+            raise ProfkitError(f"{path}: a saved analysis ({ANALYSIS_SCHEMA}); diff compares traces or their "
+                               ".duckdb stores (the per-kernel and per-operator times it needs are not saved)")
     result = diff_paths(base, new)
     if fmt == "json":
         click.echo(render.to_json(result))

@@ -103,6 +103,41 @@ def _remove_trace(store: Store, trace_id: int, event_base: int) -> None:
             con.execute(f"DELETE FROM {table.name} WHERE event_id >= ?", [event_base])
 
 
+def _traces_of_input(store: Store, path: Path) -> list[int]:
+    """The traces the store holds from the input `path`: named by it, or by it and a suffix
+    a parser adds for each of several traces in one input (`#` and a process, `/` and a
+    group of a directory's files). Resolved and as given: a symlink's pieces keep its name."""
+    names = sorted({str(path.resolve()), str(path.absolute())})
+    prefixes = [n + "#" for n in names] + ([n + "/" for n in names] if path.is_dir() else [])
+    named = " OR ".join(["path = ?"] * len(names) + ["starts_with(path, ?)"] * len(prefixes))
+    return [row[0] for row in store.con.execute(
+        f"SELECT trace_id FROM traces WHERE {named} ORDER BY trace_id", [*names, *prefixes]).fetchall()]
+
+
+def _changed_since(store: Store, trace_ids: list[int], path: Path) -> bool:
+    """Is the input not what the traces were read from (its size or modification time)?"""
+    size, mtime = input_signature(path)
+    recorded = store.con.execute(
+        f"SELECT DISTINCT file_bytes, file_mtime_ns FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids))})"
+    ).fetchall()
+    return recorded != [(size, mtime)]
+
+
+def _remove_traces(store: Store, trace_ids: list[int]) -> None:
+    """Delete every row of traces read before (unlike `_remove_trace`, their event ids are
+    not the newest: rows keyed by event only are found through the events)."""
+    con = store.con
+    ids = ",".join(map(str, trace_ids))
+    for table in schema.TABLES:
+        columns = {c.name for c in table.columns}
+        if "trace_id" not in columns and "event_id" in columns:
+            con.execute(f"DELETE FROM {table.name} WHERE event_id IN "
+                        f"(SELECT event_id FROM events WHERE trace_id IN ({ids}))")
+    for table in schema.TABLES:
+        if "trace_id" in {c.name for c in table.columns}:
+            con.execute(f"DELETE FROM {table.name} WHERE trace_id IN ({ids})")
+
+
 def input_signature(path: Path) -> tuple[int, int]:
     """(bytes, newest mtime in ns) of a file, or summed over a directory's files."""
     if path.is_file():
@@ -194,13 +229,27 @@ def _others_inside(module, files: list[Path]) -> list[tuple[str, str]]:
     return out
 
 
-def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | None = None) -> list[int]:
-    """Parse every input under `paths` into `store`; returns the new trace ids."""
+def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | None = None,
+           held: list[tuple[str, bool]] | None = None) -> list[int]:
+    """Parse every input under `paths` into `store`; returns the new trace ids.
+
+    An input the store already holds is not added twice (a rank counted twice would be a
+    wrong answer, not a slow one): unchanged since it was read (size and modification time),
+    it is not read again; changed, its traces are replaced. Each such input is appended to
+    `held` as (path, changed)."""
     sink = Sink(store, progress)
     not_read: list[tuple[str, str]] = []
     inputs = [pair for p in paths for pair in find_inputs(Path(p), not_read)]
     with paused_gc():
         for input_path, module in inputs:
+            earlier = _traces_of_input(store, input_path)
+            if earlier:
+                changed = _changed_since(store, earlier, input_path)
+                if held is not None:
+                    held.append((str(input_path), changed))
+                if not changed:
+                    continue
+                _remove_traces(store, earlier)
             try:
                 module.parse(input_path, sink)
             except (duckdb.DataError, OverflowError) as exc:

@@ -180,6 +180,30 @@ def test_baseline_growth(tmp_path, synthetic_json):
     assert run("check", synthetic_json, "--budget", b).returncode == 3  # no baseline given
 
 
+@pytest.mark.parametrize("damage,problem", [
+    (lambda d: d.pop("traces"), "without its list of traces"),
+    (lambda d: d.__setitem__("traces", "x"), "without its list of traces"),
+    (lambda d: d.__setitem__("traces", [1, 2]), "without its list of traces"),
+    (lambda d: d.__setitem__("findings", 5), "whose `findings` is not a list"),
+    (None, "that is not valid JSON"),
+])
+def test_a_damaged_saved_baseline_is_named(tmp_path, synthetic_json, damage, problem):
+    # Was an internal error (KeyError, AttributeError), or for a file cut short "not a trace
+    # profkit can read", as if it were a trace.
+    b = budget(tmp_path, '[budgets]\n"steps.duration.p50_ns" = { max_increase_pct = 5 }\n')
+    base = tmp_path / "baseline.json"
+    if damage is None:
+        base.write_text(synthetic_json.read_text()[:3000])
+    else:
+        saved = json.loads(synthetic_json.read_text())
+        damage(saved)
+        base.write_text(json.dumps(saved))
+    proc = run("check", synthetic_json, "--budget", b, "--baseline", base)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"profkit: error: {base}: a saved analysis (profkit.analysis/1) ")
+    assert problem in proc.stderr
+
+
 def test_junit_shape(tmp_path, synthetic_json):
     b = budget(tmp_path, '[budgets]\n"breakdown.idle_pct" = { max = 1 }\n"communication.exposed_pct" = { max = 100 }\n')
     run("check", synthetic_json, "--budget", b, "--junit", tmp_path / "j.xml")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +20,8 @@ from profkit.render import to_json
 from profkit.report_diff import diff_markdown, print_diff
 
 from conftest import shared_trace
+
+PROFKIT = shutil.which("profkit", path=str(Path(sys.executable).parent))
 
 PAIRS = {
     "regression": ("kineto/cuda/regression_pair/control_a100_rank3_of8.json.gz",
@@ -280,3 +286,13 @@ def test_cli_diff_gate_and_formats(tmp_path):
     md = subprocess.run([profkit_bin, "diff", str(base), str(new), "--format", "markdown", "--top", "5"],
                         capture_output=True, text=True)
     assert md.returncode == 0 and md.stdout.startswith("#")
+
+
+def test_a_saved_analysis_is_refused_by_name(tmp_path):
+    # diff needs per-kernel and per-operator times, which a saved analysis lacks; it said
+    # "not a trace profkit can read" before.
+    saved = tmp_path / "analysis.json"
+    saved.write_text(json.dumps({"schema": "profkit.analysis/1", "traces": [], "findings": []}))
+    proc = subprocess.run([PROFKIT, "diff", str(saved), str(saved)], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "a saved analysis (profkit.analysis/1); diff compares traces or their .duckdb stores" in proc.stderr
