@@ -64,9 +64,9 @@ def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None
     return store
 
 
-def open_store(path: Path) -> Store:
+def open_store(path: Path, empty_ok: bool = False) -> Store:
     """A profkit store file, read-only; one that is not a profkit store, or of another
-    schema version, is a TraceError."""
+    schema version, or (unless `empty_ok`) holds no trace, is a TraceError."""
     try:
         store = Store.open(path, read_only=True)
     except duckdb.Error as exc:
@@ -79,6 +79,9 @@ def open_store(path: Path) -> Store:
         store.close()
         raise TraceError(path, f"store has schema version {version}, this profkit reads "
                                f"{schema.SCHEMA_VERSION}: re-ingest the trace")
+    if not empty_ok and not store.trace_ids():
+        store.close()
+        raise TraceError(path, "the store holds no trace: add one with `profkit ingest TRACE -o STORE`")
     return store
 
 

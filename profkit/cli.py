@@ -93,10 +93,12 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
 
     _output_file(output)
     target = Path(output)
-    if target.exists():  # traces are added to a profkit store, never to another file
+    created = not target.exists()
+    if not created:  # traces are added to a profkit store, never to another file
         if not is_store_file(target):
             raise ProfkitError(f"{output}: exists and is not a DuckDB store (name a new file or a profkit store)")
-        open_store(target).close()  # the same checks as reading one: a profkit store of this schema
+        # The same checks as reading one (a profkit store of this schema); empty is fine here.
+        open_store(target, empty_ok=True).close()
     store = Store.open(output)
     try:
         unread_before = len(store.inputs_not_read())
@@ -115,8 +117,13 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
         unusable = store.con.execute(
             f"SELECT coalesce(sum(count), 0) FROM ingest_issues WHERE unusable AND trace_id IN ({ids_sql})").fetchone()[0]
         unread = len(store.inputs_not_read()) - unread_before
-    finally:
+    except BaseException:
         store.close()
+        if created:  # an input failed and ingest added nothing: no empty store left behind
+            for leftover in (target, target.with_name(target.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+        raise
+    store.close()
     not_read = f", {unread} file(s) under the input not read" if unread else ""
     unusable_part = f" ({unusable} of them unusable: damaged or of an unknown kind)" if unusable else ""
     replaced = sum(changed for _, changed in held)

@@ -124,8 +124,10 @@ def _changed_since(store: Store, trace_ids: list[int], path: Path) -> bool:
 
 
 def _remove_traces(store: Store, trace_ids: list[int]) -> None:
-    """Delete every row of traces read before (unlike `_remove_trace`, their event ids are
-    not the newest: rows keyed by event only are found through the events)."""
+    """Delete every row of whole traces (unlike `_remove_trace`'s, their event ids need not
+    be the newest: rows keyed by event only are found through the events)."""
+    if not trace_ids:
+        return
     con = store.con
     ids = ",".join(map(str, trace_ids))
     for table in schema.TABLES:
@@ -231,7 +233,8 @@ def _others_inside(module, files: list[Path]) -> list[tuple[str, str]]:
 
 def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | None = None,
            held: list[tuple[str, bool]] | None = None) -> list[int]:
-    """Parse every input under `paths` into `store`; returns the new trace ids.
+    """Parse every input under `paths` into `store`; returns the new trace ids. All or
+    nothing: where one input fails, the traces the others added are removed again.
 
     An input the store already holds is not added twice (a rank counted twice would be a
     wrong answer, not a slow one): unchanged since it was read (size and modification time),
@@ -240,30 +243,41 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
     sink = Sink(store, progress)
     not_read: list[tuple[str, str]] = []
     inputs = [pair for p in paths for pair in find_inputs(Path(p), not_read)]
-    with paused_gc():
-        for input_path, module in inputs:
-            earlier = _traces_of_input(store, input_path)
-            if earlier:
-                changed = _changed_since(store, earlier, input_path)
-                if held is not None:
-                    held.append((str(input_path), changed))
-                if not changed:
-                    continue
-                _remove_traces(store, earlier)
-            try:
-                module.parse(input_path, sink)
-            except (duckdb.DataError, OverflowError) as exc:
-                # A value no column of the store can hold (an integer beyond its type, or
-                # beyond 64 bits as Arrow takes it in): the input's, whichever parser met it;
-                # its trace was removed on the way out.
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                if isinstance(exc, OverflowError):
-                    first = f"an integer beyond 64 bits: {first}"
-                raise TraceError(input_path, f"a value profkit cannot store ({first})") from None
-        _fill_missing_ranks(store, sink.trace_ids)
+    stale: list[int] = []  # traces of changed inputs, removed once their new reads succeeded
+    try:
+        with paused_gc():
+            for input_path, module in inputs:
+                earlier = _traces_of_input(store, input_path)
+                if earlier:
+                    changed = _changed_since(store, earlier, input_path)
+                    if held is not None:
+                        held.append((str(input_path), changed))
+                    if not changed:
+                        continue
+                    stale += earlier
+                _parse(module, input_path, sink)
+            _remove_traces(store, stale)
+            _fill_missing_ranks(store, sink.trace_ids)
+    except BaseException:
+        _settle(store)
+        _remove_traces(store, sink.trace_ids)
+        raise
     if not_read:
         store.con.executemany("INSERT INTO inputs_not_read VALUES (?, ?)", not_read)
     return sink.trace_ids
+
+
+def _parse(module, path: Path, sink: Sink) -> None:
+    try:
+        module.parse(path, sink)
+    except (duckdb.DataError, OverflowError) as exc:
+        # A value no column of the store can hold (an integer beyond its type, or beyond
+        # 64 bits as Arrow takes it in): the input's, whichever parser met it; its trace
+        # was removed on the way out.
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OverflowError):
+            first = f"an integer beyond 64 bits: {first}"
+        raise TraceError(path, f"a value profkit cannot store ({first})") from None
 
 
 def _fill_missing_ranks(store: Store, trace_ids: list[int]) -> None:
