@@ -262,8 +262,11 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
         _settle(store)
         _remove_traces(store, sink.trace_ids)
         raise
-    if not_read:
-        store.con.executemany("INSERT INTO inputs_not_read VALUES (?, ?)", not_read)
+    if not_read:  # once each, where a directory is read into the same store again
+        known = set(store.con.execute("SELECT path, reason FROM inputs_not_read").fetchall())
+        new_rows = [row for row in dict.fromkeys(not_read) if row not in known]
+        if new_rows:
+            store.con.executemany("INSERT INTO inputs_not_read VALUES (?, ?)", new_rows)
     return sink.trace_ids
 
 

@@ -65,11 +65,16 @@ def test_a_directory_gains_only_its_new_ranks(tmp_path):
     store = Store.open(None)
     assert len(ingest([run], store)) == 1
     shutil.copy(shared_trace(OTHER_KINETO), run / "rank1.json.gz")
+    (run / "notes.txt").write_text("how the run was launched")
     held: list[tuple[str, bool]] = []
     added = ingest([run], store, held=held)
     assert len(added) == 1 and held == [(str(run / "rank0.json.gz"), False)]
     assert sorted(store.scalar("SELECT list(path) FROM traces")) == [str(run / "rank0.json.gz"),
                                                                     str(run / "rank1.json.gz")]
+    assert ingest([run], store) == []
+    # The file no parser reads is listed once, however often the directory is read.
+    assert store.rows("SELECT path, reason FROM inputs_not_read") == [
+        {"path": str(run / "notes.txt"), "reason": "not a trace profkit reads"}]
 
 
 def test_cli_says_what_it_did_not_read_again(tmp_path):
