@@ -137,7 +137,8 @@ def trace_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list
 
 def input_notes(result: dict[str, Any]) -> list[str]:
     """Lines about the inputs as a whole, printed before the per-trace notes."""
-    return not_read_notes(result) + shared_rank_notes(result.get("traces") or [])
+    traces = result.get("traces") or []
+    return not_read_notes(result) + shared_rank_notes(traces) + mixed_format_notes(traces)
 
 
 def unusable_input_notes(traces: list[dict[str, Any]], shown: int = 3) -> list[str]:
@@ -168,6 +169,21 @@ def shared_rank_notes(traces: list[dict[str, Any]]) -> list[str]:
     return [f"Rank {rank} is claimed by {len(names)} traces ({', '.join(names)}): cross-rank figures treat "
             "them as ranks of one job; for separate runs, analyse each alone or compare them with profkit diff."
             for rank, names in by_rank.items() if len(names) > 1]
+
+
+def mixed_format_notes(traces: list[dict[str, Any]]) -> list[str]:
+    """A line where the traces come from more than one tool (a directory holding a run's
+    PyTorch profiler traces and an Nsight export of it, or traces of unrelated runs): each
+    is analysed, but cross-rank figures take them for ranks of one job."""
+    by_format: dict[str, list[str]] = {}
+    for t in traces:
+        by_format.setdefault(str(t.get("format")), []).append(str(t.get("rank")))
+    if len(by_format) < 2:
+        return []
+    listed = "; ".join(f"{fmt}: rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}"
+                       for fmt, ranks in by_format.items())
+    return [f"The traces come from {len(by_format)} tools ({listed}): cross-rank figures treat them as ranks "
+            "of one job; for separate runs, or the same run recorded twice, analyse each alone."]
 
 
 def not_read_notes(result: dict[str, Any], shown: int = 3) -> list[str]:

@@ -276,3 +276,21 @@ def test_traces_claiming_the_same_rank_are_pointed_out(tmp_path):
     single = subprocess.run([PROFKIT, "analyze", str(SYNTHETIC), "--format", "markdown"], capture_output=True,
                             text=True).stdout
     assert "is claimed by" not in single
+
+
+def test_traces_from_different_tools_are_pointed_out(tmp_path):
+    """A directory holding a PyTorch profiler trace and an Nsight export (the same run
+    recorded twice, or two runs): both analysed, and every report says that cross-rank
+    figures take them for one job."""
+    shutil.copy(shared_trace("kineto/rocm/mi250_minitoy_train.json.gz"), tmp_path / "rank0.json.gz")
+    shutil.copy(shared_trace("nsys/t4_vectoradd_streams.sqlite"), tmp_path / "t4.sqlite")
+    result = analyze_json(tmp_path)
+    assert sorted(t["format"] for t in result["traces"]) == ["kineto", "nsys"]
+    line = "The traces come from 2 tools (kineto: rank 0; nsys: rank 1): cross-rank figures treat them as ranks"
+    for fmt in ("table", "markdown"):
+        out = subprocess.run([PROFKIT, "analyze", str(tmp_path), "--format", fmt], capture_output=True,
+                             text=True).stdout
+        assert line in " ".join(out.replace("\\_", "_").split()), fmt
+    single = subprocess.run([PROFKIT, "analyze", str(SYNTHETIC), "--format", "markdown"], capture_output=True,
+                            text=True).stdout
+    assert "tools (" not in single
