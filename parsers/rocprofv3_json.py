@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from profkit.errors import TraceError
+from profkit.store import relation_table
 
 from . import json_scan, rocm_common as rc
 from .kineto_read import (GZIP_MAGIC, count_cut_short, count_padding, gunzip_available, mapped_without_padding,
@@ -589,10 +590,10 @@ def _read_json(file: Path, kind: str) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")
-        return con.sql(f"""
+        return relation_table(con.sql(f"""
             SELECT {select}, ({missing}) AS _missing
             FROM read_json('{file}', format = 'array', columns = {spec},
-                           maximum_object_size = 16777216)""").to_arrow_table()
+                           maximum_object_size = 16777216)"""))
     finally:
         con.close()
 

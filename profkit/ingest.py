@@ -55,7 +55,7 @@ class Sink:
         pieces = [trace_id]
         writer = TraceWriter(self.store, trace_id, str(Path(path).resolve()))
         writer.set_trace(format=format)
-        _settle(self.store)
+        self.store.settle()
         try:
             yield writer
             size, mtime = input_signature(Path(stat_path or path))
@@ -75,7 +75,7 @@ class Sink:
                 self.store.con.execute("ROLLBACK")
                 raise
         except BaseException:
-            _settle(self.store)
+            self.store.settle()
             for piece in pieces:
                 _remove_trace(self.store, piece, writer.event_base)
             raise
@@ -84,12 +84,6 @@ class Sink:
     def report(self, path: str, done: int, total: int) -> None:
         if self.progress:
             self.progress(path, done, total)
-
-
-def _settle(store: Store) -> None:
-    """Finish any result an `execute()` left open: DuckDB refuses `register()` on a
-    connection with one (a COMMIT used to do this)."""
-    store.con.execute("SELECT 1").fetchall()
 
 
 def _remove_trace(store: Store, trace_id: int, event_base: int) -> None:
@@ -259,7 +253,7 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
             _remove_traces(store, stale)
             _fill_missing_ranks(store, sink.trace_ids)
     except BaseException:
-        _settle(store)
+        store.settle()
         _remove_traces(store, sink.trace_ids)
         raise
     if not_read:  # once each, where a directory is read into the same store again

@@ -93,11 +93,18 @@ class Store:
         against 112 MB, 0.10 s against 0.06 s; fresh memory is slow on a VM whose host takes
         freed memory back). `con.sql()` refuses to run while an `execute()` result on this
         connection is unfinished; such a result would be dropped by the next `execute()`
-        anyway, so it is dropped here first (`abort`, DuckDB 2)."""
-        abort = getattr(self.con, "abort", None)
+        anyway, so it is dropped here first."""
+        self.settle()
+        return relation_table(self.con.sql(query, params=list(params) if params else None))
+
+    def settle(self) -> None:
+        """Drop any result an `execute()` left unfinished on this connection: DuckDB refuses
+        `con.sql()` and `register()` beside one (the next `execute()` would drop it too)."""
+        abort = getattr(self.con, "abort", None)  # DuckDB 2
         if abort is not None:
             abort()
-        return relation_table(self.con.sql(query, params=list(params) if params else None))
+        else:
+            self.con.execute("SELECT 1").fetchall()
 
     @contextmanager
     def registered(self, table: pa.Table, name: str = "_profkit_input") -> Iterator[str]:
