@@ -221,9 +221,10 @@ def main() -> None:
     if a.worker:
         worker(*a.worker)
         return
-    states = [m.strip() for m in a.memory.split(",") if m.strip()]
-    if not set(states) <= set(tt.MEMORY_STATES):
-        parser.error(f"--memory: states are {', '.join(tt.MEMORY_STATES)}")
+    try:
+        states = tt.memory_states(a.memory)
+    except ValueError as exc:
+        parser.error(str(exc))
     OUT.mkdir(exist_ok=True)
     _compile_profkit()
     rows = run(not a.no_hta, [int(x) for x in a.tiles.split(",") if x], a.repeat,

@@ -88,9 +88,10 @@ def main() -> None:
     # the high-water mark across fork and exec), so building here would inflate it.
     built = subprocess.run([sys.executable, str(Path(__file__).with_name("rocprof_synthetic.py")),
                             "--dispatches", str(args.dispatches)], capture_output=True, text=True, check=True)
-    states = [m.strip() for m in args.memory.split(",") if m.strip()]
-    if not set(states) <= set(tt.MEMORY_STATES):
-        parser.error(f"--memory: states are {', '.join(tt.MEMORY_STATES)}")
+    try:
+        states = tt.memory_states(args.memory)
+    except ValueError as exc:
+        parser.error(str(exc))
     print(tt.memory_costs())
     for path in built.stdout.splitlines():
         runs = {state: [] for state in states}

@@ -155,6 +155,14 @@ COLD_PAUSE_S = 5.0
 _TOUCH = "import sys, numpy; numpy.ones(int(float(sys.argv[1]) * 2**30) // 8)"
 
 
+def memory_states(text: str) -> list[str]:
+    """The comma-separated states of a `--memory` option; ValueError for an unknown one."""
+    states = [m.strip() for m in text.split(",") if m.strip()]
+    if not set(states) <= set(MEMORY_STATES):
+        raise ValueError(f"--memory: states are {', '.join(MEMORY_STATES)}")
+    return states
+
+
 def touch_memory(gigabytes: float) -> float:
     """Touch `gigabytes` of memory in a throwaway child, freed as it exits; seconds it took
     (python start-up, ~0.1 s, included)."""

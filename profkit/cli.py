@@ -411,7 +411,7 @@ def diff(base: str, new: str, fmt: str, top: int, fail_pct: float | None) -> Non
     from .diff import diff_paths, regressions
 
     for path in (base, new):
-        if Path(path).is_file() and read_saved(path) is not None:
+        if read_saved(path) is not None:
             raise ProfkitError(f"{path}: a saved analysis ({ANALYSIS_SCHEMA}); diff compares traces or their "
                                ".duckdb stores (the per-kernel and per-operator times it needs are not saved)")
     result = diff_paths(base, new)
