@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -70,7 +71,7 @@ def open_store(path: Path, empty_ok: bool = False) -> Store:
     try:
         store = Store.open(path, read_only=True)
     except duckdb.Error as exc:
-        raise TraceError(path, f"cannot open DuckDB store: {str(exc).splitlines()[0]}") from None
+        raise TraceError(path, open_failure(exc)) from None
     version = store.schema_version()
     if version is None:
         store.close()
@@ -83,6 +84,20 @@ def open_store(path: Path, empty_ok: bool = False) -> Store:
         store.close()
         raise TraceError(path, "the store holds no trace: add one with `profkit ingest TRACE -o STORE`")
     return store
+
+
+def open_failure(exc: duckdb.Error) -> str:
+    """Why DuckDB could not open a store file, in one line; a lock another process holds
+    named as such (DuckDB lets no process open a file another writes, nor write one
+    another reads)."""
+    text = str(exc).splitlines()[0]
+    held = re.search(r"Conflicting lock is held in (.*) \(PID (\d+)\)", text)
+    if not held:
+        return f"cannot open DuckDB store: {text}"
+    holder = f"another process (PID {held.group(2)}, {held.group(1)})"
+    if "read-only mode" in text:  # DuckDB adds that it could be opened to read
+        return f"being read by {holder}, so it cannot be written now; retry when that one has finished"
+    return f"being written by {holder}, so it cannot be opened now; retry when that one has finished"
 
 
 def _signature(path: Path) -> dict:

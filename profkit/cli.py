@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import __version__, no_pandas, schema
-from .errors import ProfkitError
+from .errors import ProfkitError, TraceError
 
 
 def _output_file(path: str | None) -> None:
@@ -87,7 +87,9 @@ def cli(no_cache: bool) -> None:
                    "not read again, or its traces are replaced if the input changed).")
 def ingest(traces: tuple[str, ...], output: str) -> None:
     """Parse TRACES (files or directories) into the DuckDB store OUTPUT."""
-    from .cache import is_store_file, open_store
+    import duckdb
+
+    from .cache import is_store_file, open_failure, open_store
     from .ingest import ingest as run_ingest
     from .store import Store
 
@@ -99,7 +101,10 @@ def ingest(traces: tuple[str, ...], output: str) -> None:
             raise ProfkitError(f"{output}: exists and is not a DuckDB store (name a new file or a profkit store)")
         # The same checks as reading one (a profkit store of this schema); empty is fine here.
         open_store(target, empty_ok=True).close()
-    store = Store.open(output)
+    try:
+        store = Store.open(output)
+    except duckdb.Error as exc:
+        raise TraceError(output, open_failure(exc)) from None
     try:
         unread_before = len(store.inputs_not_read())
         progress, update = _progress_bar()
