@@ -31,6 +31,7 @@ from .classify import stored_rules_digest
 from .errors import TraceError
 from .ingest import REVISION as INGEST_REVISION, ProgressCallback, ingest, input_signature
 from .store import Store
+from .streams import is_stream
 
 CACHE_SUFFIX = ".profkit.duckdb"
 
@@ -46,9 +47,10 @@ def is_store_file(path: Path) -> bool:
 def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None = None) -> Store:
     """Open the store for `path`, parsing the input only if no valid cache exists."""
     path = Path(path)
-    if is_store_file(path):
+    stream = is_stream(path)  # read once, so never opened to look at first
+    if not stream and is_store_file(path):
         return open_store(path)
-    if not cache:
+    if not cache or stream:  # a stream has no size and time to know it again by
         store = Store.open(None)
         ingest([path], store, progress)
         return store

@@ -86,7 +86,7 @@ def cli(no_cache: bool) -> None:
               help="DuckDB file to write (traces are added to it if it exists; an input it holds already is "
                    "not read again, or its traces are replaced if the input changed).")
 def ingest(traces: tuple[str, ...], output: str) -> None:
-    """Parse TRACES (files or directories) into the DuckDB store OUTPUT."""
+    """Parse TRACES (files, directories, or - for standard input) into the DuckDB store OUTPUT."""
     import duckdb
 
     from .cache import is_store_file, open_failure, open_store
@@ -206,7 +206,8 @@ def sql(trace: str, query: str, fmt: str) -> None:
 def analyze(trace: str, fmt: str, top: int, step: str, timeline: str | None) -> None:
     """Why is TRACE slow? Ranked findings with the time each could win back.
 
-    TRACE is a trace file, a directory of per-rank traces, or a .duckdb store."""
+    TRACE is a trace file, a directory of per-rank traces, a .duckdb store, or - for a
+    trace on standard input (a pipe such as <(zcat t.json.gz) is read too; neither is cached)."""
     _output_file(timeline)
     if step != "all" and not step.lstrip("-").isdigit():
         raise click.BadParameter("expected a step number or 'all'", param_hint="--step")

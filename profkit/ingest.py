@@ -13,6 +13,7 @@ from . import derive, schema, split
 from .errors import TraceError
 from .gc_pause import paused_gc
 from .store import Store, TraceWriter
+from .streams import given_name, spooled
 
 # Files a directory walk never treats as inputs (profkit's own caches, notes).
 _IGNORED_SUFFIXES = (".duckdb", ".duckdb.wal", ".md", ".txt.lock", ".py")
@@ -233,10 +234,29 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
     An input the store already holds is not added twice (a rank counted twice would be a
     wrong answer, not a slow one): unchanged since it was read (size and modification time),
     it is not read again; changed, its traces are replaced. Each such input is appended to
-    `held` as (path, changed)."""
+    `held` as (path, changed). A stream (`-` for standard input, a pipe) is read from a
+    copy (profkit.streams) and always added."""
+    with spooled([Path(p) for p in paths]) as (readable, given):
+        try:
+            trace_ids = _ingest(readable, store, progress, held)
+        except TraceError as exc:
+            name = given_name(exc.path, given)
+            if name is None:
+                raise
+            raise TraceError(name, exc.problem) from None
+        for trace_id, path in store.con.execute(
+                f"SELECT trace_id, path FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids)) or 'NULL'})"
+                ).fetchall():
+            if (name := given_name(path, given)) is not None:
+                store.con.execute("UPDATE traces SET path = ? WHERE trace_id = ?", [name, trace_id])
+    return trace_ids
+
+
+def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
+            held: list[tuple[str, bool]] | None) -> list[int]:
     sink = Sink(store, progress)
     not_read: list[tuple[str, str]] = []
-    inputs = [pair for p in paths for pair in find_inputs(Path(p), not_read)]
+    inputs = [pair for p in paths for pair in find_inputs(p, not_read)]
     stale: list[int] = []  # traces of changed inputs, removed once their new reads succeeded
     try:
         with paused_gc():

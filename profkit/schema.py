@@ -71,7 +71,8 @@ TABLES: tuple[Table, ...] = (
         C("trace_id", "INTEGER", "Key of the trace within this store."),
         C("path", "VARCHAR", "Absolute path of the input file or directory; where one file holds "
           "several traces, `#` and which (`#pid145`: an Nsight report's process, one trace per process "
-          "that drove a device; `#0`, `#GUID`: a rocprof process)."),
+          "that drove a device; `#0`, `#GUID`: a rocprof process). A trace read from a stream has the name "
+          "it was given: `<stdin>` for standard input, the pipe's path otherwise."),
         C("format", "VARCHAR", "Input format: `kineto`, `nsys`, `rocprof_v1`, `rocprofv3_csv`, `rocprofv3_json`, `rocpd`, ..."),
         C("format_version", "VARCHAR", "Version the input declares (Kineto schemaVersion, Nsight export schema, rocpd schema)."),
         C("producer", "VARCHAR", "Tool and version that wrote the input where it says (e.g. `Nsight Systems 2024.5.1`, `roctracer 4.1`)."),

@@ -1,0 +1,75 @@
+"""Inputs that are streams, not files: standard input (`-`, `/dev/stdin`), a pipe
+(`<(zcat trace.json.gz)`, a named FIFO), a character device. Parsers map their input and
+read parts of it more than once, so a stream is first copied to a temporary file, which
+is read like any file; the trace keeps the name the stream was given. A stream is never
+cached: it has no size or modification time to know it again by."""
+from __future__ import annotations
+
+import shutil
+import stat
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import TraceError
+
+STDIN = "-"
+STDIN_NAME = "<stdin>"  # what standard input is called in traces and messages
+_COPY_CHUNK = 16 << 20
+
+
+def is_stream(path: Path) -> bool:
+    """`-`, or something that exists and is neither a regular file nor a directory."""
+    if str(path) == STDIN:
+        return True
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+@contextmanager
+def spooled(paths: list[Path]) -> Iterator[tuple[list[Path], dict[str, str]]]:
+    """(the paths to read, each stream replaced by its copy; {copy, resolved: the name the
+    stream was given}). The copies are removed when the block ends."""
+    if not any(is_stream(p) for p in paths):
+        yield paths, {}
+        return
+    with tempfile.TemporaryDirectory(prefix="profkit-stream-") as folder:
+        readable, given = [], {}
+        for i, path in enumerate(paths):
+            if not is_stream(path):
+                readable.append(path)
+                continue
+            # The stream's own name is kept (a FIFO named rank3.json still gives rank 3).
+            copy = Path(folder) / str(i) / ("stdin" if str(path) == STDIN else path.name)
+            copy.parent.mkdir()
+            _copy(path, copy)
+            readable.append(copy)
+            given[str(copy.resolve())] = STDIN_NAME if str(path) == STDIN else str(path.absolute())
+        yield readable, given
+
+
+def _copy(path: Path, copy: Path) -> None:
+    try:
+        with open(copy, "wb") as out:
+            if str(path) == STDIN:
+                shutil.copyfileobj(sys.stdin.buffer, out, _COPY_CHUNK)
+            else:
+                with open(path, "rb") as source:
+                    shutil.copyfileobj(source, out, _COPY_CHUNK)
+    except OSError as exc:
+        raise TraceError(path, f"cannot read the stream: {exc.strerror or exc}") from None
+
+
+def given_name(path: str | Path, given: dict[str, str]) -> str | None:
+    """The name a stream was given, for its copy's path (or a trace path under it:
+    `COPY#1` for a process of it); None for a path that is not a copy."""
+    text = str(Path(path).resolve()) if path else ""
+    for copy, name in given.items():
+        if text == copy or text.startswith(copy + "#"):
+            return name + text[len(copy):]
+    return None

@@ -1,0 +1,97 @@
+"""Traces given as streams: standard input (`-`), a pipe (`/dev/stdin`, `<(zcat ...)`, a
+named FIFO). Read from a temporary copy, they give what the file gives, under the name
+given; nothing is cached or left behind; an empty or unreadable stream is a one-line
+error naming it."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_trace
+from profkit.ingest import ingest
+from profkit.store import Store
+
+PROFKIT = shutil.which("profkit", path=str(Path(sys.executable).parent))
+TRACE = "kineto/cuda/h100_bert_small.json.gz"
+
+
+def run(*args, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PROFKIT, *map(str, args)], input=stdin, capture_output=True, env=env)
+
+
+def _findings(output: bytes) -> list:
+    return [(f["rule"], f["impact_ns"], f["scope"]) for f in json.loads(output)["findings"]]
+
+
+@pytest.fixture()
+def env(tmp_path):
+    """A cache directory of the test's own, to see that nothing is cached."""
+    cache = tmp_path / "cache"
+    return {**os.environ, "PROFKIT_CACHE_DIR": str(cache)}, cache
+
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdin"])
+def test_a_trace_on_standard_input_is_analysed_as_the_file_is(name, tmp_path, env):
+    env, cache = env
+    trace = shared_trace(TRACE)
+    piped = run("--no-cache", "analyze", name, "--format", "json", stdin=trace.read_bytes(), env=env)
+    assert piped.returncode == 0, piped.stderr
+    direct = run("--no-cache", "analyze", trace, "--format", "json", env=env)
+    assert _findings(piped.stdout) == _findings(direct.stdout)
+    paths = [t["path"] for t in json.loads(piped.stdout)["traces"]]
+    assert paths == ["<stdin>" if name == "-" else name]
+    cached = run("analyze", name, "--format", "json", stdin=trace.read_bytes(), env=env)  # the cache is on
+    assert cached.returncode == 0 and not cache.exists()
+
+
+def test_a_named_pipe_keeps_its_name_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
+    fifo = tmp_path / "job_rank3.json"
+    os.mkfifo(fifo)
+    text = gzip.decompress(shared_trace(TRACE).read_bytes())
+    writer = threading.Thread(target=fifo.write_bytes, args=(text,))
+    writer.start()
+    store = Store.open(None)
+    try:
+        ingest([fifo], store)
+    finally:
+        writer.join()
+    assert store.rows("SELECT path, rank, rank_source FROM traces") == [
+        {"path": str(fifo), "rank": 3, "rank_source": "filename"}]
+    assert store.scalar("SELECT count(*) FROM kernels") > 0
+    assert list(temp.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["job_rank3.json", "temp"]
+
+
+def test_standard_input_twice_into_a_store_is_two_traces(tmp_path):
+    trace = shared_trace(TRACE).read_bytes()
+    out = tmp_path / "run.duckdb"
+    for _ in range(2):
+        result = run("ingest", "-", "-o", out, stdin=trace)
+        assert result.returncode == 0, result.stderr
+    with Store.open(out, read_only=True) as store:
+        assert store.scalar("SELECT count(*) FROM traces WHERE path = '<stdin>'") == 2
+
+
+@pytest.mark.parametrize("stdin, problem", [
+    (b"", "<stdin>: empty file"),
+    (b'{"x": 1}\n', "<stdin>: not a trace profkit can read"),
+    (b"\x1f\x8b\x08\x00garbage", "<stdin>: "),
+])
+def test_an_empty_or_unusable_stream_is_a_one_line_error_naming_it(stdin, problem):
+    result = run("analyze", "-", stdin=stdin)
+    assert result.returncode == 2
+    message = result.stderr.decode().strip()
+    assert len(message.splitlines()) == 1 and message.startswith(f"profkit: error: {problem}"), message
+    assert "profkit-stream-" not in message  # never the name of the copy
