@@ -138,7 +138,8 @@ def trace_notes(traces: list[dict[str, Any]], loaded: int | None = None) -> list
 def input_notes(result: dict[str, Any]) -> list[str]:
     """Lines about the inputs as a whole, printed before the per-trace notes."""
     traces = result.get("traces") or []
-    return not_read_notes(result) + shared_rank_notes(traces) + mixed_format_notes(traces)
+    return (not_read_notes(result) + shared_rank_notes(traces) + mixed_format_notes(traces)
+            + mixed_device_notes(traces))
 
 
 def unusable_input_notes(traces: list[dict[str, Any]], shown: int = 3) -> list[str]:
@@ -184,6 +185,23 @@ def mixed_format_notes(traces: list[dict[str, Any]]) -> list[str]:
                        for fmt, ranks in by_format.items())
     return [f"The traces come from {len(by_format)} tools ({listed}): cross-rank figures treat them as ranks "
             "of one job; for separate runs, or the same run recorded twice, analyse each alone."]
+
+
+def mixed_device_notes(traces: list[dict[str, Any]]) -> list[str]:
+    """A line where the ranks ran on different device models (an A100 rank beside an H100
+    one): the ranks of one job usually share one, so these are most likely traces of
+    separate runs, which cross-rank figures would take for one job."""
+    by_models: dict[tuple[str, ...], list[str]] = {}
+    for t in traces:
+        models = tuple(sorted({str(d.get("name")) for d in t.get("devices") or [] if d.get("name")}))
+        if models:
+            by_models.setdefault(models, []).append(str(t.get("rank")))
+    if len(by_models) < 2:
+        return []
+    listed = "; ".join(f"{' + '.join(models)}: rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}"
+                       for models, ranks in by_models.items())
+    return [f"The ranks ran on different devices ({listed}): cross-rank figures treat them as ranks of one "
+            "job; for separate runs, analyse each alone or compare them with profkit diff."]
 
 
 def not_read_notes(result: dict[str, Any], shown: int = 3) -> list[str]:

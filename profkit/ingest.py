@@ -27,7 +27,8 @@ ProgressCallback = Callable[[str, int, int], None]
 # Kineto activities on a node id stored under the device's ordinal. 4: files of an input
 # directory that no parser claims listed in inputs_not_read. 5: Kineto times, ids and
 # devices beyond their columns counted ("... in range"), large inputs read by kineto_scan.
-REVISION = 5
+# 6: a trace repeating a recording read already (a copy in the same directory) not kept.
+REVISION = 6
 
 
 def rank_from_filename(path: str | Path) -> int | None:
@@ -116,6 +117,22 @@ def _changed_since(store: Store, trace_ids: list[int], path: Path) -> bool:
         f"SELECT DISTINCT file_bytes, file_mtime_ns FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids))})"
     ).fetchall()
     return recorded != [(size, mtime)]
+
+
+def _same_recordings(store: Store, trace_ids: list[int]) -> list[tuple[int, str, str]]:
+    """(trace id, path, path of the trace kept) for each of `trace_ids` that repeats a
+    recording the store held already or an earlier of them is: the same format, number of
+    events, first start and last end to the nanosecond, on which two ranks or two runs
+    never all agree (a copy of a trace, or its .json beside its .json.gz)."""
+    if not trace_ids:
+        return []
+    return [tuple(row) for row in store.con.execute(f"""
+        SELECT t.trace_id, t.path, k.path FROM traces t
+        JOIN traces k ON k.trace_id < t.trace_id AND k.format = t.format AND k.event_count = t.event_count
+                     AND k.start_ns = t.start_ns AND k.end_ns = t.end_ns
+        WHERE t.trace_id IN ({','.join(map(str, trace_ids))}) AND t.event_count > 0
+        QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY k.trace_id) = 1
+        ORDER BY t.trace_id""").fetchall()]
 
 
 def _remove_traces(store: Store, trace_ids: list[int]) -> None:
@@ -235,7 +252,9 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
     wrong answer, not a slow one): unchanged since it was read (size and modification time),
     it is not read again; changed, its traces are replaced. Each such input is appended to
     `held` as (path, changed). A stream (`-` for standard input, a pipe) is read from a
-    copy (profkit.streams) and always added."""
+    copy (profkit.streams), every time. A trace repeating a recording the store holds (a
+    copy of a file, under another name or from a stream) is not kept: `inputs_not_read`
+    names it."""
     with spooled([Path(p) for p in paths]) as (readable, given):
         try:
             trace_ids = _ingest(readable, store, progress, held)
@@ -249,6 +268,9 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
                 ).fetchall():
             if (name := given_name(path, given)) is not None:
                 store.con.execute("UPDATE traces SET path = ? WHERE trace_id = ?", [name, trace_id])
+        for (path,) in store.con.execute("SELECT path FROM inputs_not_read").fetchall():
+            if (name := given_name(path, given)) is not None:
+                store.con.execute("UPDATE inputs_not_read SET path = ? WHERE path = ?", [name, path])
     return trace_ids
 
 
@@ -271,6 +293,12 @@ def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
                     stale += earlier
                 _parse(module, input_path, sink)
             _remove_traces(store, stale)
+            for trace_id, path, kept in _same_recordings(store, sink.trace_ids):
+                # Two copies of one rank's trace in a directory would count it twice.
+                _remove_traces(store, [trace_id])
+                sink.trace_ids.remove(trace_id)
+                not_read.append((path, f"the same recording as {Path(kept).name} (same events, first start "
+                                       "and last end), read once"))
             _fill_missing_ranks(store, sink.trace_ids)
     except BaseException:
         store.settle()

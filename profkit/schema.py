@@ -215,14 +215,18 @@ TABLES: tuple[Table, ...] = (
           "figure leaves them out, and `profkit analyze` says so. False where they were read and left "
           "out by design (metadata, tables profkit does not use), and for notes (count 0).", default="false"),
     ), grain="reason"),
-    Table("inputs_not_read", "Files under an input directory that no parser claimed, so that nothing "
-          "of them is in the store (a rank's trace in a format profkit does not read would otherwise be "
-          "left out without a word); reports name them. Files profkit writes or ignores by name (`*.duckdb`, "
-          "`*.md`, `*.py`, hidden files) are not listed.", (
-        C("path", "VARCHAR", "Absolute path of the file."),
+    Table("inputs_not_read", "Files under an input directory that no parser claimed, and inputs that "
+          "repeat a recording already read, so that nothing of them is in the store (a rank's trace in a "
+          "format profkit does not read would otherwise be left out without a word, a copy counted twice); "
+          "reports name them. Files profkit writes or ignores by name (`*.duckdb`, `*.md`, `*.py`, hidden "
+          "files) are not listed.", (
+        C("path", "VARCHAR", "Absolute path of the file (a trace's path where one file holds several)."),
         C("reason", "VARCHAR", "Why it was not read: `not a trace profkit reads`, `empty file`, `the same "
-          "run as NAME, which is read` (an Nsight report beside its SQLite export), or `a FORMAT trace inside "
-          "a FORMAT directory, not read with it` (a rocpd database among rocprofv3 CSV files)."),
+          "run as NAME, which is read` (an Nsight report beside its SQLite export), `the same recording as "
+          "NAME (same events, first start and last end), read once` (a copy of a trace, or its .json beside "
+          "its .json.gz: the same format, event count, first start and last end to the nanosecond), or `a "
+          "FORMAT trace inside a FORMAT directory, not read with it` (a rocpd database among rocprofv3 CSV "
+          "files)."),
     ), grain="file"),
 )
 

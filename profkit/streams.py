@@ -2,14 +2,16 @@
 (`<(zcat trace.json.gz)`, a named FIFO), a character device. Parsers map their input and
 read parts of it more than once, so a stream is first copied to a temporary file, which
 is read like any file; the trace keeps the name the stream was given. A stream is never
-cached: it has no size or modification time to know it again by."""
+cached, nor known again in a store: it has no size or modification time to know it by (a
+recording the store holds already is still not added twice: see ingest)."""
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +31,17 @@ def is_stream(path: Path) -> bool:
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _refused(path: Path, source) -> str | None:
+    """Why a stream is not read: a terminal would wait for typing, and a device (/dev/zero)
+    may never end."""
+    if source.isatty():
+        return "is a terminal: pipe a trace into it (zcat trace.json.gz | profkit analyze -)"
+    mode = os.fstat(source.fileno()).st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a trace or a pipe"
+    return None
 
 
 @contextmanager
@@ -54,15 +67,15 @@ def spooled(paths: list[Path]) -> Iterator[tuple[list[Path], dict[str, str]]]:
 
 
 def _copy(path: Path, copy: Path) -> None:
+    name = STDIN_NAME if str(path) == STDIN else path
     try:
-        with open(copy, "wb") as out:
-            if str(path) == STDIN:
-                shutil.copyfileobj(sys.stdin.buffer, out, _COPY_CHUNK)
-            else:
-                with open(path, "rb") as source:
-                    shutil.copyfileobj(source, out, _COPY_CHUNK)
+        with (nullcontext(sys.stdin.buffer) if str(path) == STDIN else open(path, "rb")) as source:
+            if (problem := _refused(path, source)) is not None:
+                raise TraceError(name, problem)
+            with open(copy, "wb") as out:
+                shutil.copyfileobj(source, out, _COPY_CHUNK)
     except OSError as exc:
-        raise TraceError(path, f"cannot read the stream: {exc.strerror or exc}") from None
+        raise TraceError(name, f"cannot read the stream: {exc.strerror or exc}") from None
 
 
 def given_name(path: str | Path, given: dict[str, str]) -> str | None:

@@ -1,6 +1,7 @@
 """`profkit analyze` end to end: the synthetic sample's injected bottlenecks are found with
 the right scope and ranked by their injected size; the JSON output keeps its documented
 shape on every vendor's input."""
+import gzip
 import json
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from profkit.findings import group_across_ranks
+from profkit.ingest import ingest
+from profkit.store import Store
 
 from conftest import SAMPLE_TRACES, shared_trace
 
@@ -294,3 +297,42 @@ def test_traces_from_different_tools_are_pointed_out(tmp_path):
     single = subprocess.run([PROFKIT, "analyze", str(SYNTHETIC), "--format", "markdown"], capture_output=True,
                             text=True).stdout
     assert "tools (" not in single
+
+
+def test_ranks_on_different_devices_are_pointed_out(tmp_path):
+    """An A100 trace and an H100 trace in one directory (two runs, most likely): both
+    analysed, and the reports say so; one model on every rank says nothing."""
+    shutil.copy(shared_trace("kineto/cuda/a100_event_sync.json.gz"), tmp_path / "rank0.json.gz")
+    shutil.copy(shared_trace("kineto/cuda/h100_bert_small.json.gz"), tmp_path / "rank1.json.gz")
+    line = ("The ranks ran on different devices (NVIDIA A100-PG509-200: rank 0; NVIDIA H100 80GB HBM3: rank 1): "
+            "cross-rank figures treat them as ranks of one job")
+    for fmt in ("table", "markdown"):
+        out = subprocess.run([PROFKIT, "analyze", str(tmp_path), "--format", fmt], capture_output=True,
+                             text=True).stdout
+        assert line in " ".join(out.replace("\\_", "_").split()), fmt
+    same = subprocess.run([PROFKIT, "analyze", str(shared_trace("kineto/cuda/sampled_2ranks")), "--format",
+                           "markdown"], capture_output=True, text=True).stdout
+    assert "different devices" not in same
+
+
+def test_a_copy_of_a_trace_beside_it_is_read_once(tmp_path):
+    """Two copies of one rank's trace in a directory (a download saved twice; the .json
+    beside its .json.gz) would count that rank twice: the second is not read, and the
+    reports and the store say why."""
+    trace = shared_trace("kineto/cuda/h100_bert_small.json.gz")
+    shutil.copy(trace, tmp_path / "rank0.json.gz")
+    shutil.copy(trace, tmp_path / "rank0 (1).json.gz")
+    (tmp_path / "rank0.json").write_bytes(gzip.decompress(trace.read_bytes()))
+    result = analyze_json(tmp_path)
+    assert [Path(t["path"]).name for t in result["traces"]] == ["rank0 (1).json.gz"]
+    assert sorted((Path(f["path"]).name, f["reason"]) for f in result["inputs_not_read"]) == [
+        ("rank0.json", "the same recording as rank0 (1).json.gz (same events, first start and last end), read once"),
+        ("rank0.json.gz", "the same recording as rank0 (1).json.gz (same events, first start and last end), read once"),
+    ]
+    out = subprocess.run([PROFKIT, "analyze", str(tmp_path)], capture_output=True, text=True).stdout
+    assert "Not read: 2 files (the same recording as rank0 (1).json.gz" in " ".join(out.split())
+    store = Store.open(None)
+    ingest([trace], store)
+    ingest([tmp_path / "rank0.json"], store)  # into a store holding it already, under another name
+    assert store.scalar("SELECT count(*) FROM traces") == 1
+    assert store.scalar("SELECT count(*) FROM events") == store.scalar("SELECT event_count FROM traces")

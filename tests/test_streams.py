@@ -74,14 +74,20 @@ def test_a_named_pipe_keeps_its_name_and_leaves_nothing_behind(tmp_path, monkeyp
     assert list(temp.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["job_rank3.json", "temp"]
 
 
-def test_standard_input_twice_into_a_store_is_two_traces(tmp_path):
-    trace = shared_trace(TRACE).read_bytes()
+def test_standard_input_is_read_every_time_and_a_repeated_recording_kept_once(tmp_path):
     out = tmp_path / "run.duckdb"
-    for _ in range(2):
-        result = run("ingest", "-", "-o", out, stdin=trace)
+    outputs = []
+    for name in ("kineto/cuda/h100_bert_small.json.gz", "kineto/cuda/h100_bert_small.json.gz",
+                 "kineto/cuda/a100_event_sync.json.gz"):
+        result = run("ingest", "-", "-o", out, stdin=shared_trace(name).read_bytes())
         assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout.decode())
+    assert "1 trace(s) added" in outputs[0] and "0 trace(s) added" in outputs[1] and "1 trace(s) added" in outputs[2]
     with Store.open(out, read_only=True) as store:
         assert store.scalar("SELECT count(*) FROM traces WHERE path = '<stdin>'") == 2
+        assert store.rows("SELECT path, reason FROM inputs_not_read") == [
+            {"path": "<stdin>", "reason": "the same recording as <stdin> (same events, first start and last end), "
+                                          "read once"}]
 
 
 @pytest.mark.parametrize("stdin, problem", [
@@ -95,3 +101,12 @@ def test_an_empty_or_unusable_stream_is_a_one_line_error_naming_it(stdin, proble
     message = result.stderr.decode().strip()
     assert len(message.splitlines()) == 1 and message.startswith(f"profkit: error: {problem}"), message
     assert "profkit-stream-" not in message  # never the name of the copy
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_a_device_is_refused_not_copied_for_ever():
+    for args, stdin in ((["/dev/zero"], None), (["-"], "/dev/zero")):
+        with open(stdin, "rb") if stdin else open(os.devnull, "rb") as source:
+            result = subprocess.run([PROFKIT, "analyze", *args], stdin=source, capture_output=True, timeout=60)
+        assert result.returncode == 2
+        assert result.stderr.decode().strip().endswith("is a device, not a trace or a pipe")
