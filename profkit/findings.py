@@ -176,32 +176,36 @@ def mixed_format_notes(traces: list[dict[str, Any]]) -> list[str]:
     """A line where the traces come from more than one tool (a directory holding a run's
     PyTorch profiler traces and an Nsight export of it, or traces of unrelated runs): each
     is analysed, but cross-rank figures take them for ranks of one job."""
-    by_format: dict[str, list[str]] = {}
-    for t in traces:
-        by_format.setdefault(str(t.get("format")), []).append(str(t.get("rank")))
+    by_format = _ranks_by(traces, lambda t: str(t.get("format")))
     if len(by_format) < 2:
         return []
-    listed = "; ".join(f"{fmt}: rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}"
-                       for fmt, ranks in by_format.items())
-    return [f"The traces come from {len(by_format)} tools ({listed}): cross-rank figures treat them as ranks "
-            "of one job; for separate runs, or the same run recorded twice, analyse each alone."]
+    return [f"The traces come from {len(by_format)} tools ({_listed(by_format)}): cross-rank figures treat "
+            "them as ranks of one job; for separate runs, or the same run recorded twice, analyse each alone."]
 
 
 def mixed_device_notes(traces: list[dict[str, Any]]) -> list[str]:
     """A line where the ranks ran on different device models (an A100 rank beside an H100
     one): the ranks of one job usually share one, so these are most likely traces of
     separate runs, which cross-rank figures would take for one job."""
-    by_models: dict[tuple[str, ...], list[str]] = {}
-    for t in traces:
-        models = tuple(sorted({str(d.get("name")) for d in t.get("devices") or [] if d.get("name")}))
-        if models:
-            by_models.setdefault(models, []).append(str(t.get("rank")))
+    by_models = _ranks_by(traces, lambda t: " + ".join(sorted({str(d["name"]) for d in t.get("devices") or []
+                                                              if d.get("name")})) or None)
     if len(by_models) < 2:
         return []
-    listed = "; ".join(f"{' + '.join(models)}: rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}"
-                       for models, ranks in by_models.items())
-    return [f"The ranks ran on different devices ({listed}): cross-rank figures treat them as ranks of one "
-            "job; for separate runs, analyse each alone or compare them with profkit diff."]
+    return [f"The ranks ran on different devices ({_listed(by_models)}): cross-rank figures treat them as "
+            "ranks of one job; for separate runs, analyse each alone or compare them with profkit diff."]
+
+
+def _ranks_by(traces: list[dict[str, Any]], key) -> dict[str, list[str]]:
+    """The traces' ranks grouped by `key(trace)` (traces whose key is None left out)."""
+    groups: dict[str, list[str]] = {}
+    for t in traces:
+        if (value := key(t)) is not None:
+            groups.setdefault(value, []).append(str(t.get("rank")))
+    return groups
+
+
+def _listed(groups: dict[str, list[str]]) -> str:
+    return "; ".join(f"{value}: rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)}" for value, ranks in groups.items())
 
 
 def not_read_notes(result: dict[str, Any], shown: int = 3) -> list[str]:
