@@ -1,9 +1,10 @@
 """Compiled loops of the graph. The replay's longest-path pass is a chain of dependent
 updates that numpy cannot vectorise; as a Python loop it costs ~0.4 s per replay at
 1.5M edges, and an analysis replays several times. numba compiles it once (cached on
-disk) to ~30 ms. Small graphs keep the Python loop in graph_replay: below its
-`PRELOAD_MIN_EDGES` the import and cache load of numba (~0.55 s) cost more than they save,
-and up to `COMPILED_MIN_EDGES` they are used only once loaded off the main thread.
+disk) to ~30 ms. Small analyses keep the Python loop in graph_replay: below its
+`PRELOAD_MIN_WORK` (edges times replays) the import and cache load of numba (~0.55 s) cost
+more than they save, and up to `COMPILED_MIN_WORK` they are used only once loaded off the
+main thread.
 
 Imported lazily by `graph_replay`; where numba cannot be imported the Python loop runs,
 with the same result (tests/test_graph.py compares the two)."""

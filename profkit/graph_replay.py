@@ -43,16 +43,26 @@ def replay(graph: Graph, weight: np.ndarray | None = None) -> Schedule:
     return _replay(graph, weight)
 
 
-# From this many edges on the compiled loops are waited for: the Python loop costs ~0.5 us
-# an edge a replay, an analysis replays about five times (the schedule and one per
-# what-if), and numba's import and cache load cost ~0.55 s (profkit/compiled.py).
-COMPILED_MIN_EDGES = 500_000
-# From this many edges on they are used where loaded already: critical_path.prefetch
+# The compiled loops are chosen by the work an analysis will do on the graph: its edges
+# times the replays it makes, about one for the schedule and seven per trace (the what-ifs
+# that price each trace's findings; every replay covers all ranks, the graph being one).
+REPLAYS_PER_TRACE = 7
+# From this much work on they are waited for: the Python loop costs ~0.2-0.5 us an edge a
+# replay, and numba's import and cache load cost ~0.55 s (profkit/compiled.py). One
+# trace: 500k edges, as before; 16 synthetic ranks of 9k edges each (150k edges replayed
+# 113 times) took 3.3 s in the Python loop.
+COMPILED_MIN_WORK = 500_000 * (1 + REPLAYS_PER_TRACE)
+# From this much work on they are used where loaded already: critical_path.prefetch
 # builds the graph on a worker thread as the passes begin, and loads them there
 # (`load_compiled`), so that the load overlaps the passes. On the 325k-edge v100 trace that
 # saved 0.2-0.9 s; on the 141k-edge a100 one, loading them at every analysis's start cost
 # 0.5-0.7 s more than the Python loop (first runs of `profkit analyze`, alternating).
-PRELOAD_MIN_EDGES = 250_000
+PRELOAD_MIN_WORK = 250_000 * (1 + REPLAYS_PER_TRACE)
+
+
+def replay_work(graph: Graph) -> int:
+    """Edges times the replays an analysis of `graph` makes (see REPLAYS_PER_TRACE)."""
+    return graph.n_edges * (1 + REPLAYS_PER_TRACE * max(len(graph.traces), 1))
 
 
 @compiled
@@ -68,18 +78,19 @@ def _kernels():
 
 
 def load_compiled(graph: Graph) -> None:
-    """Load the compiled loops where `graph` is large enough to use them once loaded (for a
-    worker thread: the replays on the main thread then find them ready)."""
-    if graph.n_edges >= PRELOAD_MIN_EDGES:
+    """Load the compiled loops where the analysis of `graph` is work enough to use them once
+    loaded (for a worker thread: the replays on the main thread then find them ready)."""
+    if replay_work(graph) >= PRELOAD_MIN_WORK:
         _kernels()
 
 
-def _loop(name: str, n_edges: int, compiled: bool | None = None):
+def _loop(name: str, graph: Graph, compiled: bool | None = None):
     """A compiled loop of graph_kernels, or None for the Python loop (numba not importable,
-    the graph too small, or `compiled=False`); compiled=True waits for it at any size."""
+    too little work, or `compiled=False`); compiled=True waits for it at any size."""
     if compiled is False:
         return None
-    wanted = compiled or n_edges >= COMPILED_MIN_EDGES or (n_edges >= PRELOAD_MIN_EDGES and _kernels.ready())
+    work = replay_work(graph)
+    wanted = compiled or work >= COMPILED_MIN_WORK or (work >= PRELOAD_MIN_WORK and _kernels.ready())
     kernels = _kernels() if wanted else None
     return getattr(kernels, name) if kernels is not None else None
 
@@ -89,7 +100,7 @@ def _replay(graph: Graph, w: np.ndarray, compiled: bool | None = None) -> Schedu
     nv = graph.n_vertices
     has_pred = np.zeros(nv, dtype=bool)
     has_pred[graph.dst] = True
-    loop = _loop("longest_path", graph.n_edges, compiled)
+    loop = _loop("longest_path", graph, compiled)
     if loop is not None:
         time = np.where(has_pred, NEG, graph.vtime).astype(np.int64)
         via = np.full(nv, -1, dtype=np.int64)
@@ -118,7 +129,7 @@ def critical_path(graph: Graph, sched: Schedule, end_vertex: int, window_start: 
     of ran on the path then)."""
     t = sched.time
     start = NEG if window_start is None else int(window_start)
-    walk = _loop("walk_back", graph.n_edges)
+    walk = _loop("walk_back", graph)
     if walk is not None:
         edges, ns, v = walk(sched.via, graph.src, t, int(end_vertex), start,
                             max_edges if max_edges is not None else 1 << 62)

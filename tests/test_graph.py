@@ -121,9 +121,9 @@ def test_compiled_replay_equals_python_loop():
     from profkit.graph_replay import _loop, _replay
     from profkit.whatif import apply_changes
 
-    assert _loop("longest_path", 0, compiled=True) is not None, "numba is a dependency: the compiled loop must import"
     store = _store(shared_trace("kineto/cuda/a100_nccl_rank0_of2.json.gz"))
     g = build_graph(store)
+    assert _loop("longest_path", g, compiled=True) is not None, "numba is a dependency: the compiled loop must import"
     for w in (g.weight, apply_changes(g, [{"kind": "no_sync"}, {"kind": "no_host_overhead"}])):
         py, jit = _replay(g, w, compiled=False), _replay(g, w, compiled=True)
         assert np.array_equal(py.time, jit.time) and np.array_equal(py.via, jit.via)
@@ -137,8 +137,8 @@ def test_compiled_critical_path_equals_python(monkeypatch):
     store = _store(shared_trace("kineto/cuda/a100_nccl_rank0_of2.json.gz"))
     reports = []
     for threshold in (0, 1 << 62):
-        monkeypatch.setattr(graph_replay, "COMPILED_MIN_EDGES", threshold)
-        monkeypatch.setattr(graph_replay, "PRELOAD_MIN_EDGES", threshold)
+        monkeypatch.setattr(graph_replay, "COMPILED_MIN_WORK", threshold)
+        monkeypatch.setattr(graph_replay, "PRELOAD_MIN_WORK", threshold)
         reports.append(critical_path_report(store, store.trace_ids()[0], graph=build_graph(store)))
     assert reports[0]["available"] and reports[0] == reports[1]
 
