@@ -251,7 +251,10 @@ def read_saved(path: str) -> dict[str, Any] | None:
     where the file is not one. A file that says it is one but is not whole (cut short, or
     without its per-trace list) is a mistake to name, not a trace to parse."""
     import json
+    from pathlib import Path
 
+    if not Path(path).is_file():  # a directory, a store's absence, or a pipe (read once: never looked into)
+        return None
     try:
         with open(path, encoding="utf-8") as fh:
             head = fh.read(200)

@@ -45,12 +45,16 @@ def is_store_file(path: Path) -> bool:
 
 
 def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None = None) -> Store:
-    """Open the store for `path`, parsing the input only if no valid cache exists."""
+    """Open the store for `path`, parsing the input only if no valid cache exists. `path`
+    the string `-`: a trace on standard input (profkit.streams)."""
+    if is_stream(path):  # read once, so never opened to look at first; no size and time to know it by
+        store = Store.open(None)
+        ingest([path], store, progress)
+        return store
     path = Path(path)
-    stream = is_stream(path)  # read once, so never opened to look at first
-    if not stream and is_store_file(path):
+    if is_store_file(path):
         return open_store(path)
-    if not cache or stream:  # a stream has no size and time to know it again by
+    if not cache:
         store = Store.open(None)
         ingest([path], store, progress)
         return store

@@ -121,18 +121,33 @@ def _changed_since(store: Store, trace_ids: list[int], path: Path) -> bool:
 
 def _same_recordings(store: Store, trace_ids: list[int]) -> list[tuple[int, str, str]]:
     """(trace id, path, path of the trace kept) for each of `trace_ids` that repeats a
-    recording the store held already or an earlier of them is: the same format, number of
-    events, first start and last end to the nanosecond, on which two ranks or two runs
-    never all agree (a copy of a trace, or its .json beside its .json.gz)."""
+    recording the store held already or an earlier of them is (a copy of a trace, or its
+    .json beside its .json.gz): the same format, number of events, first start and last
+    end, then the same events (a hash over their kind, name, times, process, thread,
+    device and stream: two ranks, or two processes of one Nsight report, differ there)."""
     if not trace_ids:
         return []
-    return [tuple(row) for row in store.con.execute(f"""
-        SELECT t.trace_id, t.path, k.path FROM traces t
+    candidates = store.con.execute(f"""
+        SELECT t.trace_id, t.path, k.trace_id, k.path FROM traces t
         JOIN traces k ON k.trace_id < t.trace_id AND k.format = t.format AND k.event_count = t.event_count
                      AND k.start_ns = t.start_ns AND k.end_ns = t.end_ns
         WHERE t.trace_id IN ({','.join(map(str, trace_ids))}) AND t.event_count > 0
-        QUALIFY row_number() OVER (PARTITION BY t.trace_id ORDER BY k.trace_id) = 1
-        ORDER BY t.trace_id""").fetchall()]
+        ORDER BY t.trace_id, k.trace_id""").fetchall()
+    prints: dict[int, int] = {}
+
+    def fingerprint(trace_id: int) -> int:
+        if trace_id not in prints:
+            prints[trace_id] = store.scalar(
+                "SELECT bit_xor(hash(kind, name, start_ns, dur_ns, pid, tid, device, stream)) FROM events "
+                "WHERE trace_id = ?", [trace_id])
+        return prints[trace_id]
+
+    same, done = [], set()
+    for trace_id, path, kept_id, kept in candidates:
+        if trace_id not in done and kept_id not in {t for t, _, _ in same} and fingerprint(trace_id) == fingerprint(kept_id):
+            same.append((trace_id, path, kept))
+            done.add(trace_id)
+    return same
 
 
 def _remove_traces(store: Store, trace_ids: list[int]) -> None:
@@ -255,27 +270,20 @@ def ingest(paths: list[str | Path], store: Store, progress: ProgressCallback | N
     copy (profkit.streams), every time. A trace repeating a recording the store holds (a
     copy of a file, under another name or from a stream) is not kept: `inputs_not_read`
     names it."""
-    with spooled([Path(p) for p in paths]) as (readable, given):
+    with spooled(list(paths)) as (readable, given):
         try:
-            trace_ids = _ingest(readable, store, progress, held)
+            return _ingest(readable, store, progress, held, given)
         except TraceError as exc:
             name = given_name(exc.path, given)
             if name is None:
                 raise
             raise TraceError(name, exc.problem) from None
-        for trace_id, path in store.con.execute(
-                f"SELECT trace_id, path FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids)) or 'NULL'})"
-                ).fetchall():
-            if (name := given_name(path, given)) is not None:
-                store.con.execute("UPDATE traces SET path = ? WHERE trace_id = ?", [name, trace_id])
-        for (path,) in store.con.execute("SELECT path FROM inputs_not_read").fetchall():
-            if (name := given_name(path, given)) is not None:
-                store.con.execute("UPDATE inputs_not_read SET path = ? WHERE path = ?", [name, path])
-    return trace_ids
 
 
 def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
-            held: list[tuple[str, bool]] | None) -> list[int]:
+            held: list[tuple[str, bool]] | None, streams: dict[str, str]) -> list[int]:
+    """`ingest` of `paths`, where streams are read from copies: `streams` maps each copy to
+    the name the stream was given, which its traces take."""
     sink = Sink(store, progress)
     not_read: list[tuple[str, str]] = []
     inputs = [pair for p in paths for pair in find_inputs(p, not_read)]
@@ -293,23 +301,46 @@ def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
                     stale += earlier
                 _parse(module, input_path, sink)
             _remove_traces(store, stale)
+            _name_streams(store, sink.trace_ids, streams)
             for trace_id, path, kept in _same_recordings(store, sink.trace_ids):
                 # Two copies of one rank's trace in a directory would count it twice.
                 _remove_traces(store, [trace_id])
                 sink.trace_ids.remove(trace_id)
-                not_read.append((path, f"the same recording as {Path(kept).name} (same events, first start "
-                                       "and last end), read once"))
+                not_read.append((path, f"the same recording as {Path(kept).name} (same events), read once"))
             _fill_missing_ranks(store, sink.trace_ids)
+            _note_not_read(store, sink.trace_ids, not_read, streams)
     except BaseException:
         store.settle()
         _remove_traces(store, sink.trace_ids)
         raise
-    if not_read:  # once each, where a directory is read into the same store again
+    return sink.trace_ids
+
+
+def _name_streams(store: Store, trace_ids: list[int], streams: dict[str, str]) -> None:
+    """Traces read from a stream's copy take the name the stream was given."""
+    if not streams or not trace_ids:
+        return
+    for trace_id, path in store.con.execute(
+            f"SELECT trace_id, path FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids))})").fetchall():
+        if (name := given_name(path, streams)) is not None:
+            store.con.execute("UPDATE traces SET path = ? WHERE trace_id = ?", [name, trace_id])
+
+
+def _note_not_read(store: Store, trace_ids: list[int], not_read: list[tuple[str, str]],
+                   streams: dict[str, str]) -> None:
+    """inputs_not_read: what this ingest did not read, once each (a directory read into the
+    same store again), and no longer a file it read now (a copy left out before, read since
+    its original changed; not a stream's name, which another stream may have had)."""
+    read = [path for (path,) in store.con.execute(
+        f"SELECT path FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids)) or 'NULL'})").fetchall()
+        if not any(path == name or path.startswith(name + "#") for name in streams.values())]
+    if read:
+        store.con.execute(f"DELETE FROM inputs_not_read WHERE path IN ({', '.join('?' for _ in read)})", read)
+    if not_read:
         known = set(store.con.execute("SELECT path, reason FROM inputs_not_read").fetchall())
         new_rows = [row for row in dict.fromkeys(not_read) if row not in known]
         if new_rows:
             store.con.executemany("INSERT INTO inputs_not_read VALUES (?, ?)", new_rows)
-    return sink.trace_ids
 
 
 def _parse(module, path: Path, sink: Sink) -> None:

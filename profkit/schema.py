@@ -223,8 +223,9 @@ TABLES: tuple[Table, ...] = (
         C("path", "VARCHAR", "Absolute path of the file (a trace's path where one file holds several)."),
         C("reason", "VARCHAR", "Why it was not read: `not a trace profkit reads`, `empty file`, `the same "
           "run as NAME, which is read` (an Nsight report beside its SQLite export), `the same recording as "
-          "NAME (same events, first start and last end), read once` (a copy of a trace, or its .json beside "
-          "its .json.gz: the same format, event count, first start and last end to the nanosecond), or `a "
+          "NAME (same events), read once` (a copy of a trace, or its .json beside its .json.gz: the same "
+          "format, event count, first start and last end to the nanosecond, and a hash over every event's "
+          "kind, name, times, process, thread, device and stream), or `a "
           "FORMAT trace inside a FORMAT directory, not read with it` (a rocpd database among rocprofv3 CSV "
           "files)."),
     ), grain="file"),

@@ -7,7 +7,6 @@ recording the store holds already is still not added twice: see ingest)."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import sys
 import tempfile
@@ -22,60 +21,87 @@ STDIN_NAME = "<stdin>"  # what standard input is called in traces and messages
 _COPY_CHUNK = 16 << 20
 
 
-def is_stream(path: Path) -> bool:
-    """`-`, or something that exists and is neither a regular file nor a directory."""
-    if str(path) == STDIN:
+def is_stream(path: str | Path) -> bool:
+    """The argument `-` (a string: `./-` is a file named -), or something that exists and
+    is neither a regular file nor a directory."""
+    if isinstance(path, str) and path == STDIN:
         return True
     try:
-        mode = path.stat().st_mode
+        mode = Path(path).stat().st_mode
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def _refused(path: Path, source) -> str | None:
+def _refused(source) -> str | None:
     """Why a stream is not read: a terminal would wait for typing, and a device (/dev/zero)
     may never end."""
-    if source.isatty():
-        return "is a terminal: pipe a trace into it (zcat trace.json.gz | profkit analyze -)"
-    mode = os.fstat(source.fileno()).st_mode
+    try:
+        if source.isatty():
+            return "is a terminal: pipe a trace into it (zcat trace.json.gz | profkit analyze -)"
+        mode = os.fstat(source.fileno()).st_mode
+    except (OSError, ValueError):  # no descriptor (a test's stand-in for stdin): read what it gives
+        return None
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "is a device, not a trace or a pipe"
     return None
 
 
 @contextmanager
-def spooled(paths: list[Path]) -> Iterator[tuple[list[Path], dict[str, str]]]:
+def spooled(paths: list[str | Path]) -> Iterator[tuple[list[Path], dict[str, str]]]:
     """(the paths to read, each stream replaced by its copy; {copy, resolved: the name the
-    stream was given}). The copies are removed when the block ends."""
+    stream was given}). The copies are removed when the block ends. A stream named twice
+    is an error: it can be read once."""
     if not any(is_stream(p) for p in paths):
-        yield paths, {}
+        yield [Path(p) for p in paths], {}
         return
+    names = [STDIN_NAME if _is_stdin(p) else str(Path(p).absolute()) for p in paths if is_stream(p)]
+    for name in names:
+        if names.count(name) > 1:
+            raise TraceError(name, "given twice: a stream can be read once")
     with tempfile.TemporaryDirectory(prefix="profkit-stream-") as folder:
         readable, given = [], {}
         for i, path in enumerate(paths):
             if not is_stream(path):
-                readable.append(path)
+                readable.append(Path(path))
                 continue
+            name = STDIN_NAME if _is_stdin(path) else str(Path(path).absolute())
             # The stream's own name is kept (a FIFO named rank3.json still gives rank 3).
-            copy = Path(folder) / str(i) / ("stdin" if str(path) == STDIN else path.name)
+            copy = Path(folder) / str(i) / ("stdin" if _is_stdin(path) else Path(path).name)
             copy.parent.mkdir()
-            _copy(path, copy)
+            _copy(path, name, copy)
             readable.append(copy)
-            given[str(copy.resolve())] = STDIN_NAME if str(path) == STDIN else str(path.absolute())
+            given[str(copy.resolve())] = name
         yield readable, given
 
 
-def _copy(path: Path, copy: Path) -> None:
-    name = STDIN_NAME if str(path) == STDIN else path
+def _is_stdin(path: str | Path) -> bool:
+    return isinstance(path, str) and path == STDIN
+
+
+def _copy(path: str | Path, name: str, copy: Path) -> None:
+    if _is_stdin(path) and sys.stdin is None:
+        raise TraceError(name, "standard input is closed")
     try:
-        with (nullcontext(sys.stdin.buffer) if str(path) == STDIN else open(path, "rb")) as source:
-            if (problem := _refused(path, source)) is not None:
-                raise TraceError(name, problem)
-            with open(copy, "wb") as out:
-                shutil.copyfileobj(source, out, _COPY_CHUNK)
+        source = sys.stdin.buffer if _is_stdin(path) else open(path, "rb")
     except OSError as exc:
         raise TraceError(name, f"cannot read the stream: {exc.strerror or exc}") from None
+    with source if not _is_stdin(path) else nullcontext(source):
+        if (problem := _refused(source)) is not None:
+            raise TraceError(name, problem)
+        with open(copy, "wb") as out:
+            while True:
+                try:
+                    chunk = source.read(_COPY_CHUNK)
+                except OSError as exc:
+                    raise TraceError(name, f"cannot read the stream: {exc.strerror or exc}") from None
+                if not chunk:
+                    return
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise TraceError(name, f"cannot copy the stream to a temporary file in {copy.parents[2]}: "
+                                           f"{exc.strerror or exc}") from None
 
 
 def given_name(path: str | Path, given: dict[str, str]) -> str | None:

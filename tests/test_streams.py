@@ -86,8 +86,7 @@ def test_standard_input_is_read_every_time_and_a_repeated_recording_kept_once(tm
     with Store.open(out, read_only=True) as store:
         assert store.scalar("SELECT count(*) FROM traces WHERE path = '<stdin>'") == 2
         assert store.rows("SELECT path, reason FROM inputs_not_read") == [
-            {"path": "<stdin>", "reason": "the same recording as <stdin> (same events, first start and last end), "
-                                          "read once"}]
+            {"path": "<stdin>", "reason": "the same recording as <stdin> (same events), read once"}]
 
 
 @pytest.mark.parametrize("stdin, problem", [
@@ -110,3 +109,67 @@ def test_a_device_is_refused_not_copied_for_ever():
             result = subprocess.run([PROFKIT, "analyze", *args], stdin=source, capture_output=True, timeout=60)
         assert result.returncode == 2
         assert result.stderr.decode().strip().endswith("is a device, not a trace or a pipe")
+
+
+def test_closed_standard_input_is_a_one_line_error():
+    result = subprocess.run([PROFKIT, "analyze", "-"], stdin=subprocess.DEVNULL, capture_output=True,
+                            preexec_fn=lambda: os.close(0))
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == "profkit: error: <stdin>: standard input is closed"
+
+
+def test_standard_input_named_twice_is_refused(tmp_path):
+    out = tmp_path / "twice.duckdb"
+    result = run("ingest", "-", "-", "-o", out, stdin=shared_trace(TRACE).read_bytes())
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.decode().strip() == "profkit: error: <stdin>: given twice: a stream can be read once"
+    store = Store.open(None)
+    with pytest.raises(Exception, match="<stdin>: given twice: a stream can be read once"):
+        ingest(["-", "-"], store)
+
+
+def test_a_copy_read_beside_a_stream_names_the_stream(tmp_path):
+    trace = shared_trace(TRACE)
+    out = tmp_path / "run.duckdb"
+    result = run("ingest", "-", trace, "-o", out, stdin=trace.read_bytes())
+    assert result.returncode == 0, result.stderr
+    with Store.open(out, read_only=True) as store:
+        assert store.rows("SELECT path FROM traces") == [{"path": "<stdin>"}]
+        assert store.rows("SELECT path, reason FROM inputs_not_read") == [
+            {"path": str(trace), "reason": "the same recording as <stdin> (same events), read once"}]
+
+
+def test_a_named_file_called_dash_is_a_file_not_standard_input(tmp_path):
+    shutil.copy(shared_trace(TRACE), tmp_path / "-")
+    result = subprocess.run([PROFKIT, "--no-cache", "analyze", "./-", "--format", "json"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["traces"][0]["path"] == str(tmp_path / "-")
+
+
+def test_diff_of_a_pipe_reads_it_once(tmp_path):
+    fifo = tmp_path / "base.json"
+    os.mkfifo(fifo)
+    text = gzip.decompress(shared_trace(TRACE).read_bytes())
+    writer = threading.Thread(target=fifo.write_bytes, args=(text,))
+    writer.start()
+    try:
+        result = subprocess.run([PROFKIT, "--no-cache", "diff", str(fifo), str(shared_trace(TRACE)), "--format",
+                                 "json"], capture_output=True, timeout=120)
+    finally:
+        writer.join(timeout=5)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)
+
+
+def test_a_full_disk_while_copying_is_named_as_such():
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    result = subprocess.run([PROFKIT, "analyze", "-"], input=gzip.decompress(shared_trace(TRACE).read_bytes()),
+                            capture_output=True, preexec_fn=small_files)
+    assert result.returncode == 2
+    message = result.stderr.decode().strip()
+    assert message.startswith("profkit: error: <stdin>: cannot copy the stream to a temporary file in "), message
