@@ -136,7 +136,7 @@ def test_a_copy_read_beside_a_stream_names_the_stream(tmp_path):
     with Store.open(out, read_only=True) as store:
         assert store.rows("SELECT path FROM traces") == [{"path": "<stdin>"}]
         assert store.rows("SELECT path, reason FROM inputs_not_read") == [
-            {"path": str(trace), "reason": "the same recording as <stdin> (same events), read once"}]
+            {"path": str(trace.resolve()), "reason": "the same recording as <stdin> (same events), read once"}]
 
 
 def test_a_named_file_called_dash_is_a_file_not_standard_input(tmp_path):
@@ -144,7 +144,7 @@ def test_a_named_file_called_dash_is_a_file_not_standard_input(tmp_path):
     result = subprocess.run([PROFKIT, "--no-cache", "analyze", "./-", "--format", "json"], cwd=tmp_path,
                             stdin=subprocess.DEVNULL, capture_output=True)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["traces"][0]["path"] == str(tmp_path / "-")
+    assert json.loads(result.stdout)["traces"][0]["path"] == str((tmp_path / "-").resolve())
 
 
 def test_diff_of_a_pipe_reads_it_once(tmp_path):
