@@ -4,7 +4,8 @@ Choices (documented here and in kineto_categories.csv):
 - kinds come from the category table; a category not in it is never guessed: its events
   are counted as `unknown category X`.
 - instants (i/I) are events of duration 0 with the kind of their cat (cpu_instant_event
-  `[memory]` samples -> annotation, with the allocator numbers in args).
+  `[memory]` samples -> annotation, with the allocator numbers in args; those numbers are
+  also two series in `counters`, bytes allocated and reserved per device).
 - B/E pairs are matched per (pid, tid) stack into one interval.
 - ac2g launch flows are read and not stored: derive.link_launches links launches by
   correlation (an `f` without `s` is normal). Other flows (fwdbwd, ...) become `links`
@@ -172,6 +173,30 @@ def _finish(path: Path, doc: Document, builder: EventBuilder, w) -> None:
         w.store.con.execute("UPDATE events SET device = ? WHERE trace_id = ? AND device = ?",
                             [ordinal, w.trace_id, node])
     w.add_rows("devices", rows)
+    _memory_counters(w)
+
+
+# The allocator's samples (`[memory]` instants, `profile_memory=True`) are events (annotations
+# with the numbers in args) and also two series in `counters`, so that memory in use can be
+# queried and drawn: bytes allocated and reserved after each allocation or free, per device
+# (torch's device index, which is the store's ordinal; NULL for the CPU, device type 0).
+_MEMORY_SERIES = {"Total Allocated": "[memory].Total Allocated", "Total Reserved": "[memory].Total Reserved"}
+
+
+def _memory_counters(w) -> None:
+    # One parse of each sample's args for its four fields (a list of paths), not four.
+    fields = ["Device Type", "Device Id", *_MEMORY_SERIES]
+    paths = ", ".join(f"""'$."{f}"'""" for f in fields)
+    samples = " UNION ALL ".join(
+        f"SELECT '{series}' AS name, pid, device, ts_ns, TRY_CAST(f[{3 + i}] AS DOUBLE) AS value FROM memory"
+        for i, series in enumerate(_MEMORY_SERIES.values()))
+    w.append_query("counters", f"""
+        WITH memory AS (
+            SELECT pid, ts_ns, f, CASE WHEN TRY_CAST(f[1] AS BIGINT) <> 0 THEN TRY_CAST(f[2] AS INTEGER) END AS device
+            FROM (SELECT pid, start_ns AS ts_ns, json_extract_string(args, [{paths}]) AS f
+                  FROM events WHERE trace_id = ? AND kind = 'annotation' AND name = '[memory]'))
+        SELECT * FROM ({samples}) WHERE value IS NOT NULL AND ts_ns IS NOT NULL""",
+                   [w.trace_id], columns=["name", "pid", "device", "ts_ns", "value"])
 
 
 def _grids_in_blocks(w) -> None:

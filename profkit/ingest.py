@@ -28,7 +28,8 @@ ProgressCallback = Callable[[str, int, int], None]
 # directory that no parser claims listed in inputs_not_read. 5: Kineto times, ids and
 # devices beyond their columns counted ("... in range"), large inputs read by kineto_scan.
 # 6: a trace repeating a recording read already (a copy in the same directory) not kept.
-REVISION = 6
+# 7: Kineto `[memory]` samples also in counters.
+REVISION = 7
 
 
 def rank_from_filename(path: str | Path) -> int | None:

@@ -188,7 +188,9 @@ TABLES: tuple[Table, ...] = (
         C("kind", "VARCHAR", "One of: " + ", ".join(f"`{k}`" for k in LINK_KINDS) + "."),
         C("correlation", "BIGINT", "The id that made the link (correlation id, flow id)."),
     ), grain="dependency"),
-    Table("counters", "Sampled values (memory in use, queue depth, ...).", (
+    Table("counters", "Sampled values (memory in use, queue depth, ...): a Kineto trace's C records, and "
+          "its allocator samples (`profile_memory=True`) as `[memory].Total Allocated` and `[memory].Total "
+          "Reserved`, bytes after each allocation or free, per device (NULL: the CPU).", (
         C("trace_id", "INTEGER", "The trace."),
         C("name", "VARCHAR", "Counter name (with the series name where the input has several)."),
         C("pid", "BIGINT", "Process the counter belongs to."),

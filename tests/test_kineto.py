@@ -408,3 +408,24 @@ def test_copy_names_of_every_vendor(kind, name, direction, src, dst):
 
     row = copy_row(1, kind, name, Args(bytes=64))
     assert (row["direction"], row["src_memory"], row["dst_memory"], row["bytes"]) == (direction, src, dst, 64)
+
+
+@pytest.mark.parametrize("relative, device_type", [("kineto/cuda/h100_bert_small.json.gz", 1),
+                                                   ("kineto/rocm/mi300x_bert_small.json.gz", 6)])
+def test_memory_samples_are_counters_per_device(relative, device_type):
+    """`[memory]` instants (profile_memory=True) give two series in counters, bytes allocated
+    and reserved, on the device torch names (its index: the store's ordinal; the CPU's
+    samples, device type 0, on none), each sample as the raw record says."""
+    path = shared_trace(relative)
+    raw = [e for e in json.loads(gzip.decompress(path.read_bytes()))["traceEvents"] if e.get("name") == "[memory]"]
+    expected = Counter()
+    for e in raw:
+        device = e["args"]["Device Id"] if e["args"]["Device Type"] != 0 else None
+        for field in ("Total Allocated", "Total Reserved"):
+            expected[(f"[memory].{field}", device, int(Decimal(str(e["ts"])) * 1000), float(e["args"][field]))] += 1
+    store = Store.open(None)
+    ingest([path], store)
+    got = Counter((r["name"], r["device"], r["ts_ns"], r["value"]) for r in store.rows(
+        "SELECT name, device, ts_ns - coalesce((SELECT clock_offset_ns FROM traces), 0) AS ts_ns, value FROM counters"))
+    assert got == expected
+    assert {d for _, d, _, _ in got} == {0, None} and {e["args"]["Device Type"] for e in raw} == {0, device_type}
