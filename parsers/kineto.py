@@ -188,11 +188,12 @@ def _memory_counters(w) -> None:
     fields = ["Device Type", "Device Id", *_MEMORY_SERIES]
     paths = ", ".join(f"""'$."{f}"'""" for f in fields)
     samples = " UNION ALL ".join(
-        f"SELECT '{series}' AS name, pid, device, ts_ns, TRY_CAST(f[{3 + i}] AS DOUBLE) AS value FROM memory"
-        for i, series in enumerate(_MEMORY_SERIES.values()))
+        f"SELECT '{series}' AS name, pid, device, ts_ns, TRY_CAST(f[{3 + i}] AS DOUBLE) AS value "
+        "FROM memory" for i, series in enumerate(_MEMORY_SERIES.values()))
     w.append_query("counters", f"""
         WITH memory AS (
-            SELECT pid, ts_ns, f, CASE WHEN TRY_CAST(f[1] AS BIGINT) <> 0 THEN TRY_CAST(f[2] AS INTEGER) END AS device
+            SELECT pid, ts_ns, f,
+                   CASE WHEN TRY_CAST(f[1] AS BIGINT) <> 0 THEN TRY_CAST(f[2] AS INTEGER) END AS device
             FROM (SELECT pid, start_ns AS ts_ns, json_extract_string(args, [{paths}]) AS f
                   FROM events WHERE trace_id = ? AND kind = 'annotation' AND name = '[memory]'))
         SELECT * FROM ({samples}) WHERE value IS NOT NULL AND ts_ns IS NOT NULL""",

@@ -143,11 +143,13 @@ def _same_recordings(store: Store, trace_ids: list[int]) -> list[tuple[int, str,
                 "WHERE trace_id = ?", [trace_id])
         return prints[trace_id]
 
-    same, done = [], set()
+    same, dropped = [], set()
     for trace_id, path, kept_id, kept in candidates:
-        if trace_id not in done and kept_id not in {t for t, _, _ in same} and fingerprint(trace_id) == fingerprint(kept_id):
+        if trace_id in dropped or kept_id in dropped:
+            continue  # matched already, or the candidate is itself a repeat (the first copy is kept)
+        if fingerprint(trace_id) == fingerprint(kept_id):
             same.append((trace_id, path, kept))
-            done.add(trace_id)
+            dropped.add(trace_id)
     return same
 
 
