@@ -12,7 +12,7 @@ from typing import Any
 
 from profkit.findings import Finding, path_parts
 from profkit.graph import build_graph, critical_path_report
-from profkit.graph_replay import load_compiled, replay
+from profkit.graph_replay import load_compiled, replay, windows_key
 from profkit.render import human_ns
 from profkit.store import Store
 from profkit.whatif import parse_change, store_windows, whatif
@@ -184,7 +184,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
     # A what-if replays every rank (the graph is one), so its result serves every trace's
     # findings: kept on the graph, a change is replayed once per analysis, not once per
     # trace that names it (32 ranks: 192 replays of the whole graph, 4.2 s).
-    cache: dict[tuple, dict[str, Any]] = graph.memo.setdefault(("whatif", _windows_key(windows)), {})
+    cache: dict[tuple, dict[str, Any]] = graph.memo.setdefault(("whatif", windows_key(windows)), {})
 
     def saving(changes: list) -> dict[str, Any] | None:
         key = tuple(str(c) for c in changes)
@@ -227,15 +227,6 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
     if combined:
         report["combined_replay"] = combined
     return findings
-
-
-def _windows_key(windows: dict) -> tuple:
-    """Step windows as a hashable key (what-if results depend on them), in the form
-    step_index reads them: sorted, a missing fourth element (drawn on the device timeline)
-    false. Each trace's analysis puts its steps pass's windows beside the store's steps of
-    the others; where they are the same steps (ProfilerStep), every trace has one key."""
-    return tuple((tid, tuple(sorted((w[0], w[1], w[2], bool(len(w) > 3 and w[3])) for w in rows)))
-                 for tid, rows in sorted(windows.items()))
 
 
 def _combined_replay(trace_id: int, findings: list[Finding], saving) -> dict[str, Any] | None:

@@ -47,17 +47,14 @@ def is_store_file(path: Path) -> bool:
 def load(path: str | Path, cache: bool = True, progress: ProgressCallback | None = None) -> Store:
     """Open the store for `path`, parsing the input only if no valid cache exists. `path`
     the string `-`: a trace on standard input (profkit.streams)."""
-    if is_stream(path):  # read once, so never opened to look at first; no size and time to know it by
+    stream = is_stream(path)  # read once, so never opened to look at first; no size and time to know it by
+    if not stream and is_store_file(Path(path)):
+        return open_store(Path(path))
+    if stream or not cache:
         store = Store.open(None)
         ingest([path], store, progress)
         return store
     path = Path(path)
-    if is_store_file(path):
-        return open_store(path)
-    if not cache:
-        store = Store.open(None)
-        ingest([path], store, progress)
-        return store
     signature = _signature(path)
     for candidate in cache_candidates(path):
         if candidate.exists() and _cache_valid(candidate, signature):

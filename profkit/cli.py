@@ -326,7 +326,7 @@ def _analysis_of(path: str, selected_step: int | None = None) -> dict:
     """An analysis result from a trace, a directory, a store, or a saved analysis JSON."""
     from .analyses import read_saved
 
-    saved = read_saved(path) if path.endswith(".json") and Path(path).is_file() else None
+    saved = read_saved(path) if path.endswith(".json") else None
     if saved is not None:
         return saved
     store = _load(path)

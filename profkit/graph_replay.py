@@ -224,10 +224,18 @@ def step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> 
     step fall into an earlier window, and a step would "finish" before the one before it.
     Traces without windows get one step: the whole trace.
     Memoised on the graph per windows: the report and every what-if ask for the same."""
-    key = ("step_index", tuple(sorted((tid, tuple(map(tuple, wins))) for tid, wins in windows.items())))
+    key = ("step_index", windows_key(windows))
     if key not in graph.memo:
         graph.memo[key] = _step_index(graph, windows)
     return graph.memo[key]
+
+
+def windows_key(windows: dict) -> tuple:
+    """Step windows as a hashable key, in the form `step_index` reads them: each trace's
+    sorted, a missing fourth element (drawn on the device timeline) false. Windows that
+    read alike have one key (a trace's steps pass gives 4-tuples, the steps table 3-tuples)."""
+    return tuple((tid, tuple(sorted((w[0], w[1], w[2], bool(len(w) > 3 and w[3])) for w in rows)))
+                 for tid, rows in sorted(windows.items()))
 
 
 def _step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> StepIndex:

@@ -304,14 +304,14 @@ def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
                     stale += earlier
                 _parse(module, input_path, sink)
             _remove_traces(store, stale)
-            _name_streams(store, sink.trace_ids, streams)
+            from_streams = _name_streams(store, sink.trace_ids, streams)
             for trace_id, path, kept in _same_recordings(store, sink.trace_ids):
                 # Two copies of one rank's trace in a directory would count it twice.
                 _remove_traces(store, [trace_id])
                 sink.trace_ids.remove(trace_id)
                 not_read.append((path, f"the same recording as {Path(kept).name} (same events), read once"))
             _fill_missing_ranks(store, sink.trace_ids)
-            _note_not_read(store, sink.trace_ids, not_read, streams)
+            _note_not_read(store, [t for t in sink.trace_ids if t not in from_streams], not_read)
     except BaseException:
         store.settle()
         _remove_traces(store, sink.trace_ids)
@@ -319,26 +319,27 @@ def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
     return sink.trace_ids
 
 
-def _name_streams(store: Store, trace_ids: list[int], streams: dict[str, str]) -> None:
-    """Traces read from a stream's copy take the name the stream was given."""
+def _name_streams(store: Store, trace_ids: list[int], streams: dict[str, str]) -> set[int]:
+    """Traces read from a stream's copy take the name the stream was given; their ids."""
     if not streams or not trace_ids:
-        return
+        return set()
+    renamed = set()
     for trace_id, path in store.con.execute(
             f"SELECT trace_id, path FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids))})").fetchall():
         if (name := given_name(path, streams)) is not None:
             store.con.execute("UPDATE traces SET path = ? WHERE trace_id = ?", [name, trace_id])
+            renamed.add(trace_id)
+    return renamed
 
 
-def _note_not_read(store: Store, trace_ids: list[int], not_read: list[tuple[str, str]],
-                   streams: dict[str, str]) -> None:
+def _note_not_read(store: Store, file_traces: list[int], not_read: list[tuple[str, str]]) -> None:
     """inputs_not_read: what this ingest did not read, once each (a directory read into the
-    same store again), and no longer a file it read now (a copy left out before, read since
-    its original changed; not a stream's name, which another stream may have had)."""
-    read = [path for (path,) in store.con.execute(
-        f"SELECT path FROM traces WHERE trace_id IN ({','.join(map(str, trace_ids)) or 'NULL'})").fetchall()
-        if not any(path == name or path.startswith(name + "#") for name in streams.values())]
-    if read:
-        store.con.execute(f"DELETE FROM inputs_not_read WHERE path IN ({', '.join('?' for _ in read)})", read)
+    same store again), and no longer a file it read now (`file_traces`: a copy left out
+    before, read since its original changed; not a stream's traces, whose name another
+    stream may have had)."""
+    if file_traces:
+        store.con.execute(f"DELETE FROM inputs_not_read WHERE path IN (SELECT path FROM traces WHERE trace_id IN "
+                          f"({','.join(map(str, file_traces))}))")
     if not_read:
         known = set(store.con.execute("SELECT path, reason FROM inputs_not_read").fetchall())
         new_rows = [row for row in dict.fromkeys(not_read) if row not in known]

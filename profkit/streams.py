@@ -24,7 +24,7 @@ _COPY_CHUNK = 16 << 20
 def is_stream(path: str | Path) -> bool:
     """The argument `-` (a string: `./-` is a file named -), or something that exists and
     is neither a regular file nor a directory."""
-    if isinstance(path, str) and path == STDIN:
+    if _is_stdin(path):
         return True
     try:
         mode = Path(path).stat().st_mode
@@ -52,27 +52,32 @@ def spooled(paths: list[str | Path]) -> Iterator[tuple[list[Path], dict[str, str
     """(the paths to read, each stream replaced by its copy; {copy, resolved: the name the
     stream was given}). The copies are removed when the block ends. A stream named twice
     is an error: it can be read once."""
-    if not any(is_stream(p) for p in paths):
+    streams = {i: _name(p) for i, p in enumerate(paths) if is_stream(p)}
+    if not streams:
         yield [Path(p) for p in paths], {}
         return
-    names = [STDIN_NAME if _is_stdin(p) else str(Path(p).absolute()) for p in paths if is_stream(p)]
+    names = list(streams.values())
     for name in names:
         if names.count(name) > 1:
             raise TraceError(name, "given twice: a stream can be read once")
     with tempfile.TemporaryDirectory(prefix="profkit-stream-") as folder:
         readable, given = [], {}
         for i, path in enumerate(paths):
-            if not is_stream(path):
+            if i not in streams:
                 readable.append(Path(path))
                 continue
-            name = STDIN_NAME if _is_stdin(path) else str(Path(path).absolute())
             # The stream's own name is kept (a FIFO named rank3.json still gives rank 3).
             copy = Path(folder) / str(i) / ("stdin" if _is_stdin(path) else Path(path).name)
             copy.parent.mkdir()
-            _copy(path, name, copy)
+            _copy(path, streams[i], copy)
             readable.append(copy)
-            given[str(copy.resolve())] = name
+            given[str(copy.resolve())] = streams[i]
         yield readable, given
+
+
+def _name(path: str | Path) -> str:
+    """What a stream is called in traces and messages."""
+    return STDIN_NAME if _is_stdin(path) else str(Path(path).absolute())
 
 
 def _is_stdin(path: str | Path) -> bool:
