@@ -10,6 +10,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,7 @@ from .errors import TraceError
 STDIN = "-"
 STDIN_NAME = "<stdin>"  # what standard input is called in traces and messages
 _COPY_CHUNK = 16 << 20
+_WAIT_NOTICE_S = 1.0  # opening a FIFO blocks until something writes to it: say so after this
 
 
 def is_stream(path: str | Path) -> bool:
@@ -88,7 +90,7 @@ def _copy(path: str | Path, name: str, copy: Path) -> None:
     if _is_stdin(path) and sys.stdin is None:
         raise TraceError(name, "standard input is closed")
     try:
-        source = sys.stdin.buffer if _is_stdin(path) else open(path, "rb")
+        source = sys.stdin.buffer if _is_stdin(path) else _opened(path, name)
     except OSError as exc:
         raise TraceError(name, f"cannot read the stream: {exc.strerror or exc}") from None
     with source if not _is_stdin(path) else nullcontext(source):
@@ -107,6 +109,21 @@ def _copy(path: str | Path, name: str, copy: Path) -> None:
                 except OSError as exc:
                     raise TraceError(name, f"cannot copy the stream to a temporary file in {copy.parents[2]}: "
                                            f"{exc.strerror or exc}") from None
+
+
+def _opened(path: str | Path, name: str):
+    """The stream opened for reading. A named FIFO's open waits for a writer, for ever if
+    none comes (a typo in the writer's command): after a second, a line on stderr says what
+    profkit is waiting for, so that it does not look hung."""
+    notice = threading.Timer(_WAIT_NOTICE_S, print, args=(
+        f"profkit: {name}: waiting for a process to open this pipe for writing (Ctrl-C to stop)",),
+        kwargs={"file": sys.stderr, "flush": True})
+    notice.daemon = True
+    notice.start()
+    try:
+        return open(path, "rb")
+    finally:
+        notice.cancel()
 
 
 def given_name(path: str | Path, given: dict[str, str]) -> str | None:

@@ -173,3 +173,31 @@ def test_a_full_disk_while_copying_is_named_as_such():
     assert result.returncode == 2
     message = result.stderr.decode().strip()
     assert message.startswith("profkit: error: <stdin>: cannot copy the stream to a temporary file in "), message
+
+
+def test_a_named_pipe_without_a_writer_says_what_it_waits_for(tmp_path):
+    fifo = tmp_path / "rank0.json"
+    os.mkfifo(fifo)
+    process = subprocess.Popen([PROFKIT, "--no-cache", "analyze", str(fifo), "--format", "json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = process.stderr.readline().decode().strip()  # blocks until the notice is printed
+        assert line == f"profkit: {fifo}: waiting for a process to open this pipe for writing (Ctrl-C to stop)"
+        fifo.write_bytes(gzip.decompress(shared_trace(TRACE).read_bytes()))
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert json.loads(out)["traces"][0]["path"] == str(fifo)
+
+
+def test_a_named_pipe_with_a_writer_prints_nothing_more(tmp_path):
+    fifo = tmp_path / "rank0.json"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(gzip.decompress(shared_trace(TRACE).read_bytes()),))
+    writer.start()
+    try:
+        result = run("--no-cache", "analyze", fifo, "--format", "json")
+    finally:
+        writer.join()
+    assert result.returncode == 0 and result.stderr == b""
