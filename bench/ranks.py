@@ -5,7 +5,11 @@ ranks, each analysed in a fresh process with no cache (`profkit --no-cache analy
 findings are priced by replays of the whole graph (every rank), so this is where work
 that grows with ranks times ranks would show.
 
-    python bench/ranks.py [--ranks 4,8,16,32] [--repeat N]
+With `--tile-events N`, each rank is instead the largest shared Kineto trace (V100, NCCL)
+tiled to about N events (rank r has N + 10,000 r, so that no two are the same recording),
+for jobs whose ranks are large: there the graph of all ranks is large too.
+
+    python bench/ranks.py [--ranks 4,8,16,32] [--repeat N] [--tile-events N]
 """
 from __future__ import annotations
 
@@ -22,14 +26,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="4,8,16,32", help="rank counts, comma-separated")
     parser.add_argument("--repeat", type=int, default=2, help="runs per rank count (median and range printed)")
+    parser.add_argument("--tile-events", type=int, default=0,
+                        help="ranks tiled from a real trace to about this many events each (default: synthetic ranks)")
     args = parser.parse_args()
     counts = [int(n) for n in args.ranks.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="profkit-bench-ranks-") as tmp:
         for n in counts:
             run_dir = Path(tmp) / f"ranks{n}"
-            tt.measure([sys.executable, "-m", "profkit.synthetic", str(run_dir), "--ranks", str(n)],
-                       json_output=False)
+            if args.tile_events:
+                for r in range(n):
+                    tt.tile(tt.TILE_SOURCE, args.tile_events + 10_000 * r, run_dir / f"rank{r}.json", rank=(r, n))
+            else:
+                tt.measure([sys.executable, "-m", "profkit.synthetic", str(run_dir), "--ranks", str(n)],
+                           json_output=False)
             argv = [sys.executable, "-c", "import sys; from profkit.cli import main; sys.argv[0] = 'profkit'; main()",
                     "--no-cache", "analyze", str(run_dir), "--format", "json"]
             runs = [tt.measure(argv, timeout=1800, json_output=False) for _ in range(args.repeat)]

@@ -52,9 +52,12 @@ def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def tile(src_trace_json_gz, n_events: int, out_path) -> dict:
-    """Write a trace of exactly `n_events` records tiled from `src`; returns a summary."""
+def tile(src_trace_json_gz, n_events: int, out_path, rank: tuple[int, int] | None = None) -> dict:
+    """Write a trace of exactly `n_events` records tiled from `src`; returns a summary.
+    `rank`: (rank, world size) written into its distributedInfo, for a job of many ranks."""
     doc = read_trace(Path(src_trace_json_gz))
+    if rank is not None:
+        doc["distributedInfo"] = {**doc.get("distributedInfo", {}), "rank": rank[0], "world_size": rank[1]}
     events = doc.pop("traceEvents")
     meta = [e for e in events if e.get("ph") == "M"]
     body = [e for e in events if e.get("ph") != "M"]

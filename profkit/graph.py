@@ -17,8 +17,8 @@ import numpy as np
 
 from .graph_build import Graph, build_graph
 from .graph_model import CLASS_NAMES, E_LAUNCH, EDGE_KIND_NAMES
-from .graph_replay import (Schedule, attribute, critical_path, replay, steady, step_index, step_times,
-                           top_contributors)
+from .graph_replay import (Schedule, attribute, baseline_step_times, critical_path, replay, steady, step_index,
+                           step_times, top_contributors)
 from .store import Store
 from .whatif import apply_changes, parse_change, store_windows, whatif
 
@@ -64,8 +64,9 @@ def critical_path_report(store: Store, trace_id: int, graph: Graph | None = None
         windows = store_windows(store, [t["trace_id"] for t in graph.traces])
     index = step_index(graph, windows)
     sched = replay(graph)
-    observed = [r for r in step_times(graph, graph.vtime, index) if r["trace_id"] == trace_id]
-    replayed = [r for r in step_times(graph, sched.time, index) if r["trace_id"] == trace_id]
+    observed_all, replayed_all = baseline_step_times(graph, index)
+    observed = [r for r in observed_all if r["trace_id"] == trace_id]
+    replayed = [r for r in replayed_all if r["trace_id"] == trace_id]
     obs_steady, rep_steady = steady(observed), steady(replayed)
     if not rep_steady:
         return {"available": False, "reason": "no events of this trace in the graph"}
@@ -127,7 +128,7 @@ def critical_path_segments(store: Store, trace_id: int, graph: Graph | None = No
     index = step_index(graph, windows)
     sched = replay(graph)
     segments: list[dict[str, Any]] = []
-    for r in steady([r for r in step_times(graph, sched.time, index) if r["trace_id"] == trace_id]):
+    for r in steady([r for r in baseline_step_times(graph, index)[1] if r["trace_id"] == trace_id]):
         path = critical_path(graph, sched, r["done_vertex"], r["window_start_ns"])
         for e in path["edges"][::-1].tolist():
             ev = int(graph.eevent[e])

@@ -209,10 +209,19 @@ def top_contributors(graph: Graph, paths: list[dict], per: int = 1, limit: int =
 class StepIndex:
     """Which events make up each step of each trace: a step is complete when its host
     window's last event and every device activity it launched have ended."""
-    trace_id: np.ndarray   # per step
+    trace_id: np.ndarray   # per step; a trace's steps are consecutive, in step order
     step: np.ndarray
-    members: list          # per step: event indices
+    members: list          # per step: event indices (never empty)
     first: np.ndarray      # per step: index of the step's first event (its begin)
+
+    def __post_init__(self):
+        # Every step's members end to end, for per-step reductions in one pass (a loop over
+        # steps per replay grew with ranks squared: each what-if covers every rank).
+        sizes = np.asarray([m.size for m in self.members], dtype=np.int64)
+        self.flat = np.concatenate(self.members) if self.members else np.zeros(0, np.int64)
+        self.bounds = np.cumsum(sizes) - sizes   # where each step's members begin in flat
+        self.of_flat = np.repeat(np.arange(sizes.size), sizes)  # step of each flat position
+        self.baseline: tuple[list[dict], list[dict]] | None = None  # baseline_step_times
 
 
 def step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> StepIndex:
@@ -278,27 +287,37 @@ def _step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) ->
 def step_times(graph: Graph, time: np.ndarray, index: StepIndex) -> list[dict]:
     """Per step: begin, completion (vertex and time) and duration = completion minus the
     previous step's completion (the first step: minus its own begin)."""
-    out = []
-    prev_by_trace: dict[int, int] = {}
-    for i in range(index.step.size):
-        mem = index.members[i]
-        ends = time[2 * mem + 1]
-        j = int(np.argmax(ends))
-        done = int(ends[j])
-        tid = int(index.trace_id[i])
-        begin = int(time[2 * index.first[i]])
-        prev = prev_by_trace.get(tid)
-        since = begin if prev is None else prev
-        out.append({"trace_id": tid, "step": int(index.step[i]), "begin_ns": begin, "done_ns": done,
-                    "done_vertex": int(2 * mem[j] + 1), "window_start_ns": since, "dur_ns": done - since})
-        prev_by_trace[tid] = done
-    return out
+    if index.step.size == 0:
+        return []
+    ends = time[2 * index.flat + 1]
+    done = np.maximum.reduceat(ends, index.bounds)
+    # The first member reaching its step's completion (as argmax picks).
+    at = np.minimum.reduceat(np.where(ends == done[index.of_flat], np.arange(ends.size), ends.size), index.bounds)
+    begin = time[2 * index.first]
+    after_own_trace = np.r_[False, index.trace_id[1:] == index.trace_id[:-1]]
+    since = np.where(after_own_trace, np.r_[begin[:1], done[:-1]], begin)
+    return [{"trace_id": tid, "step": step, "begin_ns": b, "done_ns": d, "done_vertex": v, "window_start_ns": w,
+             "dur_ns": d - w}
+            for tid, step, b, d, v, w in zip(index.trace_id.tolist(), index.step.tolist(), begin.tolist(),
+                                             done.tolist(), (2 * index.flat[at] + 1).tolist(), since.tolist())]
+
+
+def baseline_step_times(graph: Graph, index: StepIndex) -> tuple[list[dict], list[dict]]:
+    """`step_times` on the observed times and on the replay without changes, which the
+    critical path report and every what-if start from: computed once per step index
+    (shared: treat the rows as read-only)."""
+    if index.baseline is None:
+        index.baseline = (step_times(graph, graph.vtime, index), step_times(graph, replay(graph).time, index))
+    return index.baseline
 
 
 def steady(rows: list[dict]) -> list[dict]:
     """Steps after the first (warm-up) when a trace has at least three, else all."""
+    by_trace: dict[int, list[dict]] = {}
+    for r in rows:
+        by_trace.setdefault(r["trace_id"], []).append(r)
     out = []
-    for tid in sorted({r["trace_id"] for r in rows}):
-        mine = [r for r in rows if r["trace_id"] == tid]
+    for tid in sorted(by_trace):
+        mine = by_trace[tid]
         out += mine[1:] if len(mine) >= 3 else mine
     return out

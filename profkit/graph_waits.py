@@ -182,12 +182,13 @@ class WaitEdges:
             ORDER BY e.trace_id, e.start_ns
         """)
         groups: dict[tuple, dict[int, list]] = {}
-        for r in rows:
-            i = int(self.idx([r["event_id"]])[0])
+        at = self.idx([r["event_id"] for r in rows]).tolist()
+        for r, i in zip(rows, at):
             if i >= 0:
                 groups.setdefault((r["pg"], r["op"]), {}).setdefault(r["trace_id"], []).append((r["seq"], i))
         src_a, dst_a, w_a, k_a, c_a, e_a, x_a = [], [], [], [], [], [], []
         base = 2 * self.n
+        waited_on = self._waited_on()
         for key, per_trace in groups.items():
             if len(per_trace) < 2:
                 continue
@@ -213,7 +214,7 @@ class WaitEdges:
                 transfer = np.maximum(self.end[m] - join_t, 0)
                 j = base + len(self.extra_vertices)
                 self.extra_vertices.append(join_t)
-                exposed = int(self._compute_waited_on(m))
+                exposed = int(waited_on[m].any())
                 # Disabled (NEG) own-duration edges: what-ifs that take the instance's wait
                 # for the other ranks away enable them.
                 src_a += list(2 * m); dst_a += list(2 * m + 1); w_a += [-(1 << 62)] * m.size
@@ -233,12 +234,11 @@ class WaitEdges:
         self.stats["collective_instances"] = self.collective_joins
         self.stats["collective_instances_exposed"] = int(sum(x_a) // 3 // max(1, len(self.traces))) if x_a else 0
 
-    def _compute_waited_on(self, members: np.ndarray) -> bool:
-        """True when, on some rank, a device activity on another stream started as soon as
-        this collective ended (it waited on it: the collective was exposed)."""
-        for i in members.tolist():
-            waiters = self.wait_dst[self.wait_src == i]
-            if waiters.size and np.any(self.start[waiters] - self.end[i] <= STREAM_GAP_MAX_NS):
-                return True
-        return False
-
+    def _waited_on(self) -> np.ndarray:
+        """Per event: a device activity on another stream started as soon as it ended (it
+        waited on it). A collective instance so waited on, on some rank, was exposed.
+        Worked out once: a scan of every wait per collective kernel grew with ranks squared."""
+        waited_on = np.zeros(self.n, dtype=bool)
+        prompt = self.start[self.wait_dst] - self.end[self.wait_src] <= STREAM_GAP_MAX_NS
+        waited_on[self.wait_src[prompt]] = True
+        return waited_on

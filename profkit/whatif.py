@@ -35,7 +35,7 @@ from .columns import per_value
 from . import intervals as iv
 from .graph_build import Graph, build_graph
 from .graph_model import CLS, E_ARRIVE, E_DURATION, E_HOST, E_LAUNCH, E_STREAM, E_SYNC, E_TRANSFER
-from .graph_replay import NEG, replay, steady, step_index, step_times
+from .graph_replay import NEG, baseline_step_times, replay, steady, step_index, step_times
 from .schema import CATEGORIES
 from .store import Store
 
@@ -282,8 +282,7 @@ def whatif(store: Store, trace_ids: list[int] | None = None, changes: list | Non
     if windows is None:
         windows = store_windows(store, trace_ids)
     index = step_index(graph, windows)
-    observed = step_times(graph, graph.vtime, index)
-    base = step_times(graph, replay(graph).time, index)
+    observed, base = baseline_step_times(graph, index)
     pred = base
     if parsed:
         weight = _within_steps(graph, index, apply_changes(graph, parsed))
