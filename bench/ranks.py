@@ -9,7 +9,10 @@ With `--tile-events N`, each rank is instead the largest shared Kineto trace (V1
 tiled to about N events (rank r has N + 10,000 r, so that no two are the same recording),
 for jobs whose ranks are large: there the graph of all ranks is large too.
 
-    python bench/ranks.py [--ranks 4,8,16,32] [--repeat N] [--tile-events N]
+With `--steps N`, synthetic ranks of N steps each (default 12): longer runs hold more
+steps, collectives and cross-stream waits per rank.
+
+    python bench/ranks.py [--ranks 4,8,16,32] [--repeat N] [--steps N | --tile-events N]
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="4,8,16,32", help="rank counts, comma-separated")
     parser.add_argument("--repeat", type=int, default=2, help="runs per rank count (median and range printed)")
+    parser.add_argument("--steps", type=int, default=12, help="steps of each synthetic rank")
     parser.add_argument("--tile-events", type=int, default=0,
                         help="ranks tiled from a real trace to about this many events each (default: synthetic ranks)")
     args = parser.parse_args()
@@ -38,7 +42,8 @@ def main() -> None:
                 for r in range(n):
                     tt.tile(tt.TILE_SOURCE, args.tile_events + 10_000 * r, run_dir / f"rank{r}.json", rank=(r, n))
             else:
-                tt.measure([sys.executable, "-m", "profkit.synthetic", str(run_dir), "--ranks", str(n)],
+                tt.measure([sys.executable, "-m", "profkit.synthetic", str(run_dir), "--ranks", str(n),
+                            "--steps", str(args.steps)],
                            json_output=False)
             argv = [sys.executable, "-c", "import sys; from profkit.cli import main; sys.argv[0] = 'profkit'; main()",
                     "--no-cache", "analyze", str(run_dir), "--format", "json"]
