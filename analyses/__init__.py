@@ -233,16 +233,19 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
         # Every trace's other passes first: the critical path waits for the graph of all
         # ranks (built on a worker since prefetch), which then builds beside every rank's
         # passes instead of the first one's alone (4 ranks of 1M events: it waited 9.4 s).
-        # Each trace keeps its replay windows, not its device events, meanwhile.
-        from .critical_path import _windows
+        # Each trace keeps its replay windows, not its device events, meanwhile; the
+        # windows are every trace's steps, for all (critical_path.SharedWindows).
+        from .critical_path import SharedWindows
 
+        windows = SharedWindows(store)
         for i, (ctx, steps_findings) in enumerate(started):
             _, findings = _finish(ctx, steps_findings, tuple(p for p in passes if p != "critical_path"))
-            _windows(ctx)
+            windows.add(ctx)
             ctx.memo.pop("device_events", None)
             started[i] = (ctx, findings)
     for trace_id, (ctx, steps_findings) in zip(trace_ids, started):
         metrics, findings = _finish(ctx, steps_findings, passes)
+        metrics = {name: metrics[name] for name in passes if name in metrics}  # in pass order, however run
         trace = store.rows("""
             SELECT trace_id, path, format, format_version, rank, world_size, vendor FROM traces WHERE trace_id = ?
         """, [trace_id])[0]

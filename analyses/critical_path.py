@@ -108,6 +108,22 @@ def _windows(ctx: Context) -> dict:
     return ctx.memo["windows"]
 
 
+class SharedWindows:
+    """One windows dict for every trace analysed together: each trace's steps pass's windows
+    (`add`, while its device events are loaded), set as every trace's replay windows. The
+    graph replays all ranks at once, so a what-if priced for one rank's finding is the same
+    replay for another's (cached on the graph per windows), and `profkit whatif` reads the
+    same windows (`analysis_windows`)."""
+
+    def __init__(self, store: Store):
+        self.windows = store_windows(store, store.trace_ids())
+
+    def add(self, ctx: Context) -> None:
+        if ctx.steps:
+            self.windows[ctx.trace_id] = _step_windows(ctx)
+        ctx.memo["windows"] = self.windows
+
+
 def _step_windows(ctx: Context) -> list[tuple]:
     """The steps pass's steps of ctx's trace as replay windows (step, start, end, drawn on
     the device timeline)."""

@@ -218,6 +218,9 @@ class StepIndex:
         # Every step's members end to end, for per-step reductions in one pass (a loop over
         # steps per replay grew with ranks squared: each what-if covers every rank).
         sizes = np.asarray([m.size for m in self.members], dtype=np.int64)
+        runs = int(np.count_nonzero(self.trace_id[1:] != self.trace_id[:-1])) + 1 if self.trace_id.size else 0
+        if (sizes == 0).any() or runs != np.unique(self.trace_id).size:
+            raise ValueError("a step index needs members in every step and each trace's steps together")
         self.flat = np.concatenate(self.members) if self.members else np.zeros(0, np.int64)
         self.bounds = np.cumsum(sizes) - sizes   # where each step's members begin in flat
         self.of_flat = np.repeat(np.arange(sizes.size), sizes)  # step of each flat position

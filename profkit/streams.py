@@ -115,15 +115,21 @@ def _opened(path: str | Path, name: str):
     """The stream opened for reading. A named FIFO's open waits for a writer, for ever if
     none comes (a typo in the writer's command): after a second, a line on stderr says what
     profkit is waiting for, so that it does not look hung."""
-    notice = threading.Timer(_WAIT_NOTICE_S, print, args=(
-        f"profkit: {name}: waiting for a process to open this pipe for writing (Ctrl-C to stop)",),
-        kwargs={"file": sys.stderr, "flush": True})
+    notice = threading.Timer(_WAIT_NOTICE_S, _say, args=(
+        f"profkit: {name}: waiting for a process to open this pipe for writing (Ctrl-C to stop)",))
     notice.daemon = True
     notice.start()
     try:
         return open(path, "rb")
     finally:
         notice.cancel()
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write (print writes the newline apart, and another thread's
+    output could come between)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def given_name(path: str | Path, given: dict[str, str]) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -181,7 +182,9 @@ def test_a_named_pipe_without_a_writer_says_what_it_waits_for(tmp_path):
     process = subprocess.Popen([PROFKIT, "--no-cache", "analyze", str(fifo), "--format", "json"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        line = process.stderr.readline().decode().strip()  # blocks until the notice is printed
+        ready, _, _ = select.select([process.stderr], [], [], 60)  # the notice, or a failure rather than a hang
+        assert ready, "no notice within 60 s"
+        line = process.stderr.readline().decode().strip()
         assert line == f"profkit: {fifo}: waiting for a process to open this pipe for writing (Ctrl-C to stop)"
         fifo.write_bytes(gzip.decompress(shared_trace(TRACE).read_bytes()))
         out, err = process.communicate(timeout=120)
@@ -197,7 +200,8 @@ def test_a_named_pipe_with_a_writer_prints_nothing_more(tmp_path):
     writer = threading.Thread(target=fifo.write_bytes, args=(gzip.decompress(shared_trace(TRACE).read_bytes()),))
     writer.start()
     try:
-        result = run("--no-cache", "analyze", fifo, "--format", "json")
+        result = subprocess.run([PROFKIT, "--no-cache", "analyze", str(fifo), "--format", "json"],
+                                capture_output=True, timeout=120)
     finally:
-        writer.join()
+        writer.join(timeout=120)
     assert result.returncode == 0 and result.stderr == b""

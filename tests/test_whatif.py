@@ -218,3 +218,25 @@ def test_a_floor_that_does_not_bind_changes_nothing(synthetic):
     for t in whatif(store, graph=g, changes=["no-sync"])["traces"].values():
         assert not t["capacity_bound"] and "replayed_with_changes_ns" not in t
         assert t["capacity_floor_ns"] <= t["predicted_step_ns"]
+
+
+def test_analyze_prices_a_rank_s_finding_as_profkit_whatif_does():
+    """Ranks analysed together replay with every rank's step windows, the ones `profkit
+    whatif` reads: on the 2-GPU torchrun capture the flash-attention hotspot of rank 1 was
+    priced at 261,345 ns per step by analyze (rank 0 replayed whole) and 263,140 ns by
+    whatif. One windows dict for all ranks also lets a what-if's replay serve every rank."""
+    from profkit import analyses
+
+    store = Store.open(None)
+    ingest([shared_trace("nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite")], store)
+    result = analyses.analyze(store)
+    hotspots = [f for f in result["findings"] if f["rule"] == "kernels.hotspot" and f["scope"]["rank"] == 1
+                and "replay_saving_if_2x_faster_ns_per_step" in f["evidence"]]
+    assert hotspots
+    for f in hotspots:
+        trace_id = f["scope"]["trace_id"]
+        kernel = store.scalar("""SELECT name FROM kernels WHERE trace_id = ? GROUP BY name
+                                 ORDER BY sum(dur_ns) DESC LIMIT 1""", [trace_id])
+        priced = whatif(store, changes=[{"kind": "speedup", "kernel": kernel, "factor": 2.0}],
+                        windows=analysis_windows(store))["traces"][trace_id]["saving_ns"]
+        assert f["evidence"]["replay_saving_if_2x_faster_ns_per_step"] == priced == 263_140
