@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any
+from typing import Any, Callable
 
 from profkit.errors import ProfkitError
 from profkit.findings import Finding, rank
@@ -191,10 +191,13 @@ def _finish(ctx: Context, findings: list[Finding], passes: tuple[str, ...]) -> t
     return ctx.results, findings
 
 
-def analyze(store: Store, selected_step: int | None = None, passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
-    """The whole analysis of a store, in the documented `profkit.analysis/1` shape."""
+def analyze(store: Store, selected_step: int | None = None, passes: tuple[str, ...] = PASSES,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole analysis of a store, in the documented `profkit.analysis/1` shape.
+    `progress`, if given, is told what is being done ("passes 3/32": the passes of the third
+    of 32 traces), for a status line: many ranks take minutes."""
     with paused_gc():
-        return _analyze(store, selected_step, passes)
+        return _analyze(store, selected_step, passes, progress or (lambda text: None))
 
 
 def _input_accounting(store: Store, trace_id: int) -> dict[str, Any]:
@@ -210,7 +213,8 @@ def _input_accounting(store: Store, trace_id: int) -> dict[str, Any]:
             "unusable_records": sum(i["records"] for i in issues if i["unusable"]), "issues": issues}
 
 
-def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -> dict[str, Any]:
+def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...],
+             progress: Callable[[str], None]) -> dict[str, Any]:
     traces_out = []
     all_findings: list[Finding] = []
     if "critical_path" in passes:
@@ -222,14 +226,17 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
     # the others too. The others' loaded device events are dropped meanwhile (each pass
     # reloads what it needs), so that only one trace's are held at a time.
     started = []
-    for trace_id in trace_ids:
+    count = len(trace_ids)
+    for i, trace_id in enumerate(trace_ids, start=1):
+        progress(f"steps {i}/{count}")
         started.append(_start(store, trace_id, selected_step, passes))
         if len(started) > 1:
             started[-1][0].memo.clear()
     peers = {ctx.trace_id: ctx.steady_steps for ctx, _ in started} if len(started) > 1 else {}
     for ctx, _ in started:
         ctx.peer_steps = peers
-    if len(started) > 1 and "critical_path" in passes:
+    critical_path_last = len(started) > 1 and "critical_path" in passes
+    if critical_path_last:
         # Every trace's other passes first: the critical path waits for the graph of all
         # ranks (built on a worker since prefetch), which then builds beside every rank's
         # passes instead of the first one's alone (4 ranks of 1M events: it waited 9.4 s).
@@ -239,11 +246,13 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...]) -
 
         windows = SharedWindows(store)
         for i, (ctx, steps_findings) in enumerate(started):
+            progress(f"passes {i + 1}/{count}")
             _, findings = _finish(ctx, steps_findings, tuple(p for p in passes if p != "critical_path"))
             windows.add(ctx)
             ctx.memo.pop("device_events", None)
             started[i] = (ctx, findings)
-    for trace_id, (ctx, steps_findings) in zip(trace_ids, started):
+    for i, (trace_id, (ctx, steps_findings)) in enumerate(zip(trace_ids, started), start=1):
+        progress(f"{'critical path' if critical_path_last else 'passes'} {i}/{count}")
         metrics, findings = _finish(ctx, steps_findings, passes)
         metrics = {name: metrics[name] for name in passes if name in metrics}  # in pass order, however run
         trace = store.rows("""

@@ -54,8 +54,10 @@ def _analysed(store, selected_step: int | None = None) -> dict:
     from .render import console
 
     count = len(store.trace_ids())
-    with console(file=sys.stderr).status(f"Analysing {count} trace{'' if count == 1 else 's'}"):
-        return run_analysis(store, selected_step=selected_step)
+    title = f"Analysing {count} trace{'' if count == 1 else 's'}"
+    with console(file=sys.stderr).status(title) as status:
+        return run_analysis(store, selected_step=selected_step,
+                            progress=(lambda text: status.update(f"{title}: {text}")) if count > 1 else None)
 
 
 def _load(path: str):

@@ -365,3 +365,17 @@ def test_a_copy_left_out_is_read_once_its_original_changes(tmp_path):
     assert sorted(Path(r["path"]).name for r in store.rows("SELECT path FROM traces")) == [
         "a_rank0.json.gz", "b_rank1.json.gz"]
     assert store.rows("SELECT path FROM inputs_not_read") == []
+
+
+def test_progress_names_each_stage_of_each_trace(synthetic):
+    """Many ranks take minutes: the status line says which stage of which trace is running
+    (every trace's steps, then their other passes, then their critical paths)."""
+    from profkit import analyses, load
+
+    told: list[str] = []
+    result = analyses.analyze(load(SYNTHETIC, cache=False), progress=told.append)
+    assert told == [f"{stage} {i}/4" for stage in ("steps", "passes", "critical path") for i in range(1, 5)]
+    assert result["findings"] == synthetic["findings"]
+    told.clear()
+    analyses.analyze(load(SYNTHETIC, cache=False), passes=("steps", "breakdown"), progress=told.append)
+    assert told == [f"{stage} {i}/4" for stage in ("steps", "passes") for i in range(1, 5)]
