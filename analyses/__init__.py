@@ -221,7 +221,9 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...],
         from .critical_path import prefetch
 
         prefetch(store)
-    trace_ids = store.trace_ids()
+    # Traces in rank order (trace ids follow the inputs' names: rank10 may come before rank2).
+    trace_ids = [tid for tid, in store.con.execute(
+        "SELECT trace_id FROM traces ORDER BY rank NULLS LAST, trace_id").fetchall()]
     # Every trace's steps before any other pass: a rank's cross-rank figures are per step of
     # the others too. The others' loaded device events are dropped meanwhile (each pass
     # reloads what it needs), so that only one trace's are held at a time.

@@ -40,8 +40,14 @@ class Finding:
 
 
 def rank(findings: list[Finding]) -> list[Finding]:
-    """Largest impact first; ties by rule id so the order is stable."""
-    return sorted(findings, key=lambda f: (-f.impact_ns, f.rule, str(f.scope)))
+    """Largest impact first; ties by rule id, then rank (as a number: rank 2 before rank
+    10), so the order is stable."""
+    return sorted(findings, key=lambda f: (-f.impact_ns, f.rule, _rank_of(f.scope), str(f.scope)))
+
+
+def _rank_of(scope: dict[str, Any]) -> int:
+    rank = scope.get("rank") if isinstance(scope, dict) else None
+    return rank if isinstance(rank, int) else -1
 
 
 def replay_note(finding: dict[str, Any]) -> str | None:

@@ -188,8 +188,16 @@ def _ignored(path: Path) -> bool:
 
 
 def _files_under(directory: Path) -> list[Path]:
-    """The files under `directory`, at any depth, less those ignored by name, sorted."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not _ignored(p))
+    """The files under `directory`, at any depth, less those ignored by name, in natural
+    order (rank2 before rank10: the traces are numbered, and ranks missing from the inputs
+    given, in that order)."""
+    return sorted((p for p in directory.rglob("*") if p.is_file() and not _ignored(p)), key=natural_order)
+
+
+def natural_order(path: Path) -> list:
+    """Sort key of a path with its runs of digits compared as numbers."""
+    parts = re.split(r"(\d+)", str(path))
+    return [int(part) if i % 2 else part for i, part in enumerate(parts)]
 
 
 def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> list[tuple[Path, object]]:
@@ -216,7 +224,7 @@ def find_inputs(path: Path, not_read: list[tuple[str, str]] | None = None) -> li
     files = _files_under(path)
     claimed_dirs: set[Path] = set()
     leftovers = []
-    for sub in sorted({p.parent for p in files} - {path}):
+    for sub in sorted({p.parent for p in files} - {path}, key=natural_order):
         if (claimer := parsers.detect(sub)) is not None:
             claimed_dirs.add(sub)
             found.append((sub, claimer))

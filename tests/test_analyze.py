@@ -379,3 +379,38 @@ def test_progress_names_each_stage_of_each_trace(synthetic):
     told.clear()
     analyses.analyze(load(SYNTHETIC, cache=False), passes=("steps", "breakdown"), progress=told.append)
     assert told == [f"{stage} {i}/4" for stage in ("steps", "passes") for i in range(1, 5)]
+
+
+@pytest.fixture(scope="module")
+def twelve_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks12")
+    subprocess.run([sys.executable, "-m", "profkit.synthetic", str(out), "--ranks", "12", "--steps", "4"],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_ranks_are_in_numeric_order_from_ingest_to_report(twelve_ranks):
+    """A directory of 12 ranks listed rank0, rank1, rank10, rank11, rank2, ... (by name);
+    the store numbers the traces in natural order, and the report lists them by rank even
+    where a store numbered them otherwise (inputs given in another order)."""
+    from profkit import analyses
+    from profkit.ingest import ingest
+    from profkit.store import Store
+
+    store = Store.open(None)
+    ingest([twelve_ranks], store)
+    assert [r["rank"] for r in store.rows("SELECT rank FROM traces ORDER BY trace_id")] == list(range(12))
+    backwards = Store.open(None)
+    ingest(sorted(twelve_ranks.glob("*rank*.json.gz"), reverse=True), backwards)
+    assert [r["rank"] for r in backwards.rows("SELECT rank FROM traces ORDER BY trace_id")] != list(range(12))
+    result = analyses.analyze(backwards, passes=("steps", "breakdown"))
+    assert [t["rank"] for t in result["traces"]] == list(range(12))
+
+
+def test_findings_of_equal_impact_are_ranked_by_rank_as_a_number():
+    from profkit.findings import Finding, rank
+
+    def finding(trace_rank):
+        return Finding("idle.host_bound", "t", 1000, 1.0, {"trace_id": trace_rank, "rank": trace_rank}, {}, "", "")
+
+    assert [f.scope["rank"] for f in rank([finding(10), finding(2), finding(1)])] == [1, 2, 10]
