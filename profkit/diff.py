@@ -353,7 +353,7 @@ def compare_findings(b_findings: list[dict[str, Any]], n_findings: list[dict[str
 
 def pair_traces(b_traces: list[dict], n_traces: list[dict]) -> tuple[str, str, list[tuple[dict, dict]]]:
     """(mode, note, pairs): rank to rank when both sides hold the same ranks, else the
-    first trace of each side."""
+    first trace of each side (the lowest rank: traces come in rank order)."""
     b_ranks = [t.get("rank") for t in b_traces]
     n_ranks = [t.get("rank") for t in n_traces]
     if (len(b_traces) > 1 and None not in b_ranks and len(set(b_ranks)) == len(b_ranks)
@@ -365,8 +365,8 @@ def pair_traces(b_traces: list[dict], n_traces: list[dict]) -> tuple[str, str, l
     if len(b_traces) == 1 and len(n_traces) == 1:
         note = f"one trace on each side: rank {b.get('rank')} vs rank {n.get('rank')}"
         return "single", note, [(b, n)]
-    note = (f"ranks differ (base {b_ranks}, new {n_ranks}): comparing the first trace of each "
-            f"side, rank {b.get('rank')} vs rank {n.get('rank')}")
+    note = (f"ranks differ (base {b_ranks}, new {n_ranks}): comparing the first trace (lowest rank) of "
+            f"each side, rank {b.get('rank')} vs rank {n.get('rank')}")
     return "first_trace", note, [(b, n)]
 
 

@@ -263,7 +263,8 @@ def test_first_trace_pairing_when_ranks_differ():
     result = diff_paths(store_dir, single)
     assert result["pairing"]["mode"] == "first_trace"
     assert "first trace" in result["pairing"]["note"]
-    assert result["pairs"][0]["base"]["rank"] == 3   # control_a100_rank3_of8, first in the store
+    # the lowest rank of each side: test_v100_rank1_of2 before control_a100_rank3_of8
+    assert result["pairs"][0]["base"]["rank"] == 1 and "rank 1 vs rank 0" in result["pairing"]["note"]
 
 
 def test_cli_diff_gate_and_formats(tmp_path):
