@@ -101,10 +101,7 @@ def _windows(ctx: Context) -> dict:
     step" beside a 15.7 ms step (its device span), the RTX 2070 capture's at 259 ms
     beside 5.3 ms."""
     if "windows" not in ctx.memo:  # the report and refine_impacts both ask
-        windows = store_windows(ctx.store, ctx.store.trace_ids())
-        if ctx.steps:
-            windows[ctx.trace_id] = _step_windows(ctx)
-        ctx.memo["windows"] = windows
+        SharedWindows(ctx.store).add(ctx)
     return ctx.memo["windows"]
 
 
@@ -137,13 +134,12 @@ def analysis_windows(store: Store) -> dict:
     (a store's own `steps` table has no steps for most traces: the whole capture)."""
     from . import pass_module
 
-    windows = store_windows(store, store.trace_ids())
+    shared = SharedWindows(store)
     for trace_id in store.trace_ids():
         ctx = Context.of(store, trace_id)
         pass_module("steps").run(ctx)
-        if ctx.steps:
-            windows[trace_id] = _step_windows(ctx)
-    return windows
+        shared.add(ctx)
+    return shared.windows
 
 
 def run(ctx: Context) -> PassResult:

@@ -87,13 +87,14 @@ def _is_stdin(path: str | Path) -> bool:
 
 
 def _copy(path: str | Path, name: str, copy: Path) -> None:
-    if _is_stdin(path) and sys.stdin is None:
+    stdin = _is_stdin(path)
+    if stdin and sys.stdin is None:
         raise TraceError(name, "standard input is closed")
     try:
-        source = sys.stdin.buffer if _is_stdin(path) else _opened(path, name)
+        source = sys.stdin.buffer if stdin else _opened(path, name)
     except OSError as exc:
         raise TraceError(name, f"cannot read the stream: {exc.strerror or exc}") from None
-    with source if not _is_stdin(path) else nullcontext(source):
+    with nullcontext(source) if stdin else source:  # standard input stays open
         if (problem := _refused(source)) is not None:
             raise TraceError(name, problem)
         with open(copy, "wb") as out:
