@@ -270,17 +270,16 @@ def find_steps(store: Store, trace_id: int) -> None:
     if con.execute("SELECT count(*) FROM steps WHERE trace_id = ?", [trace_id]).fetchone()[0]:
         return
     for source, pattern in STEP_PATTERNS:
-        rows = con.execute("""
-            SELECT event_id, name, start_ns, end_ns FROM events
-            WHERE trace_id = ? AND kind = 'annotation' AND regexp_matches(name, ?)
+        # One INSERT ... SELECT: executemany cost ~0.6 ms a row (0.12 s for 200 steps).
+        found = con.execute("""
+            INSERT INTO steps
+            SELECT trace_id, CAST(regexp_extract(name, $pattern, 1) AS INTEGER), name, start_ns, end_ns,
+                   $source, event_id
+            FROM events
+            WHERE trace_id = $trace AND kind = 'annotation' AND regexp_matches(name, $pattern)
             ORDER BY start_ns
-        """, [trace_id, pattern.pattern]).fetchall()
-        if rows:
-            con.executemany(
-                "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [[trace_id, int(pattern.match(name).group(1)), name, start, end, source, event_id]
-                 for event_id, name, start, end in rows],
-            )
+        """, {"pattern": pattern.pattern, "source": source, "trace": trace_id}).fetchone()[0]
+        if found:
             return
 
 
