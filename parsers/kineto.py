@@ -25,6 +25,7 @@ the whole-document check, which also gives the precise error for a malformed fil
 from __future__ import annotations
 
 import gzip
+import sys
 import zlib
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def parse(path: Path, sink) -> None:
 
 def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> None:
     scan = scan and fast
-    if scan and _may_be_scanned(path):
+    in_batch = scan and _batch_scanned(sink)
+    if scan and (in_batch or _may_be_scanned(path)):
         kineto_scan.preload()
     src = Input(path)
     try:
@@ -114,7 +116,7 @@ def _parse(path: Path, sink, fast: bool, check_all: bool, scan: bool = True) -> 
             builder = EventBuilder(w)
             total = doc.events_bytes
             # doc.data is the input itself, or the part of an input cut short that is read.
-            if scan and kineto_scan.worth_scanning(total) and kineto_scan.store(
+            if scan and (in_batch or kineto_scan.worth_scanning(total)) and kineto_scan.store(
                     doc, doc.data, builder, w, src.release, lambda done: sink.report(str(path), done, total)):
                 src.release()
                 _finish(path, doc, builder, w)
@@ -151,8 +153,18 @@ def _count_cut(doc: Document, src: Input, w) -> None:
 
 
 def _may_be_scanned(path: Path) -> bool:
-    """Large enough for the compiled scan (a gzip's text being ~8x its size or more)."""
-    return kineto_scan.worth_scanning(text_bytes_estimate(path, 8))
+    """Large enough for the compiled scan alone (a gzip by the text size its trailer gives)."""
+    return kineto_scan.worth_scanning(_text_bytes(path))
+
+
+def _batch_scanned(sink) -> bool:
+    """Are the Kineto inputs of this ingest together large enough for the compiled scan?
+    Then every one is scanned: numba loads once for them all."""
+    return kineto_scan.worth_scanning_batch(sink.batch_bytes(sys.modules[__name__], _text_bytes))
+
+
+def _text_bytes(path: Path) -> int:
+    return text_bytes_estimate(path, 8)
 
 
 def _finish(path: Path, doc: Document, builder: EventBuilder, w) -> None:

@@ -31,11 +31,19 @@ def example(rec: Any) -> str:
     fields = {f: getattr(rec, f) for f in Ev.__struct_fields__ if f != "args"}
     fields = {k: v for k, v in fields.items() if v is not None}
     if rec.args:
-        fields["args"] = msgspec.Raw(rec.args)
+        fields["args"] = msgspec.Raw(_compact(rec.args))
     try:
         return msgspec.json.encode(fields).decode("utf-8", "replace")[:300]
     except (TypeError, msgspec.EncodeError):
         return repr(fields)[:300]
+
+
+def _compact(text: bytes) -> bytes:
+    """JSON text without its whitespace (the compiled scan hands records as written)."""
+    try:
+        return msgspec.json.format(text, indent=-1)
+    except (msgspec.DecodeError, TypeError, ValueError):
+        return text
 
 
 class EventBuilder:

@@ -593,15 +593,21 @@ def int_within(v: int | None, bits: int = 64) -> int | None:
 
 
 def text_bytes_estimate(path, gzip_ratio: int) -> int:
-    """The size of an input's text, before reading it: a gzip's compressed size times
-    `gzip_ratio`; 0 where it cannot be read."""
+    """The size of an input's text, before reading it: a gzip's by its trailer (the size
+    mod 4 GiB; deflate compresses at most ~1032:1) or, where that is less, its compressed
+    size times `gzip_ratio`; 0 where it cannot be read."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == GZIP_MAGIC
+            if not gzipped:
+                return size
+            fh.seek(max(size - 4, 0))
+            trailer = int.from_bytes(fh.read(4), "little")
     except OSError:
         return 0
-    return size * gzip_ratio if gzipped else size
+    # A gzip cut short ends in deflate data, not its size: at most the ratio deflate allows.
+    return max(size * gzip_ratio, min(trailer, size * 1032))
 
 
 def _one_micros_to_ns(v: Any) -> int | None:

@@ -35,8 +35,12 @@ from .kineto_sql import FastPathFailed, define_macros, store_copies, store_kerne
 from .kineto_tables import DEVICE_LANE_KINDS, FLOW_LINK_KIND, category_table
 
 # Below this the DuckDB path is as fast: numba's import and first call cost ~0.55 s, as much
-# as the scan saves on a 100 MB input (docs/performance.md).
+# as the scan saves on a 100 MB input (docs/performance.md). Once loaded, the scan reads a
+# trace in 0.55-0.75x the DuckDB path's time, so the inputs of one ingest are weighed
+# together: 4 synthetic ranks of 23 MB load in 1.9 s scanned against 2.7-2.9 s, 32 ranks of
+# 1.4 MB in 3.7 against 4.3 s; at 11 MB in all it is even, at 5 MB 0.1 s slower.
 SCAN_MIN_BYTES = 128 << 20
+BATCH_SCAN_MIN_BYTES = 32 << 20
 _ARG_NAMES = ("correlation", "External id", "external id", "device", "stream")
 _LAUNCH_FLOW_CATS = frozenset(c for c, kind in FLOW_LINK_KIND.items() if kind is None)
 _STRING_SLOTS = 1 << 20  # distinct cat/name strings a part holds: half of this
@@ -70,6 +74,12 @@ def preload() -> None:
 
 def worth_scanning(events_bytes: int) -> bool:
     return events_bytes >= SCAN_MIN_BYTES
+
+
+def worth_scanning_batch(batch_bytes: int) -> bool:
+    """Is the text of all the Kineto inputs of one ingest worth loading the scan for, to
+    read each of them? (0: a single input, weighed alone.)"""
+    return 0 < batch_bytes and batch_bytes >= BATCH_SCAN_MIN_BYTES
 
 
 @dataclass

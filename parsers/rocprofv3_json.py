@@ -22,6 +22,7 @@ import gzip
 import io
 import mmap
 import re
+import sys
 import tempfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -146,13 +147,14 @@ def parse(path: Path, sink) -> None:
     # lists) are read side by side, each part as soon as it is written, while the main
     # thread stores what is read; the compiled scan reads parts side by side too.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="profkit-rocprofv3") as pool:
-        if _may_be_scanned(path):
+        in_batch = _batch_scanned(sink)
+        if in_batch or _may_be_scanned(path):
             # numba and the compiled loop load (~0.3 s) while the input is read: a
             # gzip input takes seconds to decompress, with the GIL released.
             pool.submit(json_scan.available)
         document = _Document(path)
         try:
-            _parse_document(path, document, sink, pool)
+            _parse_document(path, document, sink, pool, in_batch)
         finally:
             document.release()
 
@@ -160,10 +162,21 @@ def parse(path: Path, sink) -> None:
 def _may_be_scanned(path: Path) -> bool:
     """Could the input hold SCAN_MIN_BYTES of lists? (A gzip input by its compressed size:
     rocprofv3 JSON compresses ~11x.)"""
-    return text_bytes_estimate(path, 16) >= SCAN_MIN_BYTES
+    return _text_bytes(path) >= SCAN_MIN_BYTES
 
 
-def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecutor) -> None:
+def _batch_scanned(sink) -> bool:
+    """Are the rocprofv3 JSON inputs of this ingest together large enough for the compiled
+    scan (numba loads once for them all)? Then each is scanned, whatever its size."""
+    batch = sink.batch_bytes(sys.modules[__name__], _text_bytes)  # 0: a single input, weighed alone
+    return 0 < batch and batch >= BATCH_SCAN_MIN_BYTES
+
+
+def _text_bytes(path: Path) -> int:
+    return text_bytes_estimate(path, 16)
+
+
+def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecutor, in_batch: bool) -> None:
     doc, cut = _decoded(path, document.data)
     if not doc.processes:
         raise TraceError(path, "rocprofv3 JSON holds no process (`rocprofiler-sdk-tool` is empty)")
@@ -172,7 +185,7 @@ def _parse_document(path: Path, document: _Document, sink, pool: ThreadPoolExecu
         try:
             # The raw lists are views of the document: once they are read (a large input's
             # by the compiled scan) or in files for DuckDB, it (as big as the input) is released.
-            scanned = _scanned(doc.processes, pool) if _worth_scanning(doc.processes) else {}
+            scanned = _scanned(doc.processes, pool) if _worth_scanning(doc.processes, in_batch) else {}
             staged = [_stage(path, proc, Path(tmp) / str(i), pool, scanned.get(i, {}))
                       for i, proc in enumerate(doc.processes)]
             del scanned  # the staged lists hold the reads now, each dropped once stored
@@ -355,13 +368,16 @@ def _list_kind(name: str) -> str | None:
 # From this many bytes of lists in a document on, they are read by the compiled scan
 # (json_scan): below it, loading numba and the compiled loop (~0.3 s) costs more than
 # the scan saves (docs/performance.md, fifteenth session).
+# Once loaded, the scan reads lists in ~0.6x DuckDB's time (10k dispatches: 0.08 against
+# 0.13 s), so the inputs of one ingest are weighed together, as Kineto's are.
 SCAN_MIN_BYTES = 128 << 20
+BATCH_SCAN_MIN_BYTES = 32 << 20
 
 
-def _worth_scanning(processes: list[Process]) -> bool:
+def _worth_scanning(processes: list[Process], in_batch: bool = False) -> bool:
     size = sum(len(raw) for proc in processes for name, raw in proc.buffer_records.items()
                if _list_kind(name) is not None)
-    return size >= SCAN_MIN_BYTES and json_scan.available()
+    return (in_batch or size >= SCAN_MIN_BYTES) and json_scan.available()
 
 
 def _scanned(processes: list[Process], pool: ThreadPoolExecutor) -> dict[int, dict[str, list[Future]]]:

@@ -28,8 +28,9 @@ ProgressCallback = Callable[[str, int, int], None]
 # directory that no parser claims listed in inputs_not_read. 5: Kineto times, ids and
 # devices beyond their columns counted ("... in range"), large inputs read by kineto_scan.
 # 6: a trace repeating a recording read already (a copy in the same directory) not kept.
-# 7: Kineto `[memory]` samples also in counters.
-REVISION = 7
+# 7: Kineto `[memory]` samples also in counters. 8: the Kineto and rocprofv3 JSON inputs of
+# one ingest weighed together for the compiled scan; issue examples' args without whitespace.
+REVISION = 8
 
 
 def rank_from_filename(path: str | Path) -> int | None:
@@ -41,10 +42,13 @@ def rank_from_filename(path: str | Path) -> int | None:
 class Sink:
     """What a parser writes into: it opens one trace per input unit."""
 
-    def __init__(self, store: Store, progress: ProgressCallback | None = None):
+    def __init__(self, store: Store, progress: ProgressCallback | None = None,
+                 inputs: list[tuple[Path, object]] = ()):
         self.store = store
         self.progress = progress
+        self.inputs = list(inputs)  # (input, parser module) of the whole ingest
         self.trace_ids: list[int] = []
+        self._batch_bytes: dict[object, int] = {}
 
     @contextmanager
     def trace(self, path: str | Path, format: str, stat_path: str | Path | None = None) -> Iterator[TraceWriter]:
@@ -83,6 +87,15 @@ class Sink:
                 _remove_trace(self.store, piece, writer.event_base)
             raise
         self.trace_ids.extend(pieces)
+
+    def batch_bytes(self, module, size: Callable[[Path], int]) -> int:
+        """The bytes, each input's by `size`, of all this ingest's inputs that `module`
+        reads where it reads several (0 for one alone): a parser weighs a cost paid once a
+        process (loading compiled code) against every input it will read. Counted once."""
+        if module not in self._batch_bytes:
+            paths = [path for path, reader in self.inputs if reader is module]
+            self._batch_bytes[module] = sum(map(size, paths)) if len(paths) > 1 else 0
+        return self._batch_bytes[module]
 
     def report(self, path: str, done: int, total: int) -> None:
         if self.progress:
@@ -295,9 +308,9 @@ def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
             held: list[tuple[str, bool]] | None, streams: dict[str, str]) -> list[int]:
     """`ingest` of `paths`, where streams are read from copies: `streams` maps each copy to
     the name the stream was given, which its traces take."""
-    sink = Sink(store, progress)
     not_read: list[tuple[str, str]] = []
     inputs = [pair for p in paths for pair in find_inputs(p, not_read)]
+    sink = Sink(store, progress, inputs)
     stale: list[int] = []  # traces of changed inputs, removed once their new reads succeeded
     try:
         with paused_gc():

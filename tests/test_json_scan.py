@@ -36,6 +36,7 @@ def _by_scan(raw: bytes, kind: str) -> pa.Table | None:
 
 def _store(path, monkeypatch, scan: bool) -> dict[str, list]:
     monkeypatch.setattr(rocprofv3_json, "SCAN_MIN_BYTES", 0 if scan else 1 << 62)
+    monkeypatch.setattr(rocprofv3_json, "BATCH_SCAN_MIN_BYTES", 0 if scan else 1 << 62)
     store = Store.open(None)
     ingest([str(path)], store)
     tables = [t for (t,) in store.con.execute(
@@ -71,6 +72,7 @@ def test_missing_required_field_is_the_same_error(tmp_path, monkeypatch):
     errors = []
     for scan in (True, False):
         monkeypatch.setattr(rocprofv3_json, "SCAN_MIN_BYTES", 0 if scan else 1 << 62)
+        monkeypatch.setattr(rocprofv3_json, "BATCH_SCAN_MIN_BYTES", 0 if scan else 1 << 62)
         with pytest.raises(Exception) as raised:
             ingest([str(path)], Store.open(None))
         errors.append(str(raised.value))
@@ -173,6 +175,32 @@ def test_any_list_is_read_alike_or_declined(records, odd, indent, tmp_path):
         scanned = _by_scan(raw, kind)
         if scanned is not None:
             assert scanned.equals(_by_duckdb(raw, kind, tmp_path)), raw
+
+
+def test_inputs_scanned_together_when_their_sum_is_worth_it(tmp_path, monkeypatch):
+    """numba loads once a process: ranks each too small for the scan alone are scanned
+    when together they are large enough, and store what DuckDB's reads store."""
+    for rank in range(2):
+        doc = _doc()
+        doc["rocprofiler-sdk-tool"][0]["metadata"]["pid"] = 100 + rank  # two processes, not one recording
+        (tmp_path / f"{rank}_results.json").write_text(json.dumps(doc))
+    calls = []
+    real = rocprofv3_json._scanned
+    monkeypatch.setattr(rocprofv3_json, "_scanned", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(rocprofv3_json, "SCAN_MIN_BYTES", 1 << 62)
+
+    def store_of(*paths):
+        store = Store.open(None)
+        ingest([str(p) for p in paths], store)
+        return sorted(map(repr, store.con.execute("SELECT * EXCLUDE (event_id, parent_id) FROM events").fetchall()))
+
+    monkeypatch.setattr(rocprofv3_json, "BATCH_SCAN_MIN_BYTES", 0)
+    store_of(tmp_path / "0_results.json")
+    assert calls == []  # one input alone is weighed by SCAN_MIN_BYTES
+    together = store_of(tmp_path)
+    assert calls == [1, 1]
+    monkeypatch.setattr(rocprofv3_json, "BATCH_SCAN_MIN_BYTES", 1 << 62)
+    assert store_of(tmp_path) == together and calls == [1, 1]
 
 
 def test_a_bad_input_while_the_scan_loads_is_one_error(tmp_path, monkeypatch):

@@ -57,8 +57,14 @@ def _canonical(store: Store) -> dict[str, list[str]]:
     return out
 
 
+def _scan_from(monkeypatch, size: int) -> None:
+    """The compiled scan for inputs from `size` bytes on, alone or with the others of an ingest."""
+    monkeypatch.setattr(kineto_scan, "SCAN_MIN_BYTES", size)
+    monkeypatch.setattr(kineto_scan, "BATCH_SCAN_MIN_BYTES", size)
+
+
 def _store(path, monkeypatch, scan: bool):
-    monkeypatch.setattr(kineto_scan, "SCAN_MIN_BYTES", 0 if scan else 1 << 62)
+    _scan_from(monkeypatch, 0 if scan else 1 << 62)
     # As for a large input: the events array located, not checked before it is read.
     monkeypatch.setattr(kineto_read, "LOCATE_MIN_BYTES", 0)
     store = Store.open(None)
@@ -72,7 +78,7 @@ def _by_python(path, monkeypatch):
         raise FastPathFailed("test: the record-by-record path")
     with monkeypatch.context() as patch:
         patch.setattr(kineto, "SqlPieces", refuse)
-        patch.setattr(kineto_scan, "SCAN_MIN_BYTES", 1 << 62)
+        _scan_from(patch, 1 << 62)
         store = Store.open(None)
         ingest([str(path)], store)
     return store
@@ -384,6 +390,53 @@ def test_a_gzip_input_is_scanned(tmp_path, monkeypatch):
     assert _scanned(path, monkeypatch)
     scanned, read = _either_way(path, monkeypatch)
     assert scanned == read
+
+
+def test_inputs_scanned_together_when_their_sum_is_worth_it(tmp_path, monkeypatch):
+    """numba loads once a process: ranks each too small for the scan alone are scanned
+    when together they are large enough, and store what the DuckDB path stores."""
+    for rank in range(3):
+        _trace(tmp_path, [_x(name=f"op{i}", pid=rank + 1) for i in range(50)] + [_LAUNCH, _KERNEL],
+               top={"distributedInfo": {"rank": rank}}, name=f"rank{rank}.json")
+    one = (tmp_path / "rank0.json").stat().st_size
+    calls = []
+    real = kineto_scan._store_parts
+    monkeypatch.setattr(kineto_scan, "_store_parts", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(kineto_scan, "SCAN_MIN_BYTES", 1 << 62)
+    monkeypatch.setattr(kineto_read, "LOCATE_MIN_BYTES", 0)
+
+    monkeypatch.setattr(kineto_scan, "BATCH_SCAN_MIN_BYTES", 0)
+    ingest([str(tmp_path / "rank0.json")], Store.open(None))
+    assert calls == []  # one input alone is weighed by SCAN_MIN_BYTES
+    monkeypatch.setattr(kineto_scan, "BATCH_SCAN_MIN_BYTES", 2.5 * one)
+    ingest([str(tmp_path / "rank0.json"), str(tmp_path / "rank1.json")], Store.open(None))
+    assert calls == []  # two ranks: below the batch threshold
+    together = Store.open(None)
+    ingest([str(tmp_path)], together)
+    assert calls == [1, 1, 1]
+
+    monkeypatch.setattr(kineto_scan, "BATCH_SCAN_MIN_BYTES", 1 << 62)
+    apart = Store.open(None)
+    ingest([str(tmp_path)], apart)
+    assert calls == [1, 1, 1]
+    assert _canonical(together) == _canonical(apart)
+
+
+def test_an_issue_example_is_compact_either_way(tmp_path, monkeypatch):
+    """The scan hands a record over as written (here indented): its example is one line."""
+    label = {"ph": "M", "name": "process_labels", "pid": 1, "tid": 0, "args": {"labels": "CPU"}}
+    path = _trace(tmp_path, [label, _LAUNCH, _KERNEL])
+    examples = [_store(path, monkeypatch, scan).con.execute(
+        "SELECT example FROM ingest_issues WHERE reason LIKE '%process_labels%'").fetchall() for scan in (True, False)]
+    assert examples[0] == examples[1] == [('{"ph":"M","name":"process_labels","pid":1,"tid":0,"args":{"labels":"CPU"}}',)]
+
+
+def test_a_gzip_input_is_weighed_by_the_size_its_trailer_gives(tmp_path):
+    text = json.dumps({"traceEvents": [_x(name=f"op{i}") for i in range(2000)]}).encode()
+    path = _trace(tmp_path, None, raw=gzip.compress(text), name="t.json.gz")
+    assert kineto_read.text_bytes_estimate(path, 8) == len(text)  # compresses ~100x: 8x would say far less
+    cut = _trace(tmp_path, None, raw=gzip.compress(text)[:-9], name="cut.json.gz")
+    assert kineto_read.text_bytes_estimate(cut, 8) <= cut.stat().st_size * 1032  # no trailer: bounded
 
 
 def test_without_the_compiled_loop_duckdb_reads(tmp_path, monkeypatch):

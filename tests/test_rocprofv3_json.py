@@ -164,6 +164,7 @@ def test_a_malformed_record_in_a_located_list_is_named_without_the_staged_file(t
     from profkit.parsers import rocprofv3_json
     monkeypatch.setattr(rocprofv3_json, "LOCATE_MIN_BYTES", 0)
     monkeypatch.setattr(rocprofv3_json, "SCAN_MIN_BYTES", 0 if scan else 1 << 62)
+    monkeypatch.setattr(rocprofv3_json, "BATCH_SCAN_MIN_BYTES", 0 if scan else 1 << 62)
     text = json.dumps(_doc(), separators=(",", ":")).encode()
     path = tmp_path / "1_results.json"
     path.write_bytes(text.replace(b'"dispatch_id":2', damage, 1))
