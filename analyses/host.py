@@ -225,7 +225,7 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
         def each(count: int) -> str:  # per step, as the title's headline is
             return per_step_number(count / n_steps)
 
-        sites = Counter(site for site in call_sites(ctx.store, calls["event_id"][sel]) if site)
+        sites = Counter(site for site in call_sites(ctx.store, ctx.trace_id, calls["event_id"][sel]) if site)
         names = ", ".join(f"{n} x{each(c)}" for n, c in by_name.most_common(3))
         # The headline counts waits; calls back to back with no launch between wait once.
         waits = per_step_count(points / n_steps, "host synchronisation", "host synchronisations")
@@ -360,7 +360,8 @@ def _after_dtoh(ctx, calls, sel) -> list[bool]:
     """Whether the copy launched just before each sync on its thread moved data to the host."""
     rows = ctx.store.con.execute("""
         SELECT r.start_ns, coalesce(r.tid, -1) FROM links l
-        JOIN events r ON r.event_id = l.src_event JOIN copies c ON c.event_id = l.dst_event
+        JOIN events r ON r.event_id = l.src_event AND r.trace_id = l.trace_id
+        JOIN copies c ON c.event_id = l.dst_event
         WHERE l.trace_id = ? AND l.kind = 'launch' AND c.direction = 'DtoH'
     """, [ctx.trace_id]).fetchall()
     by_tid: dict = {}

@@ -42,10 +42,10 @@ _FRAMEWORK_FRAME = re.compile(r"(^|/)torch/|^<")
 _PYTHON_FRAME = re.compile(r"\.py\(\d+\)")
 
 
-def call_sites(store, event_ids: np.ndarray) -> list[str | None]:
-    """For each host event, the innermost enclosing Python frame outside the framework
-    ("transformers/modeling_attn_mask_utils.py(243): _ignore_causal_mask_sdpa"), None
-    where the trace records no such frame (no Python stacks, or not a Kineto trace)."""
+def call_sites(store, trace_id: int, event_ids: np.ndarray) -> list[str | None]:
+    """For each host event of the trace, the innermost enclosing Python frame outside the
+    framework ("transformers/modeling_attn_mask_utils.py(243): _ignore_causal_mask_sdpa"),
+    None where the trace records no such frame (no Python stacks, or not a Kineto trace)."""
     if event_ids.size == 0:
         return []
     with store.registered(pa.table({"event_id": event_ids.astype(np.int64)})) as calls:
@@ -54,11 +54,12 @@ def call_sites(store, event_ids: np.ndarray) -> list[str | None]:
                 SELECT event_id, event_id, 0 FROM {calls}
                 UNION ALL
                 SELECT up.call, e.parent_id, up.level + 1 FROM up JOIN events e ON e.event_id = up.id
-                WHERE e.parent_id IS NOT NULL AND up.level < 256  -- a store from elsewhere may loop
+                WHERE e.trace_id = $trace AND e.parent_id IS NOT NULL
+                  AND up.level < 256  -- a store from elsewhere may loop
             )
             SELECT up.call, e.name FROM up JOIN events e ON e.event_id = up.id
-            WHERE e.kind = 'python' ORDER BY up.call, up.level
-        """).fetchall()
+            WHERE e.trace_id = $trace AND e.kind = 'python' ORDER BY up.call, up.level
+        """, {"trace": int(trace_id)}).fetchall()
     site: dict[int, str] = {}
     for call, name in rows:
         if call not in site and name and _PYTHON_FRAME.search(name) and not _FRAMEWORK_FRAME.search(name):
@@ -80,7 +81,8 @@ def host_work(store, trace_id: int, launch_events: np.ndarray, gap_starts: np.nd
     with store.registered(gaps) as table:
         launches = store.arrow(f"""
             SELECT g.i, r.pid, r.tid, r.start_ns FROM {table} g JOIN events r ON r.event_id = g.launch
-        """)
+            WHERE r.trace_id = ?
+        """, [trace_id])
     i = launches.column("i").to_numpy()
     lo = gap_starts[known][i]
     hi = np.minimum(gap_ends[known][i], launches.column("start_ns").to_numpy())
@@ -144,8 +146,9 @@ def _attribute(store, trace_id: int, pid: int, tid: int, lo: np.ndarray, hi: np.
     # Summed by name in the store: an operator runs thousands of times.
     with store.registered(pa.table({"event_id": ids[timed], "ns": per_event[timed].astype(np.int64)})) as table:
         by_name = store.con.execute(f"""
-            SELECT e.name, e.kind, sum(t.ns) FROM {table} t JOIN events e USING (event_id) GROUP BY ALL
-        """).fetchall()
+            SELECT e.name, e.kind, sum(t.ns) FROM {table} t JOIN events e USING (event_id)
+            WHERE e.trace_id = ? GROUP BY ALL
+        """, [trace_id]).fetchall()
     for name, kind, ns in by_name:
         out[(event_key(name), kind)] += int(ns)
 

@@ -116,20 +116,24 @@ def top_kernels(store, trace_id, busy_ns):
 
 
 # ---------------------------------------------------------------- by CPU operator ----
+# Every join names the trace: the store holds every rank, and a join on event ids alone
+# scans all their events (per recursion step), so a run's cost grew with ranks squared.
 OP_ATTRIBUTION_SQL = """
     WITH RECURSIVE up(kernel, node, hops) AS (
         SELECT l.dst_event, r.parent_id, 0
-        FROM links l JOIN events r ON r.event_id = l.src_event
-        JOIN events k ON k.event_id = l.dst_event
+        FROM links l JOIN events r ON r.event_id = l.src_event AND r.trace_id = {trace_id}
+        JOIN events k ON k.event_id = l.dst_event AND k.trace_id = {trace_id}
         WHERE l.trace_id = {trace_id} AND l.kind = 'launch' AND k.kind = 'kernel' AND r.parent_id IS NOT NULL
         UNION ALL
         SELECT up.kernel, e.parent_id, up.hops + 1
-        FROM up JOIN events e ON e.event_id = up.node
+        FROM up JOIN events e ON e.event_id = up.node AND e.trace_id = {trace_id}
         WHERE e.kind <> 'cpu_op' AND e.parent_id IS NOT NULL AND up.hops < 200
     )
     SELECT DISTINCT ON (up.kernel) up.kernel AS kernel_event, e.event_id AS op_event, e.name AS op_name,
-           CAST(json_extract(e.args, '$."Input Dims"') AS VARCHAR) AS input_dims
-    FROM up JOIN events e ON e.event_id = up.node
+           CAST(json_extract(e.args, '$."Input Dims"') AS VARCHAR) AS input_dims,
+           k.dur_ns, k.name AS kernel_name, k.device
+    FROM up JOIN events e ON e.event_id = up.node AND e.trace_id = {trace_id}
+    JOIN events k ON k.event_id = up.kernel AND k.trace_id = {trace_id}
     WHERE e.kind = 'cpu_op'
     ORDER BY up.kernel, up.hops
 """
@@ -147,28 +151,28 @@ def by_op(store, trace_id, kernel_sum_ns):
     try:
         ops = store.rows(f"""
             SELECT o.op_name, count(*) AS kernels, count(DISTINCT o.op_event) AS op_calls,
-                   sum(k.dur_ns) AS kernel_ns
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+                   sum(o.dur_ns) AS kernel_ns
+            FROM _kernel_ops o
             GROUP BY o.op_name ORDER BY kernel_ns DESC, o.op_name LIMIT {TOP_N}
         """)
         names = [o["op_name"] for o in ops]
         details = store.rows("""
-            SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(k.dur_ns) AS kernel_ns
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+            SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(o.dur_ns) AS kernel_ns
+            FROM _kernel_ops o
             WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, o.input_dims
         """, [names]) if names else []
         top_names = store.rows("""
-            SELECT o.op_name, k.name, sum(k.dur_ns) AS kernel_ns
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
-            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, k.name
+            SELECT o.op_name, o.kernel_name AS name, sum(o.dur_ns) AS kernel_ns
+            FROM _kernel_ops o
+            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, name
         """, [names]) if names else []
         attributed = int(store.scalar("""
-            SELECT coalesce(sum(k.dur_ns), 0) FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
+            SELECT coalesce(sum(o.dur_ns), 0) FROM _kernel_ops o
         """))
         tiny_ops = store.rows(f"""
-            SELECT coalesce(k.device, -1) AS device, o.op_name, count(*) AS kernels
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event
-            WHERE k.dur_ns < {TINY_KERNEL_NS} GROUP BY ALL ORDER BY device, kernels DESC, o.op_name
+            SELECT coalesce(o.device, -1) AS device, o.op_name, count(*) AS kernels
+            FROM _kernel_ops o
+            WHERE o.dur_ns < {TINY_KERNEL_NS} GROUP BY ALL ORDER BY device, kernels DESC, o.op_name
         """)
     finally:
         store.con.execute("DROP TABLE IF EXISTS _kernel_ops")
@@ -286,20 +290,29 @@ def _starting_in(starts, values, lo, hi) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- grids --------------
-def grids(store, trace_id, windows):
-    """Long kernels whose grid has fewer blocks than the device has SMs, by name.
+# The trace's kernels with their launch configuration: the `kernels` view, with kernel_info
+# read over the trace's event ids only (it holds every rank's kernels and has no trace_id).
+_TRACE_KERNELS = """(
+    SELECT e.*, i.* EXCLUDE (event_id) FROM events e JOIN kernel_info i USING (event_id)
+    WHERE e.trace_id = $trace AND e.kind = 'kernel' AND i.event_id BETWEEN $first AND $last)"""
+
+
+def grids(store, trace_id, windows, event_ids: tuple[int, int]):
+    """Long kernels whose grid has fewer blocks than the device has SMs, by name, and
+    kernels of low occupancy; `event_ids` bound the trace's device activities' ids.
 
     `idle_sm_ns` = sum of dur x (1 - blocks / SMs): the SM-time left empty, as time on
     the whole device; `idle_sm_ns_per_step` is its median over the step windows."""
+    params = {"trace": int(trace_id), "first": int(event_ids[0]), "last": int(event_ids[1])}
     t = store.arrow(f"""
         SELECT k.event_id, k.name, coalesce(k.device, -1) AS device, v.sm_count, k.start_ns, k.dur_ns,
                k.grid_x * coalesce(k.grid_y, 1) * coalesce(k.grid_z, 1) AS blocks
-        FROM kernels k JOIN devices v ON v.trace_id = k.trace_id AND v.device = k.device
-        WHERE k.trace_id = ? AND k.dur_ns >= {LONG_KERNEL_NS} AND v.sm_count > 0 AND k.grid_x IS NOT NULL
+        FROM {_TRACE_KERNELS} k JOIN devices v ON v.trace_id = k.trace_id AND v.device = k.device
+        WHERE k.dur_ns >= {LONG_KERNEL_NS} AND v.sm_count > 0 AND k.grid_x IS NOT NULL
           AND coalesce(k.category, '') <> 'communication'
           AND k.grid_x * coalesce(k.grid_y, 1) * coalesce(k.grid_z, 1) < v.sm_count
         ORDER BY k.dur_ns DESC, k.event_id
-    """, [trace_id])
+    """, params)
     k = {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
     rows = []
     names = k["name"]
@@ -316,9 +329,9 @@ def grids(store, trace_id, windows):
     occupancy = store.rows(f"""
         SELECT name, coalesce(device, -1) AS device, count(*) AS count, sum(dur_ns) AS total_ns,
                min(occupancy_pct) AS min_occupancy_pct, avg(occupancy_pct) AS mean_occupancy_pct
-        FROM kernels WHERE trace_id = ? AND dur_ns >= {LONG_KERNEL_NS} AND occupancy_pct > 0 AND occupancy_pct < {LOW_OCCUPANCY_PCT}
+        FROM {_TRACE_KERNELS} WHERE dur_ns >= {LONG_KERNEL_NS} AND occupancy_pct > 0 AND occupancy_pct < {LOW_OCCUPANCY_PCT}
         GROUP BY ALL ORDER BY total_ns DESC LIMIT {TOP_N}
-    """, [trace_id])
+    """, params)
     return rows, occupancy
 
 
@@ -336,7 +349,7 @@ def run(ctx: Context) -> PassResult:
     latency = launch_latency(launches)
     windows, have_steps = _windows(ctx, int(acts["start_ns"].min()), int(acts["end_ns"].max()))
     tiny = [tiny_kernels(acts, launches, windows, d) for d in np.unique(acts["device"])]
-    small_grids, low_occ = grids(store, tid, windows)
+    small_grids, low_occ = grids(store, tid, windows, (int(acts["event_id"].min()), int(acts["event_id"].max())))
     hot = hotspots(store, tid, devices)
     copies = copy_time(store, tid, acts, windows)
     metrics = {

@@ -161,7 +161,7 @@ def load_device_events(store: Store, trace_id: int) -> DeviceEvents:
 def _launch_links(store: Store, trace_id: int, event_id: np.ndarray) -> LaunchLinks:
     table = store.arrow("""
         SELECT l.dst_event, r.event_id, r.start_ns, r.end_ns, r.pid, r.tid, r.name
-        FROM links l JOIN events r ON r.event_id = l.src_event
+        FROM links l JOIN events r ON r.event_id = l.src_event AND r.trace_id = l.trace_id
         WHERE l.trace_id = ? AND l.kind = 'launch'
     """, [trace_id])
     at = positions(event_id, table.column("dst_event").to_numpy(), sorter=np.argsort(event_id, kind="stable"))

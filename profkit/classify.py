@@ -127,7 +127,8 @@ def blocking_async_copies(store, trace_id: int) -> list[int]:
         return []
     return [i for (i,) in store.con.execute(f"""
         SELECT DISTINCT p.src_event FROM ({PAGEABLE_DTOH_LAUNCHES.format(trace_id=int(trace_id))}) p
-        JOIN events r ON r.event_id = p.src_event WHERE list_contains(?, r.name) ORDER BY 1
+        JOIN events r ON r.event_id = p.src_event AND r.trace_id = {int(trace_id)}
+        WHERE list_contains(?, r.name) ORDER BY 1
     """, [names]).fetchall()]
 
 

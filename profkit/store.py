@@ -79,13 +79,13 @@ class Store:
     def sql(self, query: str, params: Iterable[Any] | None = None) -> duckdb.DuckDBPyRelation:
         return self.con.sql(query, params=params) if params else self.con.sql(query)
 
-    def rows(self, query: str, params: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+    def rows(self, query: str, params: Iterable[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a query and return its rows as dicts keyed by column name."""
-        cur = self.con.execute(query, list(params) if params else [])
+        cur = self.con.execute(query, _params(params) or [])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
-    def arrow(self, query: str, params: Iterable[Any] | None = None) -> pa.Table:
+    def arrow(self, query: str, params: Iterable[Any] | Mapping[str, Any] | None = None) -> pa.Table:
         """Run a query and return an Arrow table.
 
         Through `con.sql()`, not `execute()`: DuckDB 2 copies every row of an `execute()`
@@ -95,7 +95,7 @@ class Store:
         connection is unfinished; such a result would be dropped by the next `execute()`
         anyway, so it is dropped here first."""
         self.settle()
-        return relation_table(self.con.sql(query, params=list(params) if params else None))
+        return relation_table(self.con.sql(query, params=_params(params)))
 
     def settle(self) -> None:
         """Drop any result an `execute()` left unfinished on this connection: DuckDB refuses
@@ -116,9 +116,9 @@ class Store:
         finally:
             self.con.unregister(name)
 
-    def scalar(self, query: str, params: Iterable[Any] | None = None) -> Any:
+    def scalar(self, query: str, params: Iterable[Any] | Mapping[str, Any] | None = None) -> Any:
         # fetchall, not fetchone: a half-read result blocks register() on the connection.
-        rows = self.con.execute(query, list(params) if params else []).fetchall()
+        rows = self.con.execute(query, _params(params) or []).fetchall()
         return rows[0][0] if rows else None
 
     def inputs_not_read(self) -> list[dict[str, Any]]:
@@ -373,3 +373,10 @@ class TraceWriter:
                   FROM events WHERE trace_id = ?) s
             WHERE traces.trace_id = ?
         """, [time.perf_counter() - self._started, self.trace_id, self.trace_id])
+
+
+def _params(params: Iterable[Any] | Mapping[str, Any] | None) -> list[Any] | dict[str, Any] | None:
+    """A query's parameters as DuckDB takes them: by position, or by name (`$name`)."""
+    if not params:
+        return None
+    return dict(params) if isinstance(params, Mapping) else list(params)

@@ -155,4 +155,4 @@ def test_call_sites_end_on_a_store_whose_nesting_loops(tmp_path):
         "start_ns": [10, 0, 5], "dur_ns": [5, 100, 50], "pid": [1, 1, 1], "tid": [1, 1, 1],
         "parent_id": [2, 2, 1]}, tmp_path)
     store.con.execute("UPDATE events SET parent_id = 2 WHERE event_id = 1")  # 1 -> 2 -> 1 -> ...
-    assert call_sites(store, np.array([0])) == ["app.py(9): loop"]
+    assert call_sites(store, 0, np.array([0])) == ["app.py(9): loop"]
