@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from .graph_build import Graph, build_graph
-from .graph_model import CLASS_NAMES, E_LAUNCH, EDGE_KIND_NAMES
-from .graph_replay import (Schedule, attribute, baseline_step_times, critical_path, replay, steady, step_index,
-                           step_times, top_contributors)
+from .graph_model import CLASS_NAMES, EDGE_KIND_NAMES
+from .graph_replay import (Schedule, attribute, baseline_step_times, critical_path, median_latency_step_times,
+                           replay, steady, step_index, top_contributors)
 from .store import Store
 from .whatif import apply_changes, parse_change, store_windows, whatif
 
@@ -81,13 +81,8 @@ def critical_path_report(store: Store, trace_id: int, graph: Graph | None = None
         err = 100.0 * (r["dur_ns"] - o["dur_ns"]) / o["dur_ns"] if o["dur_ns"] else 0.0
         per_step.append({"step": r["step"], "observed_ns": o["dur_ns"], "replayed_ns": r["dur_ns"],
                          "error_pct": round(err, 3), "length_ns": path["length_ns"]})
-    # The same replay with every launch at the trace's median latency: time a launch's
-    # measured latency absorbed (a wait the graph has no edge for) shows up as error here.
-    strict_w = graph.weight.copy()
-    launch = graph.ekind == E_LAUNCH
-    median = int(graph.stats.get("median_launch_latency_ns", 0))
-    strict_w[launch] = np.minimum(strict_w[launch], median)
-    strict = steady([r for r in step_times(graph, replay(graph, strict_w).time, index) if r["trace_id"] == trace_id])
+    # The same replay with every launch at the median latency (shared by every trace).
+    strict = steady([r for r in median_latency_step_times(graph, index) if r["trace_id"] == trace_id])
     strict_ns = int(round(np.mean([r["dur_ns"] for r in strict]))) if strict else 0
     n = len(per_step)
     # Every cause is present (0 when absent) so a budget on one always has an answer.

@@ -21,7 +21,7 @@ from . import intervals
 from .columns import group_codes
 from .compiled import compiled
 from .graph_build import Graph
-from .graph_model import CLASS_NAMES
+from .graph_model import CLASS_NAMES, E_LAUNCH
 
 NEG = -(1 << 62)
 
@@ -225,6 +225,7 @@ class StepIndex:
         self.bounds = np.cumsum(sizes) - sizes   # where each step's members begin in flat
         self.of_flat = np.repeat(np.arange(sizes.size), sizes)  # step of each flat position
         self.baseline: tuple[list[dict], list[dict]] | None = None  # baseline_step_times
+        self.median_latency: list[dict] | None = None  # median_latency_step_times
 
 
 def step_index(graph: Graph, windows: dict[int, list[tuple[int, int, int]]]) -> StepIndex:
@@ -312,6 +313,18 @@ def baseline_step_times(graph: Graph, index: StepIndex) -> tuple[list[dict], lis
     if index.baseline is None:
         index.baseline = (step_times(graph, graph.vtime, index), step_times(graph, replay(graph).time, index))
     return index.baseline
+
+
+def median_latency_step_times(graph: Graph, index: StepIndex) -> list[dict]:
+    """`step_times` of the replay with every launch at the graph's median launch latency
+    (time a measured latency absorbed, a wait the graph has no edge for, then shows up as
+    replay error): computed once per step index (shared: treat the rows as read-only)."""
+    if index.median_latency is None:
+        weight = graph.weight.copy()
+        launch = graph.ekind == E_LAUNCH
+        weight[launch] = np.minimum(weight[launch], int(graph.stats.get("median_launch_latency_ns", 0)))
+        index.median_latency = step_times(graph, replay(graph, weight).time, index)
+    return index.median_latency
 
 
 def steady(rows: list[dict]) -> list[dict]:

@@ -86,7 +86,7 @@ def _edges_of_events(graph: Graph, per_event: np.ndarray) -> np.ndarray:
 
 def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None = None) -> np.ndarray:
     """Edge weights with the changes applied (the graph itself is not modified)."""
-    w = (graph.weight if weight is None else weight).astype(np.int64).copy()
+    w = np.array(graph.weight if weight is None else weight, dtype=np.int64)  # a copy
     for ch in changes:
         kind = ch["kind"]
         if kind == "no_host_overhead":
@@ -140,9 +140,14 @@ def apply_changes(graph: Graph, changes: list[dict], weight: np.ndarray | None =
 def _device_time_edges(graph: Graph) -> np.ndarray:
     """Edges that carry device running time: durations, collective transfers, and the
     stream edges from an activity's start to the next one that overlapped its end (in the
-    activity's compute or communication class; not the gaps inside a graph launch)."""
-    return ((graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER)
-            | ((graph.ekind == E_STREAM) & (graph.ecls <= CLS["communication"])))
+    activity's compute or communication class; not the gaps inside a graph launch).
+    The same for every change: memoised on the graph (read-only)."""
+    if "device_time_edges" not in graph.memo:
+        edges = ((graph.ekind == E_DURATION) | (graph.ekind == E_TRANSFER)
+                 | ((graph.ekind == E_STREAM) & (graph.ecls <= CLS["communication"])))
+        edges.flags.writeable = False
+        graph.memo["device_time_edges"] = edges
+    return graph.memo["device_time_edges"]
 
 
 def _straggler(graph: Graph, w: np.ndarray) -> None:
@@ -171,7 +176,7 @@ def straggler_trace(graph: Graph) -> int | None:
 
 
 def _within_steps(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
-    """`weight` with the edges into each trace's first step's begin, and into anything
+    """`weight` (changed in place) with the edges into each trace's first step's begin, and into anything
     before it, back at their observed weights: changes apply from the first step on. A
     trace's first step is measured from its own first event, and changes before it moved
     that event earlier than the step's end, so a change could read as a longer step: on the
@@ -189,9 +194,8 @@ def _within_steps(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
         before = (event >= 0) & (graph.vtime[graph.dst] <= begin[trace])
         graph.memo[key] = (index, np.flatnonzero(before))  # the index kept alive: its id stays its own
     before = graph.memo[key][1]
-    out = weight.copy()
-    out[before] = graph.weight[before]
-    return out
+    weight[before] = graph.weight[before]
+    return weight
 
 
 def capacity_floors(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
