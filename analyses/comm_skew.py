@@ -97,6 +97,7 @@ def _compute_cross_rank(store, compute_unions: ComputeUnions, windows: dict[int,
             basis_count[basis] = basis_count.get(basis, 0) + 1
 
     steady = _steady_steps_by_trace(store, list(rank_of), windows)
+    steady_numbers = {tid: frozenset(s for s, _, _ in steps) for tid, steps in steady.items()}
     per_trace = {tid: {"rank": rank_of[tid], "instances": 0, "last_count": 0, "wait_ns_total": 0,
                        "wait_ns_steady": 0} for tid in rank_of}
     steady_waits: dict[int, list[tuple]] = {tid: [] for tid in rank_of}
@@ -128,7 +129,7 @@ def _compute_cross_rank(store, compute_unions: ComputeUnions, windows: dict[int,
             wait = int(last - r["arrival"])
             per_trace[tid]["instances"] += 1
             per_trace[tid]["wait_ns_total"] += wait
-            if _in_steady(steady[tid], r["step"], r["start_ns"]):
+            if _in_steady(steady[tid], steady_numbers[tid], r["step"], r["start_ns"]):
                 per_trace[tid]["wait_ns_steady"] += wait
                 if wait > 0:  # on the trace's own clock, to hold against its compute kernels
                     steady_waits[tid].append((r["device"], r["start_ns"], r["start_ns"] + wait))
@@ -184,10 +185,12 @@ def _steady_steps_by_trace(store, trace_ids: list[int],
     return {tid: list(windows[tid]) if tid in windows else found[tid] for tid in trace_ids}
 
 
-def _in_steady(steady: list[tuple[int, int, int]], step, start_ns: int) -> bool:
+def _in_steady(steady: list[tuple[int, int, int]], numbers: frozenset, step, start_ns: int) -> bool:
+    """Is a collective of step `step` starting at `start_ns` in the steady steps (whose
+    step numbers are `numbers`)?"""
     if not steady:
         return True  # no steps: the whole trace is the one step
-    if step is not None and any(step == s for s, _, _ in steady):
+    if step is not None and step in numbers:
         return True
     return step is None and any(lo <= start_ns < hi for _, lo, hi in steady)
 

@@ -182,11 +182,11 @@ def _sync_analysis(ctx, calls, roles, step_of_call, dev, busy, n_steps) -> dict:
     idle_windows = []
     idle_each = []
     measured_windows = set()
-    for i in sel:
-        lo, hi, measurable = _idle_after_sync(int(calls["start"][i]), int(calls["end"][i]), dev)
+    window_lo, window_hi, measurable = _idle_after_syncs(calls["start"][sel], calls["end"][sel], dev)
+    for i, lo, hi, measured in zip(sel.tolist(), window_lo.tolist(), window_hi.tolist(), measurable.tolist()):
         idle_windows.append((lo, hi))
         idle_each.append(max(0, hi - lo - intervals.covered(busy, lo, hi)) if hi > lo else 0)
-        if measurable:
+        if measured:
             measured_windows.add(int(step_of_call[i]))
     if idle_windows:
         lo_a = np.array([w[0] for w in idle_windows]); hi_a = np.array([w[1] for w in idle_windows])
@@ -277,23 +277,29 @@ def _blocking_calls_sql(trace_id: int, calls, sel) -> str:
     return "(" + " OR ".join(parts) + ")"
 
 
-def _idle_after_sync(start: int, end: int, dev) -> tuple[int, int]:
-    """The window a sync leaves the GPU idle: from the end of the work it waited for (device
-    activity launched before it, including its own copy) to the first device activity
-    launched after it returned; and whether anything follows it to measure that by."""
-    if not len(dev):
-        return start, start, False
-    before = dev.launch_start <= start
-    waited_end = int(dev.end[before].max()) if before.any() else start
-    after = dev.launch_start >= end
-    if not after.any():
-        return start, start, False
-    if waited_end <= start:
-        # Nothing was pending when it was called: the sync returned at once and the GPU,
-        # idle already, was not kept idle by it.
-        return start, start, True
-    next_start = int(dev.start[after].min())
-    return waited_end, max(waited_end, next_start), True
+def _idle_after_syncs(starts: np.ndarray, ends: np.ndarray, dev) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sync call (`starts`, `ends`): the window it leaves the GPU idle, from the end of
+    the work it waited for (device activity launched before it, including its own copy) to
+    the first device activity launched after it returned; and whether anything follows it
+    to measure that by. All syncs at once, over the activities in launch order (per sync,
+    a pass over every activity grew with steps squared)."""
+    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+    if not len(dev) or starts.size == 0:
+        return starts, starts.copy(), np.zeros(starts.size, bool)
+    order = np.argsort(dev.launch_start, kind="stable")
+    launched = dev.launch_start[order]
+    latest_end = np.maximum.accumulate(dev.end[order])                 # of those launched so far
+    earliest_start = np.minimum.accumulate(dev.start[order][::-1])[::-1]  # of those launched from here on
+    before = np.searchsorted(launched, starts, side="right")  # how many launched at or before the call
+    waited_end = np.where(before > 0, latest_end[np.maximum(before - 1, 0)], starts)
+    first_after = np.searchsorted(launched, ends, side="left")
+    measurable = first_after < launched.size
+    next_start = earliest_start[np.minimum(first_after, launched.size - 1)]
+    # Nothing pending when it was called (waited_end <= start): the sync returned at once
+    # and the GPU, idle already, was not kept idle by it.
+    idle = measurable & (waited_end > starts)
+    return (np.where(idle, waited_end, starts), np.where(idle, np.maximum(waited_end, next_start), starts),
+            measurable)
 
 
 def _waited_lane(dev, calls, sel) -> tuple[int | None, int | None]:
@@ -348,11 +354,23 @@ def _sync_origins(ctx, calls, sel) -> list[tuple | None]:
         SELECT name, start_ns, end_ns, coalesce(pid, -1), coalesce(tid, -1) FROM events
         WHERE trace_id = ? AND kind = 'cpu_op' AND name IN ({_in_list(SYNC_OPS)})
     """, [ctx.trace_id]).fetchall()
-    out = []
-    for i in sel:
-        s, e, pid, tid = calls["start"][i], calls["end"][i], calls["pid"][i], calls["tid"][i]
-        found = [(n, os, op, ot) for n, os, oe, op, ot in ops if os <= s and e <= oe and ot == tid and op == pid]
-        out.append(found[0] if found else None)
+    out: list[tuple | None] = [None] * len(sel)
+    if not ops or not len(sel):
+        return out
+    names = [o[0] for o in ops]
+    op_start, op_end, op_pid, op_tid = (np.array([o[k] for o in ops], dtype=np.int64) for k in (1, 2, 3, 4))
+    # The first op (in the order read) around each call on its thread, a block of calls at
+    # a time against every op (a Python scan of the ops per call grew with steps squared).
+    block = max(1, 4_000_000 // len(ops))
+    for lo in range(0, len(sel), block):
+        rows = np.asarray(sel[lo:lo + block])
+        s, e = calls["start"][rows][:, None], calls["end"][rows][:, None]
+        pid, tid = calls["pid"][rows][:, None], calls["tid"][rows][:, None]
+        around = (op_start <= s) & (e <= op_end) & (op_tid == tid) & (op_pid == pid)
+        first = np.argmax(around, axis=1)
+        for k, (found, j) in enumerate(zip(around[np.arange(rows.size), first].tolist(), first.tolist())):
+            if found:
+                out[lo + k] = (names[j], int(op_start[j]), int(op_pid[j]), int(op_tid[j]))
     return out
 
 

@@ -271,3 +271,37 @@ def test_names_counted_as_a_counter_fed_one_by_one():
         got = _names_counted(calls, sel)
         assert list(got.items()) == list(expected.items())
         assert got.most_common(8) == expected.most_common(8)
+
+
+class _Activities:
+    """The device activities `_idle_after_syncs` reads: launch start, start, end."""
+    def __init__(self, launch_start, start, end):
+        self.launch_start, self.start, self.end = launch_start, start, end
+
+    def __len__(self):
+        return len(self.start)
+
+
+def test_idle_after_syncs_all_at_once_is_the_window_of_each():
+    """The windows of all syncs at once equal, per sync, a direct reading of the definition
+    (the end of the work launched before it; the first start of work launched after it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 5, 200):
+        launch = rng.integers(0, 1000, n)
+        start = launch + rng.integers(0, 50, n)
+        dev = _Activities(launch, start, start + rng.integers(0, 80, n))
+        calls_start = rng.integers(0, 1100, 60)
+        calls_end = calls_start + rng.integers(0, 40, 60)
+        lo, hi, measurable = host_pass._idle_after_syncs(calls_start, calls_end, dev)
+        for k, (s, e) in enumerate(zip(calls_start.tolist(), calls_end.tolist())):
+            before, after = launch <= s, launch >= e
+            waited = int(dev.end[before].max()) if before.any() else s
+            if not after.any():
+                expected = (s, s, False)
+            elif waited <= s:
+                expected = (s, s, True)  # nothing pending: the GPU was idle already
+            else:
+                expected = (waited, max(waited, int(start[after].min())), True)
+            assert (int(lo[k]), int(hi[k]), bool(measurable[k])) == expected
