@@ -257,8 +257,7 @@ def tiny_kernels(acts, launches, windows, device):
     m = (acts["device"] == device) & (acts["kind"] == "kernel")
     tiny = m & (acts["dur_ns"] < TINY_KERNEL_NS)
     lm = (launches["device"] == device) & launches["tiny"]
-    lo = np.array([w[1] for w in windows], dtype=np.int64)
-    hi = np.array([w[2] for w in windows], dtype=np.int64)
+    lo, hi = _bounds(windows)
     count, total_ns = _starting_in(acts["start_ns"][tiny], acts["dur_ns"][tiny], lo, hi)
     one_by_one, _ = _starting_in(launches["device_start_ns"][lm], None, lo, hi)
     kernels, _ = _starting_in(acts["start_ns"][m], None, lo, hi)
@@ -441,8 +440,7 @@ def _latency_findings(ctx, latency, launches, windows, step_ref):
             continue
         d = lat["device"]
         m = (launches["device"] == d) & launches["idle_stream"]
-        counts = [int((m & (launches["device_start_ns"] >= lo) & (launches["device_start_ns"] < hi)).sum())
-                  for _, lo, hi in windows]
+        counts, _ = _starting_in(launches["device_start_ns"][m], None, *_bounds(windows))
         per_step = float(np.median(counts))
         impact = int((idle["p50_ns"] - LAUNCH_LATENCY_TYPICAL_NS) * per_step)
         cap = _device_idle(ctx, d, None)
@@ -466,8 +464,15 @@ def _latency_findings(ctx, latency, launches, windows, step_ref):
 
 
 def _per_step_time(acts, mask, windows):
-    starts, durs = acts["start_ns"][mask], acts["dur_ns"][mask]
-    return float(np.median([durs[(starts >= lo) & (starts < hi)].sum() for _, lo, hi in windows]))
+    """Median over the windows of the masked activities' time, by the window they start in."""
+    _, per_window = _starting_in(acts["start_ns"][mask], acts["dur_ns"][mask], *_bounds(windows))
+    return float(np.median(per_window))
+
+
+def _bounds(windows) -> tuple[np.ndarray, np.ndarray]:
+    """The starts and ends of (step, start, end) windows, as arrays."""
+    return (np.array([w[1] for w in windows], dtype=np.int64),
+            np.array([w[2] for w in windows], dtype=np.int64))
 
 
 def hotspots(store, trace_id, devices):
