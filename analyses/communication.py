@@ -213,6 +213,9 @@ class _StepMap:
         own = comms["step"]
         keep = np.array([step is not None and step in known for step in own.tolist()], dtype=bool)
         self.assigned = np.where(keep, own, by_window)
+        # Per kernel, its steady step's position in `steady` (-1: none), for per_step.
+        position = {step: i for i, step in enumerate(self.steady)}
+        self.steady_position = np.array([position.get(a, -1) for a in self.assigned.tolist()], dtype=np.int64)
 
     def in_steady(self) -> np.ndarray:
         return np.isin(self.assigned, np.array(self.steady, dtype=object))
@@ -221,9 +224,17 @@ class _StepMap:
         """Exposed and total comm time of the masked kernels in each steady step."""
         exposed = np.zeros(len(self.steady))
         total = np.zeros(len(self.steady))
-        for i, step in enumerate(self.steady):
-            sel = mask & (self.assigned == step) if self.has_steps else mask
-            if not sel.any():
+        if self.has_steps:
+            # The masked kernels grouped by step with one sort (a mask per step grew with
+            # steps squared), each group in kernel order.
+            rows = np.flatnonzero(mask & (self.steady_position >= 0))
+            rows = rows[np.argsort(self.steady_position[rows], kind="stable")]
+            bounds = np.searchsorted(self.steady_position[rows], np.arange(len(self.steady) + 1))
+            groups = [rows[bounds[i]:bounds[i + 1]] for i in range(len(self.steady))]
+        else:
+            groups = [np.flatnonzero(mask)]
+        for i, sel in enumerate(groups):
+            if not sel.size:
                 continue
             u = iv.union(comms["start_ns"][sel], comms["end_ns"][sel])
             total[i] = iv.total(u)

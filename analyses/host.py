@@ -306,10 +306,17 @@ def _waited_lane(dev, calls, sel) -> tuple[int | None, int | None]:
     """Device and stream whose work the syncs most often waited for (the last activity
     launched before each sync), else the busiest device."""
     lanes = Counter()
-    for i in sel:
-        before = np.flatnonzero(dev.launch_start <= calls["start"][i]) if len(dev) else []
-        if len(before):
-            last = before[np.argmax(dev.end[before])]
+    if len(dev) and len(sel):
+        # Per sync, of the activities launched at or before it, the one ending last (the
+        # first of them in `dev` order on a tie): a running maximum over the activities in
+        # launch order of (end, earliest position) packed in one integer.
+        n = len(dev)
+        order = np.argsort(dev.launch_start, kind="stable")
+        end_rank = np.unique(dev.end, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        best = np.maximum.accumulate(end_rank[order] * n + (n - 1 - order))
+        before = np.searchsorted(dev.launch_start[order], calls["start"][sel], side="right")
+        for k in before[before > 0].tolist():
+            last = n - 1 - int(best[k - 1] % n)
             lanes[(int(dev.device[last]), int(dev.stream[last]))] += 1
     if lanes:
         device, stream = lanes.most_common(1)[0][0]
@@ -385,12 +392,13 @@ def _after_dtoh(ctx, calls, sel) -> list[bool]:
     by_tid: dict = {}
     for start, tid in rows:
         by_tid.setdefault(tid, []).append(start)
+    dtoh_of = {tid: np.sort(np.array(starts, dtype=np.int64)) for tid, starts in by_tid.items()}
     out = []
     launch_times = {}
     for i in sel:
         tid = int(calls["tid"][i])
-        dtoh = sorted(by_tid.get(tid, []))
-        if not dtoh:
+        dtoh = dtoh_of.get(tid)
+        if dtoh is None:
             out.append(False)
             continue
         if tid not in launch_times:

@@ -274,9 +274,10 @@ def test_names_counted_as_a_counter_fed_one_by_one():
 
 
 class _Activities:
-    """The device activities `_idle_after_syncs` reads: launch start, start, end."""
-    def __init__(self, launch_start, start, end):
+    """The device activities the sync analysis reads: launch start, start, end, lane."""
+    def __init__(self, launch_start, start, end, device=None, stream=None):
         self.launch_start, self.start, self.end = launch_start, start, end
+        self.device, self.stream = device, stream
 
     def __len__(self):
         return len(self.start)
@@ -305,3 +306,26 @@ def test_idle_after_syncs_all_at_once_is_the_window_of_each():
             else:
                 expected = (waited, max(waited, int(start[after].min())), True)
             assert (int(lo[k]), int(hi[k]), bool(measurable[k])) == expected
+
+
+def test_waited_lane_is_the_lane_of_the_work_each_sync_waited_for():
+    """The lane most syncs waited on, all syncs at once, equals a direct reading: per sync,
+    of the activities launched at or before it the one ending last (the first on a tie)."""
+    import numpy as np
+    from collections import Counter
+
+    rng = np.random.default_rng(11)
+    for n in (1, 7, 300):
+        launch = rng.integers(0, 500, n)
+        end = launch + rng.integers(0, 20, n)  # many ties
+        dev = _Activities(launch, launch, end, rng.integers(0, 2, n), rng.integers(0, 3, n))
+        calls = {"start": rng.integers(0, 600, 80)}
+        sel = np.arange(80)
+        lanes = Counter()
+        for s in calls["start"].tolist():
+            before = np.flatnonzero(launch <= s)
+            if before.size:
+                last = before[np.argmax(end[before])]
+                lanes[(int(dev.device[last]), int(dev.stream[last]))] += 1
+        device, stream = lanes.most_common(1)[0][0]
+        assert host_pass._waited_lane(dev, calls, sel) == (device, stream)
