@@ -29,6 +29,7 @@ Bottlenecks (each with a knob to switch it off and a size):
 from __future__ import annotations
 
 import argparse
+import bisect
 import gzip
 import hashlib
 import io
@@ -125,18 +126,33 @@ def _mean(values: list[int]) -> int:
     return round(sum(values) / len(values)) if values else 0
 
 
-def _uncovered(lo: int, hi: int, busy: list[tuple[int, int]]) -> int:
-    """Length of [lo, hi) not covered by the sorted, disjoint intervals `busy`."""
-    covered = sum(max(0, min(hi, e) - max(lo, s)) for s, e in busy if s < hi and e > lo)
-    return max(0, hi - lo - covered)
+class _Busy:
+    """A rank's compute-stream activity, sorted: the intervals the time of [lo, hi) it
+    covers is summed over (by bisection where they do not overlap, as on one stream)."""
+
+    def __init__(self, sim: _Rank):
+        self.spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in sim.events
+                            if e.get("tid") == COMPUTE_STREAM and e.get("cat") in ("kernel", "gpu_memcpy"))
+        self.starts = [s for s, _ in self.spans]
+        self.ends = [e for _, e in self.spans]
+        self.disjoint = all(e <= s for e, s in zip(self.ends, self.starts[1:]))
+
+    def uncovered(self, lo: int, hi: int) -> int:
+        """Length of [lo, hi) not covered by the intervals."""
+        if self.disjoint:  # ends sorted too: the overlapping ones are one run
+            spans = self.spans[bisect.bisect_right(self.ends, lo):bisect.bisect_left(self.starts, hi)]
+        else:
+            spans = self.spans
+        covered = sum(max(0, min(hi, e) - max(lo, s)) for s, e in spans if s < hi and e > lo)
+        return max(0, hi - lo - covered)
 
 
-def exposed_wait_ns(sim: _Rank, step: int) -> int:
+def exposed_wait_ns(sim: _Rank, step: int, busy: _Busy | None = None) -> int:
     """Time this rank waited inside collectives for the last rank while its compute
-    stream had nothing to run (the part of the skew that costs step time)."""
-    busy = sorted((e["ts"], e["ts"] + e["dur"]) for e in sim.events
-                  if e.get("tid") == COMPUTE_STREAM and e.get("cat") in ("kernel", "gpu_memcpy"))
-    return sum(_uncovered(lo, hi, busy) for lo, hi in sim.stats[step].get("waits", []))
+    stream had nothing to run (the part of the skew that costs step time). `busy`: the
+    rank's `_Busy`, built once for all its steps."""
+    busy = busy or _Busy(sim)
+    return sum(busy.uncovered(lo, hi) for lo, hi in sim.stats[step].get("waits", []))
 
 
 def measured_sizes(sims: list[_Rank], b: Bottlenecks) -> dict[str, int]:
@@ -150,7 +166,8 @@ def measured_sizes(sims: list[_Rank], b: Bottlenecks) -> dict[str, int]:
         "sync": _mean(bubbles) if b.sync else 0,
         "sync_host_wait": _mean([s.stats[k].get("sync_wait_ns", 0) for s in sims for k in steps]),
         "exposed_allreduce": _mean([s.stats[k].get("exposed_allreduce_transfer_ns", 0) for s in last for k in steps]),
-        "straggler": _mean([exposed_wait_ns(s, k) for s in healthy for k in steps]) if b.straggler else 0,
+        "straggler": _mean([exposed_wait_ns(s, k, busy) for s in healthy for busy in [_Busy(s)] for k in steps])
+        if b.straggler else 0,
         "straggler_total_wait": _mean([s.stats[k].get("collective_wait_ns", 0) for s in healthy for k in steps]),
     }
 
