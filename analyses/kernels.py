@@ -130,10 +130,8 @@ OP_ATTRIBUTION_SQL = """
         WHERE e.kind <> 'cpu_op' AND e.parent_id IS NOT NULL AND up.hops < 200
     )
     SELECT DISTINCT ON (up.kernel) up.kernel AS kernel_event, e.event_id AS op_event, e.name AS op_name,
-           CAST(json_extract(e.args, '$."Input Dims"') AS VARCHAR) AS input_dims,
-           k.dur_ns, k.name AS kernel_name, k.device
+           CAST(json_extract(e.args, '$."Input Dims"') AS VARCHAR) AS input_dims
     FROM up JOIN events e ON e.event_id = up.node AND e.trace_id = {trace_id}
-    JOIN events k ON k.event_id = up.kernel AND k.trace_id = {trace_id}
     WHERE e.kind = 'cpu_op'
     ORDER BY up.kernel, up.hops
 """
@@ -151,28 +149,28 @@ def by_op(store, trace_id, kernel_sum_ns):
     try:
         ops = store.rows(f"""
             SELECT o.op_name, count(*) AS kernels, count(DISTINCT o.op_event) AS op_calls,
-                   sum(o.dur_ns) AS kernel_ns
-            FROM _kernel_ops o
+                   sum(k.dur_ns) AS kernel_ns
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
             GROUP BY o.op_name ORDER BY kernel_ns DESC, o.op_name LIMIT {TOP_N}
         """)
         names = [o["op_name"] for o in ops]
-        details = store.rows("""
-            SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(o.dur_ns) AS kernel_ns
-            FROM _kernel_ops o
+        details = store.rows(f"""
+            SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(k.dur_ns) AS kernel_ns
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
             WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, o.input_dims
         """, [names]) if names else []
-        top_names = store.rows("""
-            SELECT o.op_name, o.kernel_name AS name, sum(o.dur_ns) AS kernel_ns
-            FROM _kernel_ops o
-            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, name
+        top_names = store.rows(f"""
+            SELECT o.op_name, k.name, sum(k.dur_ns) AS kernel_ns
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, k.name
         """, [names]) if names else []
-        attributed = int(store.scalar("""
-            SELECT coalesce(sum(o.dur_ns), 0) FROM _kernel_ops o
+        attributed = int(store.scalar(f"""
+            SELECT coalesce(sum(k.dur_ns), 0) FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
         """))
         tiny_ops = store.rows(f"""
-            SELECT coalesce(o.device, -1) AS device, o.op_name, count(*) AS kernels
-            FROM _kernel_ops o
-            WHERE o.dur_ns < {TINY_KERNEL_NS} GROUP BY ALL ORDER BY device, kernels DESC, o.op_name
+            SELECT coalesce(k.device, -1) AS device, o.op_name, count(*) AS kernels
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            WHERE k.dur_ns < {TINY_KERNEL_NS} GROUP BY ALL ORDER BY device, kernels DESC, o.op_name
         """)
     finally:
         store.con.execute("DROP TABLE IF EXISTS _kernel_ops")

@@ -10,9 +10,11 @@ tiled to about N events (rank r has N + 10,000 r, so that no two are the same re
 for jobs whose ranks are large: there the graph of all ranks is large too.
 
 With `--steps N`, synthetic ranks of N steps each (default 12): longer runs hold more
-steps, collectives and cross-stream waits per rank.
+steps, collectives and cross-stream waits per rank. `--ranks 1 --steps 2000` times one
+long trace, where work done per step over every event would grow with steps squared.
 
     python bench/ranks.py [--ranks 4,8,16,32] [--repeat N] [--steps N | --tile-events N]
+    python bench/ranks.py --ranks 1 --steps 2000
 """
 from __future__ import annotations
 
