@@ -32,6 +32,11 @@ from .graph_host import HostEdges
 from .graph_waits import WaitEdges
 
 
+# The dtype of each of _Builder.add's edge columns (src, dst, weight, ekind, ecls, eevent,
+# sync_min, gap_trim, exposed).
+_EDGE_DTYPES = (np.int64, np.int64, np.int64, np.int8, np.int8, np.int64, np.int64, np.int64, np.int8)
+
+
 @dataclass
 class Graph:
     """Arrays describing the graph; index `i` of the event arrays is event `i` of the graph
@@ -186,7 +191,7 @@ class _Builder(WaitEdges, HostEdges):
         self.store, self.traces, self.ev = store, traces, ev
         self._id_table = _id_table(ev["event_id"])
         self.n = ev["event_id"].size
-        self.edges: list[tuple] = []   # (src, dst, weight, kind, cls, event, sync_min, gap_trim) arrays
+        self.edges: list[tuple] = []   # (src, dst, weight, kind, cls, event, sync_min, gap_trim, exposed) arrays
         self.stats: dict[str, int] = {}
         self.is_device = is_one_of(ev, "kind", DEVICE_KINDS)
         self.start = ev["start"]
@@ -214,10 +219,12 @@ class _Builder(WaitEdges, HostEdges):
         m = src.size
         if m == 0:
             return
-        full = lambda v, d=-1: np.full(m, d, dtype=np.int64) if v is None else np.broadcast_to(
-            np.asarray(v, dtype=np.int64), (m,)).copy()
+        full = lambda v, d=-1, dtype=np.int64: np.full(m, d, dtype=dtype) if v is None else np.broadcast_to(
+            np.asarray(v, dtype=dtype), (m,)).copy()
+        # Kinds, classes and the exposed flag are small codes: one byte an edge, not eight.
         self.edges.append((src, np.asarray(dst, dtype=np.int64), np.asarray(weight, dtype=np.int64),
-                           full(kind), full(cls), full(event), full(sync_min), full(gap_trim), full(exposed)))
+                           full(kind, dtype=np.int8), full(cls, dtype=np.int8), full(event), full(sync_min),
+                           full(gap_trim), full(exposed, dtype=np.int8)))
 
     # -- the graph -------------------------------------------------------------
     def build(self) -> Graph:
@@ -534,7 +541,7 @@ class _Builder(WaitEdges, HostEdges):
         self.edges = []
 
         def column(i: int) -> np.ndarray:
-            joined = np.concatenate(parts[i]).astype(np.int64, copy=False)
+            joined = np.concatenate(parts[i]).astype(_EDGE_DTYPES[i], copy=False)
             parts[i] = None
             return joined
 
