@@ -165,7 +165,8 @@ def by_op(store, trace_id, kernel_sum_ns):
             WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, k.name
         """, [names]) if names else []
         attributed = int(store.scalar(f"""
-            SELECT coalesce(sum(k.dur_ns), 0) FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            SELECT coalesce(sum(k.dur_ns), 0)
+            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
         """))
         tiny_ops = store.rows(f"""
             SELECT coalesce(k.device, -1) AS device, o.op_name, count(*) AS kernels

@@ -160,16 +160,17 @@ def parse(path: Path, sink) -> None:
 
 
 def _may_be_scanned(path: Path) -> bool:
-    """Could the input hold SCAN_MIN_BYTES of lists? (A gzip input by its compressed size:
-    rocprofv3 JSON compresses ~11x.)"""
+    """Could the input hold SCAN_MIN_BYTES of lists? (A gzip input by the text size its
+    trailer gives, at least its compressed size x 16: rocprofv3 JSON compresses ~11x.)"""
     return _text_bytes(path) >= SCAN_MIN_BYTES
 
 
 def _batch_scanned(sink) -> bool:
     """Are the rocprofv3 JSON inputs of this ingest together large enough for the compiled
     scan (numba loads once for them all)? Then each is scanned, whatever its size."""
-    batch = sink.batch_bytes(sys.modules[__name__], _text_bytes)  # 0: a single input, weighed alone
-    return 0 < batch and batch >= BATCH_SCAN_MIN_BYTES
+    batch_bytes = getattr(sink, "batch_bytes", None)  # a sink of another making may not weigh
+    # 0: a single input, weighed alone by SCAN_MIN_BYTES.
+    return batch_bytes is not None and 0 < batch_bytes(sys.modules[__name__], _text_bytes) >= BATCH_SCAN_MIN_BYTES
 
 
 def _text_bytes(path: Path) -> int:

@@ -124,6 +124,12 @@ def _traces_of_input(store: Store, path: Path) -> list[int]:
         f"SELECT trace_id FROM traces WHERE {named} ORDER BY trace_id", [*names, *prefixes]).fetchall()]
 
 
+def _held_unchanged(store: Store, path: Path) -> bool:
+    """Does the store hold traces of `path` read from it as it is now?"""
+    earlier = _traces_of_input(store, path)
+    return bool(earlier) and not _changed_since(store, earlier, path)
+
+
 def _changed_since(store: Store, trace_ids: list[int], path: Path) -> bool:
     """Is the input not what the traces were read from (its size or modification time)?"""
     size, mtime = input_signature(path)
@@ -310,7 +316,9 @@ def _ingest(paths: list[Path], store: Store, progress: ProgressCallback | None,
     the name the stream was given, which its traces take."""
     not_read: list[tuple[str, str]] = []
     inputs = [pair for p in paths for pair in find_inputs(p, not_read)]
-    sink = Sink(store, progress, inputs)
+    # What a parser weighs its fixed costs against: the inputs it will read, each once.
+    sink = Sink(store, progress, [(path, module) for path, module in dict.fromkeys(inputs)
+                                  if not _held_unchanged(store, path)])
     stale: list[int] = []  # traces of changed inputs, removed once their new reads succeeded
     try:
         with paused_gc():

@@ -176,14 +176,15 @@ def straggler_trace(graph: Graph) -> int | None:
 
 
 def _within_steps(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
-    """`weight` (changed in place) with the edges into each trace's first step's begin, and into anything
-    before it, back at their observed weights: changes apply from the first step on. A
-    trace's first step is measured from its own first event, and changes before it moved
-    that event earlier than the step's end, so a change could read as a longer step: on the
-    SGLang decode capture (one step) removing the sync let the host reach the graph launch
-    463 ms sooner, into a copy that had waited as long for nothing recorded: 472.7 ms
-    instead of 10 ms; on the MI300X Qwen step, fixing host time, syncs and gaps together
-    won less than fixing the syncs alone. With the begin fixed, no change lengthens a step."""
+    """`weight` (changed in place) with the edges into each trace's first step's begin,
+    and into anything before it, back at their observed weights: changes apply from the
+    first step on. A trace's first step is measured from its own first event, and changes
+    before it moved that event earlier than the step's end, so a change could read as a
+    longer step: on the SGLang decode capture (one step) removing the sync let the host
+    reach the graph launch 463 ms sooner, into a copy that had waited as long for nothing
+    recorded: 472.7 ms instead of 10 ms; on the MI300X Qwen step, fixing host time, syncs
+    and gaps together won less than fixing the syncs alone. With the begin fixed, no change
+    lengthens a step."""
     key = ("before_first_step", id(index))
     if key not in graph.memo:  # the same edges for every change
         begin = np.full(int(graph.trace_id.max()) + 1 if graph.n_events else 0, np.iinfo(np.int64).min)

@@ -3,7 +3,8 @@ stores: on the shared Kineto traces, on hand-made records of every odd shape, an
 records drawn by hypothesis. Event ids differ by design (the scan numbers records by
 their position in traceEvents, the DuckDB path by batch), so stores are compared with
 ids replaced by each event's rank in a canonical order, and `args` as parsed JSON (the
-scan keeps the text as written without spaces, DuckDB rewrites numbers and escapes)."""
+scan keeps the text as written, without spaces but where a record goes to the
+record-by-record path, which keeps it as written; DuckDB rewrites numbers and escapes)."""
 from __future__ import annotations
 
 import gzip
@@ -420,6 +421,12 @@ def test_inputs_scanned_together_when_their_sum_is_worth_it(tmp_path, monkeypatc
     ingest([str(tmp_path)], apart)
     assert calls == [1, 1, 1]
     assert _canonical(together) == _canonical(apart)
+    # Read again with one rank changed: only that one is read, so it is weighed alone.
+    monkeypatch.setattr(kineto_scan, "BATCH_SCAN_MIN_BYTES", 2.5 * one)
+    _trace(tmp_path, [_x(name=f"op{i}", pid=9) for i in range(60)] + [_LAUNCH, _KERNEL],
+           top={"distributedInfo": {"rank": 1}}, name="rank1.json")
+    ingest([str(tmp_path)], together)
+    assert calls == [1, 1, 1]  # before: the two unchanged ranks counted, and it was scanned
 
 
 def test_an_issue_example_is_compact_either_way(tmp_path, monkeypatch):
