@@ -338,7 +338,10 @@ DESIGN_NOTES = """# Where this departs from the design sketch, and why
   duration field, not from rounded end minus start: epoch-scale microsecond timestamps
   lose sub-microsecond precision as doubles, durations do not.
 - Event ids are unique across the whole store (not per trace), so no join needs a
-  trace id; parsers write local ids and the writer shifts them.
+  trace id; parsers write local ids and the writer shifts them. In a store of many ranks,
+  naming the trace on both sides of a join (`... JOIN events k ON k.event_id = x.event_id
+  AND k.trace_id = 3`) keeps it to that trace's rows: on event ids alone DuckDB reads every
+  rank's events (`kernel_info`, without a trace id, can be bounded by the trace's event ids).
 - `kernel_info` (not `kernels_info`) and `copies` hold the per-kind detail; the views
   `kernels` and `copies_view` join them back to `events`.
 - `threads` was added: process and thread names (and device lane names) from trace
