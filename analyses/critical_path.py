@@ -77,8 +77,9 @@ def _build_and_replay(store, trace_ids):
     return graph
 
 
-def _graph(store):
-    """One graph per store (all traces), cached on the store object."""
+def store_graph(store):
+    """One graph per store (all traces), cached on the store object: the analysis's, for
+    whatever draws or replays it afterwards (`profkit analyze --timeline`)."""
     ids = tuple(store.trace_ids())
     cached = getattr(store, "_profkit_graph", None)
     if cached is None or cached[0] != ids:
@@ -143,7 +144,7 @@ def analysis_windows(store: Store) -> dict:
 
 
 def run(ctx: Context) -> PassResult:
-    graph = _graph(ctx.store)
+    graph = store_graph(ctx.store)
     report = critical_path_report(ctx.store, ctx.trace_id, graph=graph, windows=_windows(ctx))
     caveat = _replay_caveat(report)
     if caveat:
@@ -188,7 +189,7 @@ def refine_impacts(store, trace_id: int, findings: list[Finding], windows: dict 
     keep impact 0 (nothing says they can be faster) and get the 2x replay saving as evidence.
     `report`: the trace's critical_path section, whose attribution says how much of the
     path the graph explains (computed here when not given)."""
-    graph = _graph(store)
+    graph = store_graph(store)
     if windows is None:
         windows = store_windows(store, store.trace_ids())
     if report is None:

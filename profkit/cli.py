@@ -243,10 +243,11 @@ def _print_analysis(result: dict, fmt: str, top: int) -> None:
 
 
 def _write_timeline(store, path: str, result: dict) -> None:
-    from .graph import build_graph, critical_path_segments
+    from .analyses.critical_path import store_graph
+    from .graph import critical_path_segments
     from .timeline import write_timeline
 
-    graph = build_graph(store)
+    graph = store_graph(store)  # the analysis built it already (not again: 2 s at 8 ranks x 200 steps)
     segments = [seg for trace_id in store.trace_ids() for seg in critical_path_segments(store, trace_id, graph)]
     stats = write_timeline(store, path, critical_path=segments, findings=result["findings"])
     click.echo(f"wrote {path}: {stats.get('slices', 0)} slices, {len(segments)} critical-path segments, "
