@@ -39,7 +39,7 @@ def example(rec: Any) -> str:
 
 
 def _compact(text: bytes) -> bytes:
-    """JSON text without its whitespace (the compiled scan hands records as written)."""
+    """JSON text without its whitespace (records reach EventBuilder as written)."""
     try:
         return msgspec.json.format(text, indent=-1)
     except (msgspec.DecodeError, TypeError, ValueError):
@@ -200,7 +200,9 @@ class EventBuilder:
             "correlation": self._ints("correlation", corr),
             "external_id": self._ints("external_id", ext),
             "source_cat": pa.array(cats, pa.string()),
-            "args": A.raw_text_array(raws),
+            # As the DuckDB path stores them: without whitespace (a record handed here by
+            # the compiled scan, or read by this path alone, comes as written).
+            "args": A.raw_text_array([_compact(r) if r else r for r in raws]),
         })
         self.next_id += n
         for table, rows in (("kernel_info", ki), ("copies", cp), ("collectives", co)):

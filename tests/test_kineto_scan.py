@@ -438,6 +438,17 @@ def test_an_issue_example_is_compact_either_way(tmp_path, monkeypatch):
     assert examples[0] == examples[1] == [('{"ph":"M","name":"process_labels","pid":1,"tid":0,"args":{"labels":"CPU"}}',)]
 
 
+def test_args_are_stored_without_whitespace_on_every_path(tmp_path, monkeypatch):
+    """An indented input's args are stored as the DuckDB path stores them, also by the
+    record-by-record path (odd records, and inputs only it reads)."""
+    path = _trace(tmp_path, [_x(args={"External id": 7, "Input Dims": [[2, 3], [3]], "name": "a b"}),
+                             _LAUNCH, _KERNEL])
+    stores = [_store(path, monkeypatch, True), _store(path, monkeypatch, False), _by_python(path, monkeypatch)]
+    args = [sorted(a for (a,) in s.con.execute("SELECT args FROM events").fetchall()) for s in stores]
+    assert args[0] == args[1] == args[2]
+    assert '{"External id":7,"Input Dims":[[2,3],[3]],"name":"a b"}' in args[2]
+
+
 def test_a_gzip_input_is_weighed_by_the_size_its_trailer_gives(tmp_path):
     text = json.dumps({"traceEvents": [_x(name=f"op{i}") for i in range(2000)]}).encode()
     path = _trace(tmp_path, None, raw=gzip.compress(text), name="t.json.gz")
