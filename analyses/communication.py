@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from profkit import intervals as iv
-from profkit.columns import per_value, positions
+from profkit.columns import members_by_code, per_value, positions
 from profkit.findings import Finding
 from profkit.render import human_ns
 
@@ -224,15 +224,10 @@ class _StepMap:
         """Exposed and total comm time of the masked kernels in each steady step."""
         exposed = np.zeros(len(self.steady))
         total = np.zeros(len(self.steady))
-        if self.has_steps:
-            # The masked kernels grouped by step with one sort (a mask per step grew with
-            # steps squared), each group in kernel order.
-            rows = np.flatnonzero(mask & (self.steady_position >= 0))
-            rows = rows[np.argsort(self.steady_position[rows], kind="stable")]
-            bounds = np.searchsorted(self.steady_position[rows], np.arange(len(self.steady) + 1))
-            groups = [rows[bounds[i]:bounds[i + 1]] for i in range(len(self.steady))]
-        else:
-            groups = [np.flatnonzero(mask)]
+        # The masked kernels of each step, in kernel order (a mask per step grew with steps
+        # squared).
+        groups = (members_by_code(np.where(mask, self.steady_position, -1), len(self.steady)) if self.has_steps
+                  else [np.flatnonzero(mask)])
         for i, sel in enumerate(groups):
             if not sel.size:
                 continue

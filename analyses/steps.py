@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from profkit import intervals
-from profkit.columns import distinct_count
+from profkit.columns import distinct_count, members_by_code
 from profkit.findings import Finding
 from profkit.render import human_ns
 
@@ -54,7 +54,7 @@ def run(ctx: Context) -> PassResult:
     host_side = source not in ("kernel_pattern", "whole_trace")
     adjusted = _clip_unrecorded_tail(ctx, windows) if host_side else []
     owner = assign(dev.anchor(host_side), windows)
-    per_step = [_step_facts(w, dev, mine) for w, mine in zip(windows, _members(owner, len(windows)))]
+    per_step = [_step_facts(w, dev, mine) for w, mine in zip(windows, members_by_code(owner, len(windows)))]
     if host_side:
         adjusted += _extend_lone_step(windows, per_step)
     partial = _partial_last_step(source, per_step, windows)
@@ -208,14 +208,6 @@ def _adjustment(w: Window, end_ns: int, kind: str) -> dict:
 
 
 # -- per step ------------------------------------------------------------------------------
-
-def _members(owner: np.ndarray, n_windows: int) -> list[np.ndarray]:
-    """Per window, the positions (ascending) of the device events it owns: one sort, not a
-    pass over every event per window (which grew with steps squared)."""
-    order = np.argsort(owner, kind="stable")
-    bounds = np.searchsorted(owner[order], np.arange(n_windows + 1))
-    return [order[bounds[i]:bounds[i + 1]] for i in range(n_windows)]
-
 
 def _step_facts(window: Window, dev: DeviceEvents, mine: np.ndarray) -> dict:
     """`mine`: the positions of the window's device events."""

@@ -88,6 +88,15 @@ def group_codes(*keys) -> tuple[np.ndarray, np.ndarray]:
     return code, order[change]
 
 
+def members_by_code(codes: np.ndarray, n: int) -> list[np.ndarray]:
+    """For each code 0..n-1, the positions (ascending) of the rows that have it; rows of
+    other codes (-1: none) are in no list. One sort: a mask per code would grow with rows
+    times codes."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n + 1))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
 def positions(values: np.ndarray, items: np.ndarray, sorter: np.ndarray | None = None) -> np.ndarray:
     """For each item, its position in `values` (-1 where absent), by a binary search per
     item: `values` is sorted, or `sorter` is the order that sorts it (np.argsort)."""

@@ -4,7 +4,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profkit.columns import contains, dictionary_codes, group_codes, lexsort, per_value, run_starts
+from profkit.columns import contains, dictionary_codes, group_codes, lexsort, members_by_code, per_value, run_starts
 
 _KEY = st.sampled_from(["small", "bool", "wide", "wide_ties", "huge", "uint_top", "uint_high", "float"])
 
@@ -96,3 +96,9 @@ def test_distinct_count():
                    np.empty(0, np.int64), np.array([-3, 7, -3])):
         assert distinct_count(values) == len(set(values.tolist()))
 
+
+
+def test_members_by_code_lists_each_codes_rows_in_order():
+    codes = np.array([2, -1, 0, 2, 0, 5, 2])
+    assert [m.tolist() for m in members_by_code(codes, 4)] == [[2, 4], [], [0, 3, 6], []]
+    assert members_by_code(np.zeros(0, np.int64), 2)[1].size == 0
