@@ -10,8 +10,9 @@ Every parser module exposes:
   cannot use at all, and counts every record it skips: `writer.issue(...)` for records it
   could not use (damaged, inconsistent, of an unknown kind: reports warn of them),
   `writer.not_stored(...)` for records it reads and leaves out by design (metadata).
-  `sink.batch_bytes(module, size)` gives the size of all the inputs of the ingest that the
-  parser reads, for weighing a cost paid once a process (loading compiled code).
+  `sink.batch_reaches(module, size, threshold)` says whether the inputs of the ingest that
+  the parser reads are several and of `threshold` bytes or more in all, for weighing a
+  cost paid once a process (loading compiled code).
 
 and may expose `covered_by(path: Path) -> Path | None`: another file beside `path` that
 holds the same run in a form read instead (an Nsight report's SQLite export), so that a

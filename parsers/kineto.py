@@ -160,8 +160,8 @@ def _may_be_scanned(path: Path) -> bool:
 def _batch_scanned(sink) -> bool:
     """Are the Kineto inputs of this ingest together large enough for the compiled scan?
     Then every one is scanned: numba loads once for them all."""
-    batch_bytes = getattr(sink, "batch_bytes", None)  # a sink of another making may not weigh
-    return batch_bytes is not None and kineto_scan.worth_scanning_batch(batch_bytes(sys.modules[__name__], _text_bytes))
+    reaches = getattr(sink, "batch_reaches", None)  # a sink of another making may not weigh
+    return reaches is not None and reaches(sys.modules[__name__], _text_bytes, kineto_scan.BATCH_SCAN_MIN_BYTES)
 
 
 def _text_bytes(path: Path) -> int:

@@ -76,12 +76,6 @@ def worth_scanning(events_bytes: int) -> bool:
     return events_bytes >= SCAN_MIN_BYTES
 
 
-def worth_scanning_batch(batch_bytes: int) -> bool:
-    """Is the text of all the Kineto inputs of one ingest worth loading the scan for, to
-    read each of them? (0: a single input, weighed alone.)"""
-    return 0 < batch_bytes and batch_bytes >= BATCH_SCAN_MIN_BYTES
-
-
 @dataclass
 class _Part:
     """One part's records: the kernel's output arrays, cut to the records read, and its

@@ -168,9 +168,8 @@ def _may_be_scanned(path: Path) -> bool:
 def _batch_scanned(sink) -> bool:
     """Are the rocprofv3 JSON inputs of this ingest together large enough for the compiled
     scan (numba loads once for them all)? Then each is scanned, whatever its size."""
-    batch_bytes = getattr(sink, "batch_bytes", None)  # a sink of another making may not weigh
-    # 0: a single input, weighed alone by SCAN_MIN_BYTES.
-    return batch_bytes is not None and 0 < batch_bytes(sys.modules[__name__], _text_bytes) >= BATCH_SCAN_MIN_BYTES
+    reaches = getattr(sink, "batch_reaches", None)  # a sink of another making may not weigh
+    return reaches is not None and reaches(sys.modules[__name__], _text_bytes, BATCH_SCAN_MIN_BYTES)
 
 
 def _text_bytes(path: Path) -> int:

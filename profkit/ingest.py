@@ -29,7 +29,8 @@ ProgressCallback = Callable[[str, int, int], None]
 # devices beyond their columns counted ("... in range"), large inputs read by kineto_scan.
 # 6: a trace repeating a recording read already (a copy in the same directory) not kept.
 # 7: Kineto `[memory]` samples also in counters. 8: the Kineto and rocprofv3 JSON inputs of
-# one ingest weighed together for the compiled scan; issue examples' args without whitespace.
+# one ingest weighed together for the compiled scan; Kineto args (and issue examples' args)
+# without whitespace on every path.
 REVISION = 8
 
 
@@ -48,7 +49,7 @@ class Sink:
         self.progress = progress
         self.inputs = list(inputs)  # (input, parser module) of the whole ingest
         self.trace_ids: list[int] = []
-        self._batch_bytes: dict[object, int] = {}
+        self._batch_bytes: dict[object, int | None] = {}  # None: the module reads one input
 
     @contextmanager
     def trace(self, path: str | Path, format: str, stat_path: str | Path | None = None) -> Iterator[TraceWriter]:
@@ -88,14 +89,16 @@ class Sink:
             raise
         self.trace_ids.extend(pieces)
 
-    def batch_bytes(self, module, size: Callable[[Path], int]) -> int:
-        """The bytes, each input's by `size`, of all this ingest's inputs that `module`
-        reads where it reads several (0 for one alone): a parser weighs a cost paid once a
-        process (loading compiled code) against every input it will read. Counted once."""
+    def batch_reaches(self, module, size: Callable[[Path], int], threshold: int) -> bool:
+        """Does `module` read several of this ingest's inputs, of `threshold` bytes or more
+        in all (each input's by `size`)? A parser weighs a cost paid once a process (loading
+        compiled code) against every input it will read; one input alone it weighs by its
+        own threshold. The bytes are counted once an ingest."""
         if module not in self._batch_bytes:
             paths = [path for path, reader in self.inputs if reader is module]
-            self._batch_bytes[module] = sum(map(size, paths)) if len(paths) > 1 else 0
-        return self._batch_bytes[module]
+            self._batch_bytes[module] = sum(map(size, paths)) if len(paths) > 1 else None
+        total = self._batch_bytes[module]
+        return total is not None and total >= threshold
 
     def report(self, path: str, done: int, total: int) -> None:
         if self.progress:
