@@ -286,7 +286,7 @@ def _idle_after_syncs(starts: np.ndarray, ends: np.ndarray, dev) -> tuple[np.nda
     starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
     if not len(dev) or starts.size == 0:
         return starts, starts.copy(), np.zeros(starts.size, bool)
-    order = np.argsort(dev.launch_start, kind="stable")
+    order = dev.launch_order
     launched = dev.launch_start[order]
     latest_end = np.maximum.accumulate(dev.end[order])                 # of those launched so far
     earliest_start = np.minimum.accumulate(dev.start[order][::-1])[::-1]  # of those launched from here on
@@ -311,7 +311,7 @@ def _waited_lane(dev, calls, sel) -> tuple[int | None, int | None]:
         # first of them in `dev` order on a tie): a running maximum over the activities in
         # launch order of (end, earliest position) packed in one integer.
         n = len(dev)
-        order = np.argsort(dev.launch_start, kind="stable")
+        order = dev.launch_order
         end_rank = np.unique(dev.end, return_inverse=True)[1].reshape(-1).astype(np.int64)
         best = np.maximum.accumulate(end_rank[order] * n + (n - 1 - order))
         before = np.searchsorted(dev.launch_start[order], calls["start"][sel], side="right")

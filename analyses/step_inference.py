@@ -111,6 +111,11 @@ class DeviceEvents:
         return self.launch_start if host_side else self.start
 
     @cached_property
+    def launch_order(self) -> np.ndarray:
+        """The events' order by launch start (stable: ties in their own order)."""
+        return np.argsort(self.launch_start, kind="stable")
+
+    @cached_property
     def lane_order(self) -> np.ndarray:
         """The events' order by stream: device, stream, start, end, id."""
         return lexsort((self.event_id, self.end, self.start, self.stream, self.device))

@@ -282,6 +282,10 @@ class _Activities:
     def __len__(self):
         return len(self.start)
 
+    @property
+    def launch_order(self):
+        return self.launch_start.argsort(kind="stable")
+
 
 def test_idle_after_syncs_all_at_once_is_the_window_of_each():
     """The windows of all syncs at once equal, per sync, a direct reading of the definition
