@@ -18,19 +18,20 @@ def _space(c):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def scan(buf, start, end, keys, fields, out, present):  # pragma: no cover - compiled
-    """Records from buf[start:end] (`{...},{...}`: no surrounding brackets) into
-    out[field, record] and present[record] (bit f set where field f was there).
+def scan(buf, start, end, keys, fields, out, present, first, last):  # pragma: no cover - compiled
+    """Records from buf[start:end] (`{...},{...}`: no surrounding brackets) into columns
+    first .. last-1 of `out` (out[field, first + record]) and of `present` (bit f set where
+    field f was there): the parts of one list read side by side share one set of columns.
 
     A key's path (its parents' keys and its own) is hashed (FNV-1a, 64 bits, with a
     `.` before each key) and looked up in `keys` (open addressing, a power of two long,
     0 = empty); `fields[slot]` is the field's index. Keys not wanted are skipped, with
     their values if integers, strings or objects. Returns (records, position, status):
-    DONE at `end`; FULL when `out` has no room (position = the next record); UNSUPPORTED
+    DONE at `end`; FULL when columns up to `last` are used (position = the next record); UNSUPPORTED
     at the first byte the scan does not take (a float, array, true/false/null, an
     escaped key, a wanted string, an integer beyond int64, malformed JSON)."""
     mask = keys.shape[0] - 1
-    cap = out.shape[1]
+    cap = last - first
     prime = np.uint64(0x100000001B3)
     root = np.uint64(0xCBF29CE484222325)
     stack = np.empty(MAX_DEPTH, np.uint64)
@@ -169,9 +170,9 @@ def scan(buf, start, end, keys, fields, out, present):  # pragma: no cover - com
             if field >= n_values:  # an object was wanted here
                 return n, i, UNSUPPORTED
             if field >= 0:
-                out[field, n] = -value if negative else value
+                out[field, first + n] = -value if negative else value
                 bits |= np.int64(1) << field
-        present[n] = bits
+        present[first + n] = bits
         n += 1
         between = True
     if n and not between:  # a `,` after the last record

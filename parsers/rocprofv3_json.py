@@ -381,31 +381,41 @@ def _worth_scanning(processes: list[Process], in_batch: bool = False) -> bool:
 
 
 def _scanned(processes: list[Process], pool: ThreadPoolExecutor) -> dict[int, dict[str, list[Future]]]:
-    """The lists the compiled scan takes, read by it in parts side by side (waited for,
-    so that the document can be released): {process index: {list name: reads}}. A list
-    it does not take is left out, to be read by DuckDB."""
+    """The lists the compiled scan takes, each read by it in parts side by side into one
+    set of columns (waited for, so that the document can be released): {process index:
+    {list name: [its read, done]}}. A list it does not take is left out, to be read by
+    DuckDB."""
     reads = {}
     for i, proc in enumerate(processes):
         for name, raw in proc.buffer_records.items():
             kind = _list_kind(name)
             if kind is not None:
-                reads[(i, name)] = [pool.submit(_scan, raw, start, end, kind) for start, end in _part_spans(raw)]
+                parts = json_scan.Parts(raw, _part_spans(raw), _SCANNED[kind], _OBJECTS[kind])
+                reads[(i, name)] = kind, parts, [pool.submit(parts.read, k) for k in range(len(parts.spans))]
     out: dict[int, dict[str, list[Future]]] = {}
-    for (i, name), parts in reads.items():
-        if all(part.result() is not None for part in parts):
-            out.setdefault(i, {})[name] = parts
+    for (i, name), (kind, parts, futures) in reads.items():
+        for future in futures:
+            future.result()
+        table = _scanned_table(parts.result(), kind)
+        if table is not None:
+            done: Future = Future()
+            done.set_result(table)
+            out.setdefault(i, {})[name] = [done]
     return out
 
 
 def _scan(raw, start: int, end: int, kind: str) -> pa.Table | None:
     """A part of a list as `_read_json` reads it, or None where the scan does not take it."""
-    fields, objects = _SCANNED[kind], _OBJECTS[kind]
-    found = json_scan.read(raw, start, end, fields, objects)
+    return _scanned_table(json_scan.read(raw, start, end, _SCANNED[kind], _OBJECTS[kind]), kind)
+
+
+def _scanned_table(found: json_scan.Scanned | None, kind: str) -> pa.Table | None:
+    """The scan's columns as `_read_json` gives them (no copy), or None for a list declined."""
     if found is None:
         return None
     columns = {f: pa.array(found.values[i], mask=~found.has(i)) if f == "bytes" else pa.array(found.values[i])
                for i, f in enumerate(FIELDS[kind])}
-    order = fields + objects
+    order = _SCANNED[kind] + _OBJECTS[kind]
     required = sum(1 << order.index(f) for f in REQUIRED[kind])
     columns["_missing"] = pa.array(found.present & required != required)
     return pa.table(columns)
@@ -586,7 +596,9 @@ def _columns(path: Path, name: str, parts: list[Path], kind: str, reads: list[Fu
     if pc.any(table.column("_missing")).as_py():
         bad = pc.index(table.column("_missing"), True).as_py()
         raise TraceError(path, f"unusable {name} record: record {bad} lacks one of {', '.join(REQUIRED[kind])}")
-    return {f: table.column(f).combine_chunks() for f in FIELDS[kind]}
+    # A list the scan read is one chunk: taken as it is (combine_chunks copies even one).
+    return {f: column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            for f, column in ((f, table.column(f)) for f in FIELDS[kind])}
 
 
 def _duckdb_json_error(exc: duckdb.Error) -> str:

@@ -150,6 +150,45 @@ def test_blocks_grow_past_the_first_estimate():
     assert len(found.present) == 5100 and found.values[1].tolist() == [2] * 5100
 
 
+def _spans(raw: bytes, cuts: int) -> list[tuple[int, int]]:
+    """`raw` (a compact list) cut between records into about `cuts` + 1 parts."""
+    seps = [i for i in range(len(raw) - 2) if raw[i:i + 3] == b"},{"]
+    chosen = sorted(set(seps[j * len(seps) // (cuts + 1)] for j in range(1, cuts + 1))) if seps else []
+    starts = [1] + [c + 2 for c in chosen]
+    ends = [c + 1 for c in chosen] + [len(raw) - 1]
+    return list(zip(starts, ends))
+
+
+@pytest.mark.parametrize("sizes", [
+    [10] * 300,                        # alike: every part within its estimate
+    [10] * 70 + [400] * 50 + [10] * 200,  # longer records later: wide gaps to close
+    [400] * 70 + [10] * 400,          # shorter records later: parts outgrow their ranges
+    [10] * 3,                          # fewer records than parts
+])
+def test_a_list_in_parts_reads_as_one(sizes):
+    records = [{"start_timestamp": i, "end_timestamp": i + 1, "note": "x" * size, "thread_id": -i}
+               for i, size in enumerate(sizes)]
+    raw = json.dumps(records, separators=(",", ":")).encode()
+    fields = ("start_timestamp", "end_timestamp", "thread_id")
+    whole = json_scan.read(raw, 1, len(raw) - 1, fields)
+    assert whole.values[0].tolist() == list(range(len(sizes)))
+    for cuts in (1, 3, 7):
+        parts = json_scan.Parts(raw, _spans(raw, cuts), fields)
+        for k in reversed(range(len(parts.spans))):  # any order, as threads finish
+            parts.read(k)
+        found = parts.result()
+        assert [v.tolist() for v in found.values] == [v.tolist() for v in whole.values], cuts
+        assert found.present.tolist() == whole.present.tolist()
+
+
+def test_a_part_declined_declines_the_list():
+    raw = json.dumps([RECORD] * 20 + [{**RECORD, "ratio": 0.5}] + [RECORD] * 20, separators=(",", ":")).encode()
+    parts = json_scan.Parts(raw, _spans(raw, 3), rocprofv3_json.DISPATCH_FIELDS)
+    for k in range(len(parts.spans)):
+        parts.read(k)
+    assert parts.result() is None
+
+
 INTS = st.integers(-(2**63) + 1, 2**63 - 1)
 ODD = st.one_of(st.text(max_size=4), st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False),
                 st.lists(INTS, max_size=2))
