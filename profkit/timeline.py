@@ -21,15 +21,20 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .render import device_label
 from .store import Store
-from .timeline_marks import Mark, critical_path_marks, finding_marks
-from .timeline_writer import LaneTrack, PacketWriter, load_protos
+from .timeline_marks import Marks, critical_path_marks, finding_marks
+from .timeline_slices import Lanes, Placed, Track, write_batch, write_counters
+from .timeline_writer import PacketWriter, load_protos
 
 _BATCH_ROWS = 65536
 # Link arrows get flow ids 1..N; the critical path's arrows count from here, apart.
@@ -57,7 +62,7 @@ def write_timeline(store: Store, path: str | Path, critical_path: list[dict] | N
 
     cp_marks, cp_pairs, cp_skipped = critical_path_marks(store, critical_path or [], exported)
     f_marks, f_skipped = finding_marks(store, findings or [], offsets, exported)
-    shift = _time_shift(store, traces, cp_marks + f_marks)
+    shift = _time_shift(store, traces, [cp_marks, f_marks])
 
     tmp = path.with_name(path.name + ".partial")
     try:
@@ -87,7 +92,7 @@ def _traces(store: Store, trace_ids: list[int] | None) -> list[dict]:
     return rows
 
 
-def _time_shift(store: Store, traces: list[dict], marks: list[Mark]) -> int:
+def _time_shift(store: Store, traces: list[dict], marks: list[Marks]) -> int:
     """Perfetto timestamps are unsigned: shift everything if anything would be negative."""
     lows = [int(t["start_ns"]) + int(t["clock_offset_ns"] or 0) for t in traces if t["start_ns"] is not None]
     ids = ",".join(str(t["trace_id"]) for t in traces) or "NULL"
@@ -96,7 +101,7 @@ def _time_shift(store: Store, traces: list[dict], marks: list[Mark]) -> int:
         f"JOIN traces t USING (trace_id) WHERE trace_id IN ({ids})").fetchall()[0][0]
     if counter_low is not None:
         lows.append(int(counter_low))
-    lows += [m.start for m in marks]
+    lows += [int(m.start.min()) for m in marks if len(m)]
     low = min(lows, default=0)
     return -low if low < 0 else 0
 
@@ -129,7 +134,7 @@ class _Export:
         return self.stats
 
     # -- overlays ------------------------------------------------------------------
-    def _overlays(self, cp_marks, cp_pairs, f_marks) -> dict[int, tuple[list[int], list[int]]]:
+    def _overlays(self, cp_marks, cp_pairs, f_marks) -> "_PathFlows":
         # The overlays come first in the file, so the UI lists them above the traces.
         self.stats["critical_path_slices"] = self._marks(
             "Critical path", cp_marks,
@@ -139,24 +144,22 @@ class _Export:
             "Findings", f_marks,
             "One slice where each finding points: select it for impact, recommendation and the SQL "
             "that shows the evidence.")
-        # Arrow ids for the critical path: event -> (outgoing ids, terminating ids).
-        flows: dict[int, tuple[list[int], list[int]]] = {}
-        for i, (src, dst) in enumerate(cp_pairs):
-            flow_id = CRITICAL_PATH_FLOW_BASE + i
-            flows.setdefault(src, ([], []))[0].append(flow_id)
-            flows.setdefault(dst, ([], []))[1].append(flow_id)
         self.stats["flows_critical_path"] = len(cp_pairs)
-        return flows
+        return _PathFlows(cp_pairs)
 
-    def _marks(self, name: str, marks: list[Mark], description: str) -> int:
+    def _marks(self, name: str, marks: Marks, description: str) -> int:
         """A top-level track of marks (only if there are any); returns the slices written."""
-        if not marks:
+        if not len(marks):
             return 0
-        track = LaneTrack(self.w, name, None, f"profkit:{name}", description=description)
-        for m in sorted(marks, key=lambda m: (m.start, -m.end)):
-            track.add(m.start + self.shift, m.end + self.shift, m.name, annotations=m.annotations)
-        track.close()
-        return track.slices
+        order = np.lexsort((-marks.end, marks.start))  # by start, then end descending; stable
+        starts, ends = marks.start[order] + self.shift, marks.end[order] + self.shift
+        lanes, placed = Lanes(self.w), Placed()
+        lanes.open(Track(name, None, f"profkit:{name}", description=description), placed)
+        lanes.place(starts.tolist(), ends.tolist(), 0, len(order), placed)
+        lanes.close(placed)
+        notes = [replace(n, values=n.values[order], present=n.present[order]) for n in marks.notes]
+        write_batch(self.w, placed, starts, ends, marks.names, marks.name_codes[order], notes=notes)
+        return lanes.slices
 
     # -- track layout ----------------------------------------------------------------
     def _layout(self) -> None:
@@ -238,34 +241,33 @@ class _Export:
         finally:
             con.execute("DROP TABLE IF EXISTS _timeline_flows")
 
-    def _stream(self, reader, cp_flows) -> None:
-        current_key, lane = None, None
+    def _stream(self, reader, cp_flows: "_PathFlows") -> None:
+        lanes, current = Lanes(self.w), None
         for batch in reader:
-            cols = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)}
-            ids, traces, lks, k1s, k2s = cols["event_id"], cols["trace_id"], cols["lk"], cols["k1"], cols["k2"]
-            starts, ends, names = cols["ts"], cols["te"], cols["name"]
-            outs, ins = cols["flows_out"], cols["flows_in"]
-            for i in range(len(ids)):
-                key = (traces[i], lks[i], k1s[i], k2s[i])
-                if key != current_key:
-                    if lane is not None:
-                        self._finish(lane)
+            placed = Placed()
+            starts = batch.column("ts").to_numpy()
+            ends = batch.column("te").to_numpy()
+            starts_list, ends_list = starts.tolist(), ends.tolist()
+            keys = [batch.column(c) for c in ("trace_id", "lk", "k1", "k2")]
+            bounds = _track_starts(keys).tolist() + [batch.num_rows]
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                key = tuple(k[lo].as_py() for k in keys)
+                if key != current:
                     name, parent, rank = self.tracks[key]
-                    lane = LaneTrack(self.w, name, parent, f"profkit:{key[0]}:{key[1]}:{key[2]}:{key[3]}", rank)
-                    current_key = key
-                flows_out, flows_in = outs[i], ins[i]
-                extra = cp_flows.get(ids[i])
-                if extra:
-                    flows_out = (flows_out or []) + extra[0]
-                    flows_in = (flows_in or []) + extra[1]
-                lane.add(starts[i], ends[i], names[i], flows_out, flows_in)
-        if lane is not None:
-            self._finish(lane)
-
-    def _finish(self, lane: LaneTrack) -> None:
-        lane.close()
-        self.stats["slices"] += lane.slices
-        self.stats["extra_lanes"] += lane.extra_lanes
+                    lanes.open(Track(name, parent, f"profkit:{key[0]}:{key[1]}:{key[2]}:{key[3]}", rank), placed)
+                    current = key
+                lanes.place(starts_list, ends_list, lo, hi, placed)
+            names = pc.dictionary_encode(batch.column("name"))
+            ids = batch.column("event_id").to_numpy()
+            write_batch(self.w, placed, starts, ends, names.dictionary.to_pylist(), names.indices.to_numpy(),
+                        cp_flows.joined(_flows(batch.column("flows_out")), ids, out=True),
+                        cp_flows.joined(_flows(batch.column("flows_in")), ids, out=False))
+        placed = Placed()
+        lanes.close(placed)
+        empty = np.zeros(0, np.int64)
+        write_batch(self.w, placed, empty, empty, [], empty)
+        self.stats["slices"] += lanes.slices
+        self.stats["extra_lanes"] += lanes.extra_lanes
 
     # -- counters --------------------------------------------------------------------
     def _counters(self) -> None:
@@ -293,11 +295,64 @@ class _Export:
         """)
         samples = 0
         for batch in batches:
-            cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-            for tid, name, pid, device, ts, value in zip(*cols):
-                self.w.counter(ts, uuids[(tid, name, pid, device)], float(value))
-                samples += 1
+            keys = [batch.column(c) for c in ("trace_id", "name", "pid", "device")]
+            bounds = _track_starts(keys).tolist() + [batch.num_rows]
+            tracks = np.repeat([uuids[tuple(k[lo].as_py() for k in keys)] for lo in bounds[:-1]], np.diff(bounds))
+            write_counters(self.w, batch.column("ts").to_numpy(), tracks, batch.column("value").to_numpy())
+            samples += batch.num_rows
         self.stats.update(counter_tracks=len(series), counter_samples=samples)
+
+
+class _PathFlows:
+    """The critical path's arrows (ids from CRITICAL_PATH_FLOW_BASE, one a pair of events
+    it joins), added to the arrows an event has from `links`."""
+
+    def __init__(self, pairs: np.ndarray):
+        ids = CRITICAL_PATH_FLOW_BASE + np.arange(len(pairs), dtype=np.uint64)
+        events = np.array(pairs, np.int64).reshape(-1, 2)
+        self.sides = {}
+        for out, column in ((True, 0), (False, 1)):
+            order = np.argsort(events[:, column], kind="stable")  # an event's arrows in path order
+            self.sides[out] = (events[order, column], ids[order])
+
+    def joined(self, own: tuple[np.ndarray, np.ndarray], event_ids: np.ndarray, out: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(count an event, ids in event order): each event's own arrows, then the path's."""
+        events, ids = self.sides[out]
+        lo = np.searchsorted(events, event_ids, side="left")
+        hi = np.searchsorted(events, event_ids, side="right")
+        counts, values = own
+        extra = hi - lo
+        if not extra.any():
+            return counts, values
+        total = counts + extra
+        first = np.cumsum(total) - total
+        merged = np.empty(int(total.sum()), np.uint64)
+        own_rows = np.repeat(np.arange(len(counts)), counts)
+        merged[first[own_rows] + np.arange(len(own_rows)) - (np.cumsum(counts) - counts)[own_rows]] = values
+        extra_rows = np.repeat(np.arange(len(extra)), extra)
+        within = np.arange(len(extra_rows)) - (np.cumsum(extra) - extra)[extra_rows]
+        merged[first[extra_rows] + counts[extra_rows] + within] = ids[lo[extra_rows] + within]
+        return total, merged
+
+
+def _flows(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list column of flow ids as (count a row, ids in row order)."""
+    counts = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+    return counts, pc.list_flatten(column).to_numpy().astype(np.uint64)
+
+
+def _track_starts(keys: list[pa.Array]) -> np.ndarray:
+    """Rows of a batch where the track key (the columns `keys`, NULLs equal) changes."""
+    n = len(keys[0])
+    change = np.zeros(n, bool)
+    if n:
+        change[0] = True
+    for key in keys:
+        valid = key.is_valid().to_numpy(zero_copy_only=False)
+        values = pc.fill_null(key, "" if pa.types.is_string(key.type) else 0).to_numpy(zero_copy_only=False)
+        change[1:] |= (values[1:] != values[:-1]) | (valid[1:] != valid[:-1])
+    return np.flatnonzero(change)
 
 
 def _batches(con, query: str):

@@ -1,8 +1,8 @@
 """Where the critical path and the findings go on the timeline.
 
 Pure placement logic (no protobuf): turns critical-path segments and finding dicts into
-marks (time spans on the store's common clock, with a name and annotations) and the
-pairs of events the critical path's arrows join.
+marks (time spans on the store's common clock, with a name and annotations, as columns)
+and the pairs of events the critical path's arrows join.
 """
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
+import pyarrow as pa
+
 from .store import Store
+from .timeline_slices import Note, notes_of
 
 MAX_MARKS_PER_FINDING = 10
 _EVIDENCE_TEXT_LIMIT = 4000
@@ -26,90 +30,136 @@ class Mark:
     annotations: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Marks:
+    """Spans for an overlay track, column by column: starts and ends (common clock), each
+    one's name as a code into `names`, and their annotations."""
+    start: np.ndarray
+    end: np.ndarray
+    names: list[str]
+    name_codes: np.ndarray
+    notes: list[Note]
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @classmethod
+    def of(cls, marks: list[Mark]) -> "Marks":
+        names, codes = _codes([m.name for m in marks])
+        return cls(np.array([m.start for m in marks], np.int64), np.array([m.end for m in marks], np.int64),
+                   names, codes, notes_of([m.annotations for m in marks]))
+
+
 def event_times(store: Store, event_ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
     """event_id -> (trace_id, start_ns, end_ns) on the trace clock, for the ids that exist."""
-    ids = sorted({int(e) for e in event_ids if e is not None})
-    if not ids:
-        return {}
-    with store.registered(_id_table(ids), "_timeline_ids"):
-        rows = store.con.execute(
-            "SELECT e.event_id, e.trace_id, e.start_ns, e.end_ns FROM events e "
-            "JOIN _timeline_ids i ON i.event_id = e.event_id").fetchall()
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
-
-
-def _id_table(ids: list[int]):
-    import pyarrow as pa
-
-    return pa.table({"event_id": pa.array(ids, pa.int64())})
+    found = _EventTimes(store, np.array([int(e) for e in event_ids if e is not None], np.int64))
+    return dict(zip(found.ids.tolist(), zip(found.trace.tolist(), found.start.tolist(), found.end.tolist())))
 
 
 # -- critical path ---------------------------------------------------------------------
 
 def critical_path_marks(store: Store, segments: list[dict], exported: set[int]
-                        ) -> tuple[list[Mark], list[tuple[int, int]], int]:
-    """(one mark per segment, event pairs for arrows, segments skipped).
+                        ) -> tuple[Marks, np.ndarray, int]:
+    """(one mark per segment, event pairs for arrows (n x 2), segments skipped).
 
     Segment times are on the store's common clock (trace clock + `clock_offset_ns`), as
     `profkit.graph_build` computes them. A segment is skipped when its event (or, for an
-    event-less segment, the nearest segment's event) is in a trace not exported.
+    event-less segment, the nearest segment's event) is in a trace not exported. Column by
+    column: a long path has hundreds of thousands of segments.
     """
-    times = event_times(store, (s.get("event_id") for s in segments))
-    trace_of = _segment_traces(segments, times)
-    marks, skipped = [], 0
-    for i, seg in enumerate(segments):
-        trace_id = trace_of[i]
-        if trace_id is not None and trace_id not in exported:
-            skipped += 1
-            continue
-        cause = str(seg.get("cause") or "unknown")
-        name = str(seg.get("name") or "")
-        start, end = int(seg["start_ns"]), int(seg["end_ns"])
-        marks.append(Mark(start, max(start, end), f"{cause}: {name}" if name else cause, {
-            "segment": i, "cause": cause, "event_id": seg.get("event_id"),
-            "dur_ns": end - start, "trace_id": trace_id,
-        }))
-    return marks, _path_pairs(segments, times, exported), skipped
+    n = len(segments)
+    event = np.array([_id_or(s.get("event_id")) for s in segments], np.int64)
+    times = _EventTimes(store, event[event >= 0])
+    own_trace, event_start, event_end, known = times.lookup(event)
+    trace = _filled(own_trace, known)
+    exported_ids = np.array(sorted(exported), np.int64)
+    in_export = np.isin(trace, exported_ids)
+    keep = in_export | (trace < 0)  # no event anywhere near: kept, as before
+    starts = np.array([s["start_ns"] for s in segments], np.int64).reshape(n)
+    ends = np.array([s["end_ns"] for s in segments], np.int64).reshape(n)
+    causes = [str(s.get("cause") or "unknown") for s in segments]
+    names = [f"{c}: {s['name']}" if s.get("name") else c for c, s in zip(causes, segments)]
+    kept = np.flatnonzero(keep)
+    cause_table, cause_codes = _codes([causes[i] for i in kept.tolist()])
+    name_table, name_codes = _codes([names[i] for i in kept.tolist()])
+    has_event = event[kept] >= 0
+    has_trace = trace[kept] >= 0
+    marks = Marks(starts[kept], np.maximum(starts[kept], ends[kept]), name_table, name_codes, [
+        Note("segment", "int", kept.astype(np.int64), np.ones(len(kept), bool)),
+        Note("cause", "string", cause_codes, np.ones(len(kept), bool), cause_table),
+        Note("event_id", "int", np.where(has_event, event[kept], 0), has_event),
+        Note("dur_ns", "int", ends[kept] - starts[kept], np.ones(len(kept), bool)),
+        Note("trace_id", "int", np.where(has_trace, trace[kept], 0), has_trace),
+    ])
+    on_path = known & np.isin(own_trace, exported_ids)
+    return marks, _path_pairs(event[on_path], event_start[on_path], event_end[on_path]), n - len(kept)
 
 
-def _segment_traces(segments: list[dict], times: dict) -> list[int | None]:
-    own = [times[s["event_id"]][0] if s.get("event_id") in times else None for s in segments]
-    out = list(own)
-    last = None
-    for i, t in enumerate(own):           # forward fill, then backward fill the leading gap
-        last = t if t is not None else last
-        out[i] = last
-    nxt = None
-    for i in range(len(own) - 1, -1, -1):
-        nxt = own[i] if own[i] is not None else nxt
-        if out[i] is None:
-            out[i] = nxt
-    return out
+def _id_or(value) -> int:
+    return int(value) if value is not None else -1
 
 
-def _path_pairs(segments, times, exported) -> list[tuple[int, int]]:
-    """Consecutive distinct events of the path, earlier-starting first.
+def _codes(values: list[str]) -> tuple[list[str], np.ndarray]:
+    table = list(dict.fromkeys(values))
+    index = {v: i for i, v in enumerate(table)}
+    return table, np.array([index[v] for v in values], np.int64)
+
+
+class _EventTimes:
+    """Trace, start and end of events by id (on the trace clock), for the ids that exist."""
+
+    def __init__(self, store: Store, event_ids: np.ndarray):
+        ids = np.unique(event_ids)
+        if len(ids):
+            with store.registered(pa.table({"event_id": ids}), "_timeline_ids"):
+                found = store.con.execute(
+                    "SELECT e.event_id, e.trace_id, e.start_ns, e.end_ns FROM events e "
+                    "JOIN _timeline_ids i ON i.event_id = e.event_id ORDER BY e.event_id").fetchnumpy()
+        else:
+            found = {k: np.zeros(0, np.int64) for k in ("event_id", "trace_id", "start_ns", "end_ns")}
+        self.ids = np.asarray(found["event_id"], np.int64)
+        self.trace = np.asarray(found["trace_id"], np.int64)
+        self.start = np.asarray(found["start_ns"], np.int64)
+        self.end = np.asarray(found["end_ns"], np.int64)
+
+    def lookup(self, event: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(trace, start, end, known) per id; -1 / 0 / 0 / False where unknown."""
+        at = np.clip(np.searchsorted(self.ids, event), 0, max(len(self.ids) - 1, 0))
+        known = (event >= 0) & (len(self.ids) > 0)
+        if len(self.ids):
+            known &= self.ids[at] == event
+        pick = lambda a: np.where(known, a[at], 0) if len(a) else np.zeros(len(event), np.int64)  # noqa: E731
+        return np.where(known, pick(self.trace), -1), pick(self.start), pick(self.end), known
+
+
+def _filled(trace: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Each segment's trace, an event-less one taking the last one's before it (or, before
+    any, the first one's after it); -1 where no segment has an event."""
+    n = len(trace)
+    if not known.any():
+        return np.full(n, -1, np.int64)
+    last = np.maximum.accumulate(np.where(known, np.arange(n), -1))
+    after = np.flatnonzero(known)[0]
+    return trace[np.where(last >= 0, last, after)]
+
+
+def _path_pairs(chain: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Consecutive distinct events of the path, earlier-starting first (n x 2).
 
     Perfetto binds a flow in timestamp order, so an arrow must go from the slice that
     begins first; on a well-formed path that is the earlier segment anyway.
     """
-    chain = []
-    for seg in segments:
-        eid = seg.get("event_id")
-        if eid in times and times[eid][0] in exported and (not chain or chain[-1] != eid):
-            chain.append(eid)
-    pairs = []
-    for a, b in zip(chain, chain[1:]):
-        if (times[b][1], -times[b][2]) < (times[a][1], -times[a][2]):
-            a, b = b, a
-        pairs.append((a, b))
-    return pairs
+    distinct = np.r_[True, chain[1:] != chain[:-1]] if len(chain) else np.zeros(0, bool)
+    chain, start, end = chain[distinct], start[distinct], end[distinct]
+    a, b = chain[:-1], chain[1:]
+    swap = (start[1:] < start[:-1]) | ((start[1:] == start[:-1]) & (end[1:] > end[:-1]))
+    return np.stack([np.where(swap, b, a), np.where(swap, a, b)], axis=1) if len(a) else np.zeros((0, 2), np.int64)
 
 
 # -- findings --------------------------------------------------------------------------
 
 def finding_marks(store: Store, findings: list[dict], offsets: dict[int, int],
-                  exported: set[int]) -> tuple[list[Mark], int]:
+                  exported: set[int]) -> tuple[Marks, int]:
     """Marks for the findings (up to MAX_MARKS_PER_FINDING each) and how many were skipped."""
     located = []
     wanted_events: set[int] = set()
@@ -139,7 +189,7 @@ def finding_marks(store: Store, findings: list[dict], offsets: dict[int, int],
         offset = offsets.get(trace_id, 0)
         for lo, hi in spans[:MAX_MARKS_PER_FINDING]:
             marks.append(Mark(int(lo) + offset, int(max(lo, hi)) + offset, name, notes))
-    return marks, skipped
+    return Marks.of(marks), skipped
 
 
 def _finding_spans(store, trace_id, scope, windows, events, times, traces):
