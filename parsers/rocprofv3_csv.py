@@ -153,34 +153,53 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
             w.read(table.num_rows)
             w.not_stored("counter rows not stored (the kernels come from kernel_trace)", table.num_rows, file.name)
 
-    next_id = 0
     nodes_seen: list[int] = []
-    device_tables = [(f, t) for role in ("kernel", "memory_copy") for f, t in tables.get(role, [])]
-    for file, table in device_tables:
-        cols = rc.Columns(table.column_names)
-        for c in (cols.find("Agent_Id"), cols.find("Source_Agent_Id"), cols.find("Destination_Agent_Id")):
-            if c:
-                nodes_seen += [rc.agent_node(v) for v in pc.unique(table[c]).to_pylist()]
+    for role in ("kernel", "memory_copy"):
+        for file, table in tables.get(role, []):
+            cols = rc.Columns(table.column_names)
+            for c in (cols.find("Agent_Id"), cols.find("Source_Agent_Id"), cols.find("Destination_Agent_Id")):
+                if c:
+                    nodes_seen += [rc.agent_node(v) for v in pc.unique(table[c]).to_pylist()]
     # Without agent_info, every node a device record names is taken to be a GPU.
     ordinals, device_rows = rc.ordinals_from_nodes([n for n in nodes_seen if n is not None], agents)
     w.add_rows("devices", device_rows)
+    version = _version(tables)
+    files_read = [f.name for f, _ in files]
 
-    for file, table in tables.get("kernel", []):
-        next_id += _kernels(file, table, w, next_id, ordinals, pid)
+    def kernels(file, table, next_id):
+        stored = _kernels(file, table, w, next_id, ordinals, pid)
         sink.report(str(file), 1, 1)
-    for file, table in tables.get("memory_copy", []):
-        next_id += _copies(file, table, w, next_id, ordinals, agents, pid)
-    for file, table in tables.get("api", []):
-        next_id += _api(file, table, w, next_id)
+        return stored
+
+    # Each table dropped once stored: the 1M-dispatch kernel trace's is ~350 MB, which the
+    # HIP calls and the derivations would otherwise run beside.
+    next_id = 0
+    next_id = _store_each(tables, "kernel", kernels, next_id)
+    next_id = _store_each(tables, "memory_copy",
+                          lambda file, table, next_id: _copies(file, table, w, next_id, ordinals, agents, pid), next_id)
+    next_id = _store_each(tables, "api", lambda file, table, next_id: _api(file, table, w, next_id), next_id)
     for file, table in tables.get("memory_allocation", []):
         w.read(table.num_rows)
         w.not_stored("memory allocation rows not stored", table.num_rows, file.name)
     w.set_trace(
-        format_version=_version(tables), producer="rocprofv3", vendor=rc.VENDOR,
-        metadata={"prefix": prefix, "files": [f.name for f, _ in files], "process_id": pid,
+        format_version=version, producer="rocprofv3", vendor=rc.VENDOR,
+        metadata={"prefix": prefix, "files": files_read, "process_id": pid,
                   "cpu_agents": agents.cpu_summary() if agents else None,
                   "device_mapping": "agent_info" if agents else "node ids seen in the trace"},
     )
+
+
+def _store_each(tables: dict, role: str, store, next_id: int) -> int:
+    """`store(file, table, next_id)` (rows stored) for each table of `role`, each dropped
+    from `tables` first so that it is freed once stored; the next event id."""
+    queue = tables.pop(role, [])
+    while queue:
+        file, table = queue.pop(0)
+        next_id += store(file, table, next_id)
+        del table
+        # Arrow's allocator keeps freed memory for itself: handed back, DuckDB can use it.
+        pa.default_memory_pool().release_unused()
+    return next_id
 
 
 def _version(tables) -> str:
