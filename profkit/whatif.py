@@ -221,9 +221,15 @@ def capacity_floors(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
     per_event[graph.eevent[durations]] = weight[durations]
     changed = np.add.reduceat(per_event[events], starts) if events.size else np.zeros(0, dtype=np.int64)
     floors = np.zeros(index.step.size, dtype=np.int64)
-    for i, union, seen, now in zip(step.tolist(), union_ns, observed.tolist(), changed.tolist()):
-        if seen > 0:  # Python ints: no overflow
-            floors[i] = max(floors[i], union * now // seen)
+    kept = np.flatnonzero(observed > 0)
+    if not kept.size:
+        return floors
+    union, seen, now = np.asarray(union_ns, np.int64)[kept], observed[kept], changed[kept]
+    if int(union.max()) * int(now.max()) < 2 ** 63:  # the products fit: all at once
+        ratio = union * now // seen
+    else:  # Python ints: no overflow
+        ratio = np.array([u * n // d for u, n, d in zip(union.tolist(), now.tolist(), seen.tolist())], np.int64)
+    np.maximum.at(floors, step[kept], ratio)
     return floors
 
 
