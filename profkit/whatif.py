@@ -224,13 +224,16 @@ def capacity_floors(graph: Graph, index, weight: np.ndarray) -> np.ndarray:
     kept = np.flatnonzero(observed > 0)
     if not kept.size:
         return floors
-    union, seen, now = np.asarray(union_ns, np.int64)[kept], observed[kept], changed[kept]
-    if int(union.max()) * int(now.max()) < 2 ** 63:  # the products fit: all at once
-        ratio = union * now // seen
-    else:  # Python ints: no overflow
-        ratio = np.array([u * n // d for u, n, d in zip(union.tolist(), now.tolist(), seen.tolist())], np.int64)
-    np.maximum.at(floors, step[kept], ratio)
+    np.maximum.at(floors, step[kept], scaled(np.asarray(union_ns, np.int64)[kept], changed[kept], observed[kept]))
     return floors
+
+
+def scaled(values: np.ndarray, now: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """values * now // before, exactly (before > 0): at once where every product fits in
+    int64, else in Python ints."""
+    if not values.size or int(values.max()) * int(now.max()) < 2 ** 63:
+        return values * now // before
+    return np.array([v * n // b for v, n, b in zip(values.tolist(), now.tolist(), before.tolist())], np.int64)
 
 
 def _compute_groups(graph: Graph, index) -> tuple:

@@ -240,3 +240,14 @@ def test_analyze_prices_a_rank_s_finding_as_profkit_whatif_does():
         priced = whatif(store, changes=[{"kind": "speedup", "kernel": kernel, "factor": 2.0}],
                         windows=analysis_windows(store))["traces"][trace_id]["saving_ns"]
         assert f["evidence"]["replay_saving_if_2x_faster_ns_per_step"] == priced == 263_140
+
+
+def test_scaled_is_exact_past_int64_products():
+    from profkit.whatif import scaled
+
+    values = np.array([10**12, 7, 3 * 10**9], np.int64)
+    now = np.array([9 * 10**9, 5, 2 * 10**9], np.int64)    # 10**12 * 9e9 passes int64
+    before = np.array([10**10, 3, 4 * 10**9], np.int64)
+    expected = [int(v) * int(n) // int(b) for v, n, b in zip(values, now, before)]
+    assert scaled(values, now, before).tolist() == expected
+    assert scaled(values[1:], now[1:], before[1:]).tolist() == expected[1:]  # products fit: numpy
