@@ -88,12 +88,13 @@ def read(data, start: int, end: int, values: Sequence[str], objects: Sequence[st
 
 _TRIAL_RECORDS = 64
 _SPARE = 1.1  # room for records longer than the first ones
+_MAX_STEPS = 64  # gap-closing copies a part, beyond which one copy through a temporary
 
 
 class Parts:
     """One list read in parts (spans of `{...},{...}`, cut between records) into one set of
     columns: each part into its own range of them, sized from the bytes per record of the
-    list's first records, the ranges then closed up in place. Reading the parts in
+    part's first records, the ranges then closed up in place. Reading the parts in
     separate columns and concatenating them copied every value once more, into fresh
     memory (1M dispatches: ~170 MB, 0.04 s here with memory at hand, up to 1 s where this
     VM first had to get it back from its host). `read(k)` calls may run at once in
@@ -107,8 +108,10 @@ class Parts:
         self.buf = np.frombuffer(data, np.uint8)
         self.spans = list(spans)
         self.n_values = len(values)
-        per_record = self._bytes_per_record()
-        capacities = [int((end - start) / per_record * _SPARE) + _TRIAL_RECORDS for start, end in self.spans]
+        # Each part's range from its own first records (a list whose records change size
+        # along it is sized part by part, as when each part had columns of its own).
+        capacities = [int((end - start) / self._bytes_per_record(start, end) * _SPARE) + _TRIAL_RECORDS
+                      for start, end in self.spans]
         self.first = np.r_[0, np.cumsum(capacities)].astype(np.int64)
         total = int(self.first[-1])
         # Zeroed pages come from the OS as they are first touched: pages no record reaches
@@ -118,9 +121,9 @@ class Parts:
         self.counts: list[int | None] = [None] * len(self.spans)
         self.overflow: dict[int, Scanned] = {}  # a part with more records than its range holds
         self.declined = False
+        self.closed = False  # result() moves the columns: once only
 
-    def _bytes_per_record(self) -> float:
-        start, end = self.spans[0] if self.spans else (0, 0)
+    def _bytes_per_record(self, start: int, end: int) -> float:
         out = np.zeros((self.n_values, _TRIAL_RECORDS), np.int64)
         present = np.zeros(_TRIAL_RECORDS, np.int64)
         n, at, _status = self.kernel.scan(self.buf, start, end, self.keys, self.fields, out, present, 0, _TRIAL_RECORDS)
@@ -142,6 +145,9 @@ class Parts:
         self.counts[k] = n
 
     def result(self) -> Scanned | None:
+        if self.closed:
+            raise RuntimeError("Parts.result() moves the columns in place: call it once")
+        self.closed = True
         if self.declined or any(n is None for n in self.counts):
             return None
         if self.overflow:
@@ -157,8 +163,13 @@ class Parts:
         for k, n in enumerate(self.counts):
             first = int(self.first[k])
             # Close the gap left by the parts before, in steps no longer than the gap: copies
-            # that do not overlap, which numpy would otherwise make through a temporary.
+            # that do not overlap, which numpy would otherwise make through a temporary; a
+            # gap small for the part (many steps) is closed in one copy through one.
             step = first - count
+            if step and step * _MAX_STEPS < n:
+                self.out[:, count:count + n] = self.out[:, first:first + n]
+                self.present[count:count + n] = self.present[first:first + n]
+                step = 0
             for lo in range(0, n if step else 0, step or 1):
                 hi = min(lo + step, n)
                 self.out[:, count + lo:count + hi] = self.out[:, first + lo:first + hi]

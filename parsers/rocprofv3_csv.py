@@ -160,6 +160,7 @@ def _parse_group(prefix: str, files: list[tuple[Path, str]], w, sink) -> None:
             for c in (cols.find("Agent_Id"), cols.find("Source_Agent_Id"), cols.find("Destination_Agent_Id")):
                 if c:
                     nodes_seen += [rc.agent_node(v) for v in pc.unique(table[c]).to_pylist()]
+    table = counters = None  # no reference left here to a table _store_each is to free
     # Without agent_info, every node a device record names is taken to be a GPU.
     ordinals, device_rows = rc.ordinals_from_nodes([n for n in nodes_seen if n is not None], agents)
     w.add_rows("devices", device_rows)

@@ -96,11 +96,14 @@ def _time_shift(store: Store, traces: list[dict], marks: list[Marks]) -> int:
     """Perfetto timestamps are unsigned: shift everything if anything would be negative."""
     lows = [int(t["start_ns"]) + int(t["clock_offset_ns"] or 0) for t in traces if t["start_ns"] is not None]
     ids = ",".join(str(t["trace_id"]) for t in traces) or "NULL"
-    counter_low = store.con.execute(
-        f"SELECT min(c.ts_ns + coalesce(t.clock_offset_ns, 0)) FROM counters c "
-        f"JOIN traces t USING (trace_id) WHERE trace_id IN ({ids})").fetchall()[0][0]
-    if counter_low is not None:
-        lows.append(int(counter_low))
+    # The events too, not only the traces' recorded starts: a store edited since may have
+    # an event earlier than its trace's start_ns.
+    for table, column in (("counters", "ts_ns"), ("events", "start_ns")):
+        low = store.con.execute(
+            f"SELECT min(x.{column} + coalesce(t.clock_offset_ns, 0)) FROM {table} x "
+            f"JOIN traces t USING (trace_id) WHERE trace_id IN ({ids})").fetchall()[0][0]
+        if low is not None:
+            lows.append(int(low))
     lows += [int(m.start.min()) for m in marks if len(m)]
     low = min(lows, default=0)
     return -low if low < 0 else 0
@@ -350,7 +353,10 @@ def _track_starts(keys: list[pa.Array]) -> np.ndarray:
         change[0] = True
     for key in keys:
         valid = key.is_valid().to_numpy(zero_copy_only=False)
-        values = pc.fill_null(key, "" if pa.types.is_string(key.type) else 0).to_numpy(zero_copy_only=False)
+        if str(key.type) == "string_view":  # no fill_null kernel for it
+            key = key.cast(pa.string())
+        text = pa.types.is_string(key.type) or pa.types.is_large_string(key.type)
+        values = pc.fill_null(key, pa.scalar("" if text else 0, key.type)).to_numpy(zero_copy_only=False)
         change[1:] |= (values[1:] != values[:-1]) | (valid[1:] != valid[:-1])
     return np.flatnonzero(change)
 

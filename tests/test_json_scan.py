@@ -265,3 +265,29 @@ def test_without_the_compiled_loop_duckdb_reads_every_list(tmp_path, monkeypatch
     monkeypatch.setattr(json_scan, "_kernel", compiled(lambda: None))  # numba missing, or its cache unusable
     assert not json_scan.available() and json_scan.read(b"[]", 1, 1, ("a",)) is None
     assert _store(path, monkeypatch, True) == read
+
+
+def test_each_part_is_sized_from_its_own_records():
+    short = {"start_timestamp": 1, "end_timestamp": 2}
+    long = {**short, "note": "x" * 400}
+    raw = json.dumps([short] * 2000 + [long] * 2000, separators=(",", ":")).encode()
+    parts = json_scan.Parts(raw, _spans(raw, 1), ("start_timestamp", "end_timestamp"))
+    # Sized from the first part's short records alone, the second part's range would hold
+    # ~40x the records it has (a reservation as large as the list's bytes allow).
+    assert parts.first[-1] < 2 * 4000 + 2 * 64
+
+
+@pytest.mark.parametrize("max_steps", [json_scan._MAX_STEPS, 10**9])
+def test_gaps_close_alike_in_steps_or_one_copy(max_steps, monkeypatch):
+    monkeypatch.setattr(json_scan, "_MAX_STEPS", max_steps)
+    records = [{"start_timestamp": i, "end_timestamp": -i, "note": "x" * (30 if i % 500 < 64 else 27)}
+               for i in range(3000)]
+    raw = json.dumps(records, separators=(",", ":")).encode()
+    fields = ("start_timestamp", "end_timestamp")
+    parts = json_scan.Parts(raw, _spans(raw, 5), fields)
+    for k in range(len(parts.spans)):
+        parts.read(k)
+    found = parts.result()
+    assert found.values[0].tolist() == list(range(3000)) and found.values[1].tolist() == [-i for i in range(3000)]
+    with pytest.raises(RuntimeError):
+        parts.result()

@@ -368,3 +368,21 @@ def test_a_custom_accelerator_is_drawn_as_a_device(tmp_path):
     (root,) = parsed.roots().values()
     names = [parsed.name(u) for u in parsed.children(root)]
     assert "Device 17 (ARTEMIS)" in names and not [n for n in names if n.startswith("GPU")]
+
+
+def test_an_event_before_its_traces_start_is_shifted_not_wrapped(tmp_path):
+    """A store edited after ingest can hold an event earlier than traces.start_ns: the
+    export shifts time by the earliest event, so no timestamp goes negative (unsigned)."""
+    source = tmp_path / "input.json"
+    source.write_text("{}")
+    store = Store.open(None)
+    with Sink(store).trace(source, "test") as w:
+        w.add_events({"event_id": [0, 1], "kind": ["cpu_op", "cpu_op"], "name": ["a", "b"],
+                      "start_ns": [100, 300], "dur_ns": [50, 50], "pid": [1, 1], "tid": [1, 1]})
+    store.con.execute("UPDATE events SET start_ns = -45, end_ns = 5 WHERE name = 'a'")
+    out = tmp_path / "t.pftrace"
+    stats = write_timeline(store, out)
+    parsed = Parsed(out)
+    assert_well_nested(parsed)
+    assert stats["time_shift_ns"] == 45
+    assert sorted((e["name"], e["ts"]) for e in parsed.slices) == [("a", 0), ("b", 345)]
