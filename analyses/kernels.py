@@ -147,30 +147,34 @@ def by_op(store, trace_id, kernel_sum_ns):
     device the ops that launched its tiny kernels, most first: [(op, kernels)]."""
     store.con.execute(f"CREATE OR REPLACE TEMP TABLE _kernel_ops AS {kernel_ops_sql(trace_id)}")
     try:
+        # Each attributed kernel with its own columns; the trace named on both sides (a
+        # join on event ids alone reads every rank's events).
+        attributed_kernels = (f"_kernel_ops o JOIN events k ON k.event_id = o.kernel_event "
+                              f"AND k.trace_id = {int(trace_id)}")
         ops = store.rows(f"""
             SELECT o.op_name, count(*) AS kernels, count(DISTINCT o.op_event) AS op_calls,
                    sum(k.dur_ns) AS kernel_ns
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            FROM {attributed_kernels}
             GROUP BY o.op_name ORDER BY kernel_ns DESC, o.op_name LIMIT {TOP_N}
         """)
         names = [o["op_name"] for o in ops]
         details = store.rows(f"""
             SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(k.dur_ns) AS kernel_ns
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            FROM {attributed_kernels}
             WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, o.input_dims
         """, [names]) if names else []
         top_names = store.rows(f"""
             SELECT o.op_name, k.name, sum(k.dur_ns) AS kernel_ns
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            FROM {attributed_kernels}
             WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, k.name
         """, [names]) if names else []
         attributed = int(store.scalar(f"""
             SELECT coalesce(sum(k.dur_ns), 0)
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            FROM {attributed_kernels}
         """))
         tiny_ops = store.rows(f"""
             SELECT coalesce(k.device, -1) AS device, o.op_name, count(*) AS kernels
-            FROM _kernel_ops o JOIN events k ON k.event_id = o.kernel_event AND k.trace_id = {int(trace_id)}
+            FROM {attributed_kernels}
             WHERE k.dur_ns < {TINY_KERNEL_NS} GROUP BY ALL ORDER BY device, kernels DESC, o.op_name
         """)
     finally:

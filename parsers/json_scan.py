@@ -157,25 +157,27 @@ class Parts:
                 pieces.append(Scanned(list(self.out[:, first:first + n]), self.present[first:first + n]))
                 if k in self.overflow:
                     pieces.append(self.overflow[k])
-            return Scanned([np.concatenate([p.values[f] for p in pieces]) for f in range(self.n_values)],
-                           np.concatenate([p.present for p in pieces]))
+            return _joined(pieces, self.n_values)
         count = 0
         for k, n in enumerate(self.counts):
             first = int(self.first[k])
             # Close the gap left by the parts before, in steps no longer than the gap: copies
             # that do not overlap, which numpy would otherwise make through a temporary; a
             # gap small for the part (many steps) is closed in one copy through one.
-            step = first - count
-            if step and step * _MAX_STEPS < n:
-                self.out[:, count:count + n] = self.out[:, first:first + n]
-                self.present[count:count + n] = self.present[first:first + n]
-                step = 0
-            for lo in range(0, n if step else 0, step or 1):
-                hi = min(lo + step, n)
-                self.out[:, count + lo:count + hi] = self.out[:, first + lo:first + hi]
-                self.present[count + lo:count + hi] = self.present[first + lo:first + hi]
+            gap = first - count
+            if gap and n:
+                step = n if gap * _MAX_STEPS < n else gap
+                for lo in range(0, n, step):
+                    hi = min(lo + step, n)
+                    self.out[:, count + lo:count + hi] = self.out[:, first + lo:first + hi]
+                    self.present[count + lo:count + hi] = self.present[first + lo:first + hi]
             count += n
         return Scanned(list(self.out[:, :count]), self.present[:count])
+
+
+def _joined(pieces: list[Scanned], n_values: int) -> Scanned:
+    return Scanned([np.concatenate([p.values[f] for p in pieces]) for f in range(n_values)],
+                   np.concatenate([p.present for p in pieces]))
 
 
 def _read_blocks(kernel, buf, start: int, end: int, keys, fields, n_values: int) -> Scanned | None:
@@ -188,10 +190,9 @@ def _read_blocks(kernel, buf, start: int, end: int, keys, fields, n_values: int)
         n, at_next, status = kernel.scan(buf, at, end, keys, fields, out, present, 0, capacity)
         if status == kernel.UNSUPPORTED:
             return None
-        blocks.append((out[:, :n], present[:n]))
+        blocks.append(Scanned(list(out[:, :n]), present[:n]))
         count += n
         if status == kernel.DONE:
             break
         at = at_next
-    return Scanned([np.concatenate([b[0][f] for b in blocks]) for f in range(n_values)],
-                   np.concatenate([b[1] for b in blocks]))
+    return _joined(blocks, n_values)

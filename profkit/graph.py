@@ -132,8 +132,7 @@ def critical_path_segments(store: Store, trace_id: int, graph: Graph | None = No
         ev, cls = graph.eevent[edges], graph.ecls[edges].tolist()
         has = ev >= 0
         ids = np.where(has, graph.event_id[np.where(has, ev, 0)], -1).tolist() if len(graph.event_id) else [-1] * len(ev)
-        names = [str(n) for n in graph.name[ev[has]]]
-        named = iter(names)
+        named = (str(n) for n in graph.name[ev[has]])
         # Column by column, then one dict a segment: a path has ~300k of them at 1M events.
         segments.extend({
             "event_id": i if h else None, "start_ns": s, "end_ns": t, "cause": causes[c],

@@ -15,6 +15,7 @@ into one buffer in row order.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -71,7 +72,7 @@ def _put_varints(out: np.ndarray, at: np.ndarray, values: np.ndarray, sizes: np.
         out[at[rows] + k] = chunk
 
 
-def _where(present: np.ndarray | None, sizes: np.ndarray) -> np.ndarray:
+def _where(present: np.ndarray | None, sizes):
     return sizes if present is None else np.where(present, sizes, 0)
 
 
@@ -83,15 +84,17 @@ def _put_head(out, at, present, tag: bytes, values: np.ndarray, value_sizes: np.
     _put_varints(out, at + len(tag), values[rows], value_sizes[rows])
 
 
-class Field:
+class Field(ABC):
     """One field of every row: `sizes()` its bytes per row (0 where absent; an int when the
     same in every row), `write(out, at)` its bytes at `at` (each row's position)."""
 
+    @abstractmethod
     def sizes(self):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def write(self, out: np.ndarray, at: np.ndarray) -> None:
-        raise NotImplementedError
+        ...
 
 
 class Constant(Field):
@@ -100,7 +103,7 @@ class Constant(Field):
     def __init__(self, encoded: bytes, present: np.ndarray | None = None):
         self.encoded = encoded
         self.present = present
-        self._sizes = len(encoded) if present is None else np.where(present, len(encoded), 0)
+        self._sizes = _where(present, len(encoded))
 
     def sizes(self):
         return self._sizes

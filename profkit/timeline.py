@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .columns import run_starts
 from .render import device_label
 from .store import Store
 from .timeline_marks import Marks, critical_path_marks, finding_marks
@@ -251,10 +252,7 @@ class _Export:
             starts = batch.column("ts").to_numpy()
             ends = batch.column("te").to_numpy()
             starts_list, ends_list = starts.tolist(), ends.tolist()
-            keys = [batch.column(c) for c in ("trace_id", "lk", "k1", "k2")]
-            bounds = _track_starts(keys).tolist() + [batch.num_rows]
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
-                key = tuple(k[lo].as_py() for k in keys)
+            for lo, hi, key in _key_runs(batch, ("trace_id", "lk", "k1", "k2")):
                 if key != current:
                     name, parent, rank = self.tracks[key]
                     lanes.open(Track(name, parent, f"profkit:{key[0]}:{key[1]}:{key[2]}:{key[3]}", rank), placed)
@@ -298,9 +296,8 @@ class _Export:
         """)
         samples = 0
         for batch in batches:
-            keys = [batch.column(c) for c in ("trace_id", "name", "pid", "device")]
-            bounds = _track_starts(keys).tolist() + [batch.num_rows]
-            tracks = np.repeat([uuids[tuple(k[lo].as_py() for k in keys)] for lo in bounds[:-1]], np.diff(bounds))
+            runs = _key_runs(batch, ("trace_id", "name", "pid", "device"))
+            tracks = np.repeat([uuids[key] for _, _, key in runs], [hi - lo for lo, hi, _ in runs])
             write_counters(self.w, batch.column("ts").to_numpy(), tracks, batch.column("value").to_numpy())
             samples += batch.num_rows
         self.stats.update(counter_tracks=len(series), counter_samples=samples)
@@ -345,20 +342,21 @@ def _flows(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return counts, pc.list_flatten(column).to_numpy().astype(np.uint64)
 
 
-def _track_starts(keys: list[pa.Array]) -> np.ndarray:
-    """Rows of a batch where the track key (the columns `keys`, NULLs equal) changes."""
-    n = len(keys[0])
-    change = np.zeros(n, bool)
-    if n:
-        change[0] = True
-    for key in keys:
-        valid = key.is_valid().to_numpy(zero_copy_only=False)
-        if str(key.type) == "string_view":  # no fill_null kernel for it
-            key = key.cast(pa.string())
-        text = pa.types.is_string(key.type) or pa.types.is_large_string(key.type)
-        values = pc.fill_null(key, pa.scalar("" if text else 0, key.type)).to_numpy(zero_copy_only=False)
-        change[1:] |= (values[1:] != values[:-1]) | (valid[1:] != valid[:-1])
-    return np.flatnonzero(change)
+def _key_runs(batch: pa.RecordBatch, names: tuple[str, ...]) -> list[tuple[int, int, tuple]]:
+    """(first row, end row, key) of each run of rows with the same values of the columns
+    `names` (NULLs equal) in a batch sorted by them."""
+    keys = [batch.column(c) for c in names]
+    bounds = np.flatnonzero(run_starts(*(a for k in keys for a in _comparable(k)))).tolist() + [batch.num_rows]
+    return [(lo, hi, tuple(k[lo].as_py() for k in keys)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _comparable(key: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A nullable column as (values with NULLs filled, validity): equal pairs, equal keys."""
+    if str(key.type) == "string_view":  # no fill_null kernel for it
+        key = key.cast(pa.string())
+    text = pa.types.is_string(key.type) or pa.types.is_large_string(key.type)
+    values = pc.fill_null(key, pa.scalar("" if text else 0, key.type)).to_numpy(zero_copy_only=False)
+    return values, key.is_valid().to_numpy(zero_copy_only=False)
 
 
 def _batches(con, query: str):

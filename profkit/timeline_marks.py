@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from .store import Store
-from .timeline_slices import Note, notes_of
+from .timeline_slices import Note, notes_of, table_codes
 
 MAX_MARKS_PER_FINDING = 10
 _EVIDENCE_TEXT_LIMIT = 4000
@@ -45,7 +45,7 @@ class Marks:
 
     @classmethod
     def of(cls, marks: list[Mark]) -> "Marks":
-        names, codes = _codes([m.name for m in marks])
+        names, codes = table_codes([m.name for m in marks])
         return cls(np.array([m.start for m in marks], np.int64), np.array([m.end for m in marks], np.int64),
                    names, codes, notes_of([m.annotations for m in marks]))
 
@@ -80,8 +80,8 @@ def critical_path_marks(store: Store, segments: list[dict], exported: set[int]
     causes = [str(s.get("cause") or "unknown") for s in segments]
     names = [f"{c}: {s['name']}" if s.get("name") else c for c, s in zip(causes, segments)]
     kept = np.flatnonzero(keep)
-    cause_table, cause_codes = _codes([causes[i] for i in kept.tolist()])
-    name_table, name_codes = _codes([names[i] for i in kept.tolist()])
+    cause_table, cause_codes = table_codes([causes[i] for i in kept.tolist()])
+    name_table, name_codes = table_codes([names[i] for i in kept.tolist()])
     has_event = event[kept] >= 0
     has_trace = trace[kept] >= 0
     marks = Marks(starts[kept], np.maximum(starts[kept], ends[kept]), name_table, name_codes, [
@@ -97,12 +97,6 @@ def critical_path_marks(store: Store, segments: list[dict], exported: set[int]
 
 def _id_or(value) -> int:
     return int(value) if value is not None else -1
-
-
-def _codes(values: list[str]) -> tuple[list[str], np.ndarray]:
-    table = list(dict.fromkeys(values))
-    index = {v: i for i, v in enumerate(table)}
-    return table, np.array([index[v] for v in values], np.int64)
 
 
 class _EventTimes:

@@ -121,10 +121,17 @@ class Note:
     table: Sequence[str] = ()
 
 
+def table_codes(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct values in order of first appearance, and each value's code into them."""
+    table = list(dict.fromkeys(values))
+    index = {v: i for i, v in enumerate(table)}
+    return table, np.array([index[v] for v in values], np.int64)
+
+
 def notes_of(annotations: Sequence[dict[str, Any]]) -> list[Note]:
-    """Notes from one dict a slice (None values left out), as add_annotations writes them:
-    keys in order of first appearance; a key whose values differ in type gets a note a type,
-    each present where its type is."""
+    """Notes from one dict a slice: keys in order of first appearance, None values left
+    out; bools, ints and floats as such, anything else as its str(); a key whose values
+    differ in type gets a note a type, each present where its type is."""
     keys = list(dict.fromkeys(k for a in annotations for k in a))
     notes = []
     for key in keys:
@@ -137,10 +144,10 @@ def notes_of(annotations: Sequence[dict[str, Any]]) -> list[Note]:
             if not present.any():
                 continue
             if kind == "string":
-                table = list(dict.fromkeys(str(v) for v, p in zip(values, present) if p))
-                index = {t: i for i, t in enumerate(table)}
-                codes = np.array([index[str(v)] if p else 0 for v, p in zip(values, present)], np.int64)
-                notes.append(Note(key, kind, codes, present, table))
+                table, codes = table_codes([str(v) for v, p in zip(values, present) if p])
+                every = np.zeros(len(values), np.int64)
+                every[present] = codes
+                notes.append(Note(key, kind, every, present, table))
             else:
                 dtype = {"bool": np.int64, "int": np.int64, "double": np.float64}[kind]
                 notes.append(Note(key, kind, np.array([v if p else 0 for v, p in zip(values, present)], dtype),
@@ -227,14 +234,13 @@ class _Packets:
     def encode(self, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
         event, uuid, iid = self.event[lo:hi], self.uuid[lo:hi], self.iid[lo:hi]
         interns = self.interns[lo:hi]
-        sequence = pc.Constant(pc.varint_field(_SEQUENCE_ID, SEQUENCE_ID))
         groups = []
         closing = np.flatnonzero(event < 0)
         if len(closing):
-            n = len(closing)
-            groups.append((closing, [pc.Varint(_TIMESTAMP, self.end_ts[lo:hi][closing]), sequence,
-                                     pc.Message(_TRACK_EVENT, [pc.Constant(pc.varint_field(_TYPE, TYPE_SLICE_END)),
-                                                               pc.Varint(_TRACK_UUID, uuid[closing])], n)]))
+            # An end needs no interned state (no name): no sequence flags.
+            groups.append((closing, _packet(self.end_ts[lo:hi][closing], [
+                pc.Constant(pc.varint_field(_TYPE, TYPE_SLICE_END)), pc.Varint(_TRACK_UUID, uuid[closing])],
+                needs_state=False)))
         for interning in (False, True):
             pick = np.flatnonzero((event >= 0) & (interns == interning))
             if not len(pick):
@@ -246,14 +252,25 @@ class _Packets:
             for number, flows in ((_FLOWS_OUT, self.flows_out), (_FLOWS_IN, self.flows_in)):
                 if flows is not None:
                     fields.append(pc.Fixed64s(number, flows[0][slices], _ragged_rows(flows, slices)))
-            packet = [pc.Varint(_TIMESTAMP, self.starts[slices]), sequence, pc.Message(_TRACK_EVENT, fields, n)]
-            if interning:
-                packet.append(pc.Message(_INTERNED, [pc.Message(_EVENT_NAMES, [
-                    pc.Varint(_IID, iid[pick]), pc.Text(_NAME, self.texts, self.name_codes[slices])], n)], n))
-            packet.append(pc.Constant(pc.varint_field(_FLAGS, _NEEDS_INCREMENTAL_STATE)))
-            groups.append((pick, packet))
-        return pc.encode(hi - lo, [(positions, [pc.Message(_PACKET, fields, len(positions))])
-                                   for positions, fields in groups])
+            interned = pc.Message(_INTERNED, [pc.Message(_EVENT_NAMES, [
+                pc.Varint(_IID, iid[pick]), pc.Text(_NAME, self.texts, self.name_codes[slices])], n)], n)
+            groups.append((pick, _packet(self.starts[slices], fields, interned if interning else None)))
+        return pc.encode(hi - lo, [(positions, [packet]) for positions, packet in groups])
+
+
+def _packet(ts: np.ndarray, event: list[pc.Field], interned: pc.Field | None = None,
+            needs_state: bool = True) -> pc.Message:
+    """TracePackets on the writer's sequence, fields in number order: time, sequence,
+    the TrackEvent of fields `event`, interned names if any, and the flag saying the
+    packet reads interned state (any with a name or a counter value; not an end)."""
+    n = len(ts)
+    fields = [pc.Varint(_TIMESTAMP, ts), pc.Constant(pc.varint_field(_SEQUENCE_ID, SEQUENCE_ID)),
+              pc.Message(_TRACK_EVENT, event, n)]
+    if interned is not None:
+        fields.append(interned)
+    if needs_state:
+        fields.append(pc.Constant(pc.varint_field(_FLAGS, _NEEDS_INCREMENTAL_STATE)))
+    return pc.Message(_PACKET, fields, n)
 
 
 def _ragged_rows(ragged: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
@@ -269,11 +286,9 @@ def write_counters(w: PacketWriter, ts: np.ndarray, tracks: np.ndarray, values: 
     n = len(ts)
     if not n:
         return
-    event = [pc.Constant(pc.varint_field(_TYPE, TYPE_COUNTER)), pc.Varint(_TRACK_UUID, tracks.astype(np.uint64)),
-             pc.Fixed64s(_COUNTER_VALUE, np.ones(n, np.int64), values.astype(np.float64).view(np.uint64))]
-    packet = pc.Message(_PACKET, [
-        pc.Varint(_TIMESTAMP, ts), pc.Constant(pc.varint_field(_SEQUENCE_ID, SEQUENCE_ID)),
-        pc.Message(_TRACK_EVENT, event, n), pc.Constant(pc.varint_field(_FLAGS, _NEEDS_INCREMENTAL_STATE))], n)
+    packet = _packet(ts, [
+        pc.Constant(pc.varint_field(_TYPE, TYPE_COUNTER)), pc.Varint(_TRACK_UUID, tracks.astype(np.uint64)),
+        pc.Fixed64s(_COUNTER_VALUE, np.ones(n, np.int64), values.astype(np.float64).view(np.uint64))])
     w.write_encoded(pc.encode(n, [(np.arange(n), [packet])])[0], n)
 
 
