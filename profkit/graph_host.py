@@ -18,14 +18,21 @@ class HostEdges:
         host = np.flatnonzero(~self.is_device)
         if host.size == 0:
             return
-        verts = np.concatenate([2 * host, 2 * host + 1])
-        owner_ev = verts // 2
-        is_start = verts % 2 == 0
-        t = np.where(is_start, self.start[owner_ev], self.end[owner_ev])
-        zero = self.start[owner_ev] == self.end[owner_ev]
-        cls_key = np.where(is_start, 1, np.where(zero, 2, 0))
-        sub = np.where(is_start, ev["depth"][owner_ev], -ev["depth"][owner_ev])
-        o = lexsort((sub, cls_key, t, self.thread[owner_ev]))
+        # Every host event's start vertex, then its end vertex: each column is gathered once
+        # per event and doubled, not gathered per vertex (1.2M vertices at the 1M tile).
+        start, end, depth = self.start[host], self.end[host], ev["depth"][host]
+        n_host = host.size
+        owner_ev = np.concatenate([host, host])
+        verts = 2 * owner_ev
+        verts[n_host:] += 1
+        is_start = np.zeros(2 * n_host, dtype=bool)
+        is_start[:n_host] = True
+        t = np.concatenate([start, end])
+        cls_key = np.concatenate([np.ones(n_host, np.int64), np.where(start == end, 2, 0)])
+        sub = np.concatenate([depth, -depth])
+        thread = self.thread[host]
+        o = lexsort((sub, cls_key, t, np.concatenate([thread, thread])))
+        del start, end, depth, cls_key, sub
         verts, owner_ev, is_start, t = verts[o], owner_ev[o], is_start[o], t[o]
         lane = self.thread[owner_ev]
         same = lane[1:] == lane[:-1]
