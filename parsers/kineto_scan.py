@@ -34,12 +34,15 @@ from .kineto_read import _BOUNDARY, decode_piece
 from .kineto_sql import FastPathFailed, define_macros, store_copies, store_kernel_info
 from .kineto_tables import DEVICE_LANE_KINDS, FLOW_LINK_KIND, category_table
 
-# Below this the DuckDB path is as fast: numba's import and first call cost ~0.55 s, as much
-# as the scan saves on a 100 MB input (docs/performance.md). Once loaded, the scan reads a
-# trace in 0.55-0.75x the DuckDB path's time, so the inputs of one ingest are weighed
-# together: 4 synthetic ranks of 23 MB load in 1.9 s scanned against 2.7-2.9 s, 32 ranks of
-# 1.4 MB in 3.7 against 4.3 s; at 11 MB in all it is even, at 5 MB 0.1 s slower.
-SCAN_MIN_BYTES = 128 << 20
+# Below this the DuckDB path is as fast: numba's import and first call cost ~0.35-0.55 s.
+# `profkit analyze` first runs, three alternating pairs each (docs/performance.md,
+# twenty-sixth session): 14 MB 0.1-0.2 s slower scanned, 26 MB 0.05-0.15 s slower, 35 MB
+# even, 54 and 58 MB 0.3-0.5 s faster (numba, once loaded, also serves the graph's replays).
+# Several inputs are weighed together: numba loads once for them all, and the DuckDB path
+# has a cost per input; 4 synthetic ranks of 23 MB loaded in 1.9 s scanned against
+# 2.7-2.9 s, 32 ranks of 1.4 MB in 3.7 against 4.3 s; at 11 MB in all it was even (with
+# the scan of before its helpers ran without numba's runtime, 2.5-3x slower).
+SCAN_MIN_BYTES = 48 << 20
 BATCH_SCAN_MIN_BYTES = 32 << 20
 _ARG_NAMES = ("correlation", "External id", "external id", "device", "stream")
 _LAUNCH_FLOW_CATS = frozenset(c for c, kind in FLOW_LINK_KIND.items() if kind is None)

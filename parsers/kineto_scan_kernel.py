@@ -28,9 +28,9 @@ _TIME_INT_LIMIT = 9_000_000_000_000_000  # |us| below it: us * 1000 fits int64
 _TIME_FLOAT_LIMIT = int(EXACT_FLOAT_LIMIT) - 1  # a double keeps 3 decimals of a us below it
 
 # The helpers run without numba's runtime (NRT). With it, every call increfs and decrefs
-# each array argument with an atomic instruction, dozens of calls per record: over half of
-# the scan's time (1M-event tile, one thread: 1.29 s -> 0.50-0.77 s without). They allocate
-# nothing, so they need no runtime; `scan` keeps it for its stack.
+# each array argument with an atomic instruction, dozens of calls per record: over half
+# of the scan's time (1M-event tile, one thread: 1.26-1.43 s -> 0.46-0.58 s without).
+# They allocate nothing, so they need no runtime; `scan` keeps it for its stack.
 _helper = numba.njit(cache=True, nogil=True, _nrt=False)
 
 

@@ -466,6 +466,19 @@ def test_without_the_compiled_loop_duckdb_reads(tmp_path, monkeypatch):
     assert _canonical(_store(path, monkeypatch, True)) == read
 
 
+def test_the_loops_helpers_run_without_numbas_runtime():
+    """With it, each helper call counts references to its arrays atomically: the scan took
+    2.5-3x as long (docs/performance.md, twenty-sixth session). Only `scan` allocates."""
+    numba = pytest.importorskip("numba")
+    from profkit.parsers import kineto_scan_kernel as kernel
+
+    compiled_here = {name: f for name, f in vars(kernel).items()
+                     if isinstance(f, numba.core.registry.CPUDispatcher) and f.py_func.__module__ == kernel.__name__}
+    helpers = set(compiled_here) - {"scan", "minified"}
+    assert {"_string_end", "_number", "_intern", "_skip", "_ws"} <= helpers
+    assert {name for name in helpers if compiled_here[name].targetoptions.get("_nrt") is not False} == set()
+
+
 INTS = st.integers(-(2**63), 2**63 - 1)
 SMALL = st.integers(-5, 10**6)
 TIMES = st.one_of(SMALL, st.integers(0, 2**60), st.floats(-1e6, 1e13, allow_nan=False),
