@@ -39,9 +39,9 @@ from .kineto_tables import DEVICE_LANE_KINDS, FLOW_LINK_KIND, category_table
 # twenty-sixth session): 14 MB 0.1-0.2 s slower scanned, 26 MB 0.05-0.15 s slower, 35 MB
 # even, 54 and 58 MB 0.3-0.5 s faster (numba, once loaded, also serves the graph's replays).
 # Several inputs are weighed together: numba loads once for them all, and the DuckDB path
-# has a cost per input; 4 synthetic ranks of 23 MB loaded in 1.9 s scanned against
-# 2.7-2.9 s, 32 ranks of 1.4 MB in 3.7 against 4.3 s; at 11 MB in all it was even (with
-# the scan of before its helpers ran without numba's runtime, 2.5-3x slower).
+# has a cost per input: 4 synthetic ranks of 23 MB loaded in 1.9 s scanned against
+# 2.7-2.9 s, 32 ranks of 1.4 MB in 3.7 against 4.3 s, and at 11 MB in all it was even
+# (measured when the scan was 2.5-3x slower, before its helpers ran without numba's runtime).
 SCAN_MIN_BYTES = 48 << 20
 BATCH_SCAN_MIN_BYTES = 32 << 20
 _ARG_NAMES = ("correlation", "External id", "external id", "device", "stream")
