@@ -22,7 +22,7 @@ import numpy as np
 
 from profkit import intervals as iv
 from profkit.derive import CUPTI_NO_STREAM
-from profkit.columns import dictionary_codes, group_codes, per_value
+from profkit.columns import per_value
 
 from . import Context, PassResult
 
@@ -136,20 +136,25 @@ def hta_breakdown(ctx: Context) -> dict[str, Any]:
     # reads the stream from the record's `stream` arg, where some Kineto versions write
     # CUPTI's invalid id for a sync on no stream: HTA takes that for a stream, so its view
     # does too (the store, as for other Kineto traces, says -1: derive.no_stream).
+    # Names are not fetched: the device activities' names are coded in the context's shared
+    # load already (5M events: coding them again cost 0.4 s).
     table = store.arrow(f"""
-        SELECT kind, name, start_ns, end_ns, stream, coalesce(correlation, -1) AS correlation,
+        SELECT event_id, kind = 'sync' AS is_sync, kind IN ('memcpy', 'memset') AS is_copy,
+               start_ns, end_ns, stream, coalesce(correlation, -1) AS correlation,
                (stream >= 0 AND coalesce(correlation, -1) >= 0)
                    OR coalesce(name, '') IN {HTA_DEVICE_SYNC_NAMES} AS gpu_like
-        FROM (SELECT kind, name, start_ns, end_ns, correlation, stream FROM events
+        FROM (SELECT event_id, kind, name, start_ns, end_ns, correlation, stream FROM events
               WHERE trace_id = ? AND (kind IN {DEVICE_KINDS} OR (kind = 'sync' AND tid IS NULL))
                 AND stream IS NOT NULL AND stream <> -1
               UNION ALL
-              SELECT kind, name, start_ns, end_ns, correlation, {CUPTI_NO_STREAM} AS stream FROM events
+              SELECT event_id, kind, name, start_ns, end_ns, correlation, {CUPTI_NO_STREAM} AS stream FROM events
               WHERE trace_id = ? AND kind = 'sync' AND tid IS NULL AND stream = -1
                 AND json_extract_string(args, '$.stream') = '{CUPTI_NO_STREAM}')
     """, [trace_id, trace_id])
     window = _hta_window(ctx)
-    types = _hta_types(table.column("kind"), table.column("name"))
+    types = _hta_types(ctx.device_events(), table.column("event_id").to_numpy(),
+                       table.column("is_sync").to_numpy(zero_copy_only=False),
+                       table.column("is_copy").to_numpy(zero_copy_only=False))
     starts = table.column("start_ns").to_numpy().astype(np.int64)
     ends = table.column("end_ns").to_numpy().astype(np.int64)
     if HTA_ROUND_TO_US:
@@ -224,29 +229,29 @@ HTA_TYPES = ("compute", "communication", "memory", "other")
 _COMPUTE = HTA_TYPES.index("compute")
 
 
-def _hta_types(kinds, names) -> np.ndarray:
-    """HTA's get_kernel_type per event (Arrow columns in; out: codes into HTA_TYPES),
-    decided once per distinct (kind, name); copies and fills are memory whatever their name (a no-op on
-    Kineto, where they are named Memcpy/Memset, and sane on other inputs), and sync records
-    are never compute."""
-    kind_code, kind_values = dictionary_codes(kinds)
-    name_code, name_values = dictionary_codes(names)
-    pair, first = group_codes(kind_code, name_code)
-    lut = np.array([HTA_TYPES.index(_hta_type(kind_values[kind_code[i]], name_values[name_code[i]]))
-                    for i in first.tolist()], dtype=np.int8)
-    return lut[pair] if first.size else np.empty(0, dtype=np.int8)
+def _hta_types(dev, event_id: np.ndarray, is_sync: np.ndarray, is_copy: np.ndarray) -> np.ndarray:
+    """HTA's get_kernel_type per event (codes into HTA_TYPES), decided once per distinct
+    name: the events that are device activities take their name's code from `dev` (the
+    context's shared load) by id. Copies and fills are memory whatever their name, unless
+    it is a communication one (a no-op on Kineto, where they are named Memcpy/Memset, and
+    sane on other inputs), and sync records are never compute."""
+    at = dev.positions_of(event_id)
+    null_code = dev.name_values.size - 1  # dictionary_codes: the last value is None
+    code = np.where(at >= 0, dev.name_code[np.maximum(at, 0)], null_code)
+    types = per_value(lambda name: HTA_TYPES.index(_hta_name_type(name)), code, dev.name_values, np.int8)
+    types[is_copy & (types != HTA_TYPES.index("communication"))] = HTA_TYPES.index("memory")
+    # A wait drawn on a stream is not compute. HTA decides by name, and its names miss
+    # MTIA's event_wait / event_record and Nsight's "Event sync" (lower case), which it
+    # would count as compute (docs/hta-differences.md).
+    types[is_sync] = HTA_TYPES.index("other")
+    return types
 
 
-def _hta_type(kind: str, name: str | None) -> str:
-    if kind == "sync":
-        # A wait drawn on a stream is not compute. HTA decides by name, and its names miss
-        # MTIA's event_wait / event_record and Nsight's "Event sync" (lower case), which it
-        # would count as compute (docs/hta-differences.md).
-        return "other"
+def _hta_name_type(name: str | None) -> str:
     text = name or ""
     if HTA_COMMUNICATION.match(text):
         return "communication"
-    if kind in ("memcpy", "memset") or HTA_MEMORY.match(text):
+    if HTA_MEMORY.match(text):
         return "memory"
     if not HTA_NOT_COMPUTE.match(text):
         return "compute"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from profkit import intervals as iv
-from profkit.columns import members_by_code, per_value, positions
+from profkit.columns import members_by_code, per_value
 from profkit.findings import Finding
 from profkit.render import human_ns
 
@@ -141,7 +141,7 @@ def _earliest_launch(dev: DeviceEvents, event_id: np.ndarray, start: np.ndarray)
     known = links.start_known
     earliest = np.full(len(dev), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(earliest, links.activity[known], links.start[known])
-    at = positions(dev.event_id, event_id, sorter=np.argsort(dev.event_id, kind="stable"))
+    at = dev.positions_of(event_id)
     launch = np.where(at >= 0, earliest[np.maximum(at, 0)], np.iinfo(np.int64).max)
     return np.where(launch == np.iinfo(np.int64).max, start, launch)
 

@@ -116,6 +116,15 @@ class DeviceEvents:
         return np.argsort(self.launch_start, kind="stable")
 
     @cached_property
+    def id_order(self) -> np.ndarray:
+        """The order that sorts the events by id."""
+        return np.argsort(self.event_id, kind="stable")
+
+    def positions_of(self, event_ids: np.ndarray) -> np.ndarray:
+        """Each id's index among these events, -1 where it is not one of them."""
+        return positions(self.event_id, event_ids, sorter=self.id_order)
+
+    @cached_property
     def lane_order(self) -> np.ndarray:
         """The events' order by stream: device, stream, start, end, id."""
         return lexsort((self.event_id, self.end, self.start, self.stream, self.device))
