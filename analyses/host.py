@@ -423,7 +423,7 @@ def _pageable(ctx, dev, windows, host_side, n_steps) -> dict:
         WHERE e.trace_id = ? AND (c.src_memory = 'pageable' OR c.dst_memory = 'pageable')
     """, [ctx.trace_id])
     info = {r["event_id"]: r for r in rows}
-    mask = np.array([int(e) in info for e in dev.event_id], dtype=bool) if info else np.zeros(len(dev), bool)
+    mask = np.isin(dev.event_id, np.fromiter(info, np.int64, len(info)))
     where = _window_index(dev.anchor(host_side)[mask], windows)
     ids = dev.event_id[mask][where >= 0]
     starts, ends = dev.start[mask][where >= 0], dev.end[mask][where >= 0]
