@@ -16,6 +16,7 @@ from profkit.whatif import TYPICAL_LAUNCH_LATENCY_NS
 
 from . import Context, PassResult
 from .copy_time import copy_bound_findings, copy_time
+from .op_attribution import attribute
 from .step_inference import DeviceEvents, recorded_in_graph
 
 NAME = "kernels"
@@ -116,80 +117,82 @@ def top_kernels(store, trace_id, busy_ns):
 
 
 # ---------------------------------------------------------------- by CPU operator ----
-# Every join names the trace: the store holds every rank, and a join on event ids alone
-# scans all their events (per recursion step), so a run's cost grew with ranks squared.
-OP_ATTRIBUTION_SQL = """
-    WITH RECURSIVE up(kernel, node, hops) AS (
-        SELECT l.dst_event, r.parent_id, 0
-        FROM links l JOIN events r ON r.event_id = l.src_event AND r.trace_id = {trace_id}
-        JOIN events k ON k.event_id = l.dst_event AND k.trace_id = {trace_id}
-        WHERE l.trace_id = {trace_id} AND l.kind = 'launch' AND k.kind = 'kernel' AND r.parent_id IS NOT NULL
-        UNION ALL
-        SELECT up.kernel, e.parent_id, up.hops + 1
-        FROM up JOIN events e ON e.event_id = up.node AND e.trace_id = {trace_id}
-        WHERE e.kind <> 'cpu_op' AND e.parent_id IS NOT NULL AND up.hops < 200
-    )
-    SELECT DISTINCT ON (up.kernel) up.kernel AS kernel_event, e.event_id AS op_event, e.name AS op_name,
-           CAST(json_extract(e.args, '$."Input Dims"') AS VARCHAR) AS input_dims
-    FROM up JOIN events e ON e.event_id = up.node AND e.trace_id = {trace_id}
-    WHERE e.kind = 'cpu_op'
-    ORDER BY up.kernel, up.hops
-"""
-
-
-def kernel_ops_sql(trace_id: int) -> str:
-    """Each kernel's innermost enclosing CPU operator (kernel -> launch call -> parent chain)."""
-    return OP_ATTRIBUTION_SQL.format(trace_id=int(trace_id))
-
-
-def by_op(store, trace_id, kernel_sum_ns):
+# The attribution is op_attribution's; here its sums, ordered as SQL would (kernel time
+# down, then names up, NULL last).
+def by_op(store, trace_id, dev: DeviceEvents, kernel_sum_ns):
     """Kernel time by the framework op that launched it (the `by_op` section), and per
     device the ops that launched its tiny kernels, most first: [(op, kernels)]."""
-    store.con.execute(f"CREATE OR REPLACE TEMP TABLE _kernel_ops AS {kernel_ops_sql(trace_id)}")
-    try:
-        # Each attributed kernel with its own columns; the trace named on both sides (a
-        # join on event ids alone reads every rank's events).
-        attributed_kernels = (f"_kernel_ops o JOIN events k ON k.event_id = o.kernel_event "
-                              f"AND k.trace_id = {int(trace_id)}")
-        ops = store.rows(f"""
-            SELECT o.op_name, count(*) AS kernels, count(DISTINCT o.op_event) AS op_calls,
-                   sum(k.dur_ns) AS kernel_ns
-            FROM {attributed_kernels}
-            GROUP BY o.op_name ORDER BY kernel_ns DESC, o.op_name LIMIT {TOP_N}
-        """)
-        names = [o["op_name"] for o in ops]
-        details = store.rows(f"""
-            SELECT o.op_name, o.input_dims, count(*) AS kernels, sum(k.dur_ns) AS kernel_ns
-            FROM {attributed_kernels}
-            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, o.input_dims
-        """, [names]) if names else []
-        top_names = store.rows(f"""
-            SELECT o.op_name, k.name, sum(k.dur_ns) AS kernel_ns
-            FROM {attributed_kernels}
-            WHERE list_contains(?, o.op_name) GROUP BY ALL ORDER BY kernel_ns DESC, o.op_name, k.name
-        """, [names]) if names else []
-        attributed = int(store.scalar(f"""
-            SELECT coalesce(sum(k.dur_ns), 0)
-            FROM {attributed_kernels}
-        """))
-        tiny_ops = store.rows(f"""
-            SELECT coalesce(k.device, -1) AS device, o.op_name, count(*) AS kernels
-            FROM {attributed_kernels}
-            WHERE k.dur_ns < {TINY_KERNEL_NS} GROUP BY ALL ORDER BY device, kernels DESC, o.op_name
-        """)
-    finally:
-        store.con.execute("DROP TABLE IF EXISTS _kernel_ops")
-    for o in ops:
-        o["kernel_ns"] = int(o["kernel_ns"])
-        o["share_of_kernel_time_pct"] = _pct(o["kernel_ns"], kernel_sum_ns)
-        o["shapes"] = [{"input_dims": d["input_dims"], "kernels": d["kernels"], "kernel_ns": int(d["kernel_ns"])}
-                       for d in details if d["op_name"] == o["op_name"] and d["input_dims"]][:TOP_SHAPES]
-        o["top_kernels"] = [t["name"] for t in top_names if t["op_name"] == o["op_name"]][:3]
-    tiny_by_device: dict[int, list[tuple[str, int]]] = {}
-    for r in tiny_ops:
-        tiny_by_device.setdefault(r["device"], []).append((r["op_name"], r["kernels"]))
+    kops = attribute(store, trace_id, dev)
+    dur = (dev.end - dev.start)[kops.kernel]
+    names = kops.op_names
+    code, first = group_codes(kops.op_code)  # a group per operator name
+    kernels = np.bincount(code, minlength=first.size)
+    kernel_ns = _sums(code, dur, first.size)
+    op_calls = np.bincount(code[group_codes(kops.op_code, kops.op_event)[1]], minlength=first.size)
+    top = sorted(range(first.size), key=lambda g: (-kernel_ns[g], _name_key(names[kops.op_code[first[g]]])))[:TOP_N]
+    top_codes = kops.op_code[first[top]] if top else np.zeros(0, np.int64)
+    in_top = np.flatnonzero(np.isin(kops.op_code, top_codes))
+    shapes = _op_shapes(store, trace_id, kops, in_top, dur)
+    kernel_names = _op_kernel_names(dev, kops, in_top, dur)
+    ops = []
+    for g, op in zip(top, top_codes.tolist()):
+        ops.append({"op_name": names[op], "kernels": int(kernels[g]), "op_calls": int(op_calls[g]),
+                    "kernel_ns": int(kernel_ns[g]), "share_of_kernel_time_pct": _pct(int(kernel_ns[g]), kernel_sum_ns),
+                    "shapes": shapes.get(op, [])[:TOP_SHAPES], "top_kernels": kernel_names.get(op, [])[:3]})
+    attributed = int(dur.sum())
     return ({"ops": ops, "attributed_ns": attributed, "unattributed_ns": int(kernel_sum_ns - attributed)},
-            tiny_by_device)
+            _tiny_ops(dev, kops, dur))
+
+
+def _sums(code: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
+    """Per group code, the sum of its integer values (bincount sums in float64: exact while
+    a sum stays below 2**53 ns, 104 days)."""
+    return np.bincount(code, weights=values, minlength=groups).astype(np.int64)
+
+
+def _name_key(name):
+    """SQL's ascending order of names, NULL last."""
+    return (name is None, name or "")
+
+
+def _op_shapes(store, trace_id, kops, rows, dur) -> dict[int, list[dict]]:
+    """Per operator (code), its input-shape variants, most kernel time first."""
+    if rows.size == 0:
+        return {}
+    dims_code, dims = kops.input_dims(store, trace_id, rows)
+    code, first = group_codes(kops.op_code[rows], dims_code)
+    kernels, kernel_ns = np.bincount(code, minlength=first.size), _sums(code, dur[rows], first.size)
+    out: dict[int, list[dict]] = {}
+    for g in sorted(range(first.size), key=lambda g: (-kernel_ns[g], _name_key(dims[dims_code[first[g]]]))):
+        text = dims[dims_code[first[g]]]
+        if text:
+            out.setdefault(int(kops.op_code[rows[first[g]]]), []).append(
+                {"input_dims": text, "kernels": int(kernels[g]), "kernel_ns": int(kernel_ns[g])})
+    return out
+
+
+def _op_kernel_names(dev, kops, rows, dur) -> dict[int, list[str]]:
+    """Per operator (code), the names of its kernels, most kernel time first."""
+    name_code = dev.name_code[kops.kernel[rows]]
+    code, first = group_codes(kops.op_code[rows], name_code)
+    kernel_ns = _sums(code, dur[rows], first.size)
+    out: dict[int, list[str]] = {}
+    for g in sorted(range(first.size), key=lambda g: (-kernel_ns[g], _name_key(dev.name_values[name_code[first[g]]]))):
+        out.setdefault(int(kops.op_code[rows[first[g]]]), []).append(dev.name_values[name_code[first[g]]])
+    return out
+
+
+def _tiny_ops(dev, kops, dur) -> dict[int, list[tuple[str, int]]]:
+    """Per device, the operators that launched its tiny kernels: [(op, kernels)], most first."""
+    tiny = np.flatnonzero(dur < TINY_KERNEL_NS)
+    device = dev.device[kops.kernel[tiny]]
+    code, first = group_codes(device, kops.op_code[tiny])
+    kernels = np.bincount(code, minlength=first.size)
+    out: dict[int, list[tuple[str, int]]] = {}
+    for g in sorted(range(first.size), key=lambda g: (int(device[first[g]]), -kernels[g],
+                                                      _name_key(kops.op_names[kops.op_code[tiny[first[g]]]]))):
+        out.setdefault(int(device[first[g]]), []).append((kops.op_names[kops.op_code[tiny[first[g]]]], int(kernels[g])))
+    return out
 
 
 # ---------------------------------------------------------------- launches -----------
@@ -346,7 +349,7 @@ def run(ctx: Context) -> PassResult:
     devices, trace_cats = by_category(acts)
     kernel_sum = int(acts["dur_ns"][acts["kind"] == "kernel"].sum())
     top = top_kernels(store, tid, trace_cats["busy_ns"])
-    ops, tiny_ops = by_op(store, tid, kernel_sum)
+    ops, tiny_ops = by_op(store, tid, ctx.device_events(), kernel_sum)
     launches = launch_table(store, tid, ctx.device_events())
     latency = launch_latency(launches)
     windows, have_steps = _windows(ctx, int(acts["start_ns"].min()), int(acts["end_ns"].max()))
