@@ -45,6 +45,11 @@ from tile_trace import OUT, TILE_SOURCE, TRACES, median_range  # noqa: E402  (sh
 def worker(which: str, path: str) -> None:
     """Child process: one measurement, one JSON line on stdout."""
     if which == "profkit":
+        from profkit import no_pandas
+
+        # As the `profkit` command does: pyarrow would import pandas (installed here for
+        # HTA) on its first array, 0.15-0.5 s that no profkit command pays.
+        no_pandas.block()
         import profkit
         from profkit import analyses
 

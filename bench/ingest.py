@@ -29,6 +29,11 @@ HTA_RSS_LIMIT = 16 << 30  # the machine has 24 GB
 def worker(which: str, path: str) -> None:
     """Child process: one measurement, one JSON line on stdout."""
     if which == "profkit":
+        from profkit import no_pandas
+
+        # As the `profkit` command does: pyarrow would import pandas (installed here for
+        # HTA) on its first array, 0.15-0.5 s that no profkit command pays.
+        no_pandas.block()
         import profkit
 
         t0 = time.perf_counter()
