@@ -253,6 +253,9 @@ def _analyze(store: Store, selected_step: int | None, passes: tuple[str, ...],
             windows.add(ctx)
             ctx.memo.pop("device_events", None)
             started[i] = (ctx, findings)
+        from .critical_path import replay_ahead
+
+        replay_ahead(store, [(ctx.trace_id, findings) for ctx, findings in started], windows.windows)
     for i, (trace_id, (ctx, steps_findings)) in enumerate(zip(trace_ids, started), start=1):
         progress(f"{'critical path' if critical_path_last else 'passes'} {i}/{count}")
         metrics, findings = _finish(ctx, steps_findings, passes)

@@ -428,3 +428,52 @@ def test_a_replay_that_does_not_reproduce_the_step_carries_a_caveat():
     store = _store(shared_trace("kineto/cuda/a100_event_sync.json.gz"))
     metrics, _ = analyze_trace(store, 0)
     assert "caveat" not in metrics["critical_path"]
+
+
+def test_what_ifs_replayed_ahead_equal_those_replayed_in_turn():
+    """WhatIfs.ahead replays on a worker thread, without the store (it must not share the
+    connection with the main thread); its results are the ones whatif gives in turn."""
+    import threading
+
+    from profkit.analyses import critical_path
+    from profkit.graph_replay import PRELOAD_MIN_WORK, replay_work
+    from profkit.whatif import store_windows, whatif
+
+    store = _store(shared_trace("kineto/cuda/v100_nccl_rank1_of2.json.gz"))
+    graph = build_graph(store)
+    assert replay_work(graph) >= PRELOAD_MIN_WORK  # large enough for replays ahead
+    windows = store_windows(store, store.trace_ids())
+    changes = [["host-gaps"], ["no-sync"], ["launch-latency"], ["no-host-overhead"], ["comm-overlap"]]
+    expected = [whatif(store, changes=c, windows=windows, graph=graph)["traces"] for c in changes]
+    graph.memo.clear()  # nothing left over from the replays above
+    replayed_on = []
+    original = critical_path.whatif
+
+    def recorded(*args, **kwargs):
+        replayed_on.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    critical_path.whatif = recorded
+    try:
+        whatifs = critical_path.WhatIfs(None, graph, windows)  # no store to use
+        whatifs.ahead(changes + [changes[0]])  # a repeat is replayed once
+        queued = [whatifs.cache[critical_path._key(c)] for c in changes]
+        for future in queued:
+            future.exception()  # wait: every replay on the worker
+        got = [whatifs.result(c)["traces"] for c in changes]
+    finally:
+        critical_path.whatif = original
+    assert got == expected
+    assert len(replayed_on) == len(changes) and all(n.startswith("profkit-whatif") for n in replayed_on)
+
+
+def test_small_graphs_replay_what_ifs_in_turn():
+    from profkit.analyses import critical_path
+    from profkit.whatif import store_windows
+
+    store = _store(SAMPLE_TRACES / "synthetic_llm_decode_4ranks")
+    graph = build_graph(store)
+    whatifs = critical_path.WhatIfs(store, graph, store_windows(store, store.trace_ids()))
+    whatifs.ahead([["host-gaps"], ["no-sync"]])
+    assert whatifs.cache == {}
+    assert whatifs.result(["no-sync"])["traces"]
