@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from profkit.columns import dictionary_codes, group_codes, positions, run_starts
+from profkit.columns import dictionary_codes, group_codes, positions, sorted_distinct
 from profkit.store import Store
 
 from .step_inference import DeviceEvents
@@ -58,8 +58,7 @@ class KernelOps:
     def input_dims(self, store: Store, trace_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The operators' Kineto `Input Dims` (JSON text, None where absent) at `rows`, as
         (codes, values) like dictionary_codes; read for those operators only."""
-        ops = np.sort(self.op_event[rows])
-        ops = ops[run_starts(ops)]  # np.unique hashes: 0.13 s on 5M events' operators, against 0.02 s
+        ops = sorted_distinct(self.op_event[rows])  # np.unique: 0.13 s on the 5M tile's, against 0.02 s
         with store.registered(pa.table({"event_id": ops}), "_profkit_ops") as name:
             table = store.arrow(f"""
                 SELECT e.event_id, CAST(json_extract(e.args, '$."Input Dims"') AS VARCHAR) AS input_dims

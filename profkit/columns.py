@@ -119,3 +119,9 @@ def distinct_count(values: np.ndarray) -> int:
     other output hashes instead, 30x slower on a million distinct integers (0.45 s against
     0.014 s here); it stays fast on few distinct values, where the passes still use it."""
     return int(np.count_nonzero(run_starts(np.sort(values))))
+
+
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: `np.unique(values)` by a sort (see distinct_count)."""
+    ordered = np.sort(values)
+    return ordered[run_starts(ordered)]

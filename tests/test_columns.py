@@ -97,6 +97,16 @@ def test_distinct_count():
         assert distinct_count(values) == len(set(values.tolist()))
 
 
+def test_sorted_distinct_is_numpys_unique():
+    from profkit.columns import sorted_distinct
+
+    rng = np.random.default_rng(4)
+    for values in (rng.integers(0, 50, 10_000), rng.permutation(100_000), np.zeros(5, np.int64),
+                   np.empty(0, np.int64), np.array([-3, 7, -3])):
+        got = sorted_distinct(values)
+        assert got.dtype == values.dtype and got.tolist() == np.unique(values).tolist()
+
+
 
 def test_members_by_code_lists_each_codes_rows_in_order():
     codes = np.array([2, -1, 0, 2, 0, 5, 2])
