@@ -2,15 +2,29 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 
 def dictionary_codes(col) -> tuple[np.ndarray, np.ndarray]:
     """A string column as (codes, values): `values` is an object array of the distinct
     strings whose last entry is None (the code of nulls), so `values[codes]` is the column.
-    Work done per distinct value (a regex, a lookup) is then done once, not once per row."""
-    encoded = col.combine_chunks().dictionary_encode() if hasattr(col, "combine_chunks") else col.dictionary_encode()
-    values = encoded.dictionary.to_pylist()
-    codes = encoded.indices.fill_null(len(values)).to_numpy(zero_copy_only=False).astype(np.int64)
+    Work done per distinct value (a regex, a lookup) is then done once, not once per row.
+
+    A query's column arrives in chunks; they are encoded as they are, against one dictionary
+    (Arrow encodes a chunked column with one memo table), not joined first: joining the
+    names of a 5M-event graph's 3.5M rows took 0.37 s, their encoding 0.05 s."""
+    if not isinstance(col, pa.ChunkedArray):
+        col = pa.chunked_array([col], type=col.type)
+    encoded = col if pa.types.is_dictionary(col.type) else col.dictionary_encode()
+    if encoded.num_chunks and any(not c.dictionary.equals(encoded.chunk(0).dictionary) for c in encoded.chunks[1:]):
+        encoded = encoded.unify_dictionaries()
+    values = encoded.chunk(0).dictionary.to_pylist() if encoded.num_chunks else []
+    codes = np.empty(len(encoded), dtype=np.int64)
+    at = 0
+    for chunk in encoded.chunks:
+        indices = chunk.indices.fill_null(len(values)) if chunk.null_count else chunk.indices
+        codes[at:at + len(chunk)] = indices.to_numpy(zero_copy_only=False)
+        at += len(chunk)
     return codes, np.asarray(values + [None], dtype=object)
 
 

@@ -50,6 +50,45 @@ def test_dictionary_codes_and_per_value():
     assert len(calls) == len(values)  # once per distinct value, nulls included
 
 
+def _codes_of_joined_column(col):
+    """The encoding dictionary_codes gave before it encoded chunks as they are: the column
+    joined into one array first."""
+    encoded = col.combine_chunks().dictionary_encode()
+    values = encoded.dictionary.to_pylist()
+    return encoded.indices.fill_null(len(values)).to_numpy(zero_copy_only=False).astype(np.int64), values + [None]
+
+
+def test_dictionary_codes_of_chunks_match_the_joined_column():
+    rng = np.random.default_rng(7)
+    words = [f"op{i}" for i in range(40)]
+    chunks = []
+    for size in (0, 1, 500, 0, 1000, 3):  # empty chunks too, and ones of a single row
+        picked = rng.integers(0, len(words) + 1, size)  # the last: a null
+        chunks.append([None if k == len(words) else words[k] for k in picked])
+    chunks.append([None, None])  # a chunk of nulls only
+    col = pa.chunked_array(chunks, type=pa.string())
+    codes, values = dictionary_codes(col)
+    want_codes, want_values = _codes_of_joined_column(col)
+    assert codes.dtype == np.int64 and codes.tolist() == want_codes.tolist()
+    assert values.tolist() == want_values
+    assert values[codes].tolist() == col.to_pylist()
+    # A plain array, an empty column, and one of nulls only.
+    assert dictionary_codes(pa.array(["b", "a", "b"]))[0].tolist() == [0, 1, 0]
+    empty_codes, empty_values = dictionary_codes(pa.chunked_array([], type=pa.string()))
+    assert empty_codes.size == 0 and empty_values.tolist() == [None]
+    null_codes, null_values = dictionary_codes(pa.chunked_array([[None, None]], type=pa.string()))
+    assert null_values[null_codes].tolist() == [None, None]
+
+
+def test_dictionary_codes_of_chunks_encoded_apart():
+    """Chunks already encoded, each against a dictionary of its own (as a reader may give):
+    the codes index one dictionary of all their values."""
+    col = pa.chunked_array([pa.array(["x", "y", None]).dictionary_encode(), pa.array(["z", "x"]).dictionary_encode()])
+    codes, values = dictionary_codes(col)
+    assert values[codes].tolist() == ["x", "y", None, "z", "x"]
+    assert sorted(v for v in values if v is not None) == ["x", "y", "z"]
+
+
 def test_group_codes_number_each_combination_in_key_order():
     a = np.array([2, 1, 2, 1, 2])
     b = np.array([0, 5, 0, 4, 1])
