@@ -215,12 +215,19 @@ class _Builder(WaitEdges, HostEdges):
         return positions(self.ev["event_id"], ids)
 
     def add(self, src, dst, weight, kind, cls, event, sync_min=None, gap_trim=None, exposed=0):
+        """Edges from per-edge arrays or scalars. Arrays of the right dtype are kept, not
+        copied (the host chain's columns are 48 MB each at 5M events): callers pass arrays
+        they do not change afterwards."""
         src = np.asarray(src, dtype=np.int64)
         m = src.size
         if m == 0:
             return
-        full = lambda v, d=-1, dtype=np.int64: np.full(m, d, dtype=dtype) if v is None else np.broadcast_to(
-            np.asarray(v, dtype=dtype), (m,)).copy()
+
+        def full(v, d=-1, dtype=np.int64):
+            if v is None:
+                return np.full(m, d, dtype=dtype)
+            v = np.asarray(v, dtype=dtype)
+            return v if v.shape == (m,) else np.full(m, v, dtype=dtype)
         # Kinds, classes and the exposed flag are small codes: one byte an edge, not eight.
         self.edges.append((src, np.asarray(dst, dtype=np.int64), np.asarray(weight, dtype=np.int64),
                            full(kind, dtype=np.int8), full(cls, dtype=np.int8), full(event), full(sync_min),

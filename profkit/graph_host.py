@@ -40,15 +40,19 @@ class HostEdges:
         ue, us = owner_ev[:-1][same], is_start[:-1][same]
         w = t[1:][same] - t[:-1][same]
         # The segment between two points belongs to the innermost open event: the event that
-        # started at u, or the parent of the event that ended at u.
-        parent = self.idx(ev["parent_id"][ue])
+        # started at u, or the parent of the event that ended at u. Parents and classes are
+        # looked up per host event, then gathered per segment (twice as many).
+        parent_of = np.full(self.n, -1, dtype=np.int64)
+        parent_of[host] = self.idx(ev["parent_id"][host])
         if "parent_id_null" in ev:
-            parent = np.where(ev["parent_id_null"][ue], -1, parent)
-        owner = np.where(us, ue, parent)
-        cls = np.full(u.size, CLS["host.gap"], dtype=np.int64)
-        owned, owner_at = owner >= 0, np.maximum(owner, 0)
-        cls[owned & is_one_of(ev, "kind", ("cpu_op",), owner_at)] = CLS["host.op"]
-        cls[owned & is_one_of(ev, "kind", ("runtime",), owner_at)] = CLS["host.runtime"]
+            parent_of[host[ev["parent_id_null"][host]]] = -1
+        owner = np.where(us, ue, parent_of[ue])
+        del parent_of
+        cls_of = np.full(self.n + 1, CLS["host.gap"], dtype=np.int64)  # the last slot: no owner
+        cls_of[host[is_one_of(ev, "kind", ("cpu_op",), host)]] = CLS["host.op"]
+        cls_of[host[is_one_of(ev, "kind", ("runtime",), host)]] = CLS["host.runtime"]
+        cls = cls_of[owner]  # owner -1 takes the last slot
+        del cls_of
         sync_min = np.full(u.size, -1, dtype=np.int64)
         # Blocking calls: the awaited device work's end -> the call's end.
         s_src, s_dst, s_w = [], [], []
@@ -88,10 +92,11 @@ class HostEdges:
         gaps = (cls == CLS["host.gap"]) & (w > 0)
         if gaps.any():
             typical = int(np.median(w[gaps]))
-            first = self._first_launch_after_step_start(t[:-1][same], lane[:-1][same])
-            trim = gaps & (w > typical) & first
-            gap_trim[trim] = typical
-        self.add(u, v, w, E_HOST, cls, np.where(owner >= 0, owner, -1), sync_min, gap_trim)
+            # Only the longer gaps can be trimmed: the step test is made for them alone.
+            longer = np.flatnonzero(gaps & (w > typical))
+            first = self._first_launch_after_step_start(t[:-1][same][longer], lane[:-1][same][longer])
+            gap_trim[longer[first]] = typical
+        self.add(u, v, w, E_HOST, cls, owner, sync_min, gap_trim)  # owner: -1 where none
 
     def _copy_waits(self) -> set[int]:
         """Copy calls that returned only after their copy finished: they waited for it."""
