@@ -135,7 +135,7 @@ def _load_events(store: Store, trace_ids: list[int], clock_offsets: dict[int, in
             if trace_id < offset_of.size:
                 offset_of[trace_id] = offset
         out["start"] = out["start"] + offset_of[out["trace_id"]]
-    keep = _program_lanes(out)
+    keep, lane = _program_lanes(out)
     eid = out["event_id"]
     in_order = eid.size < 2 or bool((eid[1:] > eid[:-1]).all())
     if in_order:
@@ -145,31 +145,50 @@ def _load_events(store: Store, trace_ids: list[int], clock_offsets: dict[int, in
         rows = by_id[keep[by_id]]
     if not (in_order and keep.all()):
         out = {k: v if k.endswith("_values") else v[rows] for k, v in out.items()}
+    # The lanes are the graph's threads (_thread_codes), numbered again over the rows kept,
+    # unless a pid is negative: NULL pids (-1 in `pid`) then might not sort as they do here.
+    if lane is not None and not (out["pid"] < 0)[~out["pid_null"] if "pid_null" in out else slice(None)].any():
+        out["thread"] = _renumbered(lane[rows])
     for name in ("kind", "name", "category"):
         out[name] = out[name + "_values"][out[name + "_code"]]
     return out
 
 
-def _program_lanes(ev: dict[str, np.ndarray]) -> np.ndarray:
+def _program_lanes(ev: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
     """Rows to keep: device activities, and host events on lanes (trace, pid, tid) with
     an op, Python frame or runtime call. Lanes holding nothing but annotations (the
-    profiler's own spans and markers) are left out: they are not program order of anything."""
+    profiler's own spans and markers) are left out: they are not program order of anything.
+    Also each row's lane code (group_codes; None where every row is a device activity)."""
     device = is_one_of(ev, "kind", DEVICE_KINDS)
     program = is_one_of(ev, "kind", ("cpu_op", "python", "runtime"))
     if device.all():
-        return device
+        return device, None
     # NULL pids form lanes of their own (the SQL this replaces compared them as equal too).
     pid = np.where(ev.get("pid_null", np.zeros(device.size, bool)), np.iinfo(np.int64).min, ev["pid"])
     lane, _ = group_codes(ev["trace_id"], pid, ev["tid"])
     has_program = np.bincount(lane, weights=program, minlength=int(lane.max()) + 1) > 0
-    return device | has_program[lane]
+    return device | has_program[lane], lane
+
+
+def _renumbered(codes: np.ndarray) -> np.ndarray:
+    """Codes numbered 0.. again, in the same order, over those still present."""
+    present = np.zeros(int(codes.max()) + 1 if codes.size else 0, dtype=bool)
+    present[codes] = True
+    return (np.cumsum(present) - 1)[codes]
 
 
 def _thread_codes(ev: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """A small integer per (trace, pid, tid) for every event (device events get their own
-    lanes' values, unused), and the trace of each code."""
-    code, first = group_codes(ev["trace_id"], ev["pid"], ev["tid"])
-    return code, ev["trace_id"][first]
+    lanes' values, unused), and the trace of each code. Where _load_events kept the lane
+    codes it grouped the rows by (the same keys, NULL pids apart), they are used: a second
+    grouping took 0.3 s at 3.5M events."""
+    code = ev.get("thread")
+    if code is None:
+        code, first = group_codes(ev["trace_id"], ev["pid"], ev["tid"])
+        return code, ev["trace_id"][first]
+    one_row = np.zeros(int(code.max()) + 1 if code.size else 0, dtype=np.int64)
+    one_row[code] = np.arange(code.size)  # any row of a code: they all have its trace
+    return code, ev["trace_id"][one_row]
 
 
 def _id_table(event_ids: np.ndarray) -> np.ndarray:
