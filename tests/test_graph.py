@@ -205,3 +205,21 @@ def test_a_device_sync_waits_for_work_its_clock_shows_ending_just_after_it():
     cp = critical_path_report(store, 0, g)
     assert abs(cp["replay_error_pct"]) < 0.1
     assert cp["attribution"]["sync"] < 0.01 * cp["length_ns"]
+
+
+@pytest.mark.parametrize("trace", ["kineto/cuda/a100_alexnet_train.json.gz", "nsys/h100_2gpu_torchrun_nccl_before_fix.sqlite"])
+def test_thread_codes_from_the_lanes_equal_a_grouping_of_their_own(trace):
+    """The graph's threads reuse the lane codes _load_events grouped the rows by (NULL pids
+    apart); they must be what grouping the kept rows by (trace, pid, tid) gives."""
+    from profkit.graph_build import _load_events, _thread_codes
+
+    store = _store(shared_trace(trace))
+    ev = _load_events(store, store.trace_ids(), {})
+    assert "thread" in ev
+    reused = _thread_codes(ev)
+    grouped = _thread_codes({k: v for k, v in ev.items() if k != "thread"})
+    assert np.array_equal(reused[0], grouped[0]) and np.array_equal(reused[1], grouped[1])
+    assert reused[0].max() >= 1  # several threads: the numbering is tested, not only one code
+    # A negative pid could sort before NULL pids (-1 in `pid`): then the rows are grouped again.
+    store.con.execute("UPDATE events SET pid = -pid WHERE pid > 0")
+    assert "thread" not in _load_events(store, store.trace_ids(), {})
