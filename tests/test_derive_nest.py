@@ -71,3 +71,45 @@ def test_a_lane_in_time_order_and_one_out_of_order_nest_alike(tmp_path):
             LEFT JOIN events p ON p.event_id = e.parent_id ORDER BY e.tid, e.start_ns""").fetchall():
         by_lane.setdefault(tid, []).append((start, parent_start, depth))
     assert by_lane[1] == by_lane[2] == [(0, None, 0), (10, 0, 1), (20, 10, 2), (60, 0, 1), (200, None, 0)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40), st.integers(0, 15)), max_size=80))
+def test_the_compiled_stack_walk_equals_the_numpy_form(spans):
+    """derive_kernels.nest_stack (large traces, numba loaded) against the numpy pointer
+    jumping, on events sorted as nest sorts them: by lane, start, end descending."""
+    import numpy as np
+    import pytest
+
+    from profkit.derive import _nest_kernel, _nest_sorted
+
+    if _nest_kernel() is None:
+        pytest.skip("numba cannot be imported")
+    rows = sorted((lane, start, -(start + dur)) for lane, start, dur in spans)
+    ends = np.array([-neg_end for _, _, neg_end in rows], dtype=np.int64)
+    lanes = np.array([lane for lane, _, _ in rows], dtype=np.uint16)
+    got = _nest_sorted(ends, lanes, compiled=True)
+    want = _nest_sorted(ends, lanes, compiled=False)
+    assert [a.tolist() for a in got] == [a.tolist() for a in want]
+    assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype
+
+
+def test_a_large_trace_nests_alike_either_way(monkeypatch):
+    """A real trace through the whole of derive with the compiled walk taken at any size
+    (as a large input's is) and without it: the same parents and depths."""
+    from conftest import shared_trace
+    from profkit import derive
+    from profkit.ingest import ingest
+    from profkit.store import Store
+
+    if derive._nest_kernel() is None:
+        import pytest
+        pytest.skip("numba cannot be imported")
+    nested = []
+    for threshold in (0, 10 ** 12):
+        monkeypatch.setattr(derive, "COMPILED_NEST_MIN_ROWS", threshold)
+        store = Store.open(None)
+        ingest([shared_trace("kineto/cuda/h100_qwen1.5_0.5b_chat.json.gz")], store)
+        nested.append(store.con.execute("SELECT event_id, parent_id, depth FROM events ORDER BY 1").fetchall())
+    assert nested[0] == nested[1]
+    assert sum(1 for _, parent, _ in nested[0] if parent is not None) > 10_000
