@@ -353,6 +353,32 @@ def test_rounds_store_what_one_round_stores(tmp_path, monkeypatch):
     assert _canonical(rounds) == _canonical(_store(plain, monkeypatch, True)) == _canonical(_store(plain, monkeypatch, False))
 
 
+def test_copies_collectives_and_kernel_info_of_every_round(tmp_path, monkeypatch):
+    """Each round's kernel_info, copies and collectives (read back from its stored events):
+    in rounds of a few KB they are what one round and the DuckDB path store, row for row
+    and in order."""
+    records = []
+    for i in range(300):
+        records.append(dict(_KERNEL, ts=10 * i, args=dict(_KERNEL["args"], correlation=i)))
+        records.append({"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "pid": 0,
+                        "tid": 7, "ts": 10 * i + 4, "dur": 2,
+                        "args": {"device": 0, "stream": 7, "correlation": 10_000 + i, "bytes": 4096 + i}})
+        if i % 3 == 0:
+            records.append({"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce_Sum_f32_RING_LL",
+                            "pid": 0, "tid": 9, "ts": 10 * i + 6, "dur": 3,
+                            "args": {"device": 0, "stream": 9, "correlation": 20_000 + i,
+                                     "Collective name": "allreduce", "In msg nelems": 1024 + i,
+                                     "Out msg nelems": 1024 + i, "dtype": "Float", "Group size": 8}})
+    path = _trace(tmp_path, records)
+    monkeypatch.setattr(kineto_scan, "ROUND_BYTES", 4000)
+    rounds = _store(path, monkeypatch, True)
+    tables = {t: rounds.con.execute(f"SELECT * FROM {t}").fetchall() for t in ("copies", "collectives", "kernel_info")}
+    assert len(tables["copies"]) == 300 and len(tables["collectives"]) == 100 and len(tables["kernel_info"]) == 300  # the gemms: the NCCL kernels have no grid
+    assert [r[0] for r in tables["copies"]] == sorted(r[0] for r in tables["copies"])  # stored in file order
+    monkeypatch.setattr(kineto_scan, "ROUND_BYTES", 1 << 30)
+    assert _canonical(rounds) == _canonical(_store(path, monkeypatch, True)) == _canonical(_store(path, monkeypatch, False))
+
+
 @pytest.mark.parametrize("round_bytes", [1 << 30, 2000])
 def test_an_array_of_objects_after_the_events_is_not_read_as_events(round_bytes, tmp_path, monkeypatch):
     """Located without the whole-document check, the events array seems to end at the last
