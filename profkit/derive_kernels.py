@@ -1,6 +1,6 @@
 """Compiled loop of derive's nesting. The numpy form in derive._nest_sorted takes O(log n)
 rounds of gathers over every event (0.27-0.41 s at the 5M-event tile's 3.5M events); the
-stack walk it stands for is one pass, ~20 ms compiled. Used by derive only where numba is
+stack walk it stands for is one pass, 7-20 ms compiled. Used by derive only where numba is
 imported already (a large input's compiled scan loaded it) and the trace is large
 (derive.COMPILED_NEST_MIN_ROWS): its cache load costs ~0.17 s. tests/test_derive_nest.py
 holds the two to the same answer."""

@@ -147,7 +147,8 @@ def _load_events(store: Store, trace_ids: list[int], clock_offsets: dict[int, in
         out = {k: v if k.endswith("_values") else v[rows] for k, v in out.items()}
     # The lanes are the graph's threads (_thread_codes), numbered again over the rows kept,
     # unless a pid is negative: NULL pids (-1 in `pid`) then might not sort as they do here.
-    if lane is not None and not (out["pid"] < 0)[~out["pid_null"] if "pid_null" in out else slice(None)].any():
+    recorded_pids = out["pid"][~out["pid_null"]] if "pid_null" in out else out["pid"]
+    if lane is not None and not (recorded_pids < 0).any():
         out["thread"] = _renumbered(lane[rows])
     for name in ("kind", "name", "category"):
         out[name] = out[name + "_values"][out[name + "_code"]]

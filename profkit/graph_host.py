@@ -7,9 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from .classify import runtime_scope
-from .columns import lexsort
+from .columns import lexsort, per_value
 from .graph_model import (CLS, CLOCK_SKEW_MAX_NS, DEFAULT_SYNC_OVERHEAD_NS, E_HOST, E_SYNC, has_role,
                           is_one_of)
+
+
+# The class of host time inside an event of each kind (any other kind: a gap).
+_HOST_CLASS = {"cpu_op": CLS["host.op"], "runtime": CLS["host.runtime"]}
 
 
 class HostEdges:
@@ -49,8 +53,8 @@ class HostEdges:
         owner = np.where(us, ue, parent_of[ue])
         del parent_of
         cls_of = np.full(self.n + 1, CLS["host.gap"], dtype=np.int64)  # the last slot: no owner
-        cls_of[host[is_one_of(ev, "kind", ("cpu_op",), host)]] = CLS["host.op"]
-        cls_of[host[is_one_of(ev, "kind", ("runtime",), host)]] = CLS["host.runtime"]
+        cls_of[host] = per_value(lambda kind: _HOST_CLASS.get(kind, CLS["host.gap"]),
+                                 ev["kind_code"][host], ev["kind_values"], np.int64)
         cls = cls_of[owner]  # owner -1 takes the last slot
         del cls_of
         sync_min = np.full(u.size, -1, dtype=np.int64)
