@@ -39,7 +39,7 @@ from profkit.errors import TraceError
 from profkit.store import relation_table
 
 from . import json_scan, rocm_common as rc
-from .kineto_read import (GZIP_MAGIC, count_cut_short, count_padding, gunzip_available, mapped_without_padding,
+from .kineto_read import (GZIP_MAGIC, count_cut_short, count_padding, gunzip, mapped_without_padding,
                           raw_offset, text_bytes_estimate, without_padding)
 
 FORMAT = "rocprofv3_json"
@@ -127,7 +127,7 @@ class _Document:
             # Cut short (a copy or a write interrupted): what the stream holds; the JSON
             # it ends in is then read up to its last whole record (`_cut_short`).
             out = io.BytesIO()
-            gunzip_available(path, out)
+            gunzip(path, out)
             if not out.tell():
                 raise TraceError(path, "truncated gzip (compressed data ends early)") from None
             self.gzip_cut = True
