@@ -27,7 +27,8 @@ STEP_PATTERNS = (
 
 
 def derive_trace(store: Store, trace_id: int) -> None:
-    if "numba" in sys.modules and _events(store, trace_id) >= COMPILED_NEST_MIN_ROWS:
+    if "numba" in sys.modules and store.scalar(
+            "SELECT count(*) FROM events WHERE trace_id = ?", [trace_id]) >= COMPILED_NEST_MIN_ROWS:
         _nest_kernel.start("profkit-nest-load")  # beside the derivations before nest
     no_stream(store, trace_id)
     categorise(store, trace_id)
@@ -224,10 +225,6 @@ def _lane_order(lanes: np.ndarray, starts: np.ndarray, ends: np.ndarray, ids: np
 COMPILED_NEST_MIN_ROWS = 1_000_000
 
 
-def _events(store: Store, trace_id: int) -> int:
-    return store.con.execute("SELECT count(*) FROM events WHERE trace_id = ?", [trace_id]).fetchone()[0]
-
-
 @compiled
 def _nest_kernel():
     """profkit.derive_kernels, its loop loaded by a first call on two events."""
@@ -237,9 +234,9 @@ def _nest_kernel():
     return derive_kernels
 
 
-def _nest_sorted(ends: np.ndarray, lanes: np.ndarray, compiled: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _nest_sorted(ends: np.ndarray, lanes: np.ndarray, use_compiled: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parent position (-1 for none) and depth of events sorted by (lane, start, end desc).
-    `compiled`: None = the compiled walk for large inputs where numba is imported, True =
+    `use_compiled`: None = the compiled walk for large inputs where numba is imported, True =
     wherever numba can be imported, False = numpy.
 
     Sorted by start, an earlier event encloses a later one exactly when it ends no
@@ -250,7 +247,7 @@ def _nest_sorted(ends: np.ndarray, lanes: np.ndarray, compiled: bool | None = No
     end before the candidate, hence before the event."""
     n = len(ends)
     first = np.r_[True, lanes[1:] != lanes[:-1]] if n else np.zeros(0, bool)
-    wanted = compiled if compiled is not None else n >= COMPILED_NEST_MIN_ROWS and "numba" in sys.modules
+    wanted = use_compiled if use_compiled is not None else n >= COMPILED_NEST_MIN_ROWS and "numba" in sys.modules
     kernels = _nest_kernel() if wanted and n < 2 ** 31 and ends.dtype == np.int64 else None
     if kernels is not None:
         parent, depth = np.empty(n, np.int32), np.empty(n, np.int32)

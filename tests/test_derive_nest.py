@@ -88,8 +88,8 @@ def test_the_compiled_stack_walk_equals_the_numpy_form(spans):
     rows = sorted((lane, start, -(start + dur)) for lane, start, dur in spans)
     ends = np.array([-neg_end for _, _, neg_end in rows], dtype=np.int64)
     lanes = np.array([lane for lane, _, _ in rows], dtype=np.uint16)
-    got = _nest_sorted(ends, lanes, compiled=True)
-    want = _nest_sorted(ends, lanes, compiled=False)
+    got = _nest_sorted(ends, lanes, use_compiled=True)
+    want = _nest_sorted(ends, lanes, use_compiled=False)
     assert [a.tolist() for a in got] == [a.tolist() for a in want]
     assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype
 
